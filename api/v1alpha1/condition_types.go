@@ -1,0 +1,79 @@
+package v1alpha1
+
+// Condition types. Every object of this API carries Ready, the summary condition that kstatus and
+// GitOps dashboards read; the others say which part of the work is done.
+const (
+	// ConditionReady is True when the object's status is current: a report holds findings matched
+	// against the current vulnerability DB, a policy is valid and has been evaluated.
+	ConditionReady = "Ready"
+
+	// ConditionScanned is True when a report's image was analysed and matched. It turns False with a
+	// reason that names the cause when a scan fails; earlier findings are kept.
+	ConditionScanned = "Scanned"
+
+	// ConditionCompliant is True when every workload a policy matches passes it. It is separate from
+	// Ready so that findings never read as a failed or stalled object in GitOps tools.
+	ConditionCompliant = "Compliant"
+
+	// ConditionReconciling is True while work toward the spec is under way (kstatus' abnormal-true
+	// condition for "in progress"), e.g. before a report's first scan finished.
+	ConditionReconciling = "Reconciling"
+
+	// ConditionStalled is True when the spec can never work as written (kstatus' abnormal-true
+	// condition); it clears when the spec is fixed.
+	ConditionStalled = "Stalled"
+)
+
+// Reasons of the Ready and Scanned conditions of an ImageScanReport.
+const (
+	// ReasonScanSucceeded says the image was analysed and matched against the current DB.
+	ReasonScanSucceeded = "ScanSucceeded"
+
+	// ReasonScanPending says the report exists but its first scan has not finished yet.
+	ReasonScanPending = "ScanPending"
+
+	// ReasonScanFailed is the generic reason of a failed scan; the message names the cause.
+	ReasonScanFailed = "ScanFailed"
+
+	// ReasonUnauthorized says the registry refused the credentials (or their absence).
+	ReasonUnauthorized = "Unauthorized"
+
+	// ReasonNotFound says the registry does not have the image or digest.
+	ReasonNotFound = "NotFound"
+
+	// ReasonTimeout says the scan did not finish within --scan-timeout or the registry hung.
+	ReasonTimeout = "Timeout"
+
+	// ReasonRateLimited says the registry throttled the request (HTTP 429).
+	ReasonRateLimited = "RateLimited"
+
+	// ReasonUnsupportedImage says the image is of a form the scanner refuses: too large, too many
+	// layers, a decompression bomb, paths escaping the layer root, an unknown media type.
+	ReasonUnsupportedImage = "UnsupportedImage"
+
+	// ReasonDatabaseUnavailable says no vulnerability DB has been loaded yet.
+	ReasonDatabaseUnavailable = "DatabaseUnavailable"
+
+	// ReasonDatabaseOutdated says the findings were matched against an older DB than the current
+	// one; a re-match is queued.
+	ReasonDatabaseOutdated = "DatabaseOutdated"
+)
+
+// Reasons of the Ready, Compliant and Stalled conditions of ImagePolicy and ClusterImagePolicy.
+const (
+	// ReasonEvaluated says the policy is valid and every matched workload was evaluated.
+	ReasonEvaluated = "Evaluated"
+
+	// ReasonInvalidPolicy says the spec can never be evaluated (a bad glob, an unreadable key).
+	ReasonInvalidPolicy = "InvalidPolicy"
+
+	// ReasonEvaluationPending says the policy has not been evaluated since its last change.
+	ReasonEvaluationPending = "EvaluationPending"
+
+	// ReasonAllCompliant says every matched workload passes the policy.
+	ReasonAllCompliant = "AllCompliant"
+
+	// ReasonNonCompliant says at least one matched workload fails the policy; status.nonCompliant
+	// lists them.
+	ReasonNonCompliant = "NonCompliant"
+)

@@ -1,0 +1,373 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Enforcement says what ImageGuard does with a workload that breaks a policy.
+// +kubebuilder:validation:Enum=Audit;Warn;Enforce
+type Enforcement string
+
+const (
+	// EnforcementAudit reports non-compliance in status, PolicyReports, events and metrics only.
+	EnforcementAudit Enforcement = "Audit"
+	// EnforcementWarn also returns admission warnings to the client, but admits.
+	EnforcementWarn Enforcement = "Warn"
+	// EnforcementEnforce refuses non-compliant pods and workloads at admission.
+	EnforcementEnforce Enforcement = "Enforce"
+)
+
+// UnscannedAction says what admission does with an image whose digest has not been scanned yet.
+// +kubebuilder:validation:Enum=Allow;Deny
+type UnscannedAction string
+
+const (
+	// UnscannedAllow admits the image and queues its scan.
+	UnscannedAllow UnscannedAction = "Allow"
+	// UnscannedDeny refuses the image until its first scan finished; the scan is queued at once.
+	UnscannedDeny UnscannedAction = "Deny"
+)
+
+// ImageMatch selects the workloads and images a namespaced policy applies to. An empty match
+// selects every workload and image in the policy's namespace.
+type ImageMatch struct {
+	// Images are globs of image references (host/path, optionally with :tag), e.g.
+	// registry.example.com/team/*. A workload is matched when any of its images matches one.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=512
+	Images []string `json:"images,omitempty"`
+
+	// Selector selects workloads by their labels.
+	// +optional
+	Selector *metav1.LabelSelector `json:"selector,omitempty"`
+}
+
+// ClusterImageMatch selects the workloads and images a cluster policy applies to, in every
+// namespace its namespaceSelector selects (all namespaces when it is absent).
+type ClusterImageMatch struct {
+	ImageMatch `json:",inline"`
+
+	// NamespaceSelector selects the namespaces by their labels.
+	// +optional
+	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+}
+
+// RegistryRule restricts where images may come from.
+type RegistryRule struct {
+	// Allowed are globs of host/path that images must match, e.g. registry.example.com/* or
+	// *.dkr.ecr.eu-west-1.amazonaws.com/team/*. A '*' never crosses a '/' or a host's end.
+	// +required
+	// +listType=set
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=512
+	Allowed []string `json:"allowed"`
+}
+
+// TagRule restricts how images are referred to.
+type TagRule struct {
+	// DisallowLatest refuses the tag latest; a reference without tag or digest counts as latest.
+	// +optional
+	DisallowLatest bool `json:"disallowLatest,omitempty"`
+
+	// RequireDigest requires every image to be referred to by digest (image@sha256:...).
+	// +optional
+	RequireDigest bool `json:"requireDigest,omitempty"`
+}
+
+// VulnerabilityRule limits the findings an image may have. An absent maximum means no limit.
+type VulnerabilityRule struct {
+	// MaxCritical is the highest number of critical findings allowed.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MaxCritical *int32 `json:"maxCritical,omitempty"`
+
+	// MaxHigh is the highest number of high findings allowed.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MaxHigh *int32 `json:"maxHigh,omitempty"`
+
+	// MaxMedium is the highest number of medium findings allowed.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MaxMedium *int32 `json:"maxMedium,omitempty"`
+
+	// MaxLow is the highest number of low findings allowed.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MaxLow *int32 `json:"maxLow,omitempty"`
+
+	// FixableOnly counts only findings that have a fixed version.
+	// +optional
+	FixableOnly bool `json:"fixableOnly,omitempty"`
+
+	// MaxScanAge is how old an image's last scan may be, e.g. 24h; an older or missing scan fails
+	// the rule with its own reason.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	MaxScanAge *metav1.Duration `json:"maxScanAge,omitempty"`
+}
+
+// VulnerabilityException accepts one vulnerability, in some images, until it expires.
+type VulnerabilityException struct {
+	// ID of the accepted vulnerability, e.g. CVE-2024-1234.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9][A-Za-z0-9._:-]*$`
+	ID string `json:"id"`
+
+	// Images are globs of the images the exception covers; empty covers every image the policy
+	// matches.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=512
+	Images []string `json:"images,omitempty"`
+
+	// Expires is when the exception stops applying (RFC 3339). It stops by itself at that time.
+	// +required
+	Expires metav1.Time `json:"expires"`
+
+	// Reason records why the vulnerability is accepted, for auditors.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=1024
+	Reason string `json:"reason"`
+}
+
+// SecretKeySelector names a key of a Secret.
+type SecretKeySelector struct {
+	// Name of the Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// Namespace of the Secret: for an ImagePolicy always the policy's own; for a
+	// ClusterImagePolicy it defaults to the controller's namespace.
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	Namespace string `json:"namespace,omitempty"`
+
+	// Key in the Secret's data that holds the PEM public key.
+	// +optional
+	// +kubebuilder:default=cosign.pub
+	// +kubebuilder:validation:MaxLength=253
+	Key string `json:"key,omitempty"`
+}
+
+// SignatureKey is a public key that may have signed an image: inline PEM or a Secret.
+// +kubebuilder:validation:XValidation:rule="has(self.publicKey) != has(self.secretRef)",message="a key sets exactly one of publicKey and secretRef"
+type SignatureKey struct {
+	// PublicKey is a PEM-encoded public key.
+	// +optional
+	// +kubebuilder:validation:MaxLength=16384
+	PublicKey string `json:"publicKey,omitempty"`
+
+	// SecretRef names a Secret key that holds a PEM-encoded public key.
+	// +optional
+	SecretRef *SecretKeySelector `json:"secretRef,omitempty"`
+}
+
+// SignatureRule requires images to be signed.
+// +kubebuilder:validation:XValidation:rule="!self.required || (has(self.keys) && size(self.keys) > 0)",message="signatures.keys must name at least one key when signatures are required"
+type SignatureRule struct {
+	// Required makes a valid signature by one of the keys a condition of compliance.
+	// +optional
+	Required bool `json:"required,omitempty"`
+
+	// Keys that are trusted to sign.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	Keys []SignatureKey `json:"keys,omitempty"`
+}
+
+// PolicyRules are the conditions an image must meet. A workload passes when all its images pass
+// every rule that is set.
+type PolicyRules struct {
+	// Registries restricts where images may come from.
+	// +optional
+	Registries *RegistryRule `json:"registries,omitempty"`
+
+	// Tags restricts how images are referred to.
+	// +optional
+	Tags *TagRule `json:"tags,omitempty"`
+
+	// Vulnerabilities limits the findings of each image.
+	// +optional
+	Vulnerabilities *VulnerabilityRule `json:"vulnerabilities,omitempty"`
+
+	// Exceptions accept named vulnerabilities until they expire.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=256
+	Exceptions []VulnerabilityException `json:"exceptions,omitempty"`
+
+	// Signatures requires images to be signed.
+	// +optional
+	Signatures *SignatureRule `json:"signatures,omitempty"`
+
+	// OnUnscanned says what admission does with an image not scanned yet.
+	// +optional
+	// +kubebuilder:default=Allow
+	OnUnscanned UnscannedAction `json:"onUnscanned,omitempty"`
+}
+
+// ImagePolicySpec says which workloads of its namespace a policy applies to and what they must meet.
+type ImagePolicySpec struct {
+	// Match selects the workloads and images the policy applies to.
+	// +optional
+	Match ImageMatch `json:"match,omitempty"`
+
+	// Enforcement says what happens to a workload that breaks the policy.
+	// +optional
+	// +kubebuilder:default=Audit
+	Enforcement Enforcement `json:"enforcement,omitempty"`
+
+	// Rules the images must meet.
+	// +required
+	Rules PolicyRules `json:"rules"`
+}
+
+// ClusterImagePolicySpec says which workloads of the cluster a policy applies to and what they
+// must meet.
+type ClusterImagePolicySpec struct {
+	// Match selects the namespaces, workloads and images the policy applies to.
+	// +optional
+	Match ClusterImageMatch `json:"match,omitempty"`
+
+	// Enforcement says what happens to a workload that breaks the policy.
+	// +optional
+	// +kubebuilder:default=Audit
+	Enforcement Enforcement `json:"enforcement,omitempty"`
+
+	// Rules the images must meet.
+	// +required
+	Rules PolicyRules `json:"rules"`
+}
+
+// PolicySummary counts the workloads a policy matched.
+type PolicySummary struct {
+	// Workloads matched by the policy.
+	Workloads int32 `json:"workloads"`
+	// Compliant workloads.
+	Compliant int32 `json:"compliant"`
+	// NonCompliant workloads.
+	NonCompliant int32 `json:"nonCompliant"`
+}
+
+// NonCompliantWorkload is a workload that breaks a policy, with the reasons.
+type NonCompliantWorkload struct {
+	// Namespace of the workload.
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+	// Kind of the workload, e.g. Deployment.
+	Kind string `json:"kind"`
+	// Name of the workload.
+	Name string `json:"name"`
+	// Reasons name each failing image and rule.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	Reasons []string `json:"reasons,omitempty"`
+}
+
+// ImagePolicyStatus is the verdict of a policy over the workloads it matches.
+type ImagePolicyStatus struct {
+	// Conditions: Ready (valid and evaluated), Compliant (every matched workload passes).
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +patchStrategy=merge
+	// +patchMergeKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
+
+	// ObservedGeneration is the spec generation the verdict was computed for.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Summary counts the matched workloads.
+	// +optional
+	Summary *PolicySummary `json:"summary,omitempty"`
+
+	// NonCompliant lists the workloads that break the policy, sorted, cut at 100 entries; the
+	// summary has the exact count.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=100
+	NonCompliant []NonCompliantWorkload `json:"nonCompliant,omitempty"`
+}
+
+// ImagePolicy says what images the workloads of its namespace may run.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=ipol,categories=imageguard
+// +kubebuilder:printcolumn:name="Enforcement",type=string,JSONPath=`.spec.enforcement`
+// +kubebuilder:printcolumn:name="Workloads",type=integer,JSONPath=`.status.summary.workloads`
+// +kubebuilder:printcolumn:name="Non-Compliant",type=integer,JSONPath=`.status.summary.nonCompliant`
+// +kubebuilder:printcolumn:name="Compliant",type=string,JSONPath=`.status.conditions[?(@.type=="Compliant")].status`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type ImagePolicy struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +required
+	Spec ImagePolicySpec `json:"spec"`
+
+	// +optional
+	Status ImagePolicyStatus `json:"status,omitempty"`
+}
+
+// ImagePolicyList is a list of ImagePolicies.
+//
+// +kubebuilder:object:root=true
+type ImagePolicyList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ImagePolicy `json:"items"`
+}
+
+// ClusterImagePolicy says what images the workloads of the selected namespaces may run.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=cipol,categories=imageguard
+// +kubebuilder:printcolumn:name="Enforcement",type=string,JSONPath=`.spec.enforcement`
+// +kubebuilder:printcolumn:name="Workloads",type=integer,JSONPath=`.status.summary.workloads`
+// +kubebuilder:printcolumn:name="Non-Compliant",type=integer,JSONPath=`.status.summary.nonCompliant`
+// +kubebuilder:printcolumn:name="Compliant",type=string,JSONPath=`.status.conditions[?(@.type=="Compliant")].status`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type ClusterImagePolicy struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +required
+	Spec ClusterImagePolicySpec `json:"spec"`
+
+	// +optional
+	Status ImagePolicyStatus `json:"status,omitempty"`
+}
+
+// ClusterImagePolicyList is a list of ClusterImagePolicies.
+//
+// +kubebuilder:object:root=true
+type ClusterImagePolicyList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ClusterImagePolicy `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&ImagePolicy{}, &ImagePolicyList{}, &ClusterImagePolicy{}, &ClusterImagePolicyList{})
+}

@@ -1,0 +1,259 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Severity is a vulnerability severity as Trivy reports it.
+// +kubebuilder:validation:Enum=CRITICAL;HIGH;MEDIUM;LOW;UNKNOWN
+type Severity string
+
+// The severities, from the most to the least severe.
+const (
+	SeverityCritical Severity = "CRITICAL"
+	SeverityHigh     Severity = "HIGH"
+	SeverityMedium   Severity = "MEDIUM"
+	SeverityLow      Severity = "LOW"
+	SeverityUnknown  Severity = "UNKNOWN"
+)
+
+// ImageScanReportSpec names the image a report is about. The pod controller sets it; image and
+// digest never change once set, so a report is always about one immutable image.
+// +kubebuilder:validation:XValidation:rule="self.image == oldSelf.image",message="spec.image is immutable"
+// +kubebuilder:validation:XValidation:rule="self.digest == oldSelf.digest",message="spec.digest is immutable"
+type ImageScanReportSpec struct {
+	// Image is the repository without tag or digest, e.g. registry.example.com/team/app.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=512
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([a-z0-9._:-]*[a-z0-9])?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*$`
+	Image string `json:"image"`
+
+	// Digest is the manifest digest of the image the pods run.
+	// +required
+	// +kubebuilder:validation:Pattern=`^sha256:[a-f0-9]{64}$`
+	Digest string `json:"digest"`
+
+	// Tags are the tags pods used to refer to this digest, sorted.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=128
+	Tags []string `json:"tags,omitempty"`
+}
+
+// Workload is a top-level owner of pods that run a report's image: a Deployment (through its
+// ReplicaSet), a CronJob (through its Job), a StatefulSet, DaemonSet, Job, or a bare Pod.
+type Workload struct {
+	// Kind of the workload, e.g. Deployment.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	Kind string `json:"kind"`
+
+	// Name of the workload in the report's namespace.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+
+	// Containers of the workload's pods that run the image, including init and ephemeral ones.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	Containers []string `json:"containers,omitempty"`
+}
+
+// OperatingSystem is the OS the scanner detected in an image.
+type OperatingSystem struct {
+	// Family of the OS, e.g. debian, alpine.
+	// +optional
+	Family string `json:"family,omitempty"`
+
+	// Name is the OS version, e.g. 12.5 or 3.22.1.
+	// +optional
+	Name string `json:"name,omitempty"`
+
+	// EOSL is true when the OS version is past its end of service life, so its vulnerabilities are
+	// no longer tracked.
+	// +optional
+	EOSL bool `json:"eosl,omitempty"`
+}
+
+// Scanner names the scanner that produced a report.
+type Scanner struct {
+	// Name of the scanner: Trivy.
+	// +optional
+	Name string `json:"name,omitempty"`
+
+	// Version of the scanner library.
+	// +optional
+	Version string `json:"version,omitempty"`
+}
+
+// VulnerabilityDB identifies the vulnerability DB a report was matched against.
+type VulnerabilityDB struct {
+	// UpdatedAt is when the DB was built, from its metadata.
+	// +optional
+	UpdatedAt *metav1.Time `json:"updatedAt,omitempty"`
+
+	// Digest of the DB artifact, or of the local DB file for --db-path.
+	// +optional
+	Digest string `json:"digest,omitempty"`
+}
+
+// VulnerabilitySummary counts findings by severity. The counts are exact even when the
+// vulnerability list is cut to keep the object small.
+type VulnerabilitySummary struct {
+	// Critical findings.
+	Critical int32 `json:"critical"`
+	// High findings.
+	High int32 `json:"high"`
+	// Medium findings.
+	Medium int32 `json:"medium"`
+	// Low findings.
+	Low int32 `json:"low"`
+	// Unknown findings: severity not rated by any source.
+	Unknown int32 `json:"unknown"`
+	// Fixable findings: those with a fixed version.
+	Fixable int32 `json:"fixable"`
+	// Total findings.
+	Total int32 `json:"total"`
+}
+
+// Vulnerability is one finding: a vulnerability in one installed package.
+type Vulnerability struct {
+	// ID of the vulnerability, e.g. CVE-2024-1234 or GHSA-xxxx-xxxx-xxxx.
+	// +required
+	ID string `json:"id"`
+
+	// Package is the name of the installed package.
+	// +required
+	Package string `json:"package"`
+
+	// InstalledVersion of the package.
+	// +optional
+	InstalledVersion string `json:"installedVersion,omitempty"`
+
+	// FixedVersion lists the versions that fix it; empty when no fix exists.
+	// +optional
+	FixedVersion string `json:"fixedVersion,omitempty"`
+
+	// Severity of the finding.
+	// +required
+	Severity Severity `json:"severity"`
+
+	// Status of the finding as the vendor reports it, e.g. fixed, affected, will_not_fix.
+	// +optional
+	Status string `json:"status,omitempty"`
+
+	// Title is a one-line description.
+	// +optional
+	Title string `json:"title,omitempty"`
+
+	// PrimaryURL is where to read about it.
+	// +optional
+	PrimaryURL string `json:"primaryURL,omitempty"`
+
+	// Target is where in the image the package was found: the OS, or a file such as
+	// usr/local/bin/app or node_modules/lodash/package.json.
+	// +optional
+	Target string `json:"target,omitempty"`
+
+	// PackageType is the kind of package: debian, alpine, npm, gobinary, ...
+	// +optional
+	PackageType string `json:"packageType,omitempty"`
+}
+
+// ImageScanReportStatus holds what the scanner found in the image.
+type ImageScanReportStatus struct {
+	// Conditions: Ready (findings current), Scanned (last scan succeeded, else its reason).
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +patchStrategy=merge
+	// +patchMergeKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
+
+	// ObservedGeneration is the spec generation the status was computed for.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Workloads in this namespace whose pods run the image.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=256
+	Workloads []Workload `json:"workloads,omitempty"`
+
+	// OS detected in the image.
+	// +optional
+	OS *OperatingSystem `json:"os,omitempty"`
+
+	// Scanner that produced the findings.
+	// +optional
+	Scanner *Scanner `json:"scanner,omitempty"`
+
+	// VulnerabilityDB the findings were matched against.
+	// +optional
+	VulnerabilityDB *VulnerabilityDB `json:"vulnerabilityDB,omitempty"`
+
+	// LastScanTime is when the findings were last matched against the DB.
+	// +optional
+	LastScanTime *metav1.Time `json:"lastScanTime,omitempty"`
+
+	// LastAnalysisTime is when the image's packages were inventoried (pulled and analysed).
+	// +optional
+	LastAnalysisTime *metav1.Time `json:"lastAnalysisTime,omitempty"`
+
+	// Summary counts every finding by severity.
+	// +optional
+	Summary *VulnerabilitySummary `json:"summary,omitempty"`
+
+	// Vulnerabilities found, sorted by severity then id, cut so that the whole object stays under
+	// the controller's --report-max-bytes.
+	// +optional
+	// +listType=atomic
+	Vulnerabilities []Vulnerability `json:"vulnerabilities,omitempty"`
+
+	// VulnerabilitiesOmitted counts the findings cut from the list above.
+	// +optional
+	VulnerabilitiesOmitted int32 `json:"vulnerabilitiesOmitted,omitempty"`
+}
+
+// ImageScanReport holds the vulnerabilities of one image digest used in one namespace.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=isr,categories=imageguard
+// +kubebuilder:printcolumn:name="Repository",type=string,JSONPath=`.spec.image`
+// +kubebuilder:printcolumn:name="Tag",type=string,JSONPath=`.spec.tags[0]`
+// +kubebuilder:printcolumn:name="Digest",type=string,JSONPath=`.spec.digest`,priority=1
+// +kubebuilder:printcolumn:name="Critical",type=integer,JSONPath=`.status.summary.critical`
+// +kubebuilder:printcolumn:name="High",type=integer,JSONPath=`.status.summary.high`
+// +kubebuilder:printcolumn:name="Medium",type=integer,JSONPath=`.status.summary.medium`
+// +kubebuilder:printcolumn:name="Low",type=integer,JSONPath=`.status.summary.low`
+// +kubebuilder:printcolumn:name="Unknown",type=integer,JSONPath=`.status.summary.unknown`,priority=1
+// +kubebuilder:printcolumn:name="Fixable",type=integer,JSONPath=`.status.summary.fixable`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type ImageScanReport struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +required
+	Spec ImageScanReportSpec `json:"spec"`
+
+	// +optional
+	Status ImageScanReportStatus `json:"status,omitempty"`
+}
+
+// ImageScanReportList is a list of ImageScanReports.
+//
+// +kubebuilder:object:root=true
+type ImageScanReportList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ImageScanReport `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&ImageScanReport{}, &ImageScanReportList{})
+}
