@@ -39,7 +39,7 @@ rm -f "$KUBECONFIG"
 
 echo "demo: starting a local control plane (etcd, kube-apiserver) with the ImageGuard CRDs"
 go build -o bin/localcluster ./hack/localcluster
-KUBEBUILDER_ASSETS=$assets nohup bin/localcluster --kubeconfig "$KUBECONFIG" >"$demo/localcluster.log" 2>&1 &
+KUBEBUILDER_ASSETS=$assets nohup bin/localcluster --write-kubeconfig "$KUBECONFIG" >"$demo/localcluster.log" 2>&1 &
 echo $! >"$demo/localcluster.pid"
 for _ in $(seq 1 300); do
   [ -s "$KUBECONFIG" ] && break

@@ -1,6 +1,6 @@
 // Command localcluster runs a local control plane (etcd and kube-apiserver from
 // hack/control-plane.sh, with the ImageGuard CRDs installed) until it is stopped, for `make demo`.
-// It writes an admin kubeconfig to --kubeconfig and removes it on exit.
+// It writes an admin kubeconfig to --write-kubeconfig and removes it on exit.
 package main
 
 import (
@@ -14,7 +14,7 @@ import (
 )
 
 func main() {
-	kubeconfig := flag.String("kubeconfig", ".demo/kubeconfig", "Where to write the admin kubeconfig.")
+	kubeconfig := flag.String("write-kubeconfig", ".demo/kubeconfig", "Where to write the admin kubeconfig.")
 	flag.Parse()
 
 	env, err := testenv.Start(testenv.Options{})
