@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/spf13/pflag"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
@@ -27,7 +28,7 @@ type controllerOptions struct {
 	Zap           zap.Options
 }
 
-func (o *controllerOptions) bindFlags(fs *flag.FlagSet) {
+func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080",
 		"Address the Prometheus metrics endpoint binds to; 0 disables it.")
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081",
@@ -38,16 +39,19 @@ func (o *controllerOptions) bindFlags(fs *flag.FlagSet) {
 		"Name of the Lease used for leader election.")
 	fs.StringVar(&o.LeaderElectNS, "leader-election-namespace", "",
 		"Namespace of the leader election Lease; defaults to the namespace the controller runs in.")
-	// --kubeconfig, read by ctrl.GetConfig.
-	config.RegisterFlags(fs)
-	o.Zap.BindFlags(fs)
+	// --kubeconfig (read by ctrl.GetConfig) and the zap logging flags are Go flags.
+	goFlags := flag.NewFlagSet("", flag.ContinueOnError)
+	config.RegisterFlags(goFlags)
+	o.Zap.BindFlags(goFlags)
+	fs.AddGoFlagSet(goFlags)
 }
 
 // parseControllerFlags parses args into options; it reports flag.ErrHelp for --help.
 func parseControllerFlags(args []string, output io.Writer) (*controllerOptions, error) {
 	opts := &controllerOptions{Zap: zap.Options{Development: false}}
-	fs := flag.NewFlagSet("imageguard controller", flag.ContinueOnError)
+	fs := pflag.NewFlagSet("imageguard controller", pflag.ContinueOnError)
 	fs.SetOutput(output)
+	fs.SortFlags = false
 	opts.bindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -60,7 +64,7 @@ func parseControllerFlags(args []string, output io.Writer) (*controllerOptions, 
 
 func runController(args []string, stderr io.Writer) int {
 	opts, err := parseControllerFlags(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
+	if errors.Is(err, pflag.ErrHelp) {
 		return 0
 	}
 	if err != nil {

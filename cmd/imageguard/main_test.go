@@ -30,10 +30,10 @@ func TestRunDispatch(t *testing.T) {
 		wantOut  string
 	}{
 		"help":                {args: []string{"help"}, wantCode: 0, wantOut: "imageguard [controller]"},
-		"controller --help":   {args: []string{"controller", "--help"}, wantCode: 0, wantOut: "-leader-elect"},
+		"controller --help":   {args: []string{"controller", "--help"}, wantCode: 0, wantOut: "--leader-elect"},
 		"an unknown command":  {args: []string{"bogus"}, wantCode: 2, wantOut: `unknown command "bogus"`},
-		"a bad flag":          {args: []string{"--bogus"}, wantCode: 2, wantOut: "flag provided but not defined"},
-		"flags go to default": {args: []string{"--help"}, wantCode: 0, wantOut: "-metrics-bind-address"},
+		"a bad flag":          {args: []string{"--bogus"}, wantCode: 2, wantOut: "unknown flag: --bogus"},
+		"flags go to default": {args: []string{"--help"}, wantCode: 0, wantOut: "--metrics-bind-address"},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
