@@ -13,6 +13,7 @@ const usage = `imageguard keeps every image running in a cluster scanned for vul
 
 Usage:
   imageguard [controller] [flags]   run the controller manager (the default command)
+  imageguard scan IMAGE [flags]     scan one image with the same engine and print its findings
   imageguard help                   show this help
 
 Run 'imageguard COMMAND --help' for the flags of a command.
@@ -31,6 +32,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch command {
 	case "controller":
 		return runController(args, stderr)
+	case "scan":
+		return runScan(args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return 0

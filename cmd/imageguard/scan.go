@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/spf13/pflag"
+
+	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/scanner"
+	"github.com/imageguard/imageguard/internal/vulndb"
+)
+
+// dbOptions are the vulnerability DB flags shared by the controller and scan commands.
+type dbOptions struct {
+	Repositories  []string
+	CheckInterval time.Duration
+	Path          string
+}
+
+func (o *dbOptions) bindFlags(fs *pflag.FlagSet) {
+	fs.StringSliceVar(&o.Repositories, "db-repository", vulndb.DefaultRepositories,
+		"OCI repositories of the Trivy vulnerability DB artifact, tried in order (comma list); point it at a mirror for restricted networks.")
+	fs.StringVar(&o.Path, "db-path", "",
+		"Folder holding a Trivy DB (trivy.db and metadata.json) to use as it is, never downloading: for air-gapped clusters.")
+}
+
+// registryOptions are the registry flags shared by the controller and scan commands.
+type registryOptions struct {
+	InsecureRegistries []string
+}
+
+func (o *registryOptions) bindFlags(fs *pflag.FlagSet) {
+	fs.StringSliceVar(&o.InsecureRegistries, "insecure-registries", nil,
+		"Registry hosts (host or host:port, comma list) reached over plain HTTP or without verifying TLS certificates.")
+}
+
+// scanOptions are the flags of `imageguard scan`.
+type scanOptions struct {
+	DB       dbOptions
+	Registry registryOptions
+	CacheDir string
+	Output   string
+	Timeout  time.Duration
+	Image    string
+}
+
+func defaultCacheDir() string {
+	if dir, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(dir, "imageguard")
+	}
+	return filepath.Join(os.TempDir(), "imageguard")
+}
+
+func parseScanFlags(args []string, output io.Writer) (*scanOptions, error) {
+	opts := &scanOptions{}
+	fs := pflag.NewFlagSet("imageguard scan", pflag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.SortFlags = false
+	fs.Usage = func() {
+		fmt.Fprintf(output, "Usage: imageguard scan IMAGE [flags]\n\nScans one image with the same engine as the controller.\n\nFlags:\n%s", fs.FlagUsages())
+	}
+	opts.DB.bindFlags(fs)
+	opts.Registry.bindFlags(fs)
+	fs.StringVar(&opts.CacheDir, "cache-dir", defaultCacheDir(), "Folder for the downloaded DB and the kept image inventories.")
+	fs.StringVarP(&opts.Output, "output", "o", "table", "Output format: table or json.")
+	fs.DurationVar(&opts.Timeout, "scan-timeout", 10*time.Minute, "Time limit of the image analysis.")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return nil, errors.New("scan takes exactly one image reference")
+	}
+	if opts.Output != "table" && opts.Output != "json" {
+		return nil, fmt.Errorf("unknown output format %q: use table or json", opts.Output)
+	}
+	opts.Image = fs.Arg(0)
+	return opts, nil
+}
+
+func runScan(args []string, stdout, stderr io.Writer) int {
+	opts, err := parseScanFlags(args, stderr)
+	if errors.Is(err, pflag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "imageguard scan: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	report, err := scanImage(ctx, opts)
+	if err != nil {
+		fmt.Fprintf(stderr, "imageguard scan: %v\n", err)
+		return 1
+	}
+	if err := printReport(stdout, opts.Output, report); err != nil {
+		fmt.Fprintf(stderr, "imageguard scan: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// scanReport is what `imageguard scan` prints.
+type scanReport struct {
+	Image           string            `json:"image"`
+	Digest          string            `json:"digest"`
+	OS              scanner.OS        `json:"os"`
+	Scanner         string            `json:"scanner"`
+	DB              scanDB            `json:"vulnerabilityDB"`
+	Summary         map[string]int    `json:"summary"`
+	Vulnerabilities []scanner.Finding `json:"vulnerabilities"`
+}
+
+type scanDB struct {
+	UpdatedAt time.Time `json:"updatedAt"`
+	Digest    string    `json:"digest"`
+}
+
+func scanImage(ctx context.Context, opts *scanOptions) (*scanReport, error) {
+	client := registry.NewClient(registry.Options{InsecureHosts: opts.Registry.InsecureRegistries})
+	ref, err := client.ParseReference(opts.Image)
+	if err != nil {
+		return nil, err
+	}
+	// The user's own docker credentials, as `docker pull` would use them.
+	keychain := authn.DefaultKeychain
+	digest, err := client.ResolveDigest(ctx, opts.Image, keychain)
+	if err != nil {
+		return nil, err
+	}
+	db, err := vulndb.New(vulndb.Options{
+		Repositories: opts.DB.Repositories,
+		LocalPath:    opts.DB.Path,
+		CacheDir:     opts.CacheDir,
+		Registry:     client,
+		Keychain:     keychain,
+		Log:          logr.Discard(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if opts.DB.Path != "" {
+		err = db.LoadLocal()
+	} else {
+		_, err = db.Check(ctx)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading the vulnerability DB: %w", err)
+	}
+	s, err := scanner.New(scanner.Options{CacheDir: opts.CacheDir, Timeout: opts.Timeout}, client, db)
+	if err != nil {
+		return nil, err
+	}
+	repository := ref.Context().Name()
+	_, res, err := s.Scan(ctx, scanner.ImageRef{Repository: repository, Digest: digest, Keychain: keychain})
+	if err != nil {
+		return nil, err
+	}
+	report := &scanReport{
+		Image: repository, Digest: digest, OS: res.OS, Scanner: "Trivy " + s.Version(),
+		DB:              scanDB{UpdatedAt: res.DB.UpdatedAt, Digest: res.DB.Digest},
+		Summary:         map[string]int{},
+		Vulnerabilities: res.Findings,
+	}
+	if report.Vulnerabilities == nil {
+		report.Vulnerabilities = []scanner.Finding{}
+	}
+	for _, f := range res.Findings {
+		report.Summary[strings.ToLower(f.Severity)]++
+	}
+	return report, nil
+}
+
+func printReport(w io.Writer, format string, r *scanReport) error {
+	if format == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	fmt.Fprintf(w, "%s@%s (%s %s)\n", r.Image, r.Digest, r.OS.Family, r.OS.Name)
+	var counts []string
+	for _, sev := range scanner.Severities {
+		counts = append(counts, fmt.Sprintf("%s: %d", sev, r.Summary[strings.ToLower(sev)]))
+	}
+	fmt.Fprintf(w, "Total: %d (%s)\n\n", len(r.Vulnerabilities), strings.Join(counts, ", "))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tPACKAGE\tINSTALLED\tFIXED\tSEVERITY\tTARGET")
+	for _, f := range r.Vulnerabilities {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.ID, f.Package, f.InstalledVersion, f.FixedVersion, f.Severity, f.Target)
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"testing"
+
+	"github.com/go-logr/logr"
+	. "github.com/onsi/gomega"
+
+	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/scanner"
+	"github.com/imageguard/imageguard/internal/testutil"
+	"github.com/imageguard/imageguard/internal/vulndb"
+)
+
+const scanAdvisories = `
+advisories:
+- {id: CVE-2026-2001, ecosystem: debian 12, package: openssl, fixedVersion: 3.0.17-1~deb12u1, severity: HIGH, title: openssl flaw}
+- {id: CVE-2026-2002, ecosystem: debian 12, package: zlib, severity: LOW}
+`
+
+// TestScanCommandMatchesTheLibrary scans a fixture image with `imageguard scan` and with the
+// scanner package directly: the findings must be the same.
+func TestScanCommandMatchesTheLibrary(t *testing.T) {
+	g := NewWithT(t)
+	reg := testutil.NewRegistry(t)
+	img, err := testutil.DebianImage("12.11", []testutil.DebPackage{
+		{Name: "libssl3", Version: "3.0.15-1~deb12u1", Source: "openssl"},
+		{Name: "zlib1g", Version: "1:1.2.13.dfsg-1", Source: "zlib"},
+	})
+	g.Expect(err).NotTo(HaveOccurred())
+	ref, digest := reg.Push(t, "team/app", "1.0", img)
+	spec, err := testutil.ParseAdvisories([]byte(scanAdvisories))
+	g.Expect(err).NotTo(HaveOccurred())
+	dbDir := t.TempDir()
+	g.Expect(testutil.BuildDB(dbDir, spec)).To(Succeed())
+	dbPath := filepath.Join(dbDir, "db")
+
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"scan", ref, "--db-path", dbPath, "--insecure-registries", reg.Host(),
+		"--cache-dir", t.TempDir(), "-o", "json"}, &stdout, &stderr)
+	g.Expect(code).To(Equal(0), stderr.String())
+	var printed scanReport
+	g.Expect(json.Unmarshal(stdout.Bytes(), &printed)).To(Succeed())
+	g.Expect(printed.Digest).To(Equal(digest.String()))
+	g.Expect(printed.Summary).To(Equal(map[string]int{"high": 1, "low": 1}))
+
+	client := registry.NewClient(registry.Options{InsecureHosts: []string{reg.Host()}})
+	db, err := vulndb.New(vulndb.Options{LocalPath: dbPath, Log: logr.Discard()})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(db.LoadLocal()).To(Succeed())
+	s, err := scanner.New(scanner.Options{CacheDir: t.TempDir()}, client, db)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, res, err := s.Scan(context.Background(), scanner.ImageRef{Repository: reg.Host() + "/team/app", Digest: digest.String()})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(printed.Vulnerabilities).To(Equal(res.Findings))
+	g.Expect(printed.Vulnerabilities).To(HaveLen(2))
+
+	stdout.Reset()
+	code = run([]string{"scan", ref, "--db-path", dbPath, "--insecure-registries", reg.Host(),
+		"--cache-dir", t.TempDir()}, &stdout, &stderr)
+	g.Expect(code).To(Equal(0), stderr.String())
+	g.Expect(stdout.String()).To(ContainSubstring("Total: 2 (CRITICAL: 0, HIGH: 1, MEDIUM: 0, LOW: 1, UNKNOWN: 0)"))
+	g.Expect(stdout.String()).To(MatchRegexp(`CVE-2026-2001\s+libssl3\s+3.0.15-1~deb12u1\s+3.0.17-1~deb12u1\s+HIGH`))
+}
+
+func TestScanCommandErrors(t *testing.T) {
+	tests := map[string]struct {
+		args     []string
+		wantCode int
+		wantErr  string
+	}{
+		"no image":          {args: []string{"scan"}, wantCode: 2, wantErr: "exactly one image"},
+		"a bad format":      {args: []string{"scan", "x", "-o", "xml"}, wantCode: 2, wantErr: `unknown output format "xml"`},
+		"a malformed image": {args: []string{"scan", "UPPER/Case::", "--db-path", "/nonexistent"}, wantCode: 1, wantErr: "malformed image reference"},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			var stdout, stderr bytes.Buffer
+			g.Expect(run(tt.args, &stdout, &stderr)).To(Equal(tt.wantCode))
+			g.Expect(stderr.String()).To(ContainSubstring(tt.wantErr))
+		})
+	}
+}

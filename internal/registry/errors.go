@@ -1,0 +1,96 @@
+// Package registry reaches OCI registries for ImageGuard: credentials from Kubernetes pull secrets,
+// plain-HTTP and unverified-TLS hosts, tag-to-digest resolution, and errors typed by cause so that a
+// report can say why a scan failed.
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// Kind is the cause of a registry or image error. Each is also the reason of a report's Scanned
+// condition, so the names are part of the API.
+type Kind string
+
+// The kinds of error a scan can end with.
+const (
+	KindUnauthorized Kind = "Unauthorized"
+	KindNotFound     Kind = "NotFound"
+	KindTimeout      Kind = "Timeout"
+	KindRateLimited  Kind = "RateLimited"
+	KindUnsupported  Kind = "UnsupportedImage"
+	KindUnavailable  Kind = "RegistryUnavailable"
+)
+
+// Error is a registry or image error with its cause. Its message never holds credentials:
+// go-containerregistry's errors name the URL and the registry's own message only.
+type Error struct {
+	Kind Kind
+	Err  error
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s: %v", e.Kind, e.Err) }
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Errorf returns an Error of the given kind.
+func Errorf(kind Kind, format string, args ...any) error {
+	return &Error{Kind: kind, Err: fmt.Errorf(format, args...)}
+}
+
+// KindOf returns the kind of err, classifying errors that are not yet typed: HTTP status codes of
+// registry responses, deadlines, network failures. An unknown error is KindUnavailable.
+func KindOf(err error) Kind {
+	var typed *Error
+	if errors.As(err, &typed) {
+		return typed.Kind
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return KindTimeout
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) && netErr.Timeout() {
+		return KindTimeout
+	}
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		switch terr.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return KindUnauthorized
+		case http.StatusNotFound:
+			return KindNotFound
+		case http.StatusTooManyRequests:
+			return KindRateLimited
+		}
+		for _, d := range terr.Errors {
+			switch d.Code {
+			case transport.UnauthorizedErrorCode, transport.DeniedErrorCode:
+				return KindUnauthorized
+			case transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode, transport.BlobUnknownErrorCode:
+				return KindNotFound
+			case transport.TooManyRequestsErrorCode:
+				return KindRateLimited
+			case transport.UnsupportedErrorCode, transport.ManifestInvalidErrorCode:
+				return KindUnsupported
+			}
+		}
+	}
+	return KindUnavailable
+}
+
+// Classify wraps err in an Error of its kind; nil stays nil and typed errors stay as they are.
+func Classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var typed *Error
+	if errors.As(err, &typed) {
+		return err
+	}
+	return &Error{Kind: KindOf(err), Err: err}
+}

@@ -1,0 +1,156 @@
+package scanner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/aquasecurity/trivy/pkg/cache"
+	"github.com/aquasecurity/trivy/pkg/fanal/analyzer"
+	"github.com/aquasecurity/trivy/pkg/fanal/applier"
+	"github.com/aquasecurity/trivy/pkg/fanal/artifact"
+	imageartifact "github.com/aquasecurity/trivy/pkg/fanal/artifact/image"
+	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
+
+	"github.com/imageguard/imageguard/internal/registry"
+)
+
+// disabledAnalyzers are Trivy's analyzers that find nothing the vulnerability match uses: what
+// `trivy image --scanners vuln` disables (lock files, removed apk packages, secrets, config files,
+// licenses, Dockerfile history, executables, RPM archives), plus jar files, whose analysis needs
+// the separate Java DB.
+func disabledAnalyzers() []analyzer.Type {
+	disabled := append([]analyzer.Type{}, analyzer.TypeLockfiles...)
+	disabled = append(disabled, analyzer.TypeConfigFiles...)
+	return append(disabled,
+		analyzer.TypeApkCommand,
+		analyzer.TypeSecret,
+		analyzer.TypeImageConfigSecret,
+		analyzer.TypeLicenseFile,
+		analyzer.TypeDpkgLicense,
+		analyzer.TypeHistoryDockerfile,
+		analyzer.TypeExecutable,
+		analyzer.TypeRpmArchive,
+		analyzer.TypeJar,
+	)
+}
+
+// ImageRef names an image to analyse and how to reach it.
+type ImageRef struct {
+	// Repository is the image repository without tag or digest, e.g. registry.example.com/app.
+	Repository string
+	// Digest is the manifest digest (sha256:...). For a multi-arch index, the platform of the
+	// registry client picks the image.
+	Digest string
+	// Keychain has the credentials for the registry; nil is anonymous.
+	Keychain authn.Keychain
+}
+
+// String returns repository@digest.
+func (r ImageRef) String() string { return r.Repository + "@" + r.Digest }
+
+// analyze pulls ref's layers once and runs Trivy's analyzers over them.
+func (s *Scanner) analyze(ctx context.Context, ref ImageRef) (*Inventory, error) {
+	started := time.Now()
+	parsed, err := s.registry.ParseReference(ref.String())
+	if err != nil {
+		return nil, err
+	}
+	digestRef, ok := parsed.(name.Digest)
+	if !ok {
+		return nil, registry.Errorf(registry.KindUnsupported, "%s is not a digest reference", ref)
+	}
+	img, err := remote.Image(digestRef, s.registry.RemoteOptions(ctx, digestRef, ref.Keychain)...)
+	if err != nil {
+		return nil, s.scanError(ctx, fmt.Errorf("fetching %s: %w", ref, err))
+	}
+
+	dir, err := os.MkdirTemp(s.opts.TempDir, "analysis-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	fetched, err := fetchImage(ctx, img, dir, s.opts.Limits)
+	if err != nil {
+		return nil, s.scanError(ctx, err)
+	}
+	configName, err := img.ConfigName()
+	if err != nil {
+		return nil, s.scanError(ctx, err)
+	}
+	trivyImg := &trivyImage{Image: fetched, name: ref.String(), id: configName, repoDigest: ref.String()}
+
+	detail, err := s.inspect(ctx, trivyImg)
+	if err != nil {
+		return nil, s.scanError(ctx, err)
+	}
+	inv := newInventory(ref, s.trivyVersion, detail)
+	inv.AnalyzedAt = started.UTC().Truncate(time.Second)
+	return inv, nil
+}
+
+// inspect runs Trivy's analyzers over img and merges the layers, as Trivy's own scan service does.
+func (s *Scanner) inspect(ctx context.Context, img ftypes.Image) (ftypes.ArtifactDetail, error) {
+	// The blob cache lives for one analysis only: what we keep is the merged inventory.
+	blobs := cache.NewMemoryCache()
+	art, err := imageartifact.NewArtifact(img, blobs, artifact.Option{
+		DisabledAnalyzers: disabledAnalyzers(),
+		Parallel:          2,
+		NoProgress:        true,
+		Offline:           true,
+	})
+	if err != nil {
+		return ftypes.ArtifactDetail{}, fmt.Errorf("preparing Trivy's analyzers: %w", err)
+	}
+	ref, err := art.Inspect(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ftypes.ArtifactDetail{}, fmt.Errorf("analysing the image: %w", err)
+		}
+		return ftypes.ArtifactDetail{}, registry.Errorf(registry.KindUnsupported, "analysing the image: %v", err)
+	}
+	detail, err := applier.NewApplier(blobs).ApplyLayers(ctx, ref.ID, ref.BlobIDs)
+	switch {
+	case errors.Is(err, analyzer.ErrUnknownOS):
+		// Packages may be OS-independent (a Go binary in a scratch image).
+		if len(detail.Packages) != 0 {
+			detail.OS = ftypes.OS{Family: "none"}
+		}
+		if detail.Repository != nil {
+			detail.OS = ftypes.OS{Family: detail.Repository.Family, Name: detail.Repository.Release}
+		}
+	case errors.Is(err, analyzer.ErrNoPkgsDetected):
+		// An OS without a package database (files deleted): language packages may remain.
+	case err != nil:
+		return ftypes.ArtifactDetail{}, fmt.Errorf("merging the layers: %w", err)
+	}
+	return detail, nil
+}
+
+// scanError types err, preferring the scan's deadline as the cause when it passed.
+func (s *Scanner) scanError(ctx context.Context, err error) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return registry.Errorf(registry.KindTimeout, "the scan did not finish within its time limit: %v", err)
+	}
+	return registry.Classify(err)
+}
+
+// trivyImage adds to a go-containerregistry image the names Trivy's image artifact asks for.
+type trivyImage struct {
+	v1.Image
+	name       string
+	id         v1.Hash
+	repoDigest string
+}
+
+func (t *trivyImage) Name() string          { return t.name }
+func (t *trivyImage) ID() (string, error)   { return t.id.String(), nil }
+func (t *trivyImage) RepoTags() []string    { return nil }
+func (t *trivyImage) RepoDigests() []string { return []string{t.repoDigest} }

@@ -1,0 +1,266 @@
+package scanner
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/imageguard/imageguard/internal/registry"
+)
+
+// Limits bound what one analysis may pull and expand, so that a huge or hostile image ends with
+// an UnsupportedImage error instead of filling the disk, the memory or a worker's time.
+type Limits struct {
+	// MaxCompressedBytes bounds the sum of the compressed layer sizes the manifest declares.
+	MaxCompressedBytes int64
+	// MaxUncompressedBytes bounds the expanded size of each layer (decompression bombs).
+	MaxUncompressedBytes int64
+	// MaxLayers bounds the number of layers.
+	MaxLayers int
+	// MaxFiles bounds the number of entries in each layer.
+	MaxFiles int
+}
+
+// DefaultLimits suit real images: 4 GiB pulled, 8 GiB expanded per layer, 256 layers, a million
+// files per layer.
+var DefaultLimits = Limits{
+	MaxCompressedBytes:   4 << 30,
+	MaxUncompressedBytes: 8 << 30,
+	MaxLayers:            256,
+	MaxFiles:             1 << 20,
+}
+
+// fetchedImage is a remote image whose layers were downloaded once into a private folder and
+// checked against the limits; Trivy reads them from there.
+type fetchedImage struct {
+	v1.Image
+	layers []v1.Layer
+	byDiff map[v1.Hash]v1.Layer
+	byDig  map[v1.Hash]v1.Layer
+}
+
+func (f *fetchedImage) Layers() ([]v1.Layer, error) { return f.layers, nil }
+
+func (f *fetchedImage) LayerByDigest(h v1.Hash) (v1.Layer, error) {
+	if l, ok := f.byDig[h]; ok {
+		return l, nil
+	}
+	return nil, fmt.Errorf("no layer with digest %s", h)
+}
+
+func (f *fetchedImage) LayerByDiffID(h v1.Hash) (v1.Layer, error) {
+	if l, ok := f.byDiff[h]; ok {
+		return l, nil
+	}
+	return nil, fmt.Errorf("no layer with diff ID %s", h)
+}
+
+// fileLayer is a compressed layer kept in a local file.
+type fileLayer struct {
+	path      string
+	digest    v1.Hash
+	diffID    v1.Hash
+	size      int64
+	mediaType types.MediaType
+}
+
+func (l *fileLayer) Digest() (v1.Hash, error)            { return l.digest, nil }
+func (l *fileLayer) DiffID() (v1.Hash, error)            { return l.diffID, nil }
+func (l *fileLayer) Size() (int64, error)                { return l.size, nil }
+func (l *fileLayer) MediaType() (types.MediaType, error) { return l.mediaType, nil }
+func (l *fileLayer) Compressed() (io.ReadCloser, error)  { return os.Open(l.path) }
+
+// fetchImage downloads img's layers into dir after checking the manifest against limits, then
+// checks each layer's content. Each blob is read from the registry exactly once.
+func fetchImage(ctx context.Context, img v1.Image, dir string, limits Limits) (*fetchedImage, error) {
+	manifest, err := img.Manifest()
+	if err != nil {
+		return nil, registry.Classify(fmt.Errorf("reading the manifest: %w", err))
+	}
+	config, err := img.ConfigFile()
+	if err != nil {
+		return nil, registry.Classify(fmt.Errorf("reading the image config: %w", err))
+	}
+	if n := len(manifest.Layers); limits.MaxLayers > 0 && n > limits.MaxLayers {
+		return nil, registry.Errorf(registry.KindUnsupported, "the image has %d layers, more than the limit of %d", n, limits.MaxLayers)
+	}
+	if len(config.RootFS.DiffIDs) != len(manifest.Layers) {
+		return nil, registry.Errorf(registry.KindUnsupported, "the config lists %d layers but the manifest %d",
+			len(config.RootFS.DiffIDs), len(manifest.Layers))
+	}
+	var total int64
+	for _, l := range manifest.Layers {
+		if l.Size < 0 {
+			return nil, registry.Errorf(registry.KindUnsupported, "layer %s has a negative size", l.Digest)
+		}
+		total += l.Size
+	}
+	if limits.MaxCompressedBytes > 0 && total > limits.MaxCompressedBytes {
+		return nil, registry.Errorf(registry.KindUnsupported, "the image's layers are %d bytes compressed, more than the limit of %d",
+			total, limits.MaxCompressedBytes)
+	}
+
+	f := &fetchedImage{Image: img, byDiff: map[v1.Hash]v1.Layer{}, byDig: map[v1.Hash]v1.Layer{}}
+	for i, desc := range manifest.Layers {
+		if !isLayerMediaType(desc.MediaType) {
+			return nil, registry.Errorf(registry.KindUnsupported, "layer %s has media type %q, not an image layer", desc.Digest, desc.MediaType)
+		}
+		fl := &fileLayer{
+			path:      filepath.Join(dir, fmt.Sprintf("layer-%03d", i)),
+			digest:    desc.Digest,
+			diffID:    config.RootFS.DiffIDs[i],
+			size:      desc.Size,
+			mediaType: desc.MediaType,
+		}
+		if err := download(ctx, img, desc, fl.path); err != nil {
+			return nil, err
+		}
+		layer, err := partial.CompressedToLayer(fl)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkLayer(ctx, layer, desc.Digest, limits); err != nil {
+			return nil, err
+		}
+		f.layers = append(f.layers, layer)
+		f.byDiff[fl.diffID] = layer
+		f.byDig[fl.digest] = layer
+	}
+	return f, nil
+}
+
+func isLayerMediaType(mt types.MediaType) bool {
+	switch mt {
+	case types.DockerLayer, types.DockerForeignLayer, types.DockerUncompressedLayer,
+		types.OCILayer, types.OCILayerZStd, types.OCIUncompressedLayer,
+		types.OCIRestrictedLayer, types.OCIUncompressedRestrictedLayer:
+		return true
+	}
+	return false
+}
+
+// download copies a layer blob to path, reading no more than its declared size; go-containerregistry
+// checks the digest as the blob is read.
+func download(ctx context.Context, img v1.Image, desc v1.Descriptor, path string) error {
+	layer, err := img.LayerByDigest(desc.Digest)
+	if err != nil {
+		return registry.Classify(fmt.Errorf("layer %s: %w", desc.Digest, err))
+	}
+	rc, err := layer.Compressed()
+	if err != nil {
+		return registry.Classify(fmt.Errorf("fetching layer %s: %w", desc.Digest, err))
+	}
+	defer rc.Close()
+	out, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	n, err := io.Copy(out, &ctxReader{ctx: ctx, r: io.LimitReader(rc, desc.Size+1)})
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return registry.Errorf(registry.KindTimeout, "fetching layer %s: %v", desc.Digest, ctx.Err())
+		}
+		return registry.Classify(fmt.Errorf("fetching layer %s: %w", desc.Digest, err))
+	}
+	if n != desc.Size {
+		return registry.Errorf(registry.KindUnsupported, "layer %s is %d bytes, the manifest says %d", desc.Digest, n, desc.Size)
+	}
+	return nil
+}
+
+// checkLayer reads a layer's tar stream once: it must expand to no more than the limit, hold no
+// more entries than the limit, and no path may climb out of the root.
+func checkLayer(ctx context.Context, layer v1.Layer, digest v1.Hash, limits Limits) error {
+	rc, err := layer.Uncompressed()
+	if err != nil {
+		return registry.Errorf(registry.KindUnsupported, "layer %s cannot be decompressed: %v", digest, err)
+	}
+	defer rc.Close()
+	lr := &limitedReader{r: rc, left: limits.MaxUncompressedBytes, limit: limits.MaxUncompressedBytes}
+	tr := tar.NewReader(&ctxReader{ctx: ctx, r: lr})
+	for files := 0; ; files++ {
+		hdr, err := tr.Next()
+		if err == nil && limits.MaxFiles > 0 && files >= limits.MaxFiles {
+			return registry.Errorf(registry.KindUnsupported, "layer %s has more than %d files", digest, limits.MaxFiles)
+		}
+		if err == nil {
+			if escapes(hdr.Name) || (hdr.Typeflag == tar.TypeLink && escapes(hdr.Linkname)) {
+				return registry.Errorf(registry.KindUnsupported, "layer %s has an entry %q that leaves the image root", digest, hdr.Name)
+			}
+			_, err = io.Copy(io.Discard, tr)
+		}
+		switch {
+		case errors.Is(err, io.EOF):
+			return nil
+		case err == nil:
+			continue
+		case ctx.Err() != nil:
+			return registry.Errorf(registry.KindTimeout, "reading layer %s: %v", digest, ctx.Err())
+		case errors.Is(err, errTooLarge):
+			return registry.Errorf(registry.KindUnsupported, "layer %s expands to more than %d bytes", digest, limits.MaxUncompressedBytes)
+		default:
+			return registry.Errorf(registry.KindUnsupported, "layer %s is not a valid tar stream: %v", digest, err)
+		}
+	}
+}
+
+// escapes reports whether a tar entry name climbs above the image root once cleaned, such as
+// "../../etc/passwd" or "app/../../x". A leading "/" counts as the root.
+func escapes(name string) bool {
+	cleaned := path.Clean(strings.TrimLeft(name, "/"))
+	return cleaned == ".." || strings.HasPrefix(cleaned, "../")
+}
+
+var errTooLarge = errors.New("stream exceeds its size limit")
+
+// limitedReader fails with errTooLarge once more than limit bytes were read (limit 0: no bound).
+type limitedReader struct {
+	r     io.Reader
+	left  int64
+	limit int64
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.limit <= 0 {
+		return l.r.Read(p)
+	}
+	if l.left < 0 {
+		return 0, errTooLarge
+	}
+	if int64(len(p)) > l.left+1 {
+		p = p[:l.left+1]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	if l.left < 0 {
+		return n, errTooLarge
+	}
+	return n, err
+}
+
+// ctxReader stops reading once ctx is done, so a hung registry or a slow layer ends with the
+// scan's deadline.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

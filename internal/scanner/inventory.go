@@ -1,0 +1,153 @@
+package scanner
+
+import (
+	"compress/gzip"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"time"
+
+	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
+)
+
+// Inventory is what an analysis keeps of an image: its OS and packages, without per-file lists.
+// Matching it against any DB needs no registry access.
+type Inventory struct {
+	Repository   string    `json:"repository"`
+	Digest       string    `json:"digest"`
+	TrivyVersion string    `json:"trivyVersion"`
+	AnalyzedAt   time.Time `json:"analyzedAt"`
+
+	OS            ftypes.OS            `json:"os"`
+	PkgRepository *ftypes.Repository   `json:"pkgRepository,omitempty"`
+	Packages      ftypes.Packages      `json:"packages,omitempty"`
+	Applications  []ftypes.Application `json:"applications,omitempty"`
+}
+
+// newInventory keeps of detail what detection reads.
+func newInventory(ref ImageRef, trivyVersion string, detail ftypes.ArtifactDetail) *Inventory {
+	inv := &Inventory{
+		Repository:    ref.Repository,
+		Digest:        ref.Digest,
+		TrivyVersion:  trivyVersion,
+		OS:            detail.OS,
+		PkgRepository: detail.Repository,
+		Packages:      stripFiles(detail.Packages),
+	}
+	for _, app := range detail.Applications {
+		app.Packages = stripFiles(app.Packages)
+		inv.Applications = append(inv.Applications, app)
+	}
+	return inv
+}
+
+// stripFiles drops the installed-file lists (thousands of paths per Debian image) that detection
+// never reads.
+func stripFiles(pkgs ftypes.Packages) ftypes.Packages {
+	out := make(ftypes.Packages, len(pkgs))
+	for i, p := range pkgs {
+		p.InstalledFiles = nil
+		out[i] = p
+	}
+	return out
+}
+
+// PackageCount returns the number of OS and language packages.
+func (inv *Inventory) PackageCount() int {
+	n := len(inv.Packages)
+	for _, app := range inv.Applications {
+		n += len(app.Packages)
+	}
+	return n
+}
+
+var digestPattern = regexp.MustCompile(`^sha256:[a-f0-9]{64}$`)
+
+// Store keeps inventories on disk at <dir>/inventory/<trivy-version>/<digest>.json.gz, so that a
+// restart does not pull images again. An analysis by another Trivy version is not reused: its
+// analyzers may find other packages.
+type Store struct {
+	dir string
+}
+
+// NewStore returns a Store under cacheDir for inventories of trivyVersion.
+func NewStore(cacheDir, trivyVersion string) (*Store, error) {
+	dir := filepath.Join(cacheDir, "inventory", sanitize(trivyVersion))
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("creating the inventory cache: %w", err)
+	}
+	return &Store{dir: dir}, nil
+}
+
+var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9._-]`)
+
+// sanitize makes a version usable as a folder name.
+func sanitize(s string) string { return unsafeChars.ReplaceAllString(s, "_") }
+
+func (s *Store) path(digest string) (string, error) {
+	if !digestPattern.MatchString(digest) {
+		return "", fmt.Errorf("malformed digest %q", digest)
+	}
+	return filepath.Join(s.dir, "sha256-"+digest[len("sha256:"):]+".json.gz"), nil
+}
+
+// Get returns the kept inventory of digest, or nil when there is none. A corrupt file counts as
+// none (it is rewritten by the next analysis).
+func (s *Store) Get(digest string) (*Inventory, error) {
+	p, err := s.path(digest)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return nil, nil //nolint:nilerr // corrupt: analyse again
+	}
+	inv := &Inventory{}
+	if err := json.NewDecoder(zr).Decode(inv); err != nil || inv.Digest != digest {
+		return nil, nil //nolint:nilerr // corrupt: analyse again
+	}
+	return inv, nil
+}
+
+// Put writes inv atomically: a temporary file renamed into place, so a crash never leaves a
+// half-written inventory.
+func (s *Store) Put(inv *Inventory) error {
+	p, err := s.path(inv.Digest)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(s.dir, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	zw := gzip.NewWriter(tmp)
+	if err := json.NewEncoder(zw).Encode(inv); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), p)
+}

@@ -1,0 +1,157 @@
+package scanner
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	dbTypes "github.com/aquasecurity/trivy-db/pkg/types"
+	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
+	"github.com/aquasecurity/trivy/pkg/result"
+	"github.com/aquasecurity/trivy/pkg/scan/langpkg"
+	"github.com/aquasecurity/trivy/pkg/scan/local"
+	"github.com/aquasecurity/trivy/pkg/scan/ospkg"
+	"github.com/aquasecurity/trivy/pkg/types"
+	"github.com/aquasecurity/trivy/pkg/vulnerability"
+
+	trivydb "github.com/aquasecurity/trivy-db/pkg/db"
+)
+
+// DBInfo identifies the vulnerability DB findings were matched against.
+type DBInfo struct {
+	// UpdatedAt is when the DB was built.
+	UpdatedAt time.Time
+	// Digest is the DB artifact's digest, or the local DB file's.
+	Digest string
+}
+
+// DB is the vulnerability DB Trivy's detection reads (a process-global in Trivy). View runs fn
+// while the DB cannot be swapped, and fails when no DB is loaded.
+type DB interface {
+	View(fn func(DBInfo) error) error
+}
+
+// Severities in the order findings are listed, most severe first.
+var Severities = []string{"CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"}
+
+// Finding is one vulnerability in one installed package.
+type Finding struct {
+	ID               string `json:"id"`
+	Package          string `json:"package"`
+	InstalledVersion string `json:"installedVersion,omitempty"`
+	FixedVersion     string `json:"fixedVersion,omitempty"`
+	Severity         string `json:"severity"`
+	Status           string `json:"status,omitempty"`
+	Title            string `json:"title,omitempty"`
+	PrimaryURL       string `json:"primaryURL,omitempty"`
+	Target           string `json:"target,omitempty"`
+	PackageType      string `json:"packageType,omitempty"`
+}
+
+// OS is the operating system found in an image.
+type OS struct {
+	Family string `json:"family,omitempty"`
+	Name   string `json:"name,omitempty"`
+	EOSL   bool   `json:"eosl,omitempty"`
+}
+
+// Result is an inventory matched against a DB.
+type Result struct {
+	OS       OS        `json:"os"`
+	Findings []Finding `json:"findings"`
+	DB       DBInfo    `json:"-"`
+}
+
+// matcher runs Trivy's own detection over kept inventories.
+type matcher struct {
+	service local.Service
+}
+
+func newMatcher() *matcher {
+	// The applier is not used: ScanTarget detects from an inventory we hand it.
+	return &matcher{service: local.NewService(nil, ospkg.NewScanner(), langpkg.NewScanner(),
+		vulnerability.NewClient(trivydb.Config{}))}
+}
+
+// scanOptions are those of `trivy image --scanners vuln`; Trivy's zero values would silently
+// drop every package or make every severity UNKNOWN.
+var scanOptions = types.ScanOptions{
+	PkgTypes:            []string{types.PkgTypeOS, types.PkgTypeLibrary},
+	PkgRelationships:    ftypes.Relationships,
+	Scanners:            types.Scanners{types.VulnerabilityScanner},
+	VulnSeveritySources: []dbTypes.SourceID{"auto"},
+}
+
+var filterOptions = result.FilterOptions{
+	Severities: []dbTypes.Severity{
+		dbTypes.SeverityCritical, dbTypes.SeverityHigh, dbTypes.SeverityMedium,
+		dbTypes.SeverityLow, dbTypes.SeverityUnknown,
+	},
+}
+
+// match detects the vulnerabilities of inv with the DB as it is; the caller holds the DB still.
+func (m *matcher) match(ctx context.Context, inv *Inventory) (*Result, error) {
+	// ScanTarget filters the slices it is given in place: hand it copies of the kept inventory.
+	apps := make([]ftypes.Application, len(inv.Applications))
+	for i, app := range inv.Applications {
+		app.Packages = slices.Clone(app.Packages)
+		apps[i] = app
+	}
+	target := types.ScanTarget{
+		Name:         inv.Repository + "@" + inv.Digest,
+		OS:           inv.OS,
+		Repository:   inv.PkgRepository,
+		Packages:     slices.Clone(inv.Packages),
+		Applications: apps,
+	}
+	results, detectedOS, err := m.service.ScanTarget(ctx, target, scanOptions)
+	if err != nil {
+		return nil, fmt.Errorf("matching against the vulnerability DB: %w", err)
+	}
+	if err := result.Filter(ctx, types.Report{Results: results}, filterOptions); err != nil {
+		return nil, fmt.Errorf("filtering findings: %w", err)
+	}
+	res := &Result{OS: OS{Family: string(detectedOS.Family), Name: detectedOS.Name, EOSL: detectedOS.Eosl}}
+	for _, r := range results {
+		for _, v := range r.Vulnerabilities {
+			res.Findings = append(res.Findings, Finding{
+				ID:               v.VulnerabilityID,
+				Package:          v.PkgName,
+				InstalledVersion: v.InstalledVersion,
+				FixedVersion:     v.FixedVersion,
+				Severity:         v.Severity,
+				Status:           v.Status.String(),
+				Title:            v.Title,
+				PrimaryURL:       v.PrimaryURL,
+				Target:           r.Target,
+				PackageType:      string(r.Type),
+			})
+		}
+	}
+	SortFindings(res.Findings)
+	return res, nil
+}
+
+// severityRank orders severities, most severe first; unknown strings last.
+func severityRank(s string) int {
+	if i := slices.Index(Severities, s); i >= 0 {
+		return i
+	}
+	return len(Severities)
+}
+
+// SortFindings orders findings by severity, then id, package, installed version and target, so
+// that equal inputs always give equal lists.
+func SortFindings(findings []Finding) {
+	slices.SortFunc(findings, func(a, b Finding) int {
+		return cmp.Or(
+			cmp.Compare(severityRank(a.Severity), severityRank(b.Severity)),
+			cmp.Compare(a.ID, b.ID),
+			cmp.Compare(a.Package, b.Package),
+			cmp.Compare(a.InstalledVersion, b.InstalledVersion),
+			cmp.Compare(a.Target, b.Target),
+		)
+	})
+}

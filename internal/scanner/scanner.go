@@ -1,0 +1,145 @@
+// Package scanner analyses images with Trivy, used as a library, keeps each digest's package
+// inventory on disk, and matches inventories against the vulnerability DB with Trivy's own
+// detection. It knows nothing of controller-runtime.
+package scanner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/imageguard/imageguard/internal/registry"
+)
+
+// Options configure a Scanner.
+type Options struct {
+	// CacheDir holds the kept inventories (under inventory/<trivy-version>/).
+	CacheDir string
+	// TempDir holds layers during an analysis; empty means the system's.
+	TempDir string
+	// Timeout bounds one analysis, from the first registry request to the merged inventory.
+	Timeout time.Duration
+	// Limits bound what an analysis pulls and expands.
+	Limits Limits
+}
+
+// Scanner analyses each digest once and matches kept inventories against the DB.
+type Scanner struct {
+	opts         Options
+	registry     *registry.Client
+	store        *Store
+	db           DB
+	matcher      *matcher
+	trivyVersion string
+	flights      singleflight.Group
+	analyses     atomic.Int64
+}
+
+// New returns a Scanner that reaches registries through client and matches against db.
+func New(opts Options, client *registry.Client, db DB) (*Scanner, error) {
+	if opts.CacheDir == "" {
+		return nil, errors.New("scanner: a cache folder is required")
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 10 * time.Minute
+	}
+	if opts.Limits == (Limits{}) {
+		opts.Limits = DefaultLimits
+	}
+	version := TrivyVersion()
+	store, err := NewStore(opts.CacheDir, version)
+	if err != nil {
+		return nil, err
+	}
+	return &Scanner{
+		opts: opts, registry: client, store: store, db: db,
+		matcher: newMatcher(), trivyVersion: version,
+	}, nil
+}
+
+// TrivyVersion returns the version of the Trivy library linked in, from the build info.
+func TrivyVersion() string {
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, dep := range info.Deps {
+			if dep.Path == "github.com/aquasecurity/trivy" {
+				if dep.Replace != nil {
+					return dep.Replace.Version
+				}
+				return dep.Version
+			}
+		}
+	}
+	return "unknown"
+}
+
+// Version returns the version of the Trivy library, for reports.
+func (s *Scanner) Version() string { return s.trivyVersion }
+
+// Analyses returns how many analyses (image pulls) this Scanner performed.
+func (s *Scanner) Analyses() int64 { return s.analyses.Load() }
+
+// Inventory returns ref's inventory: the kept one when there is one, otherwise from a new
+// analysis, which concurrent callers for the same digest share. The bool says whether an
+// analysis ran for this call.
+func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool, error) {
+	if inv, err := s.store.Get(ref.Digest); err != nil || inv != nil {
+		return inv, false, err
+	}
+	ch := s.flights.DoChan(ref.Digest, func() (any, error) {
+		// Another flight may have just finished and kept it.
+		if inv, err := s.store.Get(ref.Digest); err != nil || inv != nil {
+			return inv, err
+		}
+		// The analysis is shared: one caller giving up must not cancel it for the others.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
+		defer cancel()
+		s.analyses.Add(1)
+		inv, err := s.analyze(actx, ref)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.store.Put(inv); err != nil {
+			return nil, fmt.Errorf("keeping the inventory of %s: %w", ref.Digest, err)
+		}
+		return inv, nil
+	})
+	select {
+	case <-ctx.Done():
+		return nil, false, registry.Errorf(registry.KindTimeout, "waiting for the analysis of %s: %v", ref, ctx.Err())
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, false, res.Err
+		}
+		return res.Val.(*Inventory), !res.Shared, nil
+	}
+}
+
+// Match matches inv against the current DB; it makes no registry request.
+func (s *Scanner) Match(ctx context.Context, inv *Inventory) (*Result, error) {
+	var res *Result
+	err := s.db.View(func(info DBInfo) error {
+		var err error
+		res, err = s.matcher.match(ctx, inv)
+		if res != nil {
+			res.DB = info
+		}
+		return err
+	})
+	return res, err
+}
+
+// Scan returns ref's findings against the current DB, analysing the image only if no inventory
+// is kept for it.
+func (s *Scanner) Scan(ctx context.Context, ref ImageRef) (*Inventory, *Result, error) {
+	inv, _, err := s.Inventory(ctx, ref)
+	if err != nil {
+		return nil, nil, err
+	}
+	res, err := s.Match(ctx, inv)
+	return inv, res, err
+}

@@ -1,0 +1,256 @@
+package scanner_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	. "github.com/onsi/gomega"
+	. "github.com/onsi/gomega/gstruct"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/scanner"
+	"github.com/imageguard/imageguard/internal/testutil"
+)
+
+// finding matches a scanner.Finding on the fields parity with the trivy CLI is judged by.
+func finding(id, pkg, installed, fixed, severity, pkgType string) OmegaMatcher {
+	return MatchFields(IgnoreExtras, Fields{
+		"ID": Equal(id), "Package": Equal(pkg), "InstalledVersion": Equal(installed),
+		"FixedVersion": Equal(fixed), "Severity": Equal(severity), "PackageType": Equal(pkgType),
+	})
+}
+
+func TestFixtureImagesYieldTheirFindings(t *testing.T) {
+	f := newFixture(t)
+	tests := map[string]struct {
+		repo   string
+		image  func(testing.TB) v1.Image
+		os     scanner.OS
+		wanted []OmegaMatcher
+	}{
+		"alpine": {
+			repo:  "fixtures/alpine",
+			image: alpineImage,
+			os:    scanner.OS{Family: "alpine", Name: "3.22.1"},
+			wanted: []OmegaMatcher{
+				finding("CVE-2026-1001", "libcrypto3", "3.5.1-r0", "3.5.2-r0", "CRITICAL", "alpine"),
+			},
+		},
+		"debian, advisories keyed by source package": {
+			repo:  "fixtures/debian",
+			image: debianImage,
+			os:    scanner.OS{Family: "debian", Name: "12.11"},
+			wanted: []OmegaMatcher{
+				finding("CVE-2026-2001", "libssl3", "3.0.15-1~deb12u1", "3.0.17-1~deb12u1", "HIGH", "debian"),
+				finding("CVE-2026-2001", "openssl", "3.0.15-1~deb12u1", "3.0.17-1~deb12u1", "HIGH", "debian"),
+				finding("CVE-2026-2002", "zlib1g", "1:1.2.13.dfsg-1", "", "MEDIUM", "debian"),
+			},
+		},
+		"npm": {
+			repo:  "fixtures/npm",
+			image: npmImage,
+			wanted: []OmegaMatcher{
+				finding("GHSA-35jh-r3h4-6jhm", "lodash", "4.17.20", "4.17.21", "HIGH", "node-pkg"),
+			},
+		},
+		"go binary": {
+			repo:  "fixtures/go",
+			image: func(t testing.TB) v1.Image { return testutil.GoBinaryImage(t, testutil.DefaultGoModules) },
+			wanted: []OmegaMatcher{
+				finding("CVE-2022-32149", "golang.org/x/text", "v0.3.7", "0.3.8", "HIGH", "gobinary"),
+			},
+		},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			ref := f.push(t, tt.repo, tt.image(t))
+			_, res, err := f.scanner.Scan(testContext(t), ref)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(res.Findings).To(ConsistOf(tt.wanted))
+			if tt.os.Family != "" {
+				g.Expect(res.OS).To(Equal(tt.os))
+			}
+			g.Expect(res.DB.Digest).To(HavePrefix("sha256:"))
+			g.Expect(res.DB.UpdatedAt).To(Equal(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)))
+		})
+	}
+}
+
+func TestFindingsAreSortedBySeverityThenID(t *testing.T) {
+	g := NewWithT(t)
+	findings := []scanner.Finding{
+		{ID: "B", Severity: "LOW"}, {ID: "Z", Severity: "CRITICAL"}, {ID: "A", Severity: "LOW"},
+		{ID: "M", Severity: "UNKNOWN"}, {ID: "C", Severity: "HIGH"},
+	}
+	scanner.SortFindings(findings)
+	var ids []string
+	for _, f := range findings {
+		ids = append(ids, f.ID)
+	}
+	g.Expect(ids).To(Equal([]string{"Z", "C", "A", "B", "M"}))
+}
+
+func TestKeptInventoryIsNotPulledAgain(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t)
+	ref := f.push(t, "kept/alpine", alpineImage(t))
+	ctx := testContext(t)
+
+	_, first, err := f.scanner.Scan(ctx, ref)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(f.reg.Counts().BlobGETs).To(BeNumerically(">", 0))
+	g.Expect(f.scanner.Analyses()).To(BeEquivalentTo(1))
+
+	// The same scanner, then a new one on the same cache folder (a restart): no registry request.
+	f.reg.ResetCounts()
+	_, again, err := f.scanner.Scan(ctx, ref)
+	g.Expect(err).NotTo(HaveOccurred())
+	restarted := f.newScanner(t, scanner.Options{})
+	_, afterRestart, err := restarted.Scan(ctx, ref)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(f.reg.Counts().BlobGETs).To(BeZero())
+	g.Expect(f.reg.Counts().Requests).To(BeZero())
+	g.Expect(restarted.Analyses()).To(BeZero())
+	g.Expect(again.Findings).To(Equal(first.Findings))
+	g.Expect(afterRestart.Findings).To(Equal(first.Findings))
+}
+
+func TestConcurrentRequestsShareOneAnalysis(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t)
+	ref := f.push(t, "shared/debian", debianImage(t))
+	f.reg.ResetCounts()
+
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, errs[i] = f.scanner.Inventory(testContext(t), ref)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		g.Expect(err).NotTo(HaveOccurred())
+	}
+	g.Expect(f.scanner.Analyses()).To(BeEquivalentTo(1))
+	// One image config and one layer, each read once.
+	g.Expect(f.reg.Counts().BlobGETs).To(Equal(2))
+}
+
+func TestMultiArchIndexPicksThePlatform(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t)
+	amd := alpineImage(t)
+	armLayer := must(testutil.LayerFromFiles(map[string][]byte{
+		"etc/alpine-release":   []byte("3.22.1\n"),
+		"lib/apk/db/installed": []byte("P:busybox\nV:1.36.0-r0\nA:aarch64\no:busybox\n\n"),
+	}))
+	arm := must(testutil.ImageFromLayers(v1.Platform{OS: "linux", Architecture: "arm64"}, armLayer))
+	idx := must(testutil.IndexFromImages(amd, arm))
+	_, digest := f.reg.PushIndex(t, "multi/app", "1.0", idx)
+	ref := scanner.ImageRef{Repository: f.reg.Host() + "/multi/app", Digest: digest.String()}
+
+	armClient := registry.NewClient(registry.Options{
+		InsecureHosts: []string{f.reg.Host()}, Platform: &v1.Platform{OS: "linux", Architecture: "arm64"},
+	})
+	armScanner := must(scanner.New(scanner.Options{CacheDir: t.TempDir()}, armClient, f.db))
+	_, res, err := armScanner.Scan(testContext(t), ref)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.Findings).To(ConsistOf(finding("CVE-2026-1002", "busybox", "1.36.0-r0", "1.37.0-r10", "HIGH", "alpine")))
+
+	_, res, err = f.scanner.Scan(testContext(t), ref)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.Findings).To(ConsistOf(finding("CVE-2026-1001", "libcrypto3", "3.5.1-r0", "3.5.2-r0", "CRITICAL", "alpine")))
+}
+
+func TestPrivateRegistryNeedsThePullSecret(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t, testutil.WithBasicAuth("puller", "s3cret"))
+	ref := f.push(t, "private/app", alpineImage(t))
+	ctx := testContext(t)
+
+	_, _, err := f.scanner.Scan(ctx, ref)
+	g.Expect(registry.KindOf(err)).To(Equal(registry.KindUnauthorized), "got %v", err)
+	g.Expect(err.Error()).NotTo(ContainSubstring("s3cret"))
+
+	secret := corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "regcred", Namespace: "team"},
+		Type:       corev1.SecretTypeDockerConfigJson,
+		Data: map[string][]byte{corev1.DockerConfigJsonKey: []byte(
+			`{"auths":{"` + f.reg.Host() + `":{"username":"puller","password":"s3cret"}}}`)},
+	}
+	keychain, err := registry.KeychainFromSecrets(ctx, []corev1.Secret{secret})
+	g.Expect(err).NotTo(HaveOccurred())
+	ref.Keychain = keychain
+	_, res, err := f.scanner.Scan(ctx, ref)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.Findings).To(HaveLen(1))
+
+	// A secret for another registry does not help.
+	other, err := registry.KeychainFromSecrets(ctx, []corev1.Secret{{
+		Type: corev1.SecretTypeDockerConfigJson,
+		Data: map[string][]byte{corev1.DockerConfigJsonKey: []byte(`{"auths":{"registry.example.com":{"username":"puller","password":"s3cret"}}}`)},
+	}})
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = f.client.ResolveDigest(ctx, ref.Repository+":1.0", other)
+	g.Expect(registry.KindOf(err)).To(Equal(registry.KindUnauthorized))
+	_, err = f.client.ResolveDigest(ctx, ref.Repository+":1.0", authn.NewMultiKeychain(keychain))
+	g.Expect(err).NotTo(HaveOccurred())
+}
+
+func TestHostileImagesEndWithTypedErrors(t *testing.T) {
+	f := newFixture(t)
+	base := must(testutil.LayerFromFiles(map[string][]byte{"etc/alpine-release": []byte("3.22.1\n")}))
+	image := func(layers ...v1.Layer) v1.Image {
+		return must(testutil.ImageFromLayers(testutil.LinuxAMD64, append([]v1.Layer{base}, layers...)...))
+	}
+	limits := scanner.Limits{MaxCompressedBytes: 8 << 20, MaxUncompressedBytes: 64 << 20, MaxLayers: 8, MaxFiles: 1000}
+	tests := map[string]struct {
+		image    v1.Image
+		wantKind registry.Kind
+		wantMsg  string
+	}{
+		"a decompression bomb": {
+			image: image(testutil.DecompressionBombLayer(1 << 30)), wantKind: registry.KindUnsupported, wantMsg: "expands to more than",
+		},
+		"paths that leave the root": {
+			image: image(testutil.PathTraversalLayer()), wantKind: registry.KindUnsupported, wantMsg: "leaves the image root",
+		},
+		"an image over the size limit": {
+			image: image(testutil.PaddingLayer(9<<20, 1)), wantKind: registry.KindUnsupported, wantMsg: "more than the limit",
+		},
+		"too many layers": {
+			image: image(base, base, base, base, base, base, base, base), wantKind: registry.KindUnsupported, wantMsg: "layers, more than",
+		},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			s := f.newScanner(t, scanner.Options{CacheDir: t.TempDir(), Limits: limits, Timeout: time.Minute})
+			ref := f.push(t, "hostile/app", tt.image)
+			_, _, err := s.Scan(testContext(t), ref)
+			g.Expect(registry.KindOf(err)).To(Equal(tt.wantKind), "got %v", err)
+			g.Expect(err.Error()).To(ContainSubstring(tt.wantMsg))
+		})
+	}
+}
+
+func TestHangingRegistryEndsWithTimeout(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t)
+	ref := f.push(t, "slow/app", alpineImage(t))
+	f.reg.SetFault(f.reg.HangFault())
+	s := f.newScanner(t, scanner.Options{CacheDir: t.TempDir(), Timeout: 2 * time.Second})
+
+	_, _, err := s.Scan(context.Background(), ref)
+	g.Expect(registry.KindOf(err)).To(Equal(registry.KindTimeout), "got %v", err)
+}

@@ -1,0 +1,325 @@
+// Package vulndb keeps Trivy's vulnerability DB current: it downloads the DB's OCI artifact,
+// checks it by manifest digest so that an unchanged DB costs one small request, verifies a new one
+// and swaps it in under a lock that matches wait on, keeping the old DB whenever anything fails.
+// For air-gapped clusters it serves a local DB and never downloads.
+package vulndb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/google/go-containerregistry/pkg/authn"
+
+	trivydb "github.com/aquasecurity/trivy/pkg/db"
+
+	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/scanner"
+)
+
+// DefaultRepositories are the public DB repositories, tried in order.
+var DefaultRepositories = []string{"mirror.gcr.io/aquasec/trivy-db:2", "ghcr.io/aquasecurity/trivy-db:2"}
+
+// ErrNoDB is returned by View before any DB was loaded.
+var ErrNoDB = errors.New("no vulnerability DB is loaded yet")
+
+// Options configure a Manager.
+type Options struct {
+	// Repositories of the DB artifact, tried in order.
+	Repositories []string
+	// CheckInterval is how often the repositories are checked for a new DB.
+	CheckInterval time.Duration
+	// LocalPath is a folder holding trivy.db and metadata.json; when set the Manager serves it
+	// and never downloads.
+	LocalPath string
+	// CacheDir holds the downloaded DB (under db/), so a restart serves it at once.
+	CacheDir string
+	// Registry reaches the repositories; Keychain has their credentials (nil: anonymous).
+	Registry *registry.Client
+	Keychain authn.Keychain
+	// MaxBytes bounds the compressed and the expanded DB; 0 means 8 GiB.
+	MaxBytes int64
+	// Log receives what the Manager does; it never holds credentials.
+	Log logr.Logger
+}
+
+// Manager owns Trivy's process-global DB. It implements scanner.DB and manager.Runnable.
+type Manager struct {
+	opts Options
+
+	mu      sync.RWMutex
+	info    *scanner.DBInfo
+	lastErr error
+
+	subMu       sync.Mutex
+	subscribers []chan scanner.DBInfo
+}
+
+// New returns a Manager for opts.
+func New(opts Options) (*Manager, error) {
+	if opts.LocalPath == "" && len(opts.Repositories) == 0 {
+		return nil, errors.New("vulndb: a DB repository or a local DB path is required")
+	}
+	if opts.LocalPath == "" && opts.CacheDir == "" {
+		return nil, errors.New("vulndb: a cache folder is required to download the DB")
+	}
+	if opts.CheckInterval <= 0 {
+		opts.CheckInterval = time.Hour
+	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = 8 << 30
+	}
+	if opts.Registry == nil {
+		opts.Registry = registry.NewClient(registry.Options{})
+	}
+	return &Manager{opts: opts}, nil
+}
+
+// View runs fn with the current DB, which cannot be swapped until fn returns.
+func (m *Manager) View(fn func(scanner.DBInfo) error) error {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.info == nil {
+		if m.lastErr != nil {
+			return fmt.Errorf("%w: %v", ErrNoDB, m.lastErr)
+		}
+		return ErrNoDB
+	}
+	return fn(*m.info)
+}
+
+// Info returns the current DB's identity, or false before any DB was loaded.
+func (m *Manager) Info() (scanner.DBInfo, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.info == nil {
+		return scanner.DBInfo{}, false
+	}
+	return *m.info, true
+}
+
+// LastError returns the error of the last failed check or load, nil after a success.
+func (m *Manager) LastError() error {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.lastErr
+}
+
+// Subscribe returns a channel that receives the new DB's identity after each swap. A slow reader
+// misses intermediate swaps, never the latest.
+func (m *Manager) Subscribe() <-chan scanner.DBInfo {
+	ch := make(chan scanner.DBInfo, 1)
+	m.subMu.Lock()
+	m.subscribers = append(m.subscribers, ch)
+	m.subMu.Unlock()
+	return ch
+}
+
+func (m *Manager) notify(info scanner.DBInfo) {
+	m.subMu.Lock()
+	defer m.subMu.Unlock()
+	for _, ch := range m.subscribers {
+		select {
+		case <-ch: // drop the stale notification
+		default:
+		}
+		ch <- info
+	}
+}
+
+// NeedLeaderElection is false: every replica matches against its own copy of the DB.
+func (m *Manager) NeedLeaderElection() bool { return false }
+
+// Start loads the DB and, unless it is local, checks for a new one every CheckInterval (with
+// jitter) until ctx ends. A failed check is logged and retried; the old DB keeps serving.
+func (m *Manager) Start(ctx context.Context) error {
+	log := m.opts.Log
+	if m.opts.LocalPath != "" {
+		if err := m.LoadLocal(); err != nil {
+			return err
+		}
+		<-ctx.Done()
+		return m.Close()
+	}
+	if err := m.loadCached(); err != nil {
+		log.Info("No usable downloaded DB in the cache; downloading", "reason", err.Error())
+	}
+	for {
+		if _, err := m.Check(ctx); err != nil && ctx.Err() == nil {
+			log.Error(err, "Checking for a new vulnerability DB failed; the current DB keeps serving")
+		}
+		// Jitter spreads the checks of many clusters behind one mirror.
+		wait := m.opts.CheckInterval + time.Duration(rand.Int64N(int64(m.opts.CheckInterval/10)+1))
+		select {
+		case <-ctx.Done():
+			return m.Close()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Close closes the DB; View fails afterwards until the next load.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.info = nil
+	return trivydb.Close()
+}
+
+func (m *Manager) setErr(err error) error {
+	m.mu.Lock()
+	m.lastErr = err
+	m.mu.Unlock()
+	return err
+}
+
+// currentDir is where the downloaded DB in use lives.
+func (m *Manager) currentDir() string { return filepath.Join(m.opts.CacheDir, "db", "current") }
+
+// LoadLocal loads the DB of LocalPath.
+func (m *Manager) LoadLocal() error {
+	meta, err := verifyDir(m.opts.LocalPath)
+	if err != nil {
+		return m.setErr(fmt.Errorf("the local DB at %s: %w", m.opts.LocalPath, err))
+	}
+	digest, err := fileDigest(filepath.Join(m.opts.LocalPath, dbFile))
+	if err != nil {
+		return m.setErr(err)
+	}
+	return m.swap(m.opts.LocalPath, "", scanner.DBInfo{UpdatedAt: meta.UpdatedAt, Digest: digest})
+}
+
+// loadCached serves the DB a previous run downloaded.
+func (m *Manager) loadCached() error {
+	dir := m.currentDir()
+	meta, err := verifyDir(dir)
+	if err != nil {
+		return err
+	}
+	digest, err := os.ReadFile(filepath.Join(dir, digestFile))
+	if err != nil {
+		return err
+	}
+	return m.swap(dir, "", scanner.DBInfo{UpdatedAt: meta.UpdatedAt, Digest: strings.TrimSpace(string(digest))})
+}
+
+// Check asks each repository in turn for the DB artifact's digest and, when it differs from the
+// DB in use, downloads, verifies and swaps in the new DB. It reports whether a swap happened.
+func (m *Manager) Check(ctx context.Context) (bool, error) {
+	var errs []error
+	for _, repo := range m.opts.Repositories {
+		swapped, err := m.checkRepository(ctx, repo)
+		if err == nil {
+			_ = m.setErr(nil)
+			return swapped, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", repo, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return false, m.setErr(errors.Join(errs...))
+}
+
+func (m *Manager) checkRepository(ctx context.Context, repo string) (bool, error) {
+	digest, err := m.opts.Registry.ResolveDigest(ctx, repo, m.opts.Keychain)
+	if err != nil {
+		return false, err
+	}
+	if info, ok := m.Info(); ok && info.Digest == digest {
+		return false, nil
+	}
+	if err := os.MkdirAll(filepath.Join(m.opts.CacheDir, "db"), 0o750); err != nil {
+		return false, err
+	}
+	staging, err := os.MkdirTemp(filepath.Join(m.opts.CacheDir, "db"), ".download-")
+	if err != nil {
+		return false, err
+	}
+	defer os.RemoveAll(staging)
+	if err := m.download(ctx, repo, digest, staging); err != nil {
+		return false, err
+	}
+	meta, err := verifyDir(staging)
+	if err != nil {
+		return false, fmt.Errorf("the downloaded DB %s: %w", digest, err)
+	}
+	if err := os.WriteFile(filepath.Join(staging, digestFile), []byte(digest+"\n"), 0o640); err != nil {
+		return false, err
+	}
+	if err := m.swap(staging, m.currentDir(), scanner.DBInfo{UpdatedAt: meta.UpdatedAt, Digest: digest}); err != nil {
+		return false, err
+	}
+	m.opts.Log.Info("Vulnerability DB updated", "repository", repo, "digest", digest, "updatedAt", meta.UpdatedAt)
+	return true, nil
+}
+
+// swap makes the DB in src current. With dst set, src is moved there first (the old DB at dst is
+// kept aside until the new one opened). Matches wait on the lock while the DB is swapped.
+func (m *Manager) swap(src, dst string, info scanner.DBInfo) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := trivydb.Close(); err != nil {
+		return err
+	}
+	dir := src
+	var old string
+	if dst != "" {
+		if _, err := os.Stat(dst); err == nil {
+			old = dst + ".old"
+			_ = os.RemoveAll(old)
+			if err := os.Rename(dst, old); err != nil {
+				return m.reopenLocked(fmt.Errorf("moving the old DB aside: %w", err))
+			}
+		}
+		if err := os.Rename(src, dst); err != nil {
+			m.restoreLocked(old, dst)
+			return m.reopenLocked(fmt.Errorf("moving the new DB into place: %w", err))
+		}
+		dir = dst
+	}
+	if err := trivydb.Init(dir); err != nil {
+		if dst != "" {
+			_ = os.RemoveAll(dst)
+			m.restoreLocked(old, dst)
+		}
+		return m.reopenLocked(fmt.Errorf("opening the new DB: %w", err))
+	}
+	if old != "" {
+		_ = os.RemoveAll(old)
+	}
+	m.info = &info
+	m.lastErr = nil
+	m.notify(info)
+	return nil
+}
+
+func (m *Manager) restoreLocked(old, dst string) {
+	if old != "" {
+		_ = os.Rename(old, dst)
+	}
+}
+
+// reopenLocked reopens the DB that was serving before a failed swap and returns cause.
+func (m *Manager) reopenLocked(cause error) error {
+	m.lastErr = cause
+	if m.info == nil {
+		return cause
+	}
+	dir := m.currentDir()
+	if m.opts.LocalPath != "" {
+		dir = m.opts.LocalPath
+	}
+	if err := trivydb.Init(dir); err != nil {
+		m.info = nil
+		return errors.Join(cause, fmt.Errorf("reopening the previous DB: %w", err))
+	}
+	return cause
+}
