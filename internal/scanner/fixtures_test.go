@@ -70,8 +70,13 @@ type fixture struct {
 
 func newFixture(t testing.TB, opts ...testutil.RegistryOption) *fixture {
 	t.Helper()
+	return newFixtureWithDB(t, must(testutil.ParseAdvisories([]byte(advisories))), opts...)
+}
+
+// newFixtureWithDB is newFixture with the DB built from spec.
+func newFixtureWithDB(t testing.TB, spec *testutil.DBSpec, opts ...testutil.RegistryOption) *fixture {
+	t.Helper()
 	f := &fixture{reg: testutil.NewRegistry(t, opts...), cache: t.TempDir()}
-	spec := must(testutil.ParseAdvisories([]byte(advisories)))
 	dbDir := t.TempDir()
 	if err := testutil.BuildDB(dbDir, spec); err != nil {
 		t.Fatal(err)

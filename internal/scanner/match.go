@@ -67,6 +67,7 @@ type Result struct {
 // matcher runs Trivy's own detection over kept inventories.
 type matcher struct {
 	service local.Service
+	index   advisoryIndex
 }
 
 func newMatcher() *matcher {
@@ -92,7 +93,11 @@ var filterOptions = result.FilterOptions{
 }
 
 // match detects the vulnerabilities of inv with the DB as it is; the caller holds the DB still.
-func (m *matcher) match(ctx context.Context, inv *Inventory) (*Result, error) {
+func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo) (*Result, error) {
+	pkgs, err := m.index.candidates(db.Digest, inv)
+	if err != nil {
+		return nil, fmt.Errorf("reading the vulnerability DB: %w", err)
+	}
 	// ScanTarget filters the slices it is given in place: hand it copies of the kept inventory.
 	apps := make([]ftypes.Application, len(inv.Applications))
 	for i, app := range inv.Applications {
@@ -103,7 +108,7 @@ func (m *matcher) match(ctx context.Context, inv *Inventory) (*Result, error) {
 		Name:         inv.Repository + "@" + inv.Digest,
 		OS:           inv.OS,
 		Repository:   inv.PkgRepository,
-		Packages:     slices.Clone(inv.Packages),
+		Packages:     pkgs,
 		Applications: apps,
 	}
 	results, detectedOS, err := m.service.ScanTarget(ctx, target, scanOptions)

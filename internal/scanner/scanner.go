@@ -124,7 +124,7 @@ func (s *Scanner) Match(ctx context.Context, inv *Inventory) (*Result, error) {
 	var res *Result
 	err := s.db.View(func(info DBInfo) error {
 		var err error
-		res, err = s.matcher.match(ctx, inv)
+		res, err = s.matcher.match(ctx, inv, info)
 		if res != nil {
 			res.DB = info
 		}
