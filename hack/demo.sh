@@ -49,7 +49,7 @@ done
 [ -s "$KUBECONFIG" ] || { echo "demo: the control plane did not start"; cat "$demo/localcluster.log"; exit 1; }
 
 echo "demo: starting imageguard controller (log: $demo/controller.log)"
-nohup bin/imageguard controller --kubeconfig "$KUBECONFIG" \
+nohup bin/imageguard controller --kubeconfig "$KUBECONFIG" --cache-dir "$demo/cache" \
   --metrics-bind-address 127.0.0.1:18080 --health-probe-bind-address 127.0.0.1:18081 \
   >"$demo/controller.log" 2>&1 &
 echo $! >"$demo/controller.pid"

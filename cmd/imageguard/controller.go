@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/spf13/pflag"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -14,12 +15,17 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scheme"
+	"github.com/imageguard/imageguard/internal/vulndb"
 )
 
 // controllerOptions are the flags of `imageguard controller`. Each flag is registered only once the
 // feature behind it exists.
 type controllerOptions struct {
+	DB            dbOptions
+	Registry      registryOptions
+	CacheDir      string
 	MetricsAddr   string
 	ProbeAddr     string
 	LeaderElect   bool
@@ -29,6 +35,12 @@ type controllerOptions struct {
 }
 
 func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
+	o.DB.bindFlags(fs)
+	fs.DurationVar(&o.DB.CheckInterval, "db-check-interval", time.Hour,
+		"How often the DB repositories are checked for a new DB (one manifest request when unchanged).")
+	o.Registry.bindFlags(fs)
+	fs.StringVar(&o.CacheDir, "cache-dir", "/var/cache/imageguard",
+		"Folder for the downloaded vulnerability DB and the kept image inventories; mount a volume here so a restart pulls nothing again.")
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080",
 		"Address the Prometheus metrics endpoint binds to; 0 disables it.")
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081",
@@ -95,6 +107,21 @@ func runController(args []string, stderr io.Writer) int {
 	})
 	if err != nil {
 		log.Error(err, "Cannot create the manager")
+		return 1
+	}
+	db, err := vulndb.New(vulndb.Options{
+		Repositories:  opts.DB.Repositories,
+		CheckInterval: opts.DB.CheckInterval,
+		LocalPath:     opts.DB.Path,
+		CacheDir:      opts.CacheDir,
+		Registry:      registry.NewClient(registry.Options{InsecureHosts: opts.Registry.InsecureRegistries}),
+		Log:           ctrl.Log.WithName("vulndb"),
+	})
+	if err == nil {
+		err = mgr.Add(db)
+	}
+	if err != nil {
+		log.Error(err, "Cannot set up the vulnerability DB")
 		return 1
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 )
@@ -16,6 +17,19 @@ func TestControllerFlags(t *testing.T) {
 	g.Expect(opts.LeaderElect).To(BeTrue())
 	g.Expect(opts.MetricsAddr).To(Equal(":9090"))
 	g.Expect(opts.ProbeAddr).To(Equal(":9091"))
+	g.Expect(opts.DB.Repositories).To(Equal([]string{"mirror.gcr.io/aquasec/trivy-db:2", "ghcr.io/aquasecurity/trivy-db:2"}))
+	g.Expect(opts.DB.CheckInterval).To(Equal(time.Hour))
+
+	opts, err = parseControllerFlags([]string{
+		"--db-repository", "mirror.internal/trivy-db:2,backup.internal/trivy-db:2", "--db-check-interval=5m",
+		"--db-path", "/var/lib/trivy/db", "--insecure-registries", "mirror.internal,10.0.0.5:5000", "--cache-dir", "/data",
+	}, &bytes.Buffer{})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(opts.DB.Repositories).To(Equal([]string{"mirror.internal/trivy-db:2", "backup.internal/trivy-db:2"}))
+	g.Expect(opts.DB.CheckInterval).To(Equal(5 * time.Minute))
+	g.Expect(opts.DB.Path).To(Equal("/var/lib/trivy/db"))
+	g.Expect(opts.Registry.InsecureRegistries).To(Equal([]string{"mirror.internal", "10.0.0.5:5000"}))
+	g.Expect(opts.CacheDir).To(Equal("/data"))
 
 	_, err = parseControllerFlags([]string{"--no-such-flag"}, &bytes.Buffer{})
 	g.Expect(err).To(MatchError(ContainSubstring("no-such-flag")))
