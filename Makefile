@@ -40,7 +40,7 @@ chart-crds: manifests ## Copy the CRDs into the Helm chart (never edit the chart
 
 .PHONY: fmt
 fmt: ## Run gofmt on the tree.
-	gofmt -s -w $$(git ls-files --cached --others --exclude-standard '*.go')
+	git ls-files --cached --others --exclude-standard '*.go' | while read -r f; do [ ! -f "$$f" ] || echo "$$f"; done | xargs gofmt -s -w
 
 .PHONY: vet
 vet: ## Run go vet.

@@ -9,13 +9,14 @@ import (
 
 	"github.com/spf13/pflag"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/imageguard/imageguard/controllers"
 	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/scanner"
 	"github.com/imageguard/imageguard/internal/scheme"
 	"github.com/imageguard/imageguard/internal/vulndb"
 )
@@ -23,15 +24,21 @@ import (
 // controllerOptions are the flags of `imageguard controller`. Each flag is registered only once the
 // feature behind it exists.
 type controllerOptions struct {
-	DB            dbOptions
-	Registry      registryOptions
-	CacheDir      string
-	MetricsAddr   string
-	ProbeAddr     string
-	LeaderElect   bool
-	LeaderElectID string
-	LeaderElectNS string
-	Zap           zap.Options
+	ScanConcurrency    int
+	ScanTimeout        time.Duration
+	ReportMaxBytes     int
+	ReportRetention    time.Duration
+	RescanInterval     time.Duration
+	ExcludedNamespaces []string
+	DB                 dbOptions
+	Registry           registryOptions
+	CacheDir           string
+	MetricsAddr        string
+	ProbeAddr          string
+	LeaderElect        bool
+	LeaderElectID      string
+	LeaderElectNS      string
+	Zap                zap.Options
 }
 
 func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
@@ -39,6 +46,12 @@ func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.DB.CheckInterval, "db-check-interval", time.Hour,
 		"How often the DB repositories are checked for a new DB (one manifest request when unchanged).")
 	o.Registry.bindFlags(fs)
+	fs.IntVar(&o.ScanConcurrency, "scan-concurrency", 2, "Reports scanned at once.")
+	fs.DurationVar(&o.ScanTimeout, "scan-timeout", 10*time.Minute, "Time limit of one image analysis, from the first registry request to the kept inventory.")
+	fs.IntVar(&o.ReportMaxBytes, "report-max-bytes", 512<<10, "Largest encoded size of an ImageScanReport; the vulnerability list is cut, highest severity kept, to fit.")
+	fs.DurationVar(&o.ReportRetention, "report-retention", time.Hour, "How long a report no pod uses any more is kept; 0 deletes it at once.")
+	fs.DurationVar(&o.RescanInterval, "rescan-interval", 24*time.Hour, "How often every report is checked again without any event (with jitter), so none stays stale if an event is missed.")
+	fs.StringSliceVar(&o.ExcludedNamespaces, "exclude-namespaces", nil, "Namespaces never reported on (comma list); a namespace labelled imageguard.dev/exclude=true is excluded too.")
 	fs.StringVar(&o.CacheDir, "cache-dir", "/var/cache/imageguard",
 		"Folder for the downloaded vulnerability DB and the kept image inventories; mount a volume here so a restart pulls nothing again.")
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080",
@@ -74,6 +87,35 @@ func parseControllerFlags(args []string, output io.Writer) (*controllerOptions, 
 	return opts, nil
 }
 
+// setUpControllers adds the DB manager, the scanner and the reconcilers to mgr.
+func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
+	client := registry.NewClient(registry.Options{InsecureHosts: opts.Registry.InsecureRegistries})
+	db, err := vulndb.New(vulndb.Options{
+		Repositories:  opts.DB.Repositories,
+		CheckInterval: opts.DB.CheckInterval,
+		LocalPath:     opts.DB.Path,
+		CacheDir:      opts.CacheDir,
+		Registry:      client,
+		Log:           ctrl.Log.WithName("vulndb"),
+	})
+	if err != nil {
+		return err
+	}
+	if err := mgr.Add(db); err != nil {
+		return err
+	}
+	s, err := scanner.New(scanner.Options{CacheDir: opts.CacheDir, Timeout: opts.ScanTimeout}, client, db)
+	if err != nil {
+		return err
+	}
+	return controllers.Setup(mgr, controllers.Options{
+		Registry: client, Scanner: s, DB: db,
+		ScanConcurrency: opts.ScanConcurrency, ReportMaxBytes: opts.ReportMaxBytes,
+		ReportRetention: opts.ReportRetention, RescanInterval: opts.RescanInterval,
+		ExcludedNamespaces: opts.ExcludedNamespaces,
+	})
+}
+
 func runController(args []string, stderr io.Writer) int {
 	opts, err := parseControllerFlags(args, stderr)
 	if errors.Is(err, pflag.ErrHelp) {
@@ -100,28 +142,14 @@ func runController(args []string, stderr io.Writer) int {
 		LeaderElectionNamespace: opts.LeaderElectNS,
 		// Stepping down at once on shutdown lets a new leader start without waiting for the lease.
 		LeaderElectionReleaseOnCancel: true,
-		Cache: cache.Options{
-			// Managed fields are never read and are a large share of every cached object.
-			DefaultTransform: cache.TransformStripManagedFields(),
-		},
+		Cache:                         controllers.CacheOptions(),
 	})
 	if err != nil {
 		log.Error(err, "Cannot create the manager")
 		return 1
 	}
-	db, err := vulndb.New(vulndb.Options{
-		Repositories:  opts.DB.Repositories,
-		CheckInterval: opts.DB.CheckInterval,
-		LocalPath:     opts.DB.Path,
-		CacheDir:      opts.CacheDir,
-		Registry:      registry.NewClient(registry.Options{InsecureHosts: opts.Registry.InsecureRegistries}),
-		Log:           ctrl.Log.WithName("vulndb"),
-	})
-	if err == nil {
-		err = mgr.Add(db)
-	}
-	if err != nil {
-		log.Error(err, "Cannot set up the vulnerability DB")
+	if err := setUpControllers(mgr, opts); err != nil {
+		log.Error(err, "Cannot set up the controllers")
 		return 1
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

@@ -1,0 +1,335 @@
+package controllers_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/controllers"
+	"github.com/imageguard/imageguard/internal/testutil"
+)
+
+const timeout = 60 * time.Second
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// image builds an Alpine image with the base vulnerable packages, extra packages, and a file
+// that makes its digest unique to id.
+func image(id string, extra ...testutil.APKPackage) v1.Image {
+	pkgs := append([]testutil.APKPackage{
+		{Name: "libcrypto3", Version: "3.5.1-r0", Origin: "openssl"},
+		{Name: "busybox", Version: "1.37.0-r18"},
+	}, extra...)
+	base := must(testutil.AlpineImage("3.22.1", pkgs))
+	layers := must(base.Layers())
+	marker := must(testutil.LayerFromFiles(map[string][]byte{"etc/test-id": []byte(id)}))
+	return must(testutil.ImageFromLayers(testutil.LinuxAMD64, append(layers, marker)...))
+}
+
+func namespace(g Gomega, name string) {
+	g.Expect(env.Client.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})).To(Succeed())
+}
+
+// podOption changes a pod before it is created.
+type podOption func(*corev1.Pod)
+
+func withOwner(obj client.Object, kind string) podOption {
+	return func(p *corev1.Pod) {
+		p.OwnerReferences = []metav1.OwnerReference{{
+			APIVersion: "apps/v1", Kind: kind, Name: obj.GetName(), UID: obj.GetUID(), Controller: ptr.To(true),
+		}}
+	}
+}
+
+func withInit(name, image string) podOption {
+	return func(p *corev1.Pod) {
+		p.Spec.InitContainers = append(p.Spec.InitContainers, corev1.Container{Name: name, Image: image})
+	}
+}
+
+// createPod creates a pod running image in container "app"; with imageID set, it reports the
+// image ID in its status as a kubelet would.
+func createPod(g Gomega, ns, name, image, imageID string, opts ...podOption) *corev1.Pod {
+	ctx := context.Background()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: image}}},
+	}
+	for _, o := range opts {
+		o(pod)
+	}
+	g.Expect(env.Client.Create(ctx, pod)).To(Succeed())
+	if imageID != "" {
+		pod.Status.Phase = corev1.PodRunning
+		for _, c := range pod.Spec.InitContainers {
+			pod.Status.InitContainerStatuses = append(pod.Status.InitContainerStatuses, corev1.ContainerStatus{Name: c.Name, Image: c.Image, ImageID: imageID})
+		}
+		pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "app", Image: image, ImageID: imageID}}
+		g.Expect(env.Client.Status().Update(ctx, pod)).To(Succeed())
+	}
+	return pod
+}
+
+// push uploads img and returns the pod's image reference, the kubelet's image ID and the digest.
+func push(t *testing.T, r *testutil.Registry, repo string, img v1.Image) (ref, imageID, digest string) {
+	ref, d := r.Push(t, repo, "1.0", img)
+	return ref, r.Host() + "/" + repo + "@" + d.String(), d.String()
+}
+
+func report(g Gomega, ns, repo, digest string) *securityv1alpha1.ImageScanReport {
+	r := &securityv1alpha1.ImageScanReport{}
+	key := client.ObjectKey{Namespace: ns, Name: controllers.ReportName(reg.Host()+"/"+repo, digest)}
+	g.Expect(env.Client.Get(context.Background(), key, r)).To(Succeed())
+	return r
+}
+
+// readyReport waits until the report of repo@digest in ns is Ready and returns it.
+func readyReport(g Gomega, ns, repo, digest string) *securityv1alpha1.ImageScanReport {
+	var r *securityv1alpha1.ImageScanReport
+	g.Eventually(func(g Gomega) {
+		r = report(g, ns, repo, digest)
+		g.Expect(meta.IsStatusConditionTrue(r.Status.Conditions, securityv1alpha1.ConditionReady)).To(BeTrue(), "conditions: %v", r.Status.Conditions)
+	}).WithTimeout(timeout).Should(Succeed())
+	return r
+}
+
+func ids(r *securityv1alpha1.ImageScanReport) []string {
+	var out []string
+	for _, v := range r.Status.Vulnerabilities {
+		out = append(out, v.ID)
+	}
+	return out
+}
+
+func TestSharedImageIsAnalysedOnce(t *testing.T) {
+	g := NewWithT(t)
+	ref, imageID, digest := push(t, reg, "shared/app", image(t.Name()))
+	before := scan.Analyses()
+	reg.ResetCounts()
+	namespace(g, "shared-a")
+	namespace(g, "shared-b")
+	createPod(g, "shared-a", "web", ref, imageID)
+	createPod(g, "shared-b", "worker", ref, imageID, withInit("migrate", ref))
+
+	a := readyReport(g, "shared-a", "shared/app", digest)
+	b := readyReport(g, "shared-b", "shared/app", digest)
+	g.Expect(scan.Analyses() - before).To(BeEquivalentTo(1))
+	// The config and the two layers, each read once for the whole cluster.
+	g.Expect(reg.Counts().BlobGETs).To(Equal(3))
+
+	for _, r := range []*securityv1alpha1.ImageScanReport{a, b} {
+		g.Expect(r.Spec.Image).To(Equal(reg.Host() + "/shared/app"))
+		g.Expect(r.Spec.Tags).To(Equal([]string{"1.0"}))
+		g.Expect(r.Labels).To(HaveKeyWithValue(controllers.DigestLabel, controllers.DigestLabelValue(digest)))
+		g.Expect(r.Status.Summary).To(Equal(&securityv1alpha1.VulnerabilitySummary{Critical: 1, High: 1, Fixable: 2, Total: 2}))
+		g.Expect(ids(r)).To(Equal([]string{"CVE-2026-1001", "CVE-2026-1002"}))
+		g.Expect(r.Status.Scanner.Name).To(Equal("Trivy"))
+		g.Expect(r.Status.VulnerabilityDB.Digest).To(HavePrefix("sha256:"))
+		g.Expect(r.Status.OS.Family).To(Equal("alpine"))
+		g.Expect(r.Status.ObservedGeneration).To(Equal(r.Generation))
+		g.Expect(r.Status.LastScanTime).NotTo(BeNil())
+	}
+	g.Expect(a.Status.Workloads).To(Equal([]securityv1alpha1.Workload{{Kind: "Pod", Name: "web", Containers: []string{"app"}}}))
+	g.Expect(b.Status.Workloads).To(Equal([]securityv1alpha1.Workload{{Kind: "Pod", Name: "worker", Containers: []string{"app", "migrate"}}}))
+
+	// GitOps tools read a Ready report as Current.
+	raw := must(runtime.DefaultUnstructuredConverter.ToUnstructured(a))
+	res, err := status.Compute(&unstructured.Unstructured{Object: raw})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.Status).To(Equal(status.CurrentStatus))
+}
+
+func TestDeploymentPodsNameTheDeployment(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ref, imageID, digest := push(t, reg, "team/web", image(t.Name()))
+	namespace(g, "deploy")
+	labels := map[string]string{"app": "web"}
+	template := corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: labels},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: ref}}},
+	}
+	deploy := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "deploy"},
+		Spec:       appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: labels}, Template: template},
+	}
+	g.Expect(env.Client.Create(ctx, deploy)).To(Succeed())
+	rs := &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-5d4f8", Namespace: "deploy", OwnerReferences: []metav1.OwnerReference{{
+			APIVersion: "apps/v1", Kind: "Deployment", Name: deploy.Name, UID: deploy.UID, Controller: ptr.To(true),
+		}}},
+		Spec: appsv1.ReplicaSetSpec{Selector: &metav1.LabelSelector{MatchLabels: labels}, Template: template},
+	}
+	g.Expect(env.Client.Create(ctx, rs)).To(Succeed())
+	createPod(g, "deploy", "web-5d4f8-abcde", ref, imageID, withOwner(rs, "ReplicaSet"))
+	createPod(g, "deploy", "web-5d4f8-fghij", ref, imageID, withOwner(rs, "ReplicaSet"))
+
+	g.Eventually(func(g Gomega) {
+		r := report(g, "deploy", "team/web", digest)
+		g.Expect(r.Status.Workloads).To(Equal([]securityv1alpha1.Workload{{Kind: "Deployment", Name: "web", Containers: []string{"app"}}}))
+	}).WithTimeout(timeout).Should(Succeed())
+}
+
+func TestTagsAreResolvedWithoutAnImageID(t *testing.T) {
+	g := NewWithT(t)
+	ref, _, digest := push(t, reg, "pending/app", image(t.Name()))
+	namespace(g, "pending")
+	createPod(g, "pending", "starting", ref, "")
+	r := readyReport(g, "pending", "pending/app", digest)
+	g.Expect(r.Spec.Digest).To(Equal(digest))
+}
+
+func TestReportOfUnusedImageIsDeletedAfterRetention(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ref, imageID, digest := push(t, reg, "gone/app", image(t.Name()))
+	namespace(g, "gone")
+	pod := createPod(g, "gone", "once", ref, imageID)
+	r := readyReport(g, "gone", "gone/app", digest)
+
+	g.Expect(env.Client.Delete(ctx, pod, client.GracePeriodSeconds(0))).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		err := env.Client.Get(ctx, client.ObjectKeyFromObject(r), &securityv1alpha1.ImageScanReport{})
+		g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "report still there: %v", err)
+	}).WithTimeout(timeout).Should(Succeed())
+}
+
+func TestPrivateImageNeedsItsPullSecret(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ref, d := private.Push(t, "private/app", "1.0", image(t.Name()))
+	digest := d.String()
+	namespace(g, "private")
+	createPod(g, "private", "secret-app", ref, private.Host()+"/private/app@"+digest)
+	key := client.ObjectKey{Namespace: "private", Name: controllers.ReportName(private.Host()+"/private/app", digest)}
+
+	g.Eventually(func(g Gomega) {
+		r := &securityv1alpha1.ImageScanReport{}
+		g.Expect(env.Client.Get(ctx, key, r)).To(Succeed())
+		c := meta.FindStatusCondition(r.Status.Conditions, securityv1alpha1.ConditionScanned)
+		g.Expect(c).NotTo(BeNil())
+		g.Expect(c.Status).To(Equal(metav1.ConditionFalse))
+		g.Expect(c.Reason).To(Equal(securityv1alpha1.ReasonUnauthorized))
+		g.Expect(c.Message).NotTo(ContainSubstring("s3cret"))
+	}).WithTimeout(timeout).Should(Succeed())
+
+	config := must(json.Marshal(map[string]any{"auths": map[string]any{private.Host(): map[string]string{"username": "puller", "password": "s3cret"}}}))
+	g.Expect(env.Client.Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "regcred", Namespace: "private"},
+		Type:       corev1.SecretTypeDockerConfigJson,
+		Data:       map[string][]byte{corev1.DockerConfigJsonKey: config},
+	})).To(Succeed())
+	g.Expect(env.Client.Create(ctx, &corev1.ServiceAccount{
+		ObjectMeta:       metav1.ObjectMeta{Name: "default", Namespace: "private"},
+		ImagePullSecrets: []corev1.LocalObjectReference{{Name: "regcred"}},
+	})).To(Succeed())
+
+	g.Eventually(func(g Gomega) {
+		r := &securityv1alpha1.ImageScanReport{}
+		g.Expect(env.Client.Get(ctx, key, r)).To(Succeed())
+		g.Expect(meta.IsStatusConditionTrue(r.Status.Conditions, securityv1alpha1.ConditionReady)).To(BeTrue())
+		g.Expect(r.Status.Summary.Total).To(BeEquivalentTo(2))
+	}).WithTimeout(2 * timeout).Should(Succeed())
+}
+
+func TestLongFindingListsAreCutToTheBound(t *testing.T) {
+	g := NewWithT(t)
+	var big []testutil.APKPackage
+	for i := range bigPackages {
+		big = append(big, testutil.APKPackage{Name: fmt.Sprintf("big%03d", i), Version: "1.0.0-r0"})
+	}
+	ref, imageID, digest := push(t, reg, "big/app", image(t.Name(), big...))
+	namespace(g, "big")
+	createPod(g, "big", "big", ref, imageID)
+	r := readyReport(g, "big", "big/app", digest)
+
+	raw := must(json.Marshal(r))
+	g.Expect(len(raw)).To(BeNumerically("<=", reportMaxBytes))
+	total := bigPackages + 2
+	g.Expect(r.Status.Summary.Total).To(BeEquivalentTo(total))
+	g.Expect(r.Status.Summary.Critical).To(BeEquivalentTo(bigPackages/4 + 1))
+	g.Expect(r.Status.Vulnerabilities).NotTo(BeEmpty())
+	g.Expect(len(r.Status.Vulnerabilities) + int(r.Status.VulnerabilitiesOmitted)).To(Equal(total))
+	g.Expect(r.Status.VulnerabilitiesOmitted).To(BeNumerically(">", 0))
+	// The most severe are kept.
+	g.Expect(r.Status.Vulnerabilities[0].Severity).To(Equal(securityv1alpha1.SeverityCritical))
+}
+
+func TestDBUpdateRematchesWithoutPulling(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	refA, idA, digestA := push(t, reg, "update/with-zlib", image(t.Name()+"a", testutil.APKPackage{Name: "zlib", Version: "1.3.1-r2"}))
+	refB, idB, digestB := push(t, reg, "update/without", image(t.Name()+"b"))
+	namespace(g, "update")
+	createPod(g, "update", "a", refA, idA)
+	createPod(g, "update", "b", refB, idB)
+	readyReport(g, "update", "update/with-zlib", digestA)
+	before := readyReport(g, "update", "update/without", digestB)
+	analyses := scan.Analyses()
+
+	reg.PublishDB(t, dbRepo, "2", dbSpec(true))
+	g.Expect(db.Check(ctx)).To(BeTrue())
+	newDB, _ := db.Info()
+	reg.ResetCounts()
+
+	g.Eventually(func(g Gomega) {
+		a := report(g, "update", "update/with-zlib", digestA)
+		g.Expect(ids(a)).To(ContainElement("CVE-2026-1003"))
+		g.Expect(a.Status.VulnerabilityDB.Digest).To(Equal(newDB.Digest))
+	}).WithTimeout(timeout).Should(Succeed())
+	// Every report of the suite was re-matched from its kept inventory: no registry request at all.
+	g.Consistently(func() int { return reg.Counts().Requests }).WithTimeout(3 * time.Second).Should(BeZero())
+	g.Expect(scan.Analyses()).To(Equal(analyses))
+	// The report whose findings did not change was not written.
+	after := report(g, "update", "update/without", digestB)
+	g.Expect(after.ResourceVersion).To(Equal(before.ResourceVersion))
+}
+
+func TestSteadyStateWritesNothing(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ref, imageID, digest := push(t, reg, "steady/app", image(t.Name()))
+	namespace(g, "steady")
+	createPod(g, "steady", "one", ref, imageID)
+	createPod(g, "steady", "two", ref, imageID)
+	readyReport(g, "steady", "steady/app", digest)
+	time.Sleep(2 * time.Second) // let the last events settle
+
+	snapshot := func() map[string]string {
+		list := &securityv1alpha1.ImageScanReportList{}
+		g.Expect(env.Client.List(ctx, list)).To(Succeed())
+		rv := map[string]string{}
+		for _, r := range list.Items {
+			rv[r.Namespace+"/"+r.Name] = r.ResourceVersion
+		}
+		return rv
+	}
+	first := snapshot()
+	// A pod update that changes nothing the reports hold: a resync-like event.
+	pod := &corev1.Pod{}
+	g.Expect(env.Client.Get(ctx, client.ObjectKey{Namespace: "steady", Name: "one"}, pod)).To(Succeed())
+	pod.Labels = map[string]string{"touched": "yes"}
+	g.Expect(env.Client.Update(ctx, pod)).To(Succeed())
+	g.Consistently(snapshot).WithTimeout(15 * time.Second).WithPolling(time.Second).Should(Equal(first))
+}

@@ -1,0 +1,164 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/imageguard/imageguard/internal/registry"
+)
+
+// containerImage is one container of a pod and the image it runs.
+type containerImage struct {
+	Container string
+	// Image is the reference the pod spec names.
+	Image string
+	// ImageID is the kubelet's resolved image, when it reported one.
+	ImageID string
+}
+
+// podImages lists every container of pod, init and ephemeral ones included, with the image ID
+// the kubelet reported for it.
+func podImages(pod *corev1.Pod) []containerImage {
+	ids := map[string]string{}
+	for _, statuses := range [][]corev1.ContainerStatus{
+		pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses, pod.Status.EphemeralContainerStatuses,
+	} {
+		for _, s := range statuses {
+			ids[s.Name] = s.ImageID
+		}
+	}
+	var out []containerImage
+	add := func(container, image string) {
+		out = append(out, containerImage{Container: container, Image: image, ImageID: ids[container]})
+	}
+	for _, c := range pod.Spec.InitContainers {
+		add(c.Name, c.Image)
+	}
+	for _, c := range pod.Spec.Containers {
+		add(c.Name, c.Image)
+	}
+	for _, c := range pod.Spec.EphemeralContainers {
+		add(c.Name, c.Image)
+	}
+	return out
+}
+
+// digestOf returns the sha256 digest in a kubelet image ID such as
+// docker-pullable://registry/app@sha256:..., registry/app@sha256:... or sha256:...; "" otherwise.
+// A bare sha256 (an image config ID from some runtimes) is not a manifest digest and is ignored
+// unless it follows an '@'.
+func digestOf(imageID string) string {
+	i := strings.LastIndex(imageID, "@sha256:")
+	if i < 0 {
+		return ""
+	}
+	d := imageID[i+1:]
+	if !digestPattern(d) {
+		return ""
+	}
+	return d
+}
+
+func digestPattern(d string) bool {
+	if len(d) != len("sha256:")+64 || !strings.HasPrefix(d, "sha256:") {
+		return false
+	}
+	for _, c := range d[len("sha256:"):] {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// parsedImage is an image reference split as reports need it.
+type parsedImage struct {
+	Repository string
+	Tag        string
+	Digest     string
+}
+
+// parseImage parses a pod's image reference; "nginx" becomes index.docker.io/library/nginx:latest.
+func parseImage(image string) (parsedImage, error) {
+	ref, err := name.ParseReference(image)
+	if err != nil {
+		return parsedImage{}, fmt.Errorf("malformed image reference %q: %w", image, err)
+	}
+	p := parsedImage{Repository: ref.Context().Name()}
+	switch r := ref.(type) {
+	case name.Tag:
+		p.Tag = r.TagStr()
+	case name.Digest:
+		p.Digest = r.DigestStr()
+		// registry/app:1.2@sha256:... keeps its tag for display.
+		left := image[:strings.LastIndex(image, "@")]
+		if strings.LastIndex(left, ":") > strings.LastIndex(left, "/") {
+			if t, err := name.NewTag(left); err == nil {
+				p.Tag = t.TagStr()
+			}
+		}
+	}
+	return p, nil
+}
+
+// pullSecrets returns the docker config Secrets the pod and its service account name, read by name
+// with the uncached reader: ImageGuard never lists or watches Secrets.
+func pullSecrets(ctx context.Context, reader client.Reader, pod *corev1.Pod) ([]corev1.Secret, error) {
+	names := map[string]bool{}
+	for _, ref := range pod.Spec.ImagePullSecrets {
+		names[ref.Name] = true
+	}
+	saName := pod.Spec.ServiceAccountName
+	if saName == "" {
+		saName = "default"
+	}
+	sa := &corev1.ServiceAccount{}
+	err := reader.Get(ctx, client.ObjectKey{Namespace: pod.Namespace, Name: saName}, sa)
+	switch {
+	case err == nil:
+		for _, ref := range sa.ImagePullSecrets {
+			names[ref.Name] = true
+		}
+	case !apierrors.IsNotFound(err):
+		return nil, fmt.Errorf("reading service account %s/%s: %w", pod.Namespace, saName, err)
+	}
+	var secrets []corev1.Secret
+	for n := range names {
+		s := corev1.Secret{}
+		err := reader.Get(ctx, client.ObjectKey{Namespace: pod.Namespace, Name: n}, &s)
+		if apierrors.IsNotFound(err) {
+			continue // the kubelet also goes on without a missing pull secret
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading pull secret %s/%s: %w", pod.Namespace, n, err)
+		}
+		secrets = append(secrets, s)
+	}
+	return secrets, nil
+}
+
+// keychainFor returns the credentials of the pull secrets of pods.
+func keychainFor(ctx context.Context, reader client.Reader, pods []*corev1.Pod) (authn.Keychain, error) {
+	var secrets []corev1.Secret
+	seen := map[string]bool{}
+	for _, pod := range pods {
+		s, err := pullSecrets(ctx, reader, pod)
+		if err != nil {
+			return nil, err
+		}
+		for _, sec := range s {
+			if !seen[sec.Name] {
+				seen[sec.Name] = true
+				secrets = append(secrets, sec)
+			}
+		}
+	}
+	return registry.KeychainFromSecrets(ctx, secrets)
+}

@@ -1,0 +1,97 @@
+package controllers
+
+import (
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/imageguard/imageguard/internal/registry"
+)
+
+// Options configure the reconcilers.
+type Options struct {
+	Registry           *registry.Client
+	Scanner            ImageScanner
+	DB                 VulnerabilityDB
+	ScanConcurrency    int
+	ReportMaxBytes     int
+	ReportRetention    time.Duration
+	RescanInterval     time.Duration
+	ExcludedNamespaces []string
+}
+
+// Setup adds ImageGuard's reconcilers to mgr.
+func Setup(mgr ctrl.Manager, opts Options) error {
+	pods := &PodReconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Registry: opts.Registry,
+		Retention: opts.ReportRetention, ExcludedNamespaces: opts.ExcludedNamespaces,
+	}
+	if err := pods.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	reports := &ImageScanReportReconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scanner: opts.Scanner, DB: opts.DB,
+		Recorder: mgr.GetEventRecorder("imageguard"), MaxBytes: opts.ReportMaxBytes,
+		RescanInterval: opts.RescanInterval, Concurrency: opts.ScanConcurrency,
+	}
+	return reports.SetupWithManager(mgr)
+}
+
+// CacheOptions keep in the informer cache only what the reconcilers read of pods, which dominate
+// its memory at scale, and drop managed fields everywhere.
+func CacheOptions() cache.Options {
+	return cache.Options{
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Pod{}: {Transform: TrimPod},
+		},
+	}
+}
+
+// TrimPod keeps of a pod its identity, owners, images, image IDs, pull secrets, service account
+// and phase.
+func TrimPod(obj any) (any, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	trimmed := &corev1.Pod{
+		TypeMeta: pod.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, ResourceVersion: pod.ResourceVersion,
+			Generation: pod.Generation, Labels: pod.Labels, OwnerReferences: pod.OwnerReferences,
+			DeletionTimestamp: pod.DeletionTimestamp, CreationTimestamp: pod.CreationTimestamp,
+		},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: pod.Spec.ServiceAccountName,
+			ImagePullSecrets:   pod.Spec.ImagePullSecrets,
+		},
+		Status: corev1.PodStatus{Phase: pod.Status.Phase},
+	}
+	for _, c := range pod.Spec.InitContainers {
+		trimmed.Spec.InitContainers = append(trimmed.Spec.InitContainers, corev1.Container{Name: c.Name, Image: c.Image})
+	}
+	for _, c := range pod.Spec.Containers {
+		trimmed.Spec.Containers = append(trimmed.Spec.Containers, corev1.Container{Name: c.Name, Image: c.Image})
+	}
+	for _, c := range pod.Spec.EphemeralContainers {
+		trimmed.Spec.EphemeralContainers = append(trimmed.Spec.EphemeralContainers, corev1.EphemeralContainer{
+			EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: c.Name, Image: c.Image},
+		})
+	}
+	trim := func(in []corev1.ContainerStatus) []corev1.ContainerStatus {
+		var out []corev1.ContainerStatus
+		for _, s := range in {
+			out = append(out, corev1.ContainerStatus{Name: s.Name, Image: s.Image, ImageID: s.ImageID})
+		}
+		return out
+	}
+	trimmed.Status.InitContainerStatuses = trim(pod.Status.InitContainerStatuses)
+	trimmed.Status.ContainerStatuses = trim(pod.Status.ContainerStatuses)
+	trimmed.Status.EphemeralContainerStatuses = trim(pod.Status.EphemeralContainerStatuses)
+	return trimmed, nil
+}
