@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# `make demo`: a local control plane, the controller, sample namespaces and policies, then
-# `kubectl get imagescanreports -A`. Everything runs in the background from .demo/ and stays up;
+# `make demo`: a local control plane, a local registry with sample images and an offline
+# vulnerability DB, the controller, sample workloads and policies, then
+# `kubectl get imagescanreports -A`; then a newer DB is published and the counts change without
+# any image being pulled again. Everything runs in the background from .demo/ and stays up;
 # `make demo-down` (hack/demo.sh down) stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,7 @@ stop_pid() {
 
 if [ "${1:-up}" = down ]; then
   stop_pid "$demo/controller.pid"
+  stop_pid "$demo/registry.pid"
   stop_pid "$demo/localcluster.pid"
   echo "demo: stopped"
   exit 0
@@ -48,8 +51,19 @@ for _ in $(seq 1 300); do
 done
 [ -s "$KUBECONFIG" ] || { echo "demo: the control plane did not start"; cat "$demo/localcluster.log"; exit 1; }
 
+registry=127.0.0.1:${DEMO_REGISTRY_PORT:-5001}
+echo "demo: starting a local registry at $registry with sample images and the DB artifact"
+go build -o bin/demoregistry ./hack/demoregistry
+nohup bin/demoregistry serve --addr "$registry" >"$demo/registry.log" 2>&1 &
+echo $! >"$demo/registry.pid"
+for _ in $(seq 1 100); do curl -fsS "http://$registry/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+bin/demoregistry seed --registry "$registry" >"$demo/seed.log"
+bin/demoregistry publish-db --registry "$registry" --advisories config/demo/advisories-v1.yaml >>"$demo/seed.log"
+
 echo "demo: starting imageguard controller (log: $demo/controller.log)"
+rm -rf "$demo/cache"
 nohup bin/imageguard controller --kubeconfig "$KUBECONFIG" --cache-dir "$demo/cache" \
+  --db-repository "$registry/aquasecurity/trivy-db:2" --insecure-registries "$registry" --db-check-interval 5s \
   --metrics-bind-address 127.0.0.1:18080 --health-probe-bind-address 127.0.0.1:18081 \
   >"$demo/controller.log" 2>&1 &
 echo $! >"$demo/controller.pid"
@@ -60,16 +74,40 @@ for _ in $(seq 1 120); do
 done
 curl -fsS http://127.0.0.1:18081/readyz >/dev/null || { echo "demo: the controller is not ready"; cat "$demo/controller.log"; exit 1; }
 
-echo "demo: sample namespaces and policies"
+echo "demo: sample namespaces, workloads and policies"
 for ns in demo-a demo-b; do
   "$kubectl" create namespace "$ns" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
   "$kubectl" label namespace "$ns" imageguard.dev/policy=baseline --overwrite >/dev/null
 done
+sed "s|REGISTRY|$registry|g" config/demo/workloads.yaml | "$kubectl" apply -f -
 "$kubectl" apply -k config/samples
+
+echo "demo: waiting for the four reports (demo/web is shared by both namespaces: analysed once)"
+for _ in $(seq 1 180); do
+  [ "$("$kubectl" get imagescanreports -A --no-headers 2>/dev/null | wc -l)" -ge 4 ] && break
+  sleep 1
+done
+"$kubectl" wait --for=condition=Ready imagescanreports --all -A --timeout=180s >/dev/null
 
 echo
 echo "\$ kubectl get imagescanreports -A"
 "$kubectl" get imagescanreports -A
+echo
+
+reads=$(curl -fsS "http://$registry/blob-reads")
+web_critical() { "$kubectl" get imagescanreports -n demo-a -o jsonpath='{range .items[?(@.spec.image=="'"$registry"'/demo/web")]}{.status.summary.critical}{end}'; }
+before=$(web_critical)
+echo "demo: publishing a newer DB with two more advisories (the controller checks every 5s)"
+bin/demoregistry publish-db --registry "$registry" --advisories config/demo/advisories-v2.yaml >>"$demo/seed.log"
+for _ in $(seq 1 120); do
+  [ "$(web_critical)" != "$before" ] && break
+  sleep 1
+done
+echo
+echo "\$ kubectl get imagescanreports -A"
+"$kubectl" get imagescanreports -A
+echo
+echo "demo: image blobs read from the registry since the DB update: $(( $(curl -fsS "http://$registry/blob-reads") - reads - 1 )) (the DB artifact itself: 1)"
 echo
 echo "\$ kubectl get imageguard -A"
 "$kubectl" get imageguard -A
