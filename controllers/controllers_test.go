@@ -9,6 +9,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	. "github.com/onsi/gomega"
+	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -19,9 +20,11 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/controllers"
+	"github.com/imageguard/imageguard/internal/metrics"
 	"github.com/imageguard/imageguard/internal/testutil"
 )
 
@@ -332,4 +335,30 @@ func TestSteadyStateWritesNothing(t *testing.T) {
 	pod.Labels = map[string]string{"touched": "yes"}
 	g.Expect(env.Client.Update(ctx, pod)).To(Succeed())
 	g.Consistently(snapshot).WithTimeout(15 * time.Second).WithPolling(time.Second).Should(Equal(first))
+}
+
+func TestMetrics(t *testing.T) {
+	g := NewWithT(t)
+	ref, imageID, digest := push(t, reg, "metrics/app", image(t.Name()))
+	namespace(g, "metrics")
+	createPod(g, "metrics", "app", ref, imageID)
+	r := readyReport(g, "metrics", "metrics/app", digest)
+
+	g.Eventually(func() float64 {
+		return promtestutil.ToFloat64(metrics.ImageVulnerabilities.WithLabelValues("metrics", r.Name, "critical"))
+	}).Should(Equal(1.0))
+	g.Expect(promtestutil.ToFloat64(metrics.ImageVulnerabilities.WithLabelValues("metrics", r.Name, "high"))).To(Equal(1.0))
+	g.Expect(promtestutil.ToFloat64(metrics.ScansTotal.WithLabelValues(metrics.KindAnalysis, "success"))).To(BeNumerically(">=", 1))
+	g.Expect(promtestutil.ToFloat64(metrics.ScansTotal.WithLabelValues(metrics.KindMatch, "success"))).To(BeNumerically(">=", 1))
+
+	families, err := ctrlmetrics.Registry.Gather()
+	g.Expect(err).NotTo(HaveOccurred())
+	var dbTime float64
+	for _, f := range families {
+		if f.GetName() == "imageguard_vulnerability_db_updated_timestamp_seconds" {
+			dbTime = f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	info, _ := db.Info()
+	g.Expect(dbTime).To(Equal(float64(info.UpdatedAt.Unix())))
 }

@@ -7,8 +7,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -21,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/metrics"
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
 )
@@ -68,11 +71,15 @@ type ImageScanReportReconciler struct {
 func (r *ImageScanReportReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	report := &securityv1alpha1.ImageScanReport{}
 	if err := r.Client.Get(ctx, req.NamespacedName, report); err != nil {
+		if apierrors.IsNotFound(err) {
+			metrics.ImageVulnerabilities.DeletePartialMatch(prometheus.Labels{"namespace": req.Namespace, "report": req.Name})
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !report.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, nil
 	}
+	recordVulnerabilities(report)
 	db, ok := r.DB.Info()
 	if !ok {
 		return r.writeStatus(ctx, report, func(st *securityv1alpha1.ImageScanReport) {
@@ -117,15 +124,42 @@ func (r *ImageScanReportReconciler) scan(ctx context.Context, report *securityv1
 	if err != nil {
 		return nil, metav1.Time{}, err
 	}
-	inv, _, err := r.Scanner.Inventory(ctx, scanner.ImageRef{Repository: report.Spec.Image, Digest: report.Spec.Digest, Keychain: keychain})
+	metrics.ScansInFlight.Inc()
+	defer metrics.ScansInFlight.Dec()
+	start := time.Now()
+	inv, analysed, err := r.Scanner.Inventory(ctx, scanner.ImageRef{Repository: report.Spec.Image, Digest: report.Spec.Digest, Keychain: keychain})
+	if analysed || err != nil {
+		metrics.Observe(metrics.KindAnalysis, resultLabel(err), start)
+	}
 	if err != nil {
 		return nil, metav1.Time{}, err
 	}
+	start = time.Now()
 	res, err := r.Scanner.Match(ctx, inv)
+	metrics.Observe(metrics.KindMatch, resultLabel(err), start)
 	if err != nil {
 		return nil, metav1.Time{}, err
 	}
 	return res, metav1.NewTime(inv.AnalyzedAt), nil
+}
+
+// resultLabel is the result label of a scan metric: success or the error's kind.
+func resultLabel(err error) string {
+	if err == nil {
+		return "success"
+	}
+	return string(registry.KindOf(err))
+}
+
+// recordVulnerabilities sets the per-report gauges from the report's summary.
+func recordVulnerabilities(report *securityv1alpha1.ImageScanReport) {
+	s := report.Status.Summary
+	if s == nil {
+		return
+	}
+	for severity, n := range map[string]int32{"critical": s.Critical, "high": s.High, "medium": s.Medium, "low": s.Low, "unknown": s.Unknown} {
+		metrics.ImageVulnerabilities.WithLabelValues(report.Namespace, report.Name, severity).Set(float64(n))
+	}
 }
 
 // podsUsing returns the pods of the report's namespace that run its digest or image.
@@ -200,6 +234,7 @@ func (r *ImageScanReportReconciler) writeStatus(ctx context.Context, report *sec
 	if onWritten != nil {
 		onWritten()
 	}
+	recordVulnerabilities(want)
 	r.event(report, want)
 	return result, errors.Join(errs...)
 }

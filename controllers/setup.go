@@ -9,6 +9,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/imageguard/imageguard/internal/metrics"
 	"github.com/imageguard/imageguard/internal/registry"
 )
 
@@ -38,7 +39,13 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		Recorder: mgr.GetEventRecorder("imageguard"), MaxBytes: opts.ReportMaxBytes,
 		RescanInterval: opts.RescanInterval, Concurrency: opts.ScanConcurrency,
 	}
-	return reports.SetupWithManager(mgr)
+	if err := reports.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	return metrics.RegisterDBAge(func() (time.Time, bool) {
+		info, ok := opts.DB.Info()
+		return info.UpdatedAt, ok
+	})
 }
 
 // CacheOptions keep in the informer cache only what the reconcilers read of pods, which dominate

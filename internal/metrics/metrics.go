@@ -1,0 +1,68 @@
+// Package metrics defines ImageGuard's Prometheus metrics (prefix imageguard_), registered with
+// controller-runtime's registry so the manager's metrics endpoint serves them.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+)
+
+// Kinds of scan work.
+const (
+	KindAnalysis = "analysis"
+	KindMatch    = "match"
+)
+
+var (
+	// ImageVulnerabilities counts the findings of each report by severity.
+	ImageVulnerabilities = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "imageguard_image_vulnerabilities",
+		Help: "Vulnerabilities of the image of an ImageScanReport, by severity.",
+	}, []string{"namespace", "report", "severity"})
+
+	// ScansTotal counts analyses (image pulls) and matches (DB lookups) by result.
+	ScansTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "imageguard_scans_total",
+		Help: "Image analyses and vulnerability matches, by kind (analysis, match) and result (success or the error kind).",
+	}, []string{"kind", "result"})
+
+	// ScanDuration observes how long analyses and matches take.
+	ScanDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "imageguard_scan_duration_seconds",
+		Help:    "Duration of image analyses and vulnerability matches.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+	}, []string{"kind"})
+
+	// ScansInFlight is the number of reports being scanned now.
+	ScansInFlight = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "imageguard_scan_queue_depth",
+		Help: "Reports being scanned or matched right now (the work queue itself is workqueue_depth{name=\"imagescanreport\"}).",
+	})
+)
+
+func init() {
+	ctrlmetrics.Registry.MustRegister(ImageVulnerabilities, ScansTotal, ScanDuration, ScansInFlight)
+}
+
+// RegisterDBAge exposes the build time of the vulnerability DB in use, read from info at scrape
+// time (0 before any DB is loaded).
+func RegisterDBAge(info func() (time.Time, bool)) error {
+	return ctrlmetrics.Registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "imageguard_vulnerability_db_updated_timestamp_seconds",
+		Help: "When the vulnerability DB in use was built, in seconds since the epoch.",
+	}, func() float64 {
+		t, ok := info()
+		if !ok {
+			return 0
+		}
+		return float64(t.Unix())
+	}))
+}
+
+// Observe records one scan step of kind that took since start and ended with result.
+func Observe(kind, result string, start time.Time) {
+	ScansTotal.WithLabelValues(kind, result).Inc()
+	ScanDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+}
