@@ -95,7 +95,7 @@ func createPod(g Gomega, ns, name, image, imageID string, opts ...podOption) *co
 }
 
 // push uploads img and returns the pod's image reference, the kubelet's image ID and the digest.
-func push(t *testing.T, r *testutil.Registry, repo string, img v1.Image) (ref, imageID, digest string) {
+func push(t testing.TB, r *testutil.Registry, repo string, img v1.Image) (ref, imageID, digest string) {
 	ref, d := r.Push(t, repo, "1.0", img)
 	return ref, r.Host() + "/" + repo + "@" + d.String(), d.String()
 }
@@ -291,7 +291,7 @@ func TestDBUpdateRematchesWithoutPulling(t *testing.T) {
 	before := readyReport(g, "update", "update/without", digestB)
 	analyses := scan.Analyses()
 
-	reg.PublishDB(t, dbRepo, "2", dbSpec(true))
+	reg.PublishDB(t, dbRepo, "2", dbSpec(zlibAdvisory))
 	g.Expect(db.Check(ctx)).To(BeTrue())
 	newDB, _ := db.Info()
 	reg.ResetCounts()

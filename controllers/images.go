@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -161,4 +162,22 @@ func keychainFor(ctx context.Context, reader client.Reader, pods []*corev1.Pod) 
 		}
 	}
 	return registry.KeychainFromSecrets(ctx, secrets)
+}
+
+// lazyKeychain reads the pull secrets only when a registry asks for credentials: a re-match of a
+// kept inventory then costs no API request.
+type lazyKeychain struct {
+	once  sync.Once
+	load  func() (authn.Keychain, error)
+	chain authn.Keychain
+	err   error
+}
+
+// Resolve implements authn.Keychain.
+func (k *lazyKeychain) Resolve(target authn.Resource) (authn.Authenticator, error) {
+	k.once.Do(func() { k.chain, k.err = k.load() })
+	if k.err != nil {
+		return nil, k.err
+	}
+	return k.chain.Resolve(target)
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -116,14 +117,13 @@ func (r *ImageScanReportReconciler) current(report *securityv1alpha1.ImageScanRe
 // scan returns the report's findings: its digest's kept inventory (analysed once, cluster-wide,
 // with the pull secrets of the pods that run it) matched against the current DB.
 func (r *ImageScanReportReconciler) scan(ctx context.Context, report *securityv1alpha1.ImageScanReport) (*scanner.Result, metav1.Time, error) {
-	pods, err := r.podsUsing(ctx, report)
-	if err != nil {
-		return nil, metav1.Time{}, err
-	}
-	keychain, err := keychainFor(ctx, r.APIReader, pods)
-	if err != nil {
-		return nil, metav1.Time{}, err
-	}
+	keychain := &lazyKeychain{load: func() (authn.Keychain, error) {
+		pods, err := r.podsUsing(ctx, report)
+		if err != nil {
+			return nil, err
+		}
+		return keychainFor(ctx, r.APIReader, pods)
+	}}
 	metrics.ScansInFlight.Inc()
 	defer metrics.ScansInFlight.Dec()
 	start := time.Now()

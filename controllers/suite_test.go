@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"go.uber.org/zap/zapcore"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -65,7 +66,7 @@ func runSuite(m *testing.M) int {
 	defer testTB.cleanup()
 	reg = testutil.NewRegistry(testTB)
 	private = testutil.NewRegistry(testTB, testutil.WithBasicAuth("puller", "s3cret"))
-	reg.PublishDB(testTB, dbRepo, "2", dbSpec(false))
+	reg.PublishDB(testTB, dbRepo, "2", dbSpec())
 
 	cacheDir, err = os.MkdirTemp("", "imageguard-controllers-")
 	if err != nil {
@@ -84,7 +85,10 @@ func runSuite(m *testing.M) int {
 	if err != nil {
 		panic(err)
 	}
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+	// The controller's own defaults (cmd/imageguard: --kube-api-qps, --kube-api-burst).
+	mgrConfig := rest.CopyConfig(env.Config)
+	mgrConfig.QPS, mgrConfig.Burst = 50, 100
+	mgr, err := ctrl.NewManager(mgrConfig, ctrl.Options{
 		Scheme:  scheme.New(),
 		Metrics: metricsserver.Options{BindAddress: "0"},
 		Cache:   controllers.CacheOptions(),
@@ -129,9 +133,11 @@ func runSuite(m *testing.M) int {
 // bigPackages is how many packages of the "big" image have a finding each.
 const bigPackages = 300
 
-// dbSpec is the suite's DB: the base advisories, one per big package, and with withZlib an
-// advisory for zlib, which the DB update test publishes.
-func dbSpec(withZlib bool) *testutil.DBSpec {
+// zlibAdvisory is what the DB update test adds.
+var zlibAdvisory = testutil.AdvisorySpec{ID: "CVE-2026-1003", Ecosystem: "alpine 3.22", Package: "zlib", FixedVersion: "1.3.2-r0", Severity: "HIGH"}
+
+// dbSpec is the suite's DB: the base advisories, one per big package, and extra ones.
+func dbSpec(extra ...testutil.AdvisorySpec) *testutil.DBSpec {
 	spec, err := testutil.ParseAdvisories([]byte(baseAdvisories))
 	if err != nil {
 		panic(err)
@@ -143,11 +149,7 @@ func dbSpec(withZlib bool) *testutil.DBSpec {
 			Title: "a long enough title to make every finding take some room in the report object",
 		})
 	}
-	if withZlib {
-		spec.Advisories = append(spec.Advisories, testutil.AdvisorySpec{
-			ID: "CVE-2026-1003", Ecosystem: "alpine 3.22", Package: "zlib", FixedVersion: "1.3.2-r0", Severity: "HIGH",
-		})
-	}
+	spec.Advisories = append(spec.Advisories, extra...)
 	return spec
 }
 

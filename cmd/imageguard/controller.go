@@ -30,6 +30,8 @@ type controllerOptions struct {
 	ReportRetention    time.Duration
 	RescanInterval     time.Duration
 	ExcludedNamespaces []string
+	KubeAPIQPS         float32
+	KubeAPIBurst       int
 	DB                 dbOptions
 	Registry           registryOptions
 	CacheDir           string
@@ -51,6 +53,8 @@ func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.ReportMaxBytes, "report-max-bytes", 512<<10, "Largest encoded size of an ImageScanReport; the vulnerability list is cut, highest severity kept, to fit.")
 	fs.DurationVar(&o.ReportRetention, "report-retention", time.Hour, "How long a report no pod uses any more is kept; 0 deletes it at once.")
 	fs.DurationVar(&o.RescanInterval, "rescan-interval", 24*time.Hour, "How often every report is checked again without any event (with jitter), so none stays stale if an event is missed.")
+	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", 50, "Requests per second to the API server; a DB update's report patches are spread under it.")
+	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", 100, "Burst of requests to the API server.")
 	fs.StringSliceVar(&o.ExcludedNamespaces, "exclude-namespaces", nil, "Namespaces never reported on (comma list); a namespace labelled imageguard.dev/exclude=true is excluded too.")
 	fs.StringVar(&o.CacheDir, "cache-dir", "/var/cache/imageguard",
 		"Folder for the downloaded vulnerability DB and the kept image inventories; mount a volume here so a restart pulls nothing again.")
@@ -133,6 +137,7 @@ func runController(args []string, stderr io.Writer) int {
 		log.Error(err, "Cannot load a kubeconfig")
 		return 1
 	}
+	restConfig.QPS, restConfig.Burst = opts.KubeAPIQPS, opts.KubeAPIBurst
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                  scheme.New(),
 		Metrics:                 metricsserver.Options{BindAddress: opts.MetricsAddr},

@@ -1,0 +1,168 @@
+package controllers_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/testutil"
+)
+
+// BenchmarkClusterScale measures the issue's scale scenario on the test control plane: 2,000
+// pods in 40 namespaces over 200 digests (each digest used in 5 namespaces: 1,000 reports), then
+// a DB update that changes every report. It runs once whatever b.N is:
+//
+//	KUBEBUILDER_ASSETS=$(hack/control-plane.sh) GOEXPERIMENT=jsonv2 \
+//	  go test ./controllers -run '^$' -bench ClusterScale -benchtime 1x
+func BenchmarkClusterScale(b *testing.B) {
+	const namespaces, podsPerNamespace, digests, digestsPerNamespace = 40, 50, 200, 25
+	ctx := context.Background()
+	cfg := rest.CopyConfig(env.Config)
+	cfg.QPS, cfg.Burst = 500, 1000
+	c, err := client.New(cfg, client.Options{Scheme: env.Client.Scheme()})
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	refs := make([]string, digests)
+	ids := make([]string, digests)
+	for i := range digests {
+		refs[i], ids[i], _ = push(b, reg, fmt.Sprintf("scale/app-%03d", i), image(fmt.Sprintf("scale-%d", i)))
+	}
+	analyses := scan.Analyses()
+	writesBefore := reportWrites(b)
+	reg.ResetCounts()
+	start := time.Now()
+	for n := range namespaces {
+		ns := fmt.Sprintf("scale-%02d", n)
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			b.Fatal(err)
+		}
+		for p := range podsPerNamespace {
+			d := (n*5 + p%digestsPerNamespace) % digests
+			pod := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("pod-%02d", p), Namespace: ns},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: refs[d]}}},
+			}
+			if err := c.Create(ctx, pod); err != nil {
+				b.Fatal(err)
+			}
+			pod.Status.Phase = corev1.PodRunning
+			pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "app", Image: refs[d], ImageID: ids[d]}}
+			if err := c.Status().Update(ctx, pod); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	created := time.Since(start)
+	want := namespaces * digestsPerNamespace
+	waitReports(b, c, want, func(r *securityv1alpha1.ImageScanReport) bool {
+		return meta.IsStatusConditionTrue(r.Status.Conditions, securityv1alpha1.ConditionReady)
+	})
+	covered := time.Since(start)
+	var mem runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&mem)
+	b.ReportMetric(created.Seconds(), "s-to-create-pods")
+	b.ReportMetric(covered.Seconds(), "s-to-cover")
+	b.ReportMetric(float64(scan.Analyses()-analyses), "analyses")
+	b.ReportMetric(float64(reportWrites(b)-writesBefore), "report-writes")
+	b.ReportMetric(float64(mem.HeapInuse)/(1<<20), "heap-MiB")
+	b.ReportMetric(rssMiB(), "process-RSS-MiB")
+
+	// A DB update that gives every image one more finding.
+	busybox := testutil.AdvisorySpec{ID: "CVE-2026-1005", Ecosystem: "alpine 3.22", Package: "busybox", FixedVersion: "1.37.0-r30", Severity: "LOW"}
+	reg.PublishDB(testTB, dbRepo, "2", dbSpec(zlibAdvisory, busybox))
+	if _, err := db.Check(ctx); err != nil {
+		b.Fatal(err)
+	}
+	reg.ResetCounts()
+	writesBefore = reportWrites(b)
+	start = time.Now()
+	waitReports(b, c, want, func(r *securityv1alpha1.ImageScanReport) bool {
+		return r.Status.Summary != nil && r.Status.Summary.Low >= 1
+	})
+	b.ReportMetric(time.Since(start).Seconds(), "s-to-rematch")
+	b.ReportMetric(float64(reg.Counts().Requests), "registry-requests-on-rematch")
+	b.ReportMetric(float64(reportWrites(b)-writesBefore), "rematch-writes")
+}
+
+// waitReports polls until want reports of the scale namespaces satisfy ok.
+func waitReports(b *testing.B, c client.Client, want int, ok func(*securityv1alpha1.ImageScanReport) bool) {
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		list := &securityv1alpha1.ImageScanReportList{}
+		if err := c.List(context.Background(), list); err != nil {
+			b.Fatal(err)
+		}
+		n := 0
+		for i := range list.Items {
+			if strings.HasPrefix(list.Items[i].Namespace, "scale-") && ok(&list.Items[i]) {
+				n++
+			}
+		}
+		if n >= want {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("only %d of %d reports after 10 minutes", n, want)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// reportWrites reads the API server's count of write requests on imagescanreports.
+func reportWrites(b *testing.B) float64 {
+	dc, err := discovery.NewDiscoveryClientForConfig(env.Config)
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw, err := dc.RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total float64
+	for _, line := range strings.Split(string(raw), "\n") {
+		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `resource="imagescanreports"`) {
+			continue
+		}
+		if !strings.Contains(line, `verb="POST"`) && !strings.Contains(line, `verb="PATCH"`) &&
+			!strings.Contains(line, `verb="PUT"`) && !strings.Contains(line, `verb="DELETE"`) {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
+		if err == nil {
+			total += v
+		}
+	}
+	return total
+}
+
+// rssMiB is this test process's resident memory: the controller, but also the API client, the
+// registry and the fixtures of the benchmark.
+func rssMiB() float64 {
+	raw, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			kb, _ := strconv.ParseFloat(strings.Fields(line)[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
