@@ -12,6 +12,7 @@ import (
 	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -307,6 +308,20 @@ func TestDBUpdateRematchesWithoutPulling(t *testing.T) {
 	// The report whose findings did not change was not written.
 	after := report(g, "update", "update/without", digestB)
 	g.Expect(after.ResourceVersion).To(Equal(before.ResourceVersion))
+
+	// An Event on the changed report tells its new counts, with the condition's reason.
+	nameA := controllers.ReportName(reg.Host()+"/update/with-zlib", digestA)
+	g.Eventually(func(g Gomega) {
+		list := &eventsv1.EventList{}
+		g.Expect(env.Client.List(ctx, list, client.InNamespace("update"))).To(Succeed())
+		var notes []string
+		for _, e := range list.Items {
+			if e.Regarding.Name == nameA && e.Reason == securityv1alpha1.ReasonScanSucceeded {
+				notes = append(notes, e.Note)
+			}
+		}
+		g.Expect(notes).To(ContainElement(ContainSubstring("3 vulnerabilities: 1 critical, 2 high")))
+	}).WithTimeout(timeout).Should(Succeed())
 }
 
 func TestSteadyStateWritesNothing(t *testing.T) {
@@ -334,7 +349,7 @@ func TestSteadyStateWritesNothing(t *testing.T) {
 	g.Expect(env.Client.Get(ctx, client.ObjectKey{Namespace: "steady", Name: "one"}, pod)).To(Succeed())
 	pod.Labels = map[string]string{"touched": "yes"}
 	g.Expect(env.Client.Update(ctx, pod)).To(Succeed())
-	g.Consistently(snapshot).WithTimeout(15 * time.Second).WithPolling(time.Second).Should(Equal(first))
+	g.Consistently(snapshot).WithTimeout(time.Minute).WithPolling(2 * time.Second).Should(Equal(first))
 }
 
 func TestMetrics(t *testing.T) {
