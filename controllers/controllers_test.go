@@ -377,3 +377,25 @@ func TestMetrics(t *testing.T) {
 	info, _ := db.Info()
 	g.Expect(dbTime).To(Equal(float64(info.UpdatedAt.Unix())))
 }
+
+func TestExcludedNamespacesAreNotReported(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ref, imageID, digest := push(t, reg, "excluded/app", image(t.Name()))
+	g.Expect(env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+		Name: "opted-out", Labels: map[string]string{controllers.ExcludeLabel: "true"},
+	}})).To(Succeed())
+	g.Expect(env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kube-system"}})).To(Or(Succeed(), MatchError(ContainSubstring("already exists"))))
+	createPod(g, "opted-out", "app", ref, imageID)
+	createPod(g, "kube-system", "app", ref, imageID)
+	// A control namespace shows the pods were seen.
+	namespace(g, "opted-in")
+	createPod(g, "opted-in", "app", ref, imageID)
+	readyReport(g, "opted-in", "excluded/app", digest)
+
+	for _, ns := range []string{"opted-out", "kube-system"} {
+		list := &securityv1alpha1.ImageScanReportList{}
+		g.Expect(env.Client.List(ctx, list, client.InNamespace(ns))).To(Succeed())
+		g.Expect(list.Items).To(BeEmpty(), "namespace %s", ns)
+	}
+}
