@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime/debug"
 	"sync/atomic"
 	"time"
@@ -20,7 +22,8 @@ import (
 type Options struct {
 	// CacheDir holds the kept inventories (under inventory/<trivy-version>/).
 	CacheDir string
-	// TempDir holds layers during an analysis; empty means the system's.
+	// TempDir holds layers during an analysis; empty means <CacheDir>/tmp, so that a read-only
+	// root filesystem needs only the cache volume.
 	TempDir string
 	// Timeout bounds one analysis, from the first registry request to the merged inventory.
 	Timeout time.Duration
@@ -50,6 +53,16 @@ func New(opts Options, client *registry.Client, db DB) (*Scanner, error) {
 	}
 	if opts.Limits == (Limits{}) {
 		opts.Limits = DefaultLimits
+	}
+	if opts.TempDir == "" {
+		opts.TempDir = filepath.Join(opts.CacheDir, "tmp")
+	}
+	// Leftovers of analyses a crash interrupted.
+	if err := os.RemoveAll(opts.TempDir); err != nil {
+		return nil, fmt.Errorf("scanner: cleaning %s: %w", opts.TempDir, err)
+	}
+	if err := os.MkdirAll(opts.TempDir, 0o750); err != nil {
+		return nil, fmt.Errorf("scanner: %w", err)
 	}
 	version := TrivyVersion()
 	store, err := NewStore(opts.CacheDir, version)
