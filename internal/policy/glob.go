@@ -1,0 +1,79 @@
+package policy
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Glob matches image references: '*' matches any run of characters except '/', '**' matches any
+// run including '/', everything else is literal. A glob must match the whole reference, so
+// "registry.example.com/*" never matches "registry.example.com.evil.io/x".
+type Glob struct {
+	pattern string
+	re      *regexp.Regexp
+}
+
+// CompileGlob compiles pattern.
+func CompileGlob(pattern string) (Glob, error) {
+	if pattern == "" {
+		return Glob{}, fmt.Errorf("empty glob")
+	}
+	var b strings.Builder
+	b.WriteString("^")
+	for i := 0; i < len(pattern); i++ {
+		switch {
+		case strings.HasPrefix(pattern[i:], "**"):
+			b.WriteString(".*")
+			i++
+		case pattern[i] == '*':
+			b.WriteString("[^/]*")
+		default:
+			b.WriteString(regexp.QuoteMeta(pattern[i : i+1]))
+		}
+	}
+	b.WriteString("$")
+	re, err := regexp.Compile(b.String())
+	if err != nil {
+		return Glob{}, fmt.Errorf("glob %q: %w", pattern, err)
+	}
+	return Glob{pattern: pattern, re: re}, nil
+}
+
+// String returns the pattern.
+func (g Glob) String() string { return g.pattern }
+
+// MatchImage reports whether the glob matches img: its repository (host/path), or, for a glob
+// with a tag part (a ':' after the last '/'), its repository:tag.
+func (g Glob) MatchImage(img Image) bool {
+	if slash := strings.LastIndex(g.pattern, "/"); strings.Contains(g.pattern[slash+1:], ":") {
+		return g.re.MatchString(img.Repository + ":" + img.Tag)
+	}
+	return g.re.MatchString(img.Repository)
+}
+
+// compileAll compiles patterns, naming the first bad one.
+func compileAll(patterns []string) ([]Glob, error) {
+	globs := make([]Glob, 0, len(patterns))
+	for _, p := range patterns {
+		g, err := CompileGlob(p)
+		if err != nil {
+			return nil, err
+		}
+		globs = append(globs, g)
+	}
+	return globs, nil
+}
+
+// anyMatch reports whether one of globs matches img; no globs match everything.
+func anyMatch(globs []Glob, img Image) bool {
+	if len(globs) == 0 {
+		return true
+	}
+	for _, g := range globs {
+		if g.MatchImage(img) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,269 @@
+package policy
+
+import (
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+)
+
+var now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+
+func vuln(id string, sev securityv1alpha1.Severity, fixed string) securityv1alpha1.Vulnerability {
+	return securityv1alpha1.Vulnerability{ID: id, Package: "p", Severity: sev, FixedVersion: fixed}
+}
+
+// scanned is an image with a report of the given findings, scanned an hour ago.
+func scanned(repo string, vulns ...securityv1alpha1.Vulnerability) Image {
+	r := &Report{ScannedAt: now.Add(-time.Hour), Vulnerabilities: vulns}
+	for _, v := range vulns {
+		add(&r.Summary, v.Severity, 1)
+		r.Summary.Total++
+	}
+	return Image{Container: "app", Repository: repo, Tag: "1.0", Report: r}
+}
+
+func evaluate(t *testing.T, rules securityv1alpha1.PolicyRules, img Image, at time.Time) Verdict {
+	t.Helper()
+	p, err := Compile(rules, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.Evaluate([]Image{img}, at)
+}
+
+func TestGlobs(t *testing.T) {
+	tests := []struct {
+		glob, repo, tag string
+		want            bool
+	}{
+		{"registry.example.com/*", "registry.example.com/app", "", true},
+		{"registry.example.com/*", "registry.example.com.evil.io/x", "", false},
+		{"registry.example.com/*", "registry.example.com/team/app", "", false},
+		{"registry.example.com/**", "registry.example.com/team/app", "", true},
+		{"registry.example.com/**", "registry.example.com.evil.io/team/app", "", false},
+		{"*.dkr.ecr.eu-west-1.amazonaws.com/team/*", "1234.dkr.ecr.eu-west-1.amazonaws.com/team/app", "", true},
+		{"*.dkr.ecr.eu-west-1.amazonaws.com/team/*", "evil.io/x.dkr.ecr.eu-west-1.amazonaws.com/team/app", "", false},
+		{"127.0.0.1:*/*", "127.0.0.1:5001/app", "", true},
+		{"registry.example.com/app:1.*", "registry.example.com/app", "1.4", true},
+		{"registry.example.com/app:1.*", "registry.example.com/app", "2.0", false},
+		{"registry.example.com/app", "registry.example.com/app-evil", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.glob+" "+tt.repo, func(t *testing.T) {
+			g := NewWithT(t)
+			glob, err := CompileGlob(tt.glob)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(glob.MatchImage(Image{Repository: tt.repo, Tag: tt.tag})).To(Equal(tt.want))
+		})
+	}
+}
+
+func TestCheckRegistries(t *testing.T) {
+	rules := securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/*"}}}
+	tests := map[string]struct {
+		repo       string
+		wantFailed bool
+	}{
+		"trusted":          {repo: "registry.example.com/app"},
+		"a look-alike":     {repo: "registry.example.com.evil.io/app", wantFailed: true},
+		"docker hub":       {repo: "index.docker.io/library/nginx", wantFailed: true},
+		"a deeper path":    {repo: "registry.example.com/team/app", wantFailed: true},
+		"another registry": {repo: "ghcr.io/x/app", wantFailed: true},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			v := evaluate(t, rules, scanned(tt.repo), now)
+			g.Expect(v.Results).To(HaveLen(1))
+			g.Expect(v.Results[0].Failed).To(Equal(tt.wantFailed))
+			if tt.wantFailed {
+				g.Expect(v.Results[0].Reason).To(Equal(ReasonUntrustedRegistry))
+				g.Expect(v.Results[0].Message).To(ContainSubstring(tt.repo))
+			}
+		})
+	}
+}
+
+func TestCheckTags(t *testing.T) {
+	tests := map[string]struct {
+		rule       securityv1alpha1.TagRule
+		tag        string
+		digest     string
+		wantReason string
+	}{
+		"latest refused":             {rule: securityv1alpha1.TagRule{DisallowLatest: true}, tag: "latest", wantReason: ReasonLatestTag},
+		"no tag counts as latest":    {rule: securityv1alpha1.TagRule{DisallowLatest: true}, wantReason: ReasonLatestTag},
+		"a version tag passes":       {rule: securityv1alpha1.TagRule{DisallowLatest: true}, tag: "1.2", wantReason: ReasonPassed},
+		"a digest alone passes":      {rule: securityv1alpha1.TagRule{DisallowLatest: true}, digest: "sha256:ab", wantReason: ReasonPassed},
+		"latest pinned by digest":    {rule: securityv1alpha1.TagRule{DisallowLatest: true}, tag: "latest", digest: "sha256:ab", wantReason: ReasonLatestTag},
+		"digest required, tag only":  {rule: securityv1alpha1.TagRule{RequireDigest: true}, tag: "1.2", wantReason: ReasonDigestRequired},
+		"digest required, digest ok": {rule: securityv1alpha1.TagRule{RequireDigest: true}, tag: "1.2", digest: "sha256:ab", wantReason: ReasonPassed},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			img := scanned("r/app")
+			img.Tag, img.Digest = tt.tag, tt.digest
+			v := evaluate(t, securityv1alpha1.PolicyRules{Tags: &tt.rule}, img, now)
+			g.Expect(v.Results).To(HaveLen(1))
+			g.Expect(v.Results[0].Reason).To(Equal(tt.wantReason))
+			g.Expect(v.Results[0].Failed).To(Equal(tt.wantReason != ReasonPassed))
+		})
+	}
+}
+
+func TestCheckFreshness(t *testing.T) {
+	rules := securityv1alpha1.PolicyRules{Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxScanAge: &metav1.Duration{Duration: 24 * time.Hour}}}
+	tests := map[string]struct {
+		report     *Report
+		wantReason string
+	}{
+		"never scanned":       {report: nil, wantReason: ReasonNotScanned},
+		"scanned an hour ago": {report: &Report{ScannedAt: now.Add(-time.Hour)}, wantReason: ReasonPassed},
+		"exactly at the age":  {report: &Report{ScannedAt: now.Add(-24 * time.Hour)}, wantReason: ReasonPassed},
+		"a second too old":    {report: &Report{ScannedAt: now.Add(-24*time.Hour - time.Second)}, wantReason: ReasonScanTooOld},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			v := evaluate(t, rules, Image{Repository: "r/app", Tag: "1", Report: tt.report}, now)
+			g.Expect(v.Results).To(HaveLen(1))
+			g.Expect(v.Results[0].Reason).To(Equal(tt.wantReason))
+			if tt.wantReason == ReasonPassed {
+				g.Expect(v.NextChange).To(Equal(tt.report.ScannedAt.Add(24 * time.Hour)))
+			}
+		})
+	}
+}
+
+func TestCheckVulnerabilities(t *testing.T) {
+	findings := []securityv1alpha1.Vulnerability{
+		vuln("CVE-1", securityv1alpha1.SeverityCritical, "1.1"),
+		vuln("CVE-2", securityv1alpha1.SeverityCritical, ""),
+		vuln("CVE-3", securityv1alpha1.SeverityHigh, "2.0"),
+		vuln("CVE-4", securityv1alpha1.SeverityLow, ""),
+	}
+	tests := map[string]struct {
+		rule        securityv1alpha1.VulnerabilityRule
+		image       Image
+		wantFailed  bool
+		wantMessage string
+	}{
+		"no critical: two":         {rule: securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)}, image: scanned("r/a", findings...), wantFailed: true, wantMessage: "2 critical (max 0)"},
+		"no fixable critical: one": {rule: securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0), FixableOnly: true}, image: scanned("r/a", findings...), wantFailed: true, wantMessage: "fixable vulnerabilities: 1 critical (max 0)"},
+		"within limits":            {rule: securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](2), MaxHigh: ptr.To[int32](1)}, image: scanned("r/a", findings...), wantMessage: "within limits"},
+		"several over":             {rule: securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](1), MaxHigh: ptr.To[int32](0), MaxLow: ptr.To[int32](0)}, image: scanned("r/a", findings...), wantFailed: true, wantMessage: "2 critical (max 1), 1 high (max 0), 1 low (max 0)"},
+		"not scanned":              {rule: securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)}, image: Image{Repository: "r/a"}, wantFailed: true, wantMessage: "not been scanned"},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			v := evaluate(t, securityv1alpha1.PolicyRules{Vulnerabilities: &tt.rule}, tt.image, now)
+			g.Expect(v.Results).To(HaveLen(1))
+			g.Expect(v.Results[0].Failed).To(Equal(tt.wantFailed))
+			g.Expect(v.Results[0].Message).To(ContainSubstring(tt.wantMessage))
+			g.Expect(v.Compliant()).To(Equal(!tt.wantFailed))
+		})
+	}
+}
+
+func TestExceptions(t *testing.T) {
+	expires := now.Add(time.Hour)
+	rules := securityv1alpha1.PolicyRules{
+		Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)},
+		Exceptions: []securityv1alpha1.VulnerabilityException{
+			{ID: "CVE-1", Images: []string{"registry.example.com/*"}, Expires: metav1.NewTime(expires), Reason: "not reachable"},
+		},
+	}
+	img := scanned("registry.example.com/app", vuln("CVE-1", securityv1alpha1.SeverityCritical, "1.1"))
+	tests := map[string]struct {
+		img        Image
+		at         time.Time
+		wantFailed bool
+	}{
+		"before expiry":                {img: img, at: now},
+		"a nanosecond before expiry":   {img: img, at: expires.Add(-time.Nanosecond)},
+		"exactly at expiry":            {img: img, at: expires, wantFailed: true},
+		"after expiry":                 {img: img, at: expires.Add(time.Minute), wantFailed: true},
+		"another image":                {img: scanned("registry.example.com.evil.io/app", vuln("CVE-1", securityv1alpha1.SeverityCritical, "1.1")), at: now, wantFailed: true},
+		"another vulnerability":        {img: scanned("registry.example.com/app", vuln("CVE-9", securityv1alpha1.SeverityCritical, "")), at: now, wantFailed: true},
+		"excepted plus one more fails": {img: scanned("registry.example.com/app", vuln("CVE-1", securityv1alpha1.SeverityCritical, ""), vuln("CVE-2", securityv1alpha1.SeverityCritical, "")), at: now, wantFailed: true},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			v := evaluate(t, rules, tt.img, tt.at)
+			g.Expect(v.Results[0].Failed).To(Equal(tt.wantFailed), v.Results[0].Message)
+		})
+	}
+	// The verdict says when it changes by itself: at the expiry.
+	NewWithT(t).Expect(evaluate(t, rules, img, now).NextChange).To(Equal(expires))
+}
+
+type fakeVerifier struct{ ok bool }
+
+func (f fakeVerifier) Verify(Image, []securityv1alpha1.SignatureKey) (bool, string, error) {
+	if f.ok {
+		return true, "signed by key 0", nil
+	}
+	return false, "no signature by a trusted key", nil
+}
+
+func TestCheckSignatures(t *testing.T) {
+	rules := securityv1alpha1.PolicyRules{Signatures: &securityv1alpha1.SignatureRule{
+		Required: true, Keys: []securityv1alpha1.SignatureKey{{PublicKey: "pem"}},
+	}}
+	tests := map[string]struct {
+		verifier         SignatureVerifier
+		wantReason       string
+		wantNotEvaluable bool
+		wantFailed       bool
+	}{
+		"no verifier: never a pass": {verifier: nil, wantReason: ReasonSignatureNotVerifiable, wantNotEvaluable: true},
+		"signed":                    {verifier: fakeVerifier{ok: true}, wantReason: ReasonPassed},
+		"unsigned":                  {verifier: fakeVerifier{ok: false}, wantReason: ReasonSignatureInvalid, wantFailed: true},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			p, err := Compile(rules, tt.verifier)
+			g.Expect(err).NotTo(HaveOccurred())
+			v := p.Evaluate([]Image{scanned("r/a")}, now)
+			g.Expect(v.Results).To(HaveLen(1))
+			g.Expect(v.Results[0].Reason).To(Equal(tt.wantReason))
+			g.Expect(v.Results[0].NotEvaluable).To(Equal(tt.wantNotEvaluable))
+			g.Expect(v.Results[0].Failed).To(Equal(tt.wantFailed))
+			g.Expect(v.Compliant()).To(Equal(tt.wantReason == ReasonPassed))
+		})
+	}
+}
+
+func TestChainOrderAndFirstFailure(t *testing.T) {
+	g := NewWithT(t)
+	rules := securityv1alpha1.PolicyRules{
+		Registries:      &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/*"}},
+		Tags:            &securityv1alpha1.TagRule{DisallowLatest: true},
+		Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxHigh: ptr.To[int32](0)},
+	}
+	good := scanned("registry.example.com/good")
+	bad := scanned("registry.example.com/bad", vuln("CVE-3", securityv1alpha1.SeverityHigh, "2"))
+	bad.Tag = "latest"
+	p, err := Compile(rules, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	v := p.Evaluate([]Image{good, bad}, now)
+	g.Expect(v.Results).To(HaveLen(6))
+	g.Expect(v.FirstFailure().Rule).To(Equal(RuleTags))
+	g.Expect(v.Reasons()).To(Equal([]string{
+		"registry.example.com/bad:latest: tags: the latest tag (or no tag) is not allowed",
+		"registry.example.com/bad:latest: vulnerabilities: vulnerabilities: 1 high (max 0)",
+	}))
+	g.Expect(Rules(rules)).To(Equal([]string{RuleRegistries, RuleTags, RuleVulnerabilities}))
+
+	_, err = Compile(securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{""}}}, nil)
+	g.Expect(err).To(MatchError(ContainSubstring("registries.allowed")))
+}
