@@ -42,6 +42,12 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if err := reports.SetupWithManager(mgr); err != nil {
 		return err
 	}
+	for _, clusterScoped := range []bool{false, true} {
+		policies := &PolicyReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("imageguard"), ClusterScoped: clusterScoped}
+		if err := policies.SetupWithManager(mgr); err != nil {
+			return err
+		}
+	}
 	return metrics.RegisterDBAge(func() (time.Time, bool) {
 		info, ok := opts.DB.Info()
 		return info.UpdatedAt, ok

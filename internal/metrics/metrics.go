@@ -35,6 +35,12 @@ var (
 		Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 	}, []string{"kind"})
 
+	// WorkloadCompliant is 1 for a workload that complies with a policy, 0 for one that does not.
+	WorkloadCompliant = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "imageguard_workload_compliant",
+		Help: "Whether a workload complies with a policy (1) or not (0).",
+	}, []string{"policy", "namespace", "kind", "name"})
+
 	// ScansInFlight is the number of reports being scanned now.
 	ScansInFlight = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "imageguard_scan_queue_depth",
@@ -43,7 +49,7 @@ var (
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(ImageVulnerabilities, ScansTotal, ScanDuration, ScansInFlight)
+	ctrlmetrics.Registry.MustRegister(ImageVulnerabilities, ScansTotal, ScanDuration, ScansInFlight, WorkloadCompliant)
 }
 
 // RegisterDBAge exposes the build time of the vulnerability DB in use, read from info at scrape
