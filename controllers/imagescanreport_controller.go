@@ -56,7 +56,9 @@ type ImageScanReportReconciler struct {
 	RescanInterval time.Duration
 	// Concurrency is the number of reports reconciled at once.
 	Concurrency int
-	Now         func() time.Time
+	// ExcludedNamespaces are not scanned, nor namespaces labelled imageguard.dev/exclude=true.
+	ExcludedNamespaces []string
+	Now                func() time.Time
 
 	// matched remembers the DB each report was last matched against: a DB update that leaves a
 	// report's findings as they were is then neither matched again nor written.
@@ -78,6 +80,13 @@ func (r *ImageScanReportReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !report.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil
+	}
+	ns := &corev1.Namespace{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: report.Namespace}, ns); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if excludedNamespace(ns, r.ExcludedNamespaces) {
 		return ctrl.Result{}, nil
 	}
 	recordVulnerabilities(report)

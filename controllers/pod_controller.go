@@ -70,7 +70,7 @@ func (r *PodReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if err := r.Client.Get(ctx, client.ObjectKey{Name: req.Name}, ns); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if r.excluded(ns) || !ns.DeletionTimestamp.IsZero() {
+	if excludedNamespace(ns, r.ExcludedNamespaces) || !ns.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, nil
 	}
 	pods := &corev1.PodList{}
@@ -93,8 +93,9 @@ func (r *PodReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	return ctrl.Result{RequeueAfter: requeue}, nil
 }
 
-func (r *PodReconciler) excluded(ns *corev1.Namespace) bool {
-	return slices.Contains(r.ExcludedNamespaces, ns.Name) || ns.Labels[ExcludeLabel] == "true"
+// excludedNamespace reports whether ns is opted out of scanning, by name or by label.
+func excludedNamespace(ns *corev1.Namespace, excluded []string) bool {
+	return slices.Contains(excluded, ns.Name) || ns.Labels[ExcludeLabel] == "true"
 }
 
 func (r *PodReconciler) now() time.Time {

@@ -38,6 +38,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scanner: opts.Scanner, DB: opts.DB,
 		Recorder: mgr.GetEventRecorder("imageguard"), MaxBytes: opts.ReportMaxBytes,
 		RescanInterval: opts.RescanInterval, Concurrency: opts.ScanConcurrency,
+		ExcludedNamespaces: opts.ExcludedNamespaces,
 	}
 	if err := reports.SetupWithManager(mgr); err != nil {
 		return err
