@@ -156,22 +156,36 @@ func (r *PolicyReconciler) get(ctx context.Context, req ctrl.Request) (client.Ob
 func (r *PolicyReconciler) matchedWorkloads(ctx context.Context, namespace string, spec policySpec) ([]workload, error) {
 	namespaces := []string{namespace}
 	if r.ClusterScoped {
-		sel := labels.Everything()
-		if spec.namespaceSelector != nil {
-			var err error
-			if sel, err = metav1.LabelSelectorAsSelector(spec.namespaceSelector); err != nil {
-				return nil, err
-			}
-		}
 		list := &corev1.NamespaceList{}
-		if err := r.Client.List(ctx, list, client.MatchingLabelsSelector{Selector: sel}); err != nil {
+		if err := r.Client.List(ctx, list); err != nil {
 			return nil, err
 		}
 		namespaces = namespaces[:0]
-		for _, ns := range list.Items {
-			namespaces = append(namespaces, ns.Name)
+		for i := range list.Items {
+			if ok, err := spec.selectsNamespace(&list.Items[i]); err != nil {
+				return nil, err
+			} else if ok {
+				namespaces = append(namespaces, list.Items[i].Name)
+			}
 		}
 	}
+	return r.workloadsIn(ctx, namespaces, spec)
+}
+
+// selectsNamespace reports whether a cluster policy's namespaceSelector selects ns.
+func (s policySpec) selectsNamespace(ns *corev1.Namespace) (bool, error) {
+	if s.namespaceSelector == nil {
+		return true, nil
+	}
+	sel, err := metav1.LabelSelectorAsSelector(s.namespaceSelector)
+	if err != nil {
+		return false, err
+	}
+	return sel.Matches(labels.Set(ns.Labels)), nil
+}
+
+// workloadsIn lists the matched workloads of namespaces, sorted.
+func (r *PolicyReconciler) workloadsIn(ctx context.Context, namespaces []string, spec policySpec) ([]workload, error) {
 	sel := labels.Everything()
 	if spec.selector != nil {
 		var err error

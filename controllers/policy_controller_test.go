@@ -19,6 +19,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	wgpolicyv1alpha2 "github.com/imageguard/imageguard/api/wgpolicyk8s/v1alpha2"
+	"github.com/imageguard/imageguard/controllers"
 	"github.com/imageguard/imageguard/internal/metrics"
 	"github.com/imageguard/imageguard/internal/testutil"
 )
@@ -84,6 +86,18 @@ func TestPolicyMarksNonCompliantWorkloads(t *testing.T) {
 		g.Expect(p.Status.NonCompliant[0].Name).To(Equal("web"))
 		g.Expect(p.Status.NonCompliant[0].Reasons).To(ConsistOf(ContainSubstring("vulnerabilities: vulnerabilities: 1 critical (max 0)")))
 	}).WithTimeout(timeout).Should(Succeed())
+	// The same verdict in the namespace's PolicyReport, for Policy Reporter.
+	g.Eventually(func(g Gomega) {
+		report := &wgpolicyv1alpha2.PolicyReport{}
+		g.Expect(env.Client.Get(ctx, client.ObjectKey{Namespace: "policy", Name: controllers.PolicyReportName}, report)).To(Succeed())
+		g.Expect(report.Results).To(ContainElement(SatisfyAll(
+			HaveField("Policy", "no-critical"), HaveField("Rule", "vulnerabilities"),
+			HaveField("Result", wgpolicyv1alpha2.ResultFail), HaveField("Severity", wgpolicyv1alpha2.Severity("high")),
+			HaveField("Description", ContainSubstring("1 critical (max 0)")),
+			HaveField("Subjects", ConsistOf(SatisfyAll(HaveField("Kind", "Deployment"), HaveField("Name", "web")))),
+		)))
+		g.Expect(report.Summary.Fail).To(BeNumerically(">=", 1))
+	}).WithTimeout(timeout).Should(Succeed())
 	raw := must(runtime.DefaultUnstructuredConverter.ToUnstructured(policyStatus(g, key)))
 	res, err := status.Compute(&unstructured.Unstructured{Object: raw})
 	g.Expect(err).NotTo(HaveOccurred())
@@ -112,6 +126,11 @@ func TestPolicyMarksNonCompliantWorkloads(t *testing.T) {
 		p := policyStatus(g, key)
 		g.Expect(meta.IsStatusConditionTrue(p.Status.Conditions, securityv1alpha1.ConditionCompliant)).To(BeTrue())
 		g.Expect(p.Status.Summary.Compliant).To(BeEquivalentTo(1))
+		report := &wgpolicyv1alpha2.PolicyReport{}
+		g.Expect(env.Client.Get(ctx, client.ObjectKey{Namespace: "policy", Name: controllers.PolicyReportName}, report)).To(Succeed())
+		g.Expect(report.Results).To(ContainElement(SatisfyAll(
+			HaveField("Policy", "no-critical"), HaveField("Rule", "vulnerabilities"), HaveField("Result", wgpolicyv1alpha2.ResultPass),
+		)))
 	}).WithTimeout(timeout).Should(Succeed())
 	g.Eventually(func(g Gomega) {
 		p := policyStatus(g, key)

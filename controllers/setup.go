@@ -49,6 +49,14 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 			return err
 		}
 	}
+	// PolicyReports are written only where their CRD is installed (the chart can install it).
+	if policyReportsServed(mgr) {
+		if err := (&PolicyReportReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+			return err
+		}
+	} else {
+		mgr.GetLogger().Info("The wgpolicyk8s.io PolicyReport CRD is not installed: no PolicyReports are written")
+	}
 	return metrics.RegisterDBAge(func() (time.Time, bool) {
 		info, ok := opts.DB.Info()
 		return info.UpdatedAt, ok

@@ -57,7 +57,7 @@ func TestMain(m *testing.M) {
 func runSuite(m *testing.M) int {
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.Level(zapLevel()))))
 	var err error
-	env, err = testenv.Start(testenv.Options{})
+	env, err = testenv.Start(testenv.Options{PolicyReportCRDs: true})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "cannot start the control plane: %v\n", err)
 		return 1

@@ -38,6 +38,8 @@ type Env struct {
 type Options struct {
 	// APIServerArgs are extra kube-apiserver flags, e.g. admission plugins.
 	APIServerArgs map[string]string
+	// PolicyReportCRDs also installs the wgpolicyk8s.io PolicyReport CRDs.
+	PolicyReportCRDs bool
 }
 
 // RepoRoot returns the root of the module (the folder holding go.mod), found from the working
@@ -85,9 +87,13 @@ func Start(opts Options) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
+	crds := []string{filepath.Join(root, "config", "crd", "bases")}
+	if opts.PolicyReportCRDs {
+		crds = append(crds, filepath.Join(root, "config", "crd", "policyreport"))
+	}
 	environment := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
-		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
+		CRDDirectoryPaths:     crds,
 		ErrorIfCRDPathMissing: true,
 		Scheme:                scheme.New(),
 		// A busy 2-core CI machine can take a while to start etcd and the API server.

@@ -1,0 +1,303 @@
+package controllers
+
+import (
+	"context"
+	"sort"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	wgpolicyv1alpha2 "github.com/imageguard/imageguard/api/wgpolicyk8s/v1alpha2"
+	"github.com/imageguard/imageguard/internal/policy"
+)
+
+// PolicyReportName is the name of the PolicyReport ImageGuard keeps in each namespace.
+const PolicyReportName = "imageguard"
+
+// ruleSeverity is the PolicyReport severity of each rule's failures.
+var ruleSeverity = map[string]wgpolicyv1alpha2.Severity{
+	policy.RuleRegistries: "high", policy.RuleTags: "medium", policy.RuleFreshness: "medium",
+	policy.RuleVulnerabilities: "high", policy.RuleSignatures: "high",
+}
+
+// PolicyReportReconciler keeps one wgpolicyk8s.io PolicyReport per namespace: a result per
+// workload, policy and rule, for Policy Reporter and other dashboards. All results concern
+// namespaced workloads, so no ClusterPolicyReport is written.
+type PolicyReportReconciler struct {
+	Client   client.Client
+	Verifier policy.SignatureVerifier
+	Now      func() time.Time
+}
+
+// +kubebuilder:rbac:groups=wgpolicyk8s.io,resources=policyreports,verbs=get;list;watch;create;update;patch;delete
+
+// Reconcile rewrites the namespace's PolicyReport when its results changed.
+func (r *PolicyReportReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	ns := &corev1.Namespace{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: req.Name}, ns); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !ns.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil
+	}
+	results, next, err := r.results(ctx, ns)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.write(ctx, ns.Name, results); err != nil {
+		return ctrl.Result{}, err
+	}
+	if next.IsZero() {
+		return ctrl.Result{}, nil
+	}
+	return ctrl.Result{RequeueAfter: next.Sub(r.now()) + time.Second}, nil
+}
+
+// applying is a policy that applies to a namespace.
+type applying struct {
+	name string
+	spec policySpec
+}
+
+// policiesFor lists the valid policies that apply to ns: its ImagePolicies and the
+// ClusterImagePolicies that select it.
+func (r *PolicyReportReconciler) policiesFor(ctx context.Context, ns *corev1.Namespace) ([]applying, error) {
+	var out []applying
+	local := &securityv1alpha1.ImagePolicyList{}
+	if err := r.Client.List(ctx, local, client.InNamespace(ns.Name)); err != nil {
+		return nil, err
+	}
+	for _, p := range local.Items {
+		out = append(out, applying{name: p.Name, spec: policySpec{images: p.Spec.Match.Images, selector: p.Spec.Match.Selector, rules: p.Spec.Rules}})
+	}
+	cluster := &securityv1alpha1.ClusterImagePolicyList{}
+	if err := r.Client.List(ctx, cluster); err != nil {
+		return nil, err
+	}
+	for _, p := range cluster.Items {
+		spec := policySpec{images: p.Spec.Match.Images, selector: p.Spec.Match.Selector,
+			namespaceSelector: p.Spec.Match.NamespaceSelector, rules: p.Spec.Rules}
+		if ok, err := spec.selectsNamespace(ns); err == nil && ok {
+			out = append(out, applying{name: p.Name, spec: spec})
+		}
+	}
+	return out, nil
+}
+
+// results evaluates every applying policy over the namespace's workloads, one result per
+// workload, policy and rule.
+func (r *PolicyReportReconciler) results(ctx context.Context, ns *corev1.Namespace) ([]wgpolicyv1alpha2.PolicyReportResult, time.Time, error) {
+	policies, err := r.policiesFor(ctx, ns)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	eval := &PolicyReconciler{Client: r.Client}
+	now := r.now()
+	stamp := metav1.Timestamp{Seconds: now.Unix()}
+	var out []wgpolicyv1alpha2.PolicyReportResult
+	var next time.Time
+	for _, p := range policies {
+		compiled, err := policy.Compile(p.spec.rules, r.Verifier)
+		if err != nil || p.spec.validate() != nil {
+			continue // the policy's own status says why
+		}
+		workloads, err := eval.workloadsIn(ctx, []string{ns.Name}, p.spec)
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		reports, err := eval.reportsByImage(ctx, workloads)
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		for _, w := range workloads {
+			verdict := compiled.Evaluate(imagesOf(w, reports), now)
+			if !verdict.NextChange.IsZero() && (next.IsZero() || verdict.NextChange.Before(next)) {
+				next = verdict.NextChange
+			}
+			out = append(out, ruleResults(p.name, w, verdict, stamp)...)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Subjects[0].Name != b.Subjects[0].Name || a.Subjects[0].Kind != b.Subjects[0].Kind {
+			return a.Subjects[0].Kind+"/"+a.Subjects[0].Name < b.Subjects[0].Kind+"/"+b.Subjects[0].Name
+		}
+		if a.Policy != b.Policy {
+			return a.Policy < b.Policy
+		}
+		return a.Rule < b.Rule
+	})
+	return out, next, nil
+}
+
+// ruleResults folds a verdict into one result per rule: fail if any image fails it.
+func ruleResults(policyName string, w workload, v policy.Verdict, stamp metav1.Timestamp) []wgpolicyv1alpha2.PolicyReportResult {
+	byRule := map[string]*wgpolicyv1alpha2.PolicyReportResult{}
+	var order []string
+	gvk := workloadGVK[w.kind]
+	for _, res := range v.Results {
+		pr := byRule[res.Rule]
+		if pr == nil {
+			pr = &wgpolicyv1alpha2.PolicyReportResult{
+				Source: "imageguard", Policy: policyName, Rule: res.Rule, Category: "Image Security",
+				Severity: ruleSeverity[res.Rule], Timestamp: stamp, Result: wgpolicyv1alpha2.ResultPass, Scored: true,
+				Subjects: []corev1.ObjectReference{{
+					APIVersion: gvk.GroupVersion().String(), Kind: w.kind, Namespace: w.obj.GetNamespace(),
+					Name: w.obj.GetName(), UID: w.obj.GetUID(),
+				}},
+			}
+			byRule[res.Rule] = pr
+			order = append(order, res.Rule)
+		}
+		switch {
+		case res.NotEvaluable:
+			if pr.Result == wgpolicyv1alpha2.ResultPass {
+				pr.Result = wgpolicyv1alpha2.ResultError
+			}
+		case res.Failed:
+			pr.Result = wgpolicyv1alpha2.ResultFail
+		default:
+			continue
+		}
+		msg := res.Image + ": " + res.Message
+		if pr.Description == "" {
+			pr.Description = msg
+		} else if len(pr.Description) < 1024 {
+			pr.Description += "; " + msg
+		}
+	}
+	out := make([]wgpolicyv1alpha2.PolicyReportResult, 0, len(order))
+	for _, rule := range order {
+		pr := byRule[rule]
+		if pr.Result == wgpolicyv1alpha2.ResultPass {
+			pr.Description = "all images pass"
+		}
+		out = append(out, *pr)
+	}
+	return out
+}
+
+var workloadGVK = map[string]schema.GroupVersionKind{
+	"Deployment":  appsv1.SchemeGroupVersion.WithKind("Deployment"),
+	"StatefulSet": appsv1.SchemeGroupVersion.WithKind("StatefulSet"),
+	"DaemonSet":   appsv1.SchemeGroupVersion.WithKind("DaemonSet"),
+	"ReplicaSet":  appsv1.SchemeGroupVersion.WithKind("ReplicaSet"),
+	"Job":         batchv1.SchemeGroupVersion.WithKind("Job"),
+	"CronJob":     batchv1.SchemeGroupVersion.WithKind("CronJob"),
+	"Pod":         corev1.SchemeGroupVersion.WithKind("Pod"),
+}
+
+// write creates, updates or deletes the namespace's report; an unchanged one (timestamps aside)
+// is not written.
+func (r *PolicyReportReconciler) write(ctx context.Context, namespace string, results []wgpolicyv1alpha2.PolicyReportResult) error {
+	report := &wgpolicyv1alpha2.PolicyReport{}
+	err := r.Client.Get(ctx, client.ObjectKey{Namespace: namespace, Name: PolicyReportName}, report)
+	exists := err == nil
+	if err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	if len(results) == 0 {
+		if exists {
+			return client.IgnoreNotFound(r.Client.Delete(ctx, report))
+		}
+		return nil
+	}
+	summary := wgpolicyv1alpha2.PolicyReportSummary{}
+	for _, res := range results {
+		switch res.Result {
+		case wgpolicyv1alpha2.ResultPass:
+			summary.Pass++
+		case wgpolicyv1alpha2.ResultFail:
+			summary.Fail++
+		case wgpolicyv1alpha2.ResultWarn:
+			summary.Warn++
+		case wgpolicyv1alpha2.ResultError:
+			summary.Error++
+		default:
+			summary.Skip++
+		}
+	}
+	if exists && equalResults(report.Results, results) {
+		return nil
+	}
+	if !exists {
+		report = &wgpolicyv1alpha2.PolicyReport{ObjectMeta: metav1.ObjectMeta{
+			Name: PolicyReportName, Namespace: namespace,
+			Labels: map[string]string{"app.kubernetes.io/managed-by": "imageguard"},
+		}, Summary: summary, Results: results}
+		return r.Client.Create(ctx, report)
+	}
+	base := report.DeepCopy()
+	report.Summary, report.Results = summary, results
+	return r.Client.Patch(ctx, report, client.MergeFrom(base))
+}
+
+// equalResults compares results ignoring their timestamps.
+func equalResults(a, b []wgpolicyv1alpha2.PolicyReportResult) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		x.Timestamp, y.Timestamp = metav1.Timestamp{}, metav1.Timestamp{}
+		if !equality.Semantic.DeepEqual(x, y) {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *PolicyReportReconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+// SetupWithManager watches policies, workloads and reports, each event queueing the namespaces
+// whose report it may change.
+func (r *PolicyReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	toNamespace := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: obj.GetNamespace()}}}
+	})
+	allNamespaces := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, _ client.Object) []reconcile.Request {
+		list := &corev1.NamespaceList{}
+		if err := r.Client.List(ctx, list); err != nil {
+			return nil
+		}
+		reqs := make([]reconcile.Request, 0, len(list.Items))
+		for _, ns := range list.Items {
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: ns.Name}})
+		}
+		return reqs
+	})
+	b := ctrl.NewControllerManagedBy(mgr).Named("policyreport").
+		For(&corev1.Namespace{}).
+		Watches(&securityv1alpha1.ClusterImagePolicy{}, allNamespaces)
+	for _, obj := range []client.Object{
+		&securityv1alpha1.ImagePolicy{}, &securityv1alpha1.ImageScanReport{},
+		&appsv1.Deployment{}, &appsv1.StatefulSet{}, &appsv1.DaemonSet{}, &appsv1.ReplicaSet{},
+		&batchv1.Job{}, &batchv1.CronJob{}, &corev1.Pod{},
+	} {
+		b = b.Watches(obj, toNamespace)
+	}
+	return b.Complete(r)
+}
+
+// policyReportsServed reports whether the API server serves wgpolicyk8s.io PolicyReports.
+func policyReportsServed(mgr ctrl.Manager) bool {
+	_, err := mgr.GetRESTMapper().RESTMapping(schema.GroupKind{Group: wgpolicyv1alpha2.GroupVersion.Group, Kind: "PolicyReport"}, wgpolicyv1alpha2.GroupVersion.Version)
+	return err == nil
+}
