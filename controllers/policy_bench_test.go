@@ -9,7 +9,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -27,12 +26,7 @@ import (
 func BenchmarkPolicyEvaluation(b *testing.B) {
 	const namespaces, perNamespace, images, policies = 20, 50, 50, 5
 	ctx := context.Background()
-	cfg := rest.CopyConfig(env.Config)
-	cfg.QPS, cfg.Burst = 500, 1000
-	c, err := client.New(cfg, client.Options{Scheme: env.Client.Scheme()})
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := benchClient(b)
 	// Reports are written as the report controller would; the namespaces are excluded from the pod
 	// controller so that it does not collect reports no pod uses.
 	digest := func(i int) string { return fmt.Sprintf("sha256:%064x", i+1) }
