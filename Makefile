@@ -74,6 +74,12 @@ verify: manifests generate chart-crds fmt vet ## Fail when generated files are s
 build: ## Build bin/imageguard.
 	go build -o $(LOCALBIN)/imageguard ./cmd/imageguard
 
+IMG ?= imageguard:dev
+
+.PHONY: docker-build
+docker-build: ## Build the container image (needs a Docker engine; IMG=name:tag).
+	docker build -t $(IMG) .
+
 .PHONY: run
 run: manifests generate ## Run the controller against the cluster of the current kubeconfig.
 	go run ./cmd/imageguard controller
