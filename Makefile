@@ -8,8 +8,10 @@ export GOWORK := off
 LOCALBIN ?= $(CURDIR)/bin
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 GOLANGCI_LINT_VERSION ?= v2.15.0
+HELM_VERSION ?= v4.3.1
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+HELM ?= $(LOCALBIN)/helm-$(HELM_VERSION)
 
 # The test control plane: etcd and kube-apiserver built from the Go module proxy, cached per user.
 CONTROL_PLANE ?= hack/control-plane.sh
@@ -36,8 +38,10 @@ generate: $(CONTROLLER_GEN) ## Generate DeepCopy methods.
 	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
 
 .PHONY: chart-crds
-chart-crds: manifests ## Copy the CRDs into the Helm chart (never edit the chart's copies by hand).
+chart-crds: manifests ## Copy the CRDs and the generated RBAC into the Helm chart (never edit the chart's copies by hand).
 	hack/chart-crds.sh config/crd/bases charts/imageguard/templates/crds
+	hack/chart-crds.sh config/crd/policyreport charts/imageguard/templates/policyreport-crds policyReportCRDs.install
+	hack/chart-rbac.sh config/rbac/role.yaml charts/imageguard/templates/rbac/clusterrole.yaml
 
 .PHONY: fmt
 fmt: ## Run gofmt on the tree.
@@ -56,8 +60,8 @@ control-plane: ## Build (once) the test etcd, kube-apiserver and kubectl; prints
 	$(CONTROL_PLANE)
 
 .PHONY: test
-test: manifests generate ## Run every test against a real control plane.
-	KUBEBUILDER_ASSETS="$$($(CONTROL_PLANE))" go test ./... -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS)
+test: manifests generate $(HELM) ## Run every test against a real control plane.
+	KUBEBUILDER_ASSETS="$$($(CONTROL_PLANE))" HELM=$(HELM) go test ./... -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS)
 
 .PHONY: verify
 verify: manifests generate chart-crds fmt vet ## Fail when generated files are stale, code is unformatted or vet complains.
@@ -91,6 +95,12 @@ $(LOCALBIN):
 
 $(CONTROLLER_GEN): | $(LOCALBIN)
 	$(call go-install-tool,$(CONTROLLER_GEN),sigs.k8s.io/controller-tools/cmd/controller-gen,$(CONTROLLER_TOOLS_VERSION))
+
+.PHONY: helm
+helm: $(HELM) ## Install the pinned helm into bin/.
+
+$(HELM): | $(LOCALBIN)
+	$(call go-install-tool,$(HELM),helm.sh/helm/v4/cmd/helm,$(HELM_VERSION))
 
 $(GOLANGCI_LINT): | $(LOCALBIN)
 	$(call go-install-tool,$(GOLANGCI_LINT),github.com/golangci/golangci-lint/v2/cmd/golangci-lint,$(GOLANGCI_LINT_VERSION))

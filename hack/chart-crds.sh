@@ -3,10 +3,11 @@
 # carries a hand-edited copy. Each CRD is wrapped in `crds.install` and kept on uninstall
 # (helm.sh/resource-policy: keep), so deleting the release never deletes users' reports and policies.
 #
-# Usage: hack/chart-crds.sh SRC_DIR DEST_DIR
+# Usage: hack/chart-crds.sh SRC_DIR DEST_DIR [VALUE]   (VALUE defaults to crds.install)
 set -euo pipefail
 src=${1:?source folder}
 dest=${2:?destination folder}
+value=${3:-crds.install}
 
 mkdir -p "$dest"
 rm -f "$dest"/*.yaml
@@ -17,7 +18,7 @@ for f in "$src"/*.yaml; do
   fi
   out="$dest/$(basename "$f")"
   {
-    echo "{{- if .Values.crds.install }}"
+    echo "{{- if .Values.$value }}"
     awk '
       /^---$/ { next }
       /^  annotations:$/ && !done {

@@ -13,6 +13,9 @@ import (
 	"strings"
 	"time"
 
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -40,6 +43,8 @@ type Options struct {
 	APIServerArgs map[string]string
 	// PolicyReportCRDs also installs the wgpolicyk8s.io PolicyReport CRDs.
 	PolicyReportCRDs bool
+	// NoCRDs installs no CRD, for tests that install them as users do (helm, kubectl).
+	NoCRDs bool
 }
 
 // RepoRoot returns the root of the module (the folder holding go.mod), found from the working
@@ -77,6 +82,13 @@ func assetsDir(root string) (string, error) {
 	return strings.TrimSpace(stdout.String()), nil
 }
 
+// testScheme is the controller's scheme plus CRDs, which tests read.
+func testScheme() *runtime.Scheme {
+	s := scheme.New()
+	utilruntime.Must(apiextensionsv1.AddToScheme(s))
+	return s
+}
+
 // Start starts etcd and kube-apiserver, installs the CRDs and waits until they are served.
 func Start(opts Options) (*Env, error) {
 	root, err := RepoRoot()
@@ -87,15 +99,18 @@ func Start(opts Options) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	crds := []string{filepath.Join(root, "config", "crd", "bases")}
+	var crds []string
+	if !opts.NoCRDs {
+		crds = append(crds, filepath.Join(root, "config", "crd", "bases"))
+	}
 	if opts.PolicyReportCRDs {
 		crds = append(crds, filepath.Join(root, "config", "crd", "policyreport"))
 	}
 	environment := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
 		CRDDirectoryPaths:     crds,
-		ErrorIfCRDPathMissing: true,
-		Scheme:                scheme.New(),
+		ErrorIfCRDPathMissing: len(crds) > 0,
+		Scheme:                testScheme(),
 		// A busy 2-core CI machine can take a while to start etcd and the API server.
 		ControlPlaneStartTimeout: 2 * time.Minute,
 		ControlPlaneStopTimeout:  time.Minute,
@@ -139,6 +154,9 @@ func (e *Env) setUp() error {
 		return err
 	}
 	e.Kubectl = filepath.Join(e.Environment.BinaryAssetsDirectory, "kubectl")
+	if len(e.Environment.CRDDirectoryPaths) == 0 {
+		return nil
+	}
 	// The API server serves new kinds a moment after the CRDs are established.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -1,0 +1,235 @@
+// Package helmchart tests charts/imageguard with the pinned helm (bin/, built from the Go module
+// proxy by `make helm`): lint, rendering with default and all optional values, and a real
+// install, upgrade and uninstall on the test control plane.
+package helmchart
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/testenv"
+)
+
+var (
+	env   *testenv.Env
+	root  string
+	helm  string
+	chart string
+)
+
+// allOptional turns on every optional feature of the chart.
+var allOptional = []string{
+	"--set", "replicas=2", "--set", "policyReportCRDs.install=true", "--set", "persistence.enabled=true",
+	"--set", "metrics.serviceMonitor.enabled=true", "--set", "networkPolicy.enabled=true",
+	"--set", "podDisruptionBudget.enabled=true", "--set", "controller.dbPath=/db",
+	"--set", "controller.insecureRegistries={registry.internal:5000}",
+}
+
+func TestMain(m *testing.M) {
+	var err error
+	if root, err = testenv.RepoRoot(); err != nil {
+		panic(err)
+	}
+	chart = filepath.Join(root, "charts", "imageguard")
+	if helm, err = helmBinary(); err != nil {
+		fmt.Fprintf(os.Stderr, "no helm: %v\n", err)
+		os.Exit(1)
+	}
+	if env, err = testenv.Start(testenv.Options{NoCRDs: true}); err != nil {
+		fmt.Fprintf(os.Stderr, "cannot start the control plane: %v\n", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = env.Stop()
+	os.Exit(code)
+}
+
+// helmBinary returns $HELM (make test sets it), else builds the pinned helm with `make helm`.
+func helmBinary() (string, error) {
+	if h := os.Getenv("HELM"); h != "" {
+		return h, nil
+	}
+	cmd := exec.Command("make", "-s", "--no-print-directory", "helm")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("make helm: %w: %s", err, out)
+	}
+	matches, _ := filepath.Glob(filepath.Join(root, "bin", "helm-*"))
+	if len(matches) == 0 {
+		return "", fmt.Errorf("make helm built nothing in bin/")
+	}
+	return matches[0], nil
+}
+
+func runHelm(t *testing.T, args ...string) string {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(helm, args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+env.Kubeconfig, "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("helm %s: %v\n%s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
+
+// documents splits rendered manifests by kind.
+func documents(t *testing.T, rendered string) map[string][][]byte {
+	t.Helper()
+	out := map[string][][]byte{}
+	for _, doc := range strings.Split(rendered, "\n---\n") {
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatalf("bad document: %v\n%s", err, doc)
+		}
+		if meta.Kind != "" {
+			out[meta.Kind] = append(out[meta.Kind], []byte(doc))
+		}
+	}
+	return out
+}
+
+func TestLint(t *testing.T) {
+	runHelm(t, "lint", "--strict", chart)
+	runHelm(t, append([]string{"lint", "--strict", chart}, allOptional...)...)
+}
+
+func TestTemplate(t *testing.T) {
+	tests := map[string]struct {
+		args  []string
+		kinds map[string]int
+	}{
+		"default values": {kinds: map[string]int{
+			"CustomResourceDefinition": 3, "ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1,
+			"Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 1,
+		}},
+		"every optional feature": {args: allOptional, kinds: map[string]int{
+			"CustomResourceDefinition": 5, "ServiceMonitor": 1, "PodDisruptionBudget": 1,
+			"PersistentVolumeClaim": 1, "NetworkPolicy": 1, "Deployment": 1,
+		}},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			docs := documents(t, runHelm(t, append([]string{"template", "ig", chart, "-n", "imageguard"}, tt.args...)...))
+			for kind, n := range tt.kinds {
+				g.Expect(docs[kind]).To(HaveLen(n), "kind %s", kind)
+			}
+			for _, raw := range docs["ClusterRole"] {
+				role := &rbacv1.ClusterRole{}
+				g.Expect(yaml.Unmarshal(raw, role)).To(Succeed())
+				for _, rule := range role.Rules {
+					for _, list := range [][]string{rule.APIGroups, rule.Resources, rule.Verbs} {
+						g.Expect(list).NotTo(ContainElement("*"))
+					}
+					if slices.Contains(rule.Resources, "secrets") {
+						g.Expect(rule.Verbs).To(Equal([]string{"get"}), "no cluster-wide list or watch of Secrets")
+					}
+				}
+			}
+			d := &appsv1.Deployment{}
+			g.Expect(yaml.Unmarshal(docs["Deployment"][0], d)).To(Succeed())
+			pod := d.Spec.Template.Spec
+			g.Expect(*pod.SecurityContext.RunAsNonRoot).To(BeTrue())
+			g.Expect(pod.SecurityContext.SeccompProfile.Type).To(Equal(corev1.SeccompProfileTypeRuntimeDefault))
+			sc := pod.Containers[0].SecurityContext
+			g.Expect(*sc.ReadOnlyRootFilesystem).To(BeTrue())
+			g.Expect(*sc.AllowPrivilegeEscalation).To(BeFalse())
+			g.Expect(sc.Capabilities.Drop).To(ConsistOf(corev1.Capability("ALL")))
+			for _, crd := range docs["CustomResourceDefinition"] {
+				g.Expect(string(crd)).To(ContainSubstring("helm.sh/resource-policy: keep"))
+			}
+		})
+	}
+	// Replicas above one elect a leader.
+	g := NewWithT(t)
+	docs := documents(t, runHelm(t, append([]string{"template", "ig", chart}, allOptional...)...))
+	d := &appsv1.Deployment{}
+	g.Expect(yaml.Unmarshal(docs["Deployment"][0], d)).To(Succeed())
+	g.Expect(d.Spec.Template.Spec.Containers[0].Args).To(ContainElements("--leader-elect=true", "--db-path=/db", "--insecure-registries=registry.internal:5000"))
+}
+
+// TestSchemaCoversEveryValue checks that values.schema.json declares every key of values.yaml
+// (it forbids unknown keys, so a typo in a user's values fails), and that it rejects a bad value.
+func TestSchemaCoversEveryValue(t *testing.T) {
+	g := NewWithT(t)
+	var values, schema map[string]any
+	raw, err := os.ReadFile(filepath.Join(chart, "values.yaml"))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(yaml.Unmarshal(raw, &values)).To(Succeed())
+	raw, err = os.ReadFile(filepath.Join(chart, "values.schema.json"))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(yaml.Unmarshal(raw, &schema)).To(Succeed())
+	var walk func(path string, v map[string]any, s map[string]any)
+	walk = func(path string, v map[string]any, s map[string]any) {
+		props, _ := s["properties"].(map[string]any)
+		for key, val := range v {
+			sub, ok := props[key].(map[string]any)
+			g.Expect(ok).To(BeTrue(), "values.schema.json lacks %s%s", path, key)
+			if m, isMap := val.(map[string]any); isMap && sub["properties"] != nil {
+				walk(path+key+".", m, sub)
+			}
+		}
+	}
+	walk("", values, schema)
+
+	cmd := exec.Command(helm, "template", "ig", chart, "--set", "controller.scanConcurrency=0")
+	out, err := cmd.CombinedOutput()
+	g.Expect(err).To(HaveOccurred())
+	g.Expect(string(out)).To(ContainSubstring("scanConcurrency"))
+}
+
+func TestInstallUpgradeUninstall(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	runHelm(t, "install", "ig", chart, "-n", "imageguard", "--create-namespace", "--set", "policyReportCRDs.install=true")
+
+	// The CRDs are established and served; the objects exist.
+	for _, name := range []string{"imagescanreports.security.imageguard.dev", "imagepolicies.security.imageguard.dev",
+		"clusterimagepolicies.security.imageguard.dev", "policyreports.wgpolicyk8s.io"} {
+		g.Eventually(func(g Gomega) {
+			crd := &apiextensionsv1.CustomResourceDefinition{}
+			g.Expect(env.Client.Get(ctx, client.ObjectKey{Name: name}, crd)).To(Succeed())
+			established := false
+			for _, c := range crd.Status.Conditions {
+				established = established || (c.Type == apiextensionsv1.Established && c.Status == apiextensionsv1.ConditionTrue)
+			}
+			g.Expect(established).To(BeTrue(), name)
+		}).WithTimeout(time.Minute).Should(Succeed())
+	}
+	g.Eventually(func() error {
+		return env.Client.List(ctx, &securityv1alpha1.ImageScanReportList{})
+	}).WithTimeout(time.Minute).Should(Succeed())
+	d := &appsv1.Deployment{}
+	g.Expect(env.Client.Get(ctx, client.ObjectKey{Namespace: "imageguard", Name: "ig-imageguard"}, d)).To(Succeed())
+	g.Expect(env.Client.Get(ctx, client.ObjectKey{Name: "ig-imageguard-manager"}, &rbacv1.ClusterRole{})).To(Succeed())
+
+	runHelm(t, "upgrade", "ig", chart, "-n", "imageguard", "--set", "policyReportCRDs.install=true", "--set", "controller.scanConcurrency=4")
+	g.Expect(env.Client.Get(ctx, client.ObjectKeyFromObject(d), d)).To(Succeed())
+	g.Expect(d.Spec.Template.Spec.Containers[0].Args).To(ContainElement("--scan-concurrency=4"))
+
+	runHelm(t, "uninstall", "ig", "-n", "imageguard")
+	g.Eventually(func() bool {
+		return client.IgnoreNotFound(env.Client.Get(ctx, client.ObjectKeyFromObject(d), &appsv1.Deployment{})) == nil &&
+			env.Client.Get(ctx, client.ObjectKeyFromObject(d), &appsv1.Deployment{}) != nil
+	}).WithTimeout(time.Minute).Should(BeTrue())
+	// The CRDs, and so users' reports and policies, stay.
+	g.Expect(env.Client.Get(ctx, client.ObjectKey{Name: "imagescanreports.security.imageguard.dev"}, &apiextensionsv1.CustomResourceDefinition{})).To(Succeed())
+}
