@@ -21,9 +21,13 @@ dest="$cache_root/k8s/${k8s_version}-etcd${etcd_version}"
 log() { echo "control-plane: $*" >&2; }
 
 have() {
-  [ -x "$dest/kube-apiserver" ] && [ -x "$dest/etcd" ] && [ -x "$dest/kubectl" ] &&
-    "$dest/kube-apiserver" --version 2>/dev/null | grep -q "v${k8s_version}\$" &&
-    "$dest/etcd" --version 2>/dev/null | grep -q "etcd Version: ${etcd_version}\$"
+  # Capture, then match: `cmd | grep -q` under pipefail fails at random when grep exits before
+  # the command finished writing (SIGPIPE), which would trigger a needless 15-minute rebuild.
+  local apiserver etcd
+  [ -x "$dest/kube-apiserver" ] && [ -x "$dest/etcd" ] && [ -x "$dest/kubectl" ] || return 1
+  apiserver=$("$dest/kube-apiserver" --version 2>/dev/null) || return 1
+  etcd=$("$dest/etcd" --version 2>/dev/null) || return 1
+  [[ "$apiserver" == *"v${k8s_version}" ]] && [[ "$etcd" == *"etcd Version: ${etcd_version}"* ]]
 }
 
 if have; then
