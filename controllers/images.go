@@ -7,11 +7,11 @@ import (
 	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/imageguard/imageguard/internal/policy"
 	"github.com/imageguard/imageguard/internal/registry"
 )
 
@@ -79,35 +79,8 @@ func digestPattern(d string) bool {
 	return true
 }
 
-// parsedImage is an image reference split as reports need it.
-type parsedImage struct {
-	Repository string
-	Tag        string
-	Digest     string
-}
-
 // parseImage parses a pod's image reference; "nginx" becomes index.docker.io/library/nginx:latest.
-func parseImage(image string) (parsedImage, error) {
-	ref, err := name.ParseReference(image)
-	if err != nil {
-		return parsedImage{}, fmt.Errorf("malformed image reference %q: %w", image, err)
-	}
-	p := parsedImage{Repository: ref.Context().Name()}
-	switch r := ref.(type) {
-	case name.Tag:
-		p.Tag = r.TagStr()
-	case name.Digest:
-		p.Digest = r.DigestStr()
-		// registry/app:1.2@sha256:... keeps its tag for display.
-		left := image[:strings.LastIndex(image, "@")]
-		if strings.LastIndex(left, ":") > strings.LastIndex(left, "/") {
-			if t, err := name.NewTag(left); err == nil {
-				p.Tag = t.TagStr()
-			}
-		}
-	}
-	return p, nil
-}
+func parseImage(image string) (policy.Image, error) { return policy.ParseImage(image) }
 
 // pullSecrets returns the docker config Secrets the pod and its service account name, read by name
 // with the uncached reader: ImageGuard never lists or watches Secrets.

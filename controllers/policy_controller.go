@@ -228,7 +228,7 @@ func imagesMatch(globs []policy.Glob, w workload) bool {
 			continue
 		}
 		for _, g := range globs {
-			if g.MatchImage(policy.Image{Repository: img.Repository, Tag: img.Tag}) {
+			if g.MatchImage(img) {
 				return true
 			}
 		}
@@ -350,7 +350,8 @@ func imagesOf(w workload, reports reportIndex) []policy.Image {
 			out = append(out, policy.Image{Container: c.Name, Repository: c.Image})
 			continue
 		}
-		pi := policy.Image{Container: c.Name, Repository: img.Repository, Tag: img.Tag, Digest: img.Digest}
+		pi := img
+		pi.Container = c.Name
 		ns := w.obj.GetNamespace()
 		rep := reports[ns+"@"+img.Digest]
 		if rep == nil && img.Digest == "" {

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/policy"
 	"github.com/imageguard/imageguard/internal/scanner"
 )
 
@@ -54,15 +55,15 @@ func TestDigestOf(t *testing.T) {
 func TestParseImage(t *testing.T) {
 	tests := map[string]struct {
 		image   string
-		want    parsedImage
+		want    policy.Image
 		wantErr bool
 	}{
-		"docker hub short":    {image: "nginx", want: parsedImage{Repository: "index.docker.io/library/nginx", Tag: "latest"}},
-		"a tag":               {image: "registry.example.com:5000/team/app:1.2", want: parsedImage{Repository: "registry.example.com:5000/team/app", Tag: "1.2"}},
-		"a digest":            {image: "registry.example.com/app@" + digest, want: parsedImage{Repository: "registry.example.com/app", Digest: digest}},
-		"a tag and a digest":  {image: "registry.example.com/app:1.2@" + digest, want: parsedImage{Repository: "registry.example.com/app", Tag: "1.2", Digest: digest}},
+		"docker hub short":    {image: "nginx", want: policy.Image{Repository: "index.docker.io/library/nginx", Tag: "latest"}},
+		"a tag":               {image: "registry.example.com:5000/team/app:1.2", want: policy.Image{Repository: "registry.example.com:5000/team/app", Tag: "1.2"}},
+		"a digest":            {image: "registry.example.com/app@" + digest, want: policy.Image{Repository: "registry.example.com/app", Digest: digest}},
+		"a tag and a digest":  {image: "registry.example.com/app:1.2@" + digest, want: policy.Image{Repository: "registry.example.com/app", Tag: "1.2", Digest: digest}},
 		"a malformed one":     {image: "UPPER/Case::", wantErr: true},
-		"a port, no tag, dig": {image: "localhost:5000/app@" + digest, want: parsedImage{Repository: "localhost:5000/app", Digest: digest}},
+		"a port, no tag, dig": {image: "localhost:5000/app@" + digest, want: policy.Image{Repository: "localhost:5000/app", Digest: digest}},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

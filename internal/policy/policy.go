@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 )
 
@@ -47,6 +49,29 @@ type Image struct {
 	Digest string
 	// Report is the image's scan report; nil when it was not scanned yet.
 	Report *Report
+}
+
+// ParseImage parses an image reference as a pod spec names it: "nginx" becomes
+// index.docker.io/library/nginx with tag latest; registry/app:1.2@sha256:... keeps its tag.
+func ParseImage(ref string) (Image, error) {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return Image{}, fmt.Errorf("malformed image reference %q: %w", ref, err)
+	}
+	img := Image{Repository: r.Context().Name()}
+	switch r := r.(type) {
+	case name.Tag:
+		img.Tag = r.TagStr()
+	case name.Digest:
+		img.Digest = r.DigestStr()
+		left := ref[:strings.LastIndex(ref, "@")]
+		if strings.LastIndex(left, ":") > strings.LastIndex(left, "/") {
+			if t, err := name.NewTag(left); err == nil {
+				img.Tag = t.TagStr()
+			}
+		}
+	}
+	return img, nil
 }
 
 // Reference returns the image as a pod names it.

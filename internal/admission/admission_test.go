@@ -1,0 +1,149 @@
+package admission
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	imagepolicyv1alpha1 "k8s.io/api/imagepolicy/v1alpha1"
+	"k8s.io/utils/ptr"
+
+	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/policy"
+)
+
+var now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+
+// state is an in-memory State for unit tests of the decision.
+type state struct {
+	policies []Policy
+	reports  map[string]*policy.Report // repository -> report
+}
+
+func (s state) Policies(string, map[string]string) ([]Policy, error) { return s.policies, nil }
+func (s state) Report(_ string, img policy.Image) *policy.Report     { return s.reports[img.Repository] }
+
+func compiled(t *testing.T, name string, enforcement securityv1alpha1.Enforcement, unscanned securityv1alpha1.UnscannedAction, rules securityv1alpha1.PolicyRules) Policy {
+	p, err := policy.Compile(rules, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Policy{Name: name, Enforcement: enforcement, OnUnscanned: unscanned, Rules: p}
+}
+
+func TestDecide(t *testing.T) {
+	trusted := securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/**"}}}
+	noCritical := securityv1alpha1.PolicyRules{Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)}}
+	critical := &policy.Report{ScannedAt: now, Summary: securityv1alpha1.VulnerabilitySummary{Critical: 1, Total: 1}}
+	clean := &policy.Report{ScannedAt: now}
+	tests := map[string]struct {
+		policies    []Policy
+		images      []string
+		wantAllowed bool
+		wantMessage string
+		wantWarning string
+		unscanned   int
+	}{
+		"enforce denies an untrusted registry": {
+			policies: []Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)},
+			images:   []string{"evil.io/app:1"}, wantMessage: "ClusterImagePolicy/trusted: evil.io/app:1: registries", unscanned: 1,
+		},
+		"enforce admits a trusted, clean image": {
+			policies: []Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)},
+			images:   []string{"registry.example.com/clean:1"}, wantAllowed: true,
+		},
+		"warn admits with a warning": {
+			policies: []Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementWarn, securityv1alpha1.UnscannedAllow, noCritical)},
+			images:   []string{"registry.example.com/critical:1"}, wantAllowed: true, wantWarning: "1 critical (max 0)",
+		},
+		"audit admits silently": {
+			policies: []Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementAudit, securityv1alpha1.UnscannedAllow, noCritical)},
+			images:   []string{"registry.example.com/critical:1"}, wantAllowed: true,
+		},
+		"unscanned, allowed": {
+			policies: []Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, noCritical)},
+			images:   []string{"registry.example.com/new:1"}, wantAllowed: true, unscanned: 1,
+		},
+		"unscanned, denied": {
+			policies: []Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, noCritical)},
+			images:   []string{"registry.example.com/new:1"}, wantMessage: "not scanned yet", unscanned: 1,
+		},
+		"a malformed reference": {
+			policies: []Policy{}, images: []string{"UPPER/Case::"}, wantMessage: "malformed image reference",
+		},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			s := state{policies: tt.policies, reports: map[string]*policy.Report{
+				"registry.example.com/critical": critical, "registry.example.com/clean": clean,
+			}}
+			var containers []Container
+			for _, img := range tt.images {
+				containers = append(containers, Container{Name: "app", Image: img})
+			}
+			d, err := Decide(s, "shop", nil, containers, now)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(d.Allowed).To(Equal(tt.wantAllowed), d.Message)
+			g.Expect(d.Message).To(ContainSubstring(tt.wantMessage))
+			if tt.wantWarning != "" {
+				g.Expect(d.Warnings).To(ContainElement(ContainSubstring(tt.wantWarning)))
+			}
+			g.Expect(d.Unscanned).To(HaveLen(tt.unscanned))
+		})
+	}
+}
+
+func TestImageReviewHandler(t *testing.T) {
+	trusted := securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/**"}}}
+	var queued []string
+	h := &ImageReviewHandler{
+		State:       state{policies: []Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)}},
+		Now:         func() time.Time { return now },
+		OnUnscanned: func(_ string, images []string) { queued = append(queued, images...) },
+	}
+	review := func(images ...string) string {
+		r := imagepolicyv1alpha1.ImageReview{}
+		r.APIVersion, r.Kind = "imagepolicy.k8s.io/v1alpha1", "ImageReview"
+		r.Spec.Namespace = "shop"
+		for _, img := range images {
+			r.Spec.Containers = append(r.Spec.Containers, imagepolicyv1alpha1.ImageReviewContainerSpec{Image: img})
+		}
+		raw, _ := json.Marshal(r)
+		return string(raw)
+	}
+	tests := map[string]struct {
+		method, body string
+		wantCode     int
+		wantAllowed  bool
+		wantText     string
+	}{
+		"a trusted image":    {method: http.MethodPost, body: review("registry.example.com/app:1"), wantCode: 200, wantAllowed: true},
+		"an untrusted image": {method: http.MethodPost, body: review("registry.example.com/app:1", "evil.io/xx:1"), wantCode: 200, wantText: "evil.io/xx:1: registries"},
+		"malformed JSON":     {method: http.MethodPost, body: `{"apiVersion": `, wantCode: 400, wantText: "not a JSON ImageReview"},
+		"the wrong kind":     {method: http.MethodPost, body: `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}`, wantCode: 400, wantText: "expected an imagepolicy.k8s.io/v1alpha1 ImageReview"},
+		"an oversized body":  {method: http.MethodPost, body: `{"x":"` + strings.Repeat("a", MaxRequestBytes) + `"}`, wantCode: 413, wantText: "larger than"},
+		"a GET":              {method: http.MethodGet, wantCode: 405, wantText: "use POST"},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest(tt.method, "/imagepolicy", strings.NewReader(tt.body)))
+			g.Expect(rec.Code).To(Equal(tt.wantCode))
+			g.Expect(rec.Header().Get("Content-Type")).To(Equal("application/json"))
+			g.Expect(rec.Body.String()).To(ContainSubstring(tt.wantText))
+			if tt.wantCode == 200 {
+				out := imagepolicyv1alpha1.ImageReview{}
+				g.Expect(json.Unmarshal(rec.Body.Bytes(), &out)).To(Succeed())
+				g.Expect(out.Status.Allowed).To(Equal(tt.wantAllowed))
+				g.Expect(out.Status.AuditAnnotations).To(HaveKey("imageguard.dev/ClusterImagePolicy.trusted"))
+			}
+		})
+	}
+	NewWithT(t).Expect(queued).To(ContainElement("registry.example.com/app:1"))
+}

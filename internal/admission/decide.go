@@ -1,0 +1,136 @@
+// Package admission decides at admission time whether images may run, with the same policy
+// engine as the controllers, from in-memory state only: it never reaches a registry on the request
+// path. It serves Kubernetes' ImagePolicyWebhook (ImageReview) and, in the validating webhook,
+// pods and pod templates.
+package admission
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/policy"
+)
+
+// Policy is a policy that applies to a request, compiled.
+type Policy struct {
+	// Name identifies the policy in messages, e.g. ImagePolicy/shop/no-critical.
+	Name        string
+	Enforcement securityv1alpha1.Enforcement
+	OnUnscanned securityv1alpha1.UnscannedAction
+	// Images are the policy's match.images; empty matches every image.
+	Images []policy.Glob
+	Rules  *policy.Policy
+}
+
+// State is the in-memory view admission decides from: the policies that apply to a namespace and
+// workload labels, and the reports of images.
+type State interface {
+	Policies(namespace string, labels map[string]string) ([]Policy, error)
+	// Report returns the scan report of an image in a namespace; nil when it was never scanned.
+	Report(namespace string, img policy.Image) *policy.Report
+}
+
+// Container is one container of a request.
+type Container struct {
+	Name  string
+	Image string
+}
+
+// Decision is the answer to one request.
+type Decision struct {
+	Allowed bool
+	// Message names each failing image and rule of the policies that enforce.
+	Message string
+	// Warnings are the failures of Warn policies (and of Enforce ones, repeated), for the client.
+	Warnings []string
+	// Unscanned are images never scanned; their scan should be queued at once.
+	Unscanned []string
+	// Audit holds per-policy results for the audit log.
+	Audit map[string]string
+}
+
+// Decide judges containers of a workload in namespace with labels at time now.
+func Decide(state State, namespace string, labels map[string]string, containers []Container, now time.Time) (Decision, error) {
+	policies, err := state.Policies(namespace, labels)
+	if err != nil {
+		return Decision{}, err
+	}
+	d := Decision{Allowed: true, Audit: map[string]string{}}
+	images := make([]policy.Image, 0, len(containers))
+	for _, c := range containers {
+		img, err := parse(c)
+		if err != nil {
+			d.Allowed = false
+			d.Message = fmt.Sprintf("denied by ImageGuard: container %s: %v", c.Name, err)
+			return d, nil
+		}
+		img.Report = state.Report(namespace, img)
+		if img.Report == nil {
+			d.Unscanned = append(d.Unscanned, img.Reference())
+		}
+		images = append(images, img)
+	}
+	var denials []string
+	for _, p := range policies {
+		matched := matching(p.Images, images)
+		if len(matched) == 0 {
+			continue
+		}
+		var failures []string
+		for _, img := range matched {
+			if img.Report == nil && p.OnUnscanned == securityv1alpha1.UnscannedDeny {
+				failures = append(failures, fmt.Sprintf("%s: not scanned yet (onUnscanned: Deny)", img.Reference()))
+			}
+		}
+		for _, r := range p.Rules.Evaluate(matched, now).Results {
+			// An unscanned image is onUnscanned's to decide; its scan is queued.
+			if (r.Failed || r.NotEvaluable) && r.Reason != policy.ReasonNotScanned {
+				failures = append(failures, fmt.Sprintf("%s: %s: %s", r.Image, r.Rule, r.Message))
+			}
+		}
+		if len(failures) == 0 {
+			d.Audit[p.Name] = "allowed"
+			continue
+		}
+		d.Audit[p.Name] = strings.Join(failures, "; ")
+		switch p.Enforcement {
+		case securityv1alpha1.EnforcementEnforce:
+			denials = append(denials, fmt.Sprintf("%s: %s", p.Name, strings.Join(failures, "; ")))
+		case securityv1alpha1.EnforcementWarn:
+			for _, f := range failures {
+				d.Warnings = append(d.Warnings, fmt.Sprintf("%s: %s", p.Name, f))
+			}
+		}
+	}
+	if len(denials) > 0 {
+		sort.Strings(denials)
+		d.Allowed = false
+		d.Message = "denied by ImageGuard: " + strings.Join(denials, " | ")
+	}
+	return d, nil
+}
+
+func matching(globs []policy.Glob, images []policy.Image) []policy.Image {
+	if len(globs) == 0 {
+		return images
+	}
+	var out []policy.Image
+	for _, img := range images {
+		for _, g := range globs {
+			if g.MatchImage(img) {
+				out = append(out, img)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func parse(c Container) (policy.Image, error) {
+	img, err := policy.ParseImage(c.Image)
+	img.Container = c.Name
+	return img, err
+}
