@@ -223,14 +223,8 @@ func imagesMatch(globs []policy.Glob, w workload) bool {
 		return true
 	}
 	for _, c := range w.containers {
-		img, err := parseImage(c.Image)
-		if err != nil {
-			continue
-		}
-		for _, g := range globs {
-			if g.MatchImage(img) {
-				return true
-			}
+		if img, err := parseImage(c.Image); err == nil && policy.AnyMatch(globs, img) {
+			return true
 		}
 	}
 	return false

@@ -119,11 +119,8 @@ func matching(globs []policy.Glob, images []policy.Image) []policy.Image {
 	}
 	var out []policy.Image
 	for _, img := range images {
-		for _, g := range globs {
-			if g.MatchImage(img) {
-				out = append(out, img)
-				break
-			}
+		if policy.AnyMatch(globs, img) {
+			out = append(out, img)
 		}
 	}
 	return out

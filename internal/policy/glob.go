@@ -65,8 +65,8 @@ func compileAll(patterns []string) ([]Glob, error) {
 	return globs, nil
 }
 
-// anyMatch reports whether one of globs matches img; no globs match everything.
-func anyMatch(globs []Glob, img Image) bool {
+// AnyMatch reports whether one of globs matches img; no globs match everything.
+func AnyMatch(globs []Glob, img Image) bool {
 	if len(globs) == 0 {
 		return true
 	}

@@ -329,7 +329,7 @@ func (p *Policy) count(img Image, now time.Time) (securityv1alpha1.Vulnerability
 // exceptionFor returns the exception that covers vulnerability id in img at now.
 func (p *Policy) exceptionFor(id string, img Image, now time.Time) (exception, bool) {
 	for _, e := range p.exceptions {
-		if e.ID == id && now.Before(e.Expires.Time) && anyMatch(e.images, img) {
+		if e.ID == id && now.Before(e.Expires.Time) && AnyMatch(e.images, img) {
 			return e, true
 		}
 	}
