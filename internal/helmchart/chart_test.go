@@ -10,14 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
 	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -25,6 +23,7 @@ import (
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/testenv"
+	"github.com/imageguard/imageguard/internal/testutil"
 )
 
 var (
@@ -92,18 +91,7 @@ func runHelm(t *testing.T, args ...string) string {
 
 // documents splits rendered manifests by kind.
 func documents(t *testing.T, rendered string) map[string][][]byte {
-	t.Helper()
-	out := map[string][][]byte{}
-	for _, doc := range strings.Split(rendered, "\n---\n") {
-		var meta struct{ Kind string }
-		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
-			t.Fatalf("bad document: %v\n%s", err, doc)
-		}
-		if meta.Kind != "" {
-			out[meta.Kind] = append(out[meta.Kind], []byte(doc))
-		}
-	}
-	return out
+	return testutil.ManifestsByKind(t, rendered)
 }
 
 func TestLint(t *testing.T) {
@@ -133,26 +121,9 @@ func TestTemplate(t *testing.T) {
 				g.Expect(docs[kind]).To(HaveLen(n), "kind %s", kind)
 			}
 			for _, raw := range docs["ClusterRole"] {
-				role := &rbacv1.ClusterRole{}
-				g.Expect(yaml.Unmarshal(raw, role)).To(Succeed())
-				for _, rule := range role.Rules {
-					for _, list := range [][]string{rule.APIGroups, rule.Resources, rule.Verbs} {
-						g.Expect(list).NotTo(ContainElement("*"))
-					}
-					if slices.Contains(rule.Resources, "secrets") {
-						g.Expect(rule.Verbs).To(Equal([]string{"get"}), "no cluster-wide list or watch of Secrets")
-					}
-				}
+				testutil.ExpectLeastPrivilege(g, raw)
 			}
-			d := &appsv1.Deployment{}
-			g.Expect(yaml.Unmarshal(docs["Deployment"][0], d)).To(Succeed())
-			pod := d.Spec.Template.Spec
-			g.Expect(*pod.SecurityContext.RunAsNonRoot).To(BeTrue())
-			g.Expect(pod.SecurityContext.SeccompProfile.Type).To(Equal(corev1.SeccompProfileTypeRuntimeDefault))
-			sc := pod.Containers[0].SecurityContext
-			g.Expect(*sc.ReadOnlyRootFilesystem).To(BeTrue())
-			g.Expect(*sc.AllowPrivilegeEscalation).To(BeFalse())
-			g.Expect(sc.Capabilities.Drop).To(ConsistOf(corev1.Capability("ALL")))
+			testutil.ExpectRestrictedDeployment(g, docs["Deployment"][0])
 			for _, crd := range docs["CustomResourceDefinition"] {
 				g.Expect(string(crd)).To(ContainSubstring("helm.sh/resource-policy: keep"))
 			}

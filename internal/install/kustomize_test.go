@@ -6,17 +6,13 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 	"testing"
 
 	. "github.com/onsi/gomega"
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/imageguard/imageguard/internal/testenv"
+	"github.com/imageguard/imageguard/internal/testutil"
 )
 
 var env *testenv.Env
@@ -44,15 +40,7 @@ func render(t *testing.T) (string, map[string][][]byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	byKind := map[string][][]byte{}
-	for _, doc := range strings.Split(out, "\n---\n") {
-		var meta struct{ Kind string }
-		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
-			t.Fatalf("bad document: %v", err)
-		}
-		byKind[meta.Kind] = append(byKind[meta.Kind], []byte(doc))
-	}
-	return out, byKind
+	return out, testutil.ManifestsByKind(t, out)
 }
 
 func TestDefaultInstall(t *testing.T) {
@@ -65,28 +53,9 @@ func TestDefaultInstall(t *testing.T) {
 		g.Expect(byKind[kind]).To(HaveLen(n), "kind %s", kind)
 	}
 
-	// Least privilege: no wildcard, and Secrets only read by name.
-	role := &rbacv1.ClusterRole{}
-	g.Expect(yaml.Unmarshal(byKind["ClusterRole"][0], role)).To(Succeed())
-	for _, rule := range role.Rules {
-		for _, list := range [][]string{rule.APIGroups, rule.Resources, rule.Verbs} {
-			g.Expect(list).NotTo(ContainElement("*"))
-		}
-		if slices.Contains(rule.Resources, "secrets") {
-			g.Expect(rule.Verbs).To(Equal([]string{"get"}))
-		}
-	}
-
-	// A non-root, read-only, capability-free container.
-	d := &appsv1.Deployment{}
-	g.Expect(yaml.Unmarshal(byKind["Deployment"][0], d)).To(Succeed())
-	pod := d.Spec.Template.Spec
-	g.Expect(*pod.SecurityContext.RunAsNonRoot).To(BeTrue())
-	g.Expect(pod.SecurityContext.SeccompProfile.Type).To(Equal(corev1.SeccompProfileTypeRuntimeDefault))
-	c := pod.Containers[0].SecurityContext
-	g.Expect(*c.ReadOnlyRootFilesystem).To(BeTrue())
-	g.Expect(*c.AllowPrivilegeEscalation).To(BeFalse())
-	g.Expect(c.Capabilities.Drop).To(ConsistOf(corev1.Capability("ALL")))
+	// Least privilege, and a non-root, read-only, capability-free container.
+	testutil.ExpectLeastPrivilege(g, byKind["ClusterRole"][0])
+	testutil.ExpectRestrictedDeployment(g, byKind["Deployment"][0])
 
 	// The API server accepts every object as it is: the install applies for real.
 	cmd := env.KubectlCmd(context.Background(), "apply", "--server-side", "-f", "-")
