@@ -227,13 +227,7 @@ func (r *PodReconciler) ensureReports(ctx context.Context, namespace string, des
 		key := client.ObjectKey{Namespace: namespace, Name: ReportName(d.repository, d.digest)}
 		err := r.Client.Get(ctx, key, report)
 		if apierrors.IsNotFound(err) {
-			report = &securityv1alpha1.ImageScanReport{
-				ObjectMeta: metav1.ObjectMeta{
-					Name: key.Name, Namespace: namespace,
-					Labels: map[string]string{DigestLabel: DigestLabelValue(d.digest)},
-				},
-				Spec: d.spec(),
-			}
+			report = newReport(namespace, d.spec())
 			if err := r.Client.Create(ctx, report); err != nil && !apierrors.IsAlreadyExists(err) {
 				return err
 			}

@@ -351,12 +351,7 @@ func imagesOf(w workload, reports reportIndex) []policy.Image {
 		if rep == nil && img.Digest == "" {
 			rep = reports[ns+"/"+img.Repository+":"+img.Tag]
 		}
-		if rep != nil && meta.IsStatusConditionTrue(rep.Status.Conditions, securityv1alpha1.ConditionScanned) && rep.Status.Summary != nil {
-			pi.Report = &policy.Report{Summary: *rep.Status.Summary, Vulnerabilities: rep.Status.Vulnerabilities, Omitted: rep.Status.VulnerabilitiesOmitted}
-			if rep.Status.LastScanTime != nil {
-				pi.Report.ScannedAt = rep.Status.LastScanTime.Time
-			}
-		}
+		pi.Report = policy.ReportOf(rep)
 		out = append(out, pi)
 	}
 	return out

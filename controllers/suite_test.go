@@ -14,6 +14,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/imageguard/imageguard/controllers"
 	"github.com/imageguard/imageguard/internal/registry"
@@ -57,7 +58,12 @@ func TestMain(m *testing.M) {
 func runSuite(m *testing.M) int {
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.Level(zapLevel()))))
 	var err error
-	env, err = testenv.Start(testenv.Options{PolicyReportCRDs: true})
+	webhooks, err := testenv.ValidatingWebhooks(admissionTestLabel)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "reading the webhook configuration: %v\n", err)
+		return 1
+	}
+	env, err = testenv.Start(testenv.Options{PolicyReportCRDs: true, ValidatingWebhooks: webhooks})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "cannot start the control plane: %v\n", err)
 		return 1
@@ -88,10 +94,14 @@ func runSuite(m *testing.M) int {
 	// The controller's own defaults (cmd/imageguard: --kube-api-qps, --kube-api-burst).
 	mgrConfig := rest.CopyConfig(env.Config)
 	mgrConfig.QPS, mgrConfig.Burst = 50, 100
+	serving := env.Environment.WebhookInstallOptions
 	mgr, err := ctrl.NewManager(mgrConfig, ctrl.Options{
 		Scheme:  scheme.New(),
 		Metrics: metricsserver.Options{BindAddress: "0"},
 		Cache:   controllers.CacheOptions(),
+		WebhookServer: webhook.NewServer(webhook.Options{
+			Host: serving.LocalServingHost, Port: serving.LocalServingPort, CertDir: serving.LocalServingCertDir,
+		}),
 	})
 	if err != nil {
 		panic(err)
@@ -103,6 +113,12 @@ func runSuite(m *testing.M) int {
 		Registry: client, Scanner: scan, DB: db, ScanConcurrency: 2,
 		ReportMaxBytes: reportMaxBytes, ReportRetention: retention, RescanInterval: time.Hour,
 		ExcludedNamespaces: []string{"kube-system"},
+	})
+	if err != nil {
+		panic(err)
+	}
+	err = controllers.SetupAdmission(mgr, controllers.AdmissionOptions{
+		Registry: client, ResolveTimeout: 2 * time.Second, ExcludedNamespaces: []string{"kube-system"},
 	})
 	if err != nil {
 		panic(err)

@@ -1,24 +1,31 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/imageguard/imageguard/controllers"
+	"github.com/imageguard/imageguard/internal/admission"
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
 	"github.com/imageguard/imageguard/internal/scheme"
 	"github.com/imageguard/imageguard/internal/vulndb"
+	"github.com/imageguard/imageguard/internal/webhookcert"
 )
 
 // controllerOptions are the flags of `imageguard controller`. Each flag is registered only once the
@@ -40,7 +47,37 @@ type controllerOptions struct {
 	LeaderElect        bool
 	LeaderElectID      string
 	LeaderElectNS      string
+	Webhook            webhookOptions
 	Zap                zap.Options
+}
+
+// webhookOptions configure admission: the webhook server and its certificates.
+type webhookOptions struct {
+	Port              int
+	CertDir           string
+	CertSecret        string
+	CertNamespace     string
+	CertHosts         []string
+	Configurations    []string
+	ExemptNamespaces  []string
+	ResolveTimeout    time.Duration
+	ScanQueueCapacity int
+}
+
+func (o *webhookOptions) bindFlags(fs *pflag.FlagSet) {
+	fs.IntVar(&o.Port, "webhook-port", 9443, "Port of the admission webhook server (the validating webhook at "+admission.ValidatePath+
+		" and the ImagePolicyWebhook backend at "+admission.ImagePolicyPath+"); 0 turns admission off.")
+	fs.StringVar(&o.CertDir, "webhook-cert-dir", "/var/run/imageguard/webhook-certs",
+		"Folder holding the webhook server's tls.crt and tls.key; reloaded when they change.")
+	fs.StringVar(&o.CertSecret, "webhook-cert-secret", "",
+		"Keep the webhook's own CA and serving certificate in this Secret, renew them and inject the CA bundle; empty when cert-manager (or you) provide --webhook-cert-dir.")
+	fs.StringVar(&o.CertNamespace, "webhook-cert-namespace", "", "Namespace of --webhook-cert-secret (default: the namespace in POD_NAMESPACE).")
+	fs.StringSliceVar(&o.CertHosts, "webhook-cert-hosts", nil, "DNS names and IP addresses the self-managed serving certificate is valid for (comma list), e.g. the webhook Service's names.")
+	fs.StringSliceVar(&o.Configurations, "webhook-configurations", nil, "ValidatingWebhookConfigurations whose caBundle the self-managed CA is injected into (comma list).")
+	fs.StringSliceVar(&o.ExemptNamespaces, "admission-exempt-namespaces", nil,
+		"Namespaces admission never checks (comma list); kube-system always, and namespaces labelled "+admission.OptOutLabel+"=disabled.")
+	fs.DurationVar(&o.ResolveTimeout, "admission-resolve-timeout", 2*time.Second, "Time limit of resolving a tag to a digest during an admission request (answers are cached for 5 minutes).")
+	fs.IntVar(&o.ScanQueueCapacity, "admission-scan-queue", 1024, "Images seen unscanned at admission whose reports wait to be created; beyond it the pod controller creates them when a pod runs.")
 }
 
 func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
@@ -68,6 +105,7 @@ func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
 		"Name of the Lease used for leader election.")
 	fs.StringVar(&o.LeaderElectNS, "leader-election-namespace", "",
 		"Namespace of the leader election Lease; defaults to the namespace the controller runs in.")
+	o.Webhook.bindFlags(fs)
 	// --kubeconfig (read by ctrl.GetConfig) and the zap logging flags are Go flags.
 	goFlags := flag.NewFlagSet("", flag.ContinueOnError)
 	config.RegisterFlags(goFlags)
@@ -88,18 +126,26 @@ func parseControllerFlags(args []string, output io.Writer) (*controllerOptions, 
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
+	if w := &opts.Webhook; w.CertSecret != "" {
+		if w.CertNamespace == "" {
+			w.CertNamespace = os.Getenv("POD_NAMESPACE")
+		}
+		if w.CertNamespace == "" || len(w.CertHosts) == 0 {
+			return nil, errors.New("--webhook-cert-secret needs --webhook-cert-hosts and a namespace (--webhook-cert-namespace or POD_NAMESPACE)")
+		}
+	}
 	return opts, nil
 }
 
 // setUpControllers adds the DB manager, the scanner and the reconcilers to mgr.
 func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
-	client := registry.NewClient(registry.Options{InsecureHosts: opts.Registry.InsecureRegistries})
+	reg := registry.NewClient(registry.Options{InsecureHosts: opts.Registry.InsecureRegistries})
 	db, err := vulndb.New(vulndb.Options{
 		Repositories:  opts.DB.Repositories,
 		CheckInterval: opts.DB.CheckInterval,
 		LocalPath:     opts.DB.Path,
 		CacheDir:      opts.CacheDir,
-		Registry:      client,
+		Registry:      reg,
 		Log:           ctrl.Log.WithName("vulndb"),
 	})
 	if err != nil {
@@ -108,15 +154,41 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 	if err := mgr.Add(db); err != nil {
 		return err
 	}
-	s, err := scanner.New(scanner.Options{CacheDir: opts.CacheDir, Timeout: opts.ScanTimeout}, client, db)
+	s, err := scanner.New(scanner.Options{CacheDir: opts.CacheDir, Timeout: opts.ScanTimeout}, reg, db)
 	if err != nil {
 		return err
 	}
-	return controllers.Setup(mgr, controllers.Options{
-		Registry: client, Scanner: s, DB: db,
+	err = controllers.Setup(mgr, controllers.Options{
+		Registry: reg, Scanner: s, DB: db,
 		ScanConcurrency: opts.ScanConcurrency, ReportMaxBytes: opts.ReportMaxBytes,
 		ReportRetention: opts.ReportRetention, RescanInterval: opts.RescanInterval,
 		ExcludedNamespaces: opts.ExcludedNamespaces,
+	})
+	if err != nil || opts.Webhook.Port == 0 {
+		return err
+	}
+	return controllers.SetupAdmission(mgr, controllers.AdmissionOptions{
+		Registry: reg, ExemptNamespaces: opts.Webhook.ExemptNamespaces, ExcludedNamespaces: opts.ExcludedNamespaces,
+		ResolveTimeout: opts.Webhook.ResolveTimeout, ScanQueueCapacity: opts.Webhook.ScanQueueCapacity,
+	})
+}
+
+// webhookCertificates returns the keeper of self-managed webhook certificates; nil when they come
+// from elsewhere (cert-manager, or files you mount).
+func webhookCertificates(restConfig *rest.Config, opts *controllerOptions) (*webhookcert.Keeper, error) {
+	w := opts.Webhook
+	if w.Port == 0 || w.CertSecret == "" {
+		return nil, nil
+	}
+	// An uncached client: the manager's would list and watch every Secret of the cluster.
+	c, err := client.New(restConfig, client.Options{Scheme: scheme.New()})
+	if err != nil {
+		return nil, err
+	}
+	return webhookcert.New(webhookcert.Options{
+		Client: c, Log: ctrl.Log.WithName("webhook-certificates"),
+		Namespace: w.CertNamespace, SecretName: w.CertSecret, Hosts: w.CertHosts,
+		CertDir: w.CertDir, WebhookConfigurations: w.Configurations,
 	})
 }
 
@@ -148,10 +220,30 @@ func runController(args []string, stderr io.Writer) int {
 		// Stepping down at once on shutdown lets a new leader start without waiting for the lease.
 		LeaderElectionReleaseOnCancel: true,
 		Cache:                         controllers.CacheOptions(),
+		WebhookServer:                 webhook.NewServer(webhook.Options{Port: opts.Webhook.Port, CertDir: opts.Webhook.CertDir}),
 	})
 	if err != nil {
 		log.Error(err, "Cannot create the manager")
 		return 1
+	}
+	certs, err := webhookCertificates(restConfig, opts)
+	if err != nil {
+		log.Error(err, "Cannot set up the webhook certificates")
+		return 1
+	}
+	if certs != nil {
+		// The webhook server reads its certificate when it starts: have one before.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := certs.Ensure(ctx)
+		cancel()
+		if err != nil {
+			log.Error(err, "Cannot provide the webhook certificates")
+			return 1
+		}
+		if err := mgr.Add(certs); err != nil {
+			log.Error(err, "Cannot add the webhook certificate keeper")
+			return 1
+		}
 	}
 	if err := setUpControllers(mgr, opts); err != nil {
 		log.Error(err, "Cannot set up the controllers")
@@ -161,7 +253,12 @@ func runController(args []string, stderr io.Writer) int {
 		log.Error(err, "Cannot add the health check")
 		return 1
 	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+	ready := healthz.Ping
+	if opts.Webhook.Port != 0 {
+		// Ready once the webhook server answers, so the Service sends no request before.
+		ready = mgr.GetWebhookServer().StartedChecker()
+	}
+	if err := mgr.AddReadyzCheck("readyz", ready); err != nil {
 		log.Error(err, "Cannot add the readiness check")
 		return 1
 	}

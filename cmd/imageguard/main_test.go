@@ -31,6 +31,21 @@ func TestControllerFlags(t *testing.T) {
 	g.Expect(opts.Registry.InsecureRegistries).To(Equal([]string{"mirror.internal", "10.0.0.5:5000"}))
 	g.Expect(opts.CacheDir).To(Equal("/data"))
 
+	g.Expect(opts.Webhook.Port).To(Equal(9443))
+
+	opts, err = parseControllerFlags([]string{
+		"--webhook-port=10250", "--webhook-cert-secret=imageguard-webhook-tls", "--webhook-cert-namespace=imageguard",
+		"--webhook-cert-hosts=imageguard-webhook.imageguard.svc,10.0.0.9", "--webhook-configurations=imageguard",
+		"--admission-exempt-namespaces=imageguard,monitoring",
+	}, &bytes.Buffer{})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(opts.Webhook.Port).To(Equal(10250))
+	g.Expect(opts.Webhook.CertHosts).To(Equal([]string{"imageguard-webhook.imageguard.svc", "10.0.0.9"}))
+	g.Expect(opts.Webhook.ExemptNamespaces).To(Equal([]string{"imageguard", "monitoring"}))
+	t.Setenv("POD_NAMESPACE", "")
+	_, err = parseControllerFlags([]string{"--webhook-cert-secret=tls"}, &bytes.Buffer{})
+	g.Expect(err).To(MatchError(ContainSubstring("--webhook-cert-secret needs --webhook-cert-hosts")))
+
 	_, err = parseControllerFlags([]string{"--no-such-flag"}, &bytes.Buffer{})
 	g.Expect(err).To(MatchError(ContainSubstring("no-such-flag")))
 	_, err = parseControllerFlags([]string{"stray"}, &bytes.Buffer{})

@@ -1,6 +1,7 @@
 package admission
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -24,8 +25,24 @@ type state struct {
 	reports  map[string]*policy.Report // repository -> report
 }
 
-func (s state) Policies(string, map[string]string) ([]Policy, error) { return s.policies, nil }
-func (s state) Report(_ string, img policy.Image) *policy.Report     { return s.reports[img.Repository] }
+func (s state) Policies(context.Context, string, map[string]string) ([]Policy, error) {
+	return s.policies, nil
+}
+
+func (s state) Report(_ context.Context, _ string, img policy.Image) (string, *policy.Report) {
+	return "", s.reports[img.Repository]
+}
+
+func (s state) OptedOut(_ context.Context, namespace string) bool { return namespace == "opted-out" }
+
+// queue records the images given to QueueScans.
+type queue struct{ images []string }
+
+func (q *queue) QueueScans(_ string, images []policy.Image) {
+	for _, img := range images {
+		q.images = append(q.images, img.Reference())
+	}
+}
 
 func compiled(t *testing.T, name string, enforcement securityv1alpha1.Enforcement, unscanned securityv1alpha1.UnscannedAction, rules securityv1alpha1.PolicyRules) Policy {
 	p, err := policy.Compile(rules, nil)
@@ -86,7 +103,7 @@ func TestDecide(t *testing.T) {
 			for _, img := range tt.images {
 				containers = append(containers, Container{Name: "app", Image: img})
 			}
-			d, err := Decide(s, "shop", nil, containers, now)
+			d, err := Decide(context.Background(), s, "shop", nil, containers, now)
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(d.Allowed).To(Equal(tt.wantAllowed), d.Message)
 			g.Expect(d.Message).To(ContainSubstring(tt.wantMessage))
@@ -100,34 +117,26 @@ func TestDecide(t *testing.T) {
 
 func TestImageReviewHandler(t *testing.T) {
 	trusted := securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/**"}}}
-	var queued []string
-	h := &ImageReviewHandler{
-		State:       state{policies: []Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)}},
-		Now:         func() time.Time { return now },
-		OnUnscanned: func(_ string, images []string) { queued = append(queued, images...) },
-	}
-	review := func(images ...string) string {
-		r := imagepolicyv1alpha1.ImageReview{}
-		r.APIVersion, r.Kind = "imagepolicy.k8s.io/v1alpha1", "ImageReview"
-		r.Spec.Namespace = "shop"
-		for _, img := range images {
-			r.Spec.Containers = append(r.Spec.Containers, imagepolicyv1alpha1.ImageReviewContainerSpec{Image: img})
-		}
-		raw, _ := json.Marshal(r)
-		return string(raw)
-	}
+	queued := &queue{}
+	h := &ImageReviewHandler{Reviewer: &Reviewer{
+		State: state{policies: []Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)}},
+		Now:   func() time.Time { return now }, Queue: queued,
+	}}
+	review := func(images ...string) string { return imageReview("shop", images...) }
 	tests := map[string]struct {
 		method, body string
 		wantCode     int
 		wantAllowed  bool
 		wantText     string
 	}{
-		"a trusted image":    {method: http.MethodPost, body: review("registry.example.com/app:1"), wantCode: 200, wantAllowed: true},
-		"an untrusted image": {method: http.MethodPost, body: review("registry.example.com/app:1", "evil.io/xx:1"), wantCode: 200, wantText: "evil.io/xx:1: registries"},
-		"malformed JSON":     {method: http.MethodPost, body: `{"apiVersion": `, wantCode: 400, wantText: "not a JSON ImageReview"},
-		"the wrong kind":     {method: http.MethodPost, body: `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}`, wantCode: 400, wantText: "expected an imagepolicy.k8s.io/v1alpha1 ImageReview"},
-		"an oversized body":  {method: http.MethodPost, body: `{"x":"` + strings.Repeat("a", MaxRequestBytes) + `"}`, wantCode: 413, wantText: "larger than"},
-		"a GET":              {method: http.MethodGet, wantCode: 405, wantText: "use POST"},
+		"a trusted image":        {method: http.MethodPost, body: review("registry.example.com/app:1"), wantCode: 200, wantAllowed: true},
+		"an untrusted image":     {method: http.MethodPost, body: review("registry.example.com/app:1", "evil.io/xx:1"), wantCode: 200, wantText: "evil.io/xx:1: registries"},
+		"malformed JSON":         {method: http.MethodPost, body: `{"apiVersion": `, wantCode: 400, wantText: "not a JSON ImageReview"},
+		"the wrong kind":         {method: http.MethodPost, body: `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}`, wantCode: 400, wantText: "expected an imagepolicy.k8s.io/v1alpha1 ImageReview"},
+		"an oversized body":      {method: http.MethodPost, body: `{"x":"` + strings.Repeat("a", MaxRequestBytes) + `"}`, wantCode: 413, wantText: "larger than"},
+		"a GET":                  {method: http.MethodGet, wantCode: 405, wantText: "use POST"},
+		"an opted-out namespace": {method: http.MethodPost, body: imageReview("opted-out", "evil.io/xx:1"), wantCode: 200, wantAllowed: true},
+		"kube-system":            {method: http.MethodPost, body: imageReview("kube-system", "evil.io/xx:1"), wantCode: 200, wantAllowed: true},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -141,9 +150,25 @@ func TestImageReviewHandler(t *testing.T) {
 				out := imagepolicyv1alpha1.ImageReview{}
 				g.Expect(json.Unmarshal(rec.Body.Bytes(), &out)).To(Succeed())
 				g.Expect(out.Status.Allowed).To(Equal(tt.wantAllowed))
-				g.Expect(out.Status.AuditAnnotations).To(HaveKey("imageguard.dev/ClusterImagePolicy.trusted"))
+				if !strings.Contains(tt.body, `"shop"`) {
+					return
+				}
+				g.Expect(out.Status.AuditAnnotations).To(HaveKey("ClusterImagePolicy.trusted"))
 			}
 		})
 	}
-	NewWithT(t).Expect(queued).To(ContainElement("registry.example.com/app:1"))
+	g := NewWithT(t)
+	// shop's two reviews queue their three unscanned images; exempt namespaces queue nothing.
+	g.Expect(queued.images).To(ConsistOf("registry.example.com/app:1", "registry.example.com/app:1", "evil.io/xx:1"))
+}
+
+func imageReview(namespace string, images ...string) string {
+	r := imagepolicyv1alpha1.ImageReview{}
+	r.APIVersion, r.Kind = "imagepolicy.k8s.io/v1alpha1", "ImageReview"
+	r.Spec.Namespace = namespace
+	for _, img := range images {
+		r.Spec.Containers = append(r.Spec.Containers, imagepolicyv1alpha1.ImageReviewContainerSpec{Image: img})
+	}
+	raw, _ := json.Marshal(r)
+	return string(raw)
 }

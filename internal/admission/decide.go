@@ -5,6 +5,7 @@
 package admission
 
 import (
+	"context"
 	"fmt"
 	"sort"
 	"strings"
@@ -28,9 +29,12 @@ type Policy struct {
 // State is the in-memory view admission decides from: the policies that apply to a namespace and
 // workload labels, and the reports of images.
 type State interface {
-	Policies(namespace string, labels map[string]string) ([]Policy, error)
-	// Report returns the scan report of an image in a namespace; nil when it was never scanned.
-	Report(namespace string, img policy.Image) *policy.Report
+	Policies(ctx context.Context, namespace string, labels map[string]string) ([]Policy, error)
+	// Report returns the digest of an image (empty when it cannot be told) and its scan report
+	// as seen from a namespace (nil when it was never scanned).
+	Report(ctx context.Context, namespace string, img policy.Image) (digest string, report *policy.Report)
+	// OptedOut reports whether a namespace turned admission checks off (OptOutLabel).
+	OptedOut(ctx context.Context, namespace string) bool
 }
 
 // Container is one container of a request.
@@ -42,19 +46,22 @@ type Container struct {
 // Decision is the answer to one request.
 type Decision struct {
 	Allowed bool
+	// Exempt is true when the namespace is not checked at all.
+	Exempt bool
 	// Message names each failing image and rule of the policies that enforce.
 	Message string
 	// Warnings are the failures of Warn policies (and of Enforce ones, repeated), for the client.
 	Warnings []string
-	// Unscanned are images never scanned; their scan should be queued at once.
-	Unscanned []string
+	// Unscanned are images never scanned, with their digest when known; their scan should be
+	// queued at once.
+	Unscanned []policy.Image
 	// Audit holds per-policy results for the audit log.
 	Audit map[string]string
 }
 
 // Decide judges containers of a workload in namespace with labels at time now.
-func Decide(state State, namespace string, labels map[string]string, containers []Container, now time.Time) (Decision, error) {
-	policies, err := state.Policies(namespace, labels)
+func Decide(ctx context.Context, state State, namespace string, labels map[string]string, containers []Container, now time.Time) (Decision, error) {
+	policies, err := state.Policies(ctx, namespace, labels)
 	if err != nil {
 		return Decision{}, err
 	}
@@ -67,9 +74,14 @@ func Decide(state State, namespace string, labels map[string]string, containers 
 			d.Message = fmt.Sprintf("denied by ImageGuard: container %s: %v", c.Name, err)
 			return d, nil
 		}
-		img.Report = state.Report(namespace, img)
-		if img.Report == nil {
-			d.Unscanned = append(d.Unscanned, img.Reference())
+		digest, report := state.Report(ctx, namespace, img)
+		img.Report = report
+		if report == nil {
+			unscanned := img
+			if unscanned.Digest == "" {
+				unscanned.Digest = digest
+			}
+			d.Unscanned = append(d.Unscanned, unscanned)
 		}
 		images = append(images, img)
 	}

@@ -2,14 +2,15 @@ package admission
 
 import (
 	"encoding/json"
-
 	"fmt"
 	"io"
 	"net/http"
-	"time"
 
 	imagepolicyv1alpha1 "k8s.io/api/imagepolicy/v1alpha1"
 )
+
+// ImagePolicyPath is where the manager's webhook server serves ImageReviewHandler.
+const ImagePolicyPath = "/imagepolicy"
 
 // MaxRequestBytes bounds a review request body.
 const MaxRequestBytes = 1 << 20
@@ -19,10 +20,7 @@ const MaxRequestBytes = 1 << 20
 // A malformed request gets a 4xx with a clear message, never a panic; the API server's
 // defaultAllow then decides.
 type ImageReviewHandler struct {
-	State State
-	Now   func() time.Time
-	// OnUnscanned is called with the images never scanned, so their scan starts at once.
-	OnUnscanned func(namespace string, images []string)
+	Reviewer *Reviewer
 }
 
 func (h *ImageReviewHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -52,28 +50,29 @@ func (h *ImageReviewHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for i, c := range review.Spec.Containers {
 		containers = append(containers, Container{Name: fmt.Sprintf("container-%d", i), Image: c.Image})
 	}
-	now := time.Now()
-	if h.Now != nil {
-		now = h.Now()
-	}
-	decision, err := Decide(h.State, review.Spec.Namespace, nil, containers, now)
+	// The ImageReview carries no labels: label selectors of policies see an unlabelled workload.
+	decision, err := h.Reviewer.Review(r.Context(), EndpointImagePolicy, review.Spec.Namespace, nil, containers, false)
 	if err != nil {
 		httpError(w, http.StatusInternalServerError, "evaluating the policies: "+err.Error())
 		return
 	}
-	if len(decision.Unscanned) > 0 && h.OnUnscanned != nil {
-		h.OnUnscanned(review.Spec.Namespace, decision.Unscanned)
-	}
 	review.Status = imagepolicyv1alpha1.ImageReviewStatus{Allowed: decision.Allowed, Reason: decision.Message}
 	if len(decision.Audit) > 0 {
-		review.Status.AuditAnnotations = map[string]string{}
-		for p, result := range decision.Audit {
-			// The API server prefixes these with the plugin's name.
-			review.Status.AuditAnnotations["imageguard.dev/"+auditKey(p)] = result
-		}
+		// Keys are prefix-less: the API server prefixes them with the plugin's name.
+		review.Status.AuditAnnotations = auditAnnotations(decision.Audit)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(review)
+}
+
+// auditAnnotations turns per-policy results into audit annotations, one per policy. Keys are
+// prefix-less, as both webhook protocols ask: the API server prefixes them itself.
+func auditAnnotations(audit map[string]string) map[string]string {
+	out := make(map[string]string, len(audit))
+	for p, result := range audit {
+		out[auditKey(p)] = result
+	}
+	return out
 }
 
 // auditKey turns a policy name into an annotation key part.

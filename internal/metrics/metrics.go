@@ -41,6 +41,21 @@ var (
 		Help: "Whether a workload complies with a policy (1) or not (0).",
 	}, []string{"policy", "namespace", "kind", "name"})
 
+	// AdmissionDecisions counts admission answers by endpoint (validate, imagepolicy) and decision
+	// (allowed, warned, denied, exempt, error).
+	AdmissionDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "imageguard_admission_decisions_total",
+		Help: "Admission decisions, by endpoint (validate, imagepolicy) and decision (allowed, warned, denied, exempt, error).",
+	}, []string{"endpoint", "decision"})
+
+	// AdmissionDuration observes how long an admission decision takes, from the decoded request to
+	// the answer.
+	AdmissionDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "imageguard_admission_duration_seconds",
+		Help:    "Time to decide an admission request, by endpoint.",
+		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5},
+	}, []string{"endpoint"})
+
 	// ScansInFlight is the number of reports being scanned now.
 	ScansInFlight = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "imageguard_scan_queue_depth",
@@ -49,7 +64,8 @@ var (
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(ImageVulnerabilities, ScansTotal, ScanDuration, ScansInFlight, WorkloadCompliant)
+	ctrlmetrics.Registry.MustRegister(ImageVulnerabilities, ScansTotal, ScanDuration, ScansInFlight, WorkloadCompliant,
+		AdmissionDecisions, AdmissionDuration)
 }
 
 // RegisterDBAge exposes the build time of the vulnerability DB in use, read from info at scrape

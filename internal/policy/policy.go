@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"k8s.io/apimachinery/pkg/api/meta"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 )
@@ -94,6 +95,18 @@ type Report struct {
 	// to the listed ones, the omitted ones count as they are in the summary.
 	Vulnerabilities []securityv1alpha1.Vulnerability
 	Omitted         int32
+}
+
+// ReportOf returns what a policy reads of an ImageScanReport: nil until the report holds a scan.
+func ReportOf(rep *securityv1alpha1.ImageScanReport) *Report {
+	if rep == nil || rep.Status.Summary == nil || !meta.IsStatusConditionTrue(rep.Status.Conditions, securityv1alpha1.ConditionScanned) {
+		return nil
+	}
+	out := &Report{Summary: *rep.Status.Summary, Vulnerabilities: rep.Status.Vulnerabilities, Omitted: rep.Status.VulnerabilitiesOmitted}
+	if rep.Status.LastScanTime != nil {
+		out.ScannedAt = rep.Status.LastScanTime.Time
+	}
+	return out
 }
 
 // SignatureVerifier checks an image's signatures against keys. A nil verifier means signature

@@ -13,12 +13,15 @@ import (
 	"strings"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/scheme"
@@ -45,6 +48,32 @@ type Options struct {
 	PolicyReportCRDs bool
 	// NoCRDs installs no CRD, for tests that install them as users do (helm, kubectl).
 	NoCRDs bool
+	// ValidatingWebhooks are installed pointing at a local webhook server, whose host, port and
+	// certificate folder are in Environment.WebhookInstallOptions.
+	ValidatingWebhooks []*admissionregistrationv1.ValidatingWebhookConfiguration
+}
+
+// ValidatingWebhooks returns the webhook configuration generated from ImageGuard's markers
+// (config/webhook/manifests.yaml), selecting only namespaces labelled selectLabel=true so that
+// other tests of a shared control plane are not judged.
+func ValidatingWebhooks(selectLabel string) ([]*admissionregistrationv1.ValidatingWebhookConfiguration, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	raw, err := os.ReadFile(filepath.Join(root, "config", "webhook", "manifests.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	cfg := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+	if err := yaml.Unmarshal(bytes.TrimPrefix(raw, []byte("---\n")), cfg); err != nil {
+		return nil, fmt.Errorf("config/webhook/manifests.yaml: %w", err)
+	}
+	cfg.Name = "imageguard-test"
+	for i := range cfg.Webhooks {
+		cfg.Webhooks[i].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{selectLabel: "true"}}
+	}
+	return []*admissionregistrationv1.ValidatingWebhookConfiguration{cfg}, nil
 }
 
 // RepoRoot returns the root of the module (the folder holding go.mod), found from the working
@@ -115,6 +144,7 @@ func Start(opts Options) (*Env, error) {
 		ControlPlaneStartTimeout: 2 * time.Minute,
 		ControlPlaneStopTimeout:  time.Minute,
 	}
+	environment.WebhookInstallOptions.ValidatingWebhooks = opts.ValidatingWebhooks
 	apiServer := environment.ControlPlane.GetAPIServer()
 	for name, value := range opts.APIServerArgs {
 		apiServer.Configure().Set(name, value)

@@ -1,0 +1,119 @@
+package admission
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+)
+
+// ValidatePath is where the manager's webhook server serves WorkloadValidator.
+const ValidatePath = "/validate-workloads"
+
+// The webhook configuration generated from these markers (config/webhook/manifests.yaml) is the
+// reference the Helm chart's template is checked against.
+// +kubebuilder:webhook:path=/validate-workloads,mutating=false,failurePolicy=fail,sideEffects=NoneOnDryRun,groups="",resources=pods;pods/ephemeralcontainers,verbs=create;update,versions=v1,name=pods.imageguard.dev,admissionReviewVersions=v1,timeoutSeconds=5,matchPolicy=Equivalent
+// +kubebuilder:webhook:path=/validate-workloads,mutating=false,failurePolicy=fail,sideEffects=NoneOnDryRun,groups=apps,resources=deployments;statefulsets;daemonsets;replicasets,verbs=create;update,versions=v1,name=apps.imageguard.dev,admissionReviewVersions=v1,timeoutSeconds=5,matchPolicy=Equivalent
+// +kubebuilder:webhook:path=/validate-workloads,mutating=false,failurePolicy=fail,sideEffects=NoneOnDryRun,groups=batch,resources=jobs;cronjobs,verbs=create;update,versions=v1,name=batch.imageguard.dev,admissionReviewVersions=v1,timeoutSeconds=5,matchPolicy=Equivalent
+
+// WorkloadValidator is the validating webhook of Pods (and their ephemeral containers) and of the
+// pod templates of Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs and CronJobs. An
+// update that leaves the images as they were is admitted without a decision, so a new CVE never
+// blocks scaling or relabelling a running workload: the policy status reports it instead.
+type WorkloadValidator struct {
+	Reviewer *Reviewer
+	Decoder  admission.Decoder
+}
+
+// NewWorkloadValidator returns the validator, decoding objects with scheme.
+func NewWorkloadValidator(reviewer *Reviewer, scheme *runtime.Scheme) *WorkloadValidator {
+	return &WorkloadValidator{Reviewer: reviewer, Decoder: admission.NewDecoder(scheme)}
+}
+
+// Handle answers one AdmissionReview.
+func (v *WorkloadValidator) Handle(ctx context.Context, req admission.Request) admission.Response {
+	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
+		return admission.Allowed("")
+	}
+	labels, containers, err := v.workload(req.Kind, req.Object)
+	if err != nil {
+		return admission.Errored(http.StatusBadRequest, err)
+	}
+	if containers == nil {
+		return admission.Allowed("not a workload ImageGuard checks")
+	}
+	if req.Operation == admissionv1.Update && len(req.OldObject.Raw) > 0 {
+		if _, old, err := v.workload(req.Kind, req.OldObject); err == nil && slices.Equal(old, containers) {
+			return admission.Allowed("images unchanged")
+		}
+	}
+	dryRun := req.DryRun != nil && *req.DryRun
+	d, err := v.Reviewer.Review(ctx, EndpointValidate, req.Namespace, labels, containers, dryRun)
+	if err != nil {
+		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("evaluating image policies: %w", err))
+	}
+	resp := admission.Allowed("")
+	if !d.Allowed {
+		resp = admission.Denied(d.Message)
+	}
+	resp = resp.WithWarnings(d.Warnings...)
+	if len(d.Audit) > 0 {
+		resp.AuditAnnotations = auditAnnotations(d.Audit)
+	}
+	return resp
+}
+
+// workload decodes obj of kind and returns its labels and the containers of its pod (template);
+// nil containers for a kind it does not check.
+func (v *WorkloadValidator) workload(kind metav1.GroupVersionKind, obj runtime.RawExtension) (map[string]string, []Container, error) {
+	var meta *metav1.ObjectMeta
+	var spec *corev1.PodSpec
+	var target runtime.Object
+	switch kind.Group + "/" + kind.Kind {
+	case "/Pod":
+		o := &corev1.Pod{}
+		target, meta, spec = o, &o.ObjectMeta, &o.Spec
+	case "apps/Deployment":
+		o := &appsv1.Deployment{}
+		target, meta, spec = o, &o.ObjectMeta, &o.Spec.Template.Spec
+	case "apps/StatefulSet":
+		o := &appsv1.StatefulSet{}
+		target, meta, spec = o, &o.ObjectMeta, &o.Spec.Template.Spec
+	case "apps/DaemonSet":
+		o := &appsv1.DaemonSet{}
+		target, meta, spec = o, &o.ObjectMeta, &o.Spec.Template.Spec
+	case "apps/ReplicaSet":
+		o := &appsv1.ReplicaSet{}
+		target, meta, spec = o, &o.ObjectMeta, &o.Spec.Template.Spec
+	case "batch/Job":
+		o := &batchv1.Job{}
+		target, meta, spec = o, &o.ObjectMeta, &o.Spec.Template.Spec
+	case "batch/CronJob":
+		o := &batchv1.CronJob{}
+		target, meta, spec = o, &o.ObjectMeta, &o.Spec.JobTemplate.Spec.Template.Spec
+	default:
+		return nil, nil, nil
+	}
+	if err := v.Decoder.DecodeRaw(obj, target); err != nil {
+		return nil, nil, fmt.Errorf("decoding the %s: %w", kind.Kind, err)
+	}
+	containers := []Container{}
+	for _, c := range spec.InitContainers {
+		containers = append(containers, Container{Name: c.Name, Image: c.Image})
+	}
+	for _, c := range spec.Containers {
+		containers = append(containers, Container{Name: c.Name, Image: c.Image})
+	}
+	for _, c := range spec.EphemeralContainers {
+		containers = append(containers, Container{Name: c.Name, Image: c.Image})
+	}
+	return meta.Labels, containers, nil
+}
