@@ -29,6 +29,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -85,6 +86,17 @@ func New(opts Options) (*Keeper, error) {
 		opts.Now = time.Now
 	}
 	return &Keeper{opts: opts}, nil
+}
+
+// NewSecretData issues a new CA and a serving certificate for hosts, as the keeper stores them
+// (KeyCert, KeyKey, KeyCABundle, KeyCAKey): for tests and for tools that write a Secret ahead.
+func NewSecretData(hosts []string, now time.Time) (map[string][]byte, error) {
+	k := &Keeper{opts: Options{Hosts: hosts, CAValidity: 10 * 365 * 24 * time.Hour, CertValidity: 365 * 24 * time.Hour, Now: func() time.Time { return now }}}
+	secret := &corev1.Secret{}
+	if err := k.renew(secret, true); err != nil {
+		return nil, err
+	}
+	return secret.Data, nil
 }
 
 // NeedLeaderElection is false: every replica serves the webhook and needs the files.
@@ -339,35 +351,43 @@ func (k *Keeper) writeFiles(secret *corev1.Secret) error {
 	return nil
 }
 
+// injectInto sets bundle as the caBundle of every webhook of the configuration name.
+func (k *Keeper) injectInto(ctx context.Context, name string, bundle []byte) error {
+	cfg := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+	if err := k.opts.Client.Get(ctx, client.ObjectKey{Name: name}, cfg); err != nil {
+		if apierrors.IsNotFound(err) {
+			k.opts.Log.V(1).Info("No webhook configuration to inject the CA into", "name", name)
+			return nil
+		}
+		return err
+	}
+	base := cfg.DeepCopy()
+	changed := false
+	for i := range cfg.Webhooks {
+		if !bytes.Equal(cfg.Webhooks[i].ClientConfig.CABundle, bundle) {
+			cfg.Webhooks[i].ClientConfig.CABundle = bundle
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	if err := k.opts.Client.Patch(ctx, cfg, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+		return err
+	}
+	k.opts.Log.Info("Injected the webhook CA bundle", "validatingWebhookConfiguration", name)
+	return nil
+}
+
 // inject sets bundle as the caBundle of every webhook of the configurations.
 func (k *Keeper) inject(ctx context.Context, bundle []byte) error {
 	var errs []error
 	for _, name := range k.opts.WebhookConfigurations {
-		cfg := &admissionregistrationv1.ValidatingWebhookConfiguration{}
-		if err := k.opts.Client.Get(ctx, client.ObjectKey{Name: name}, cfg); err != nil {
-			if apierrors.IsNotFound(err) {
-				k.opts.Log.V(1).Info("No webhook configuration to inject the CA into", "name", name)
-				continue
-			}
-			errs = append(errs, err)
-			continue
-		}
-		base := cfg.DeepCopy()
-		changed := false
-		for i := range cfg.Webhooks {
-			if !bytes.Equal(cfg.Webhooks[i].ClientConfig.CABundle, bundle) {
-				cfg.Webhooks[i].ClientConfig.CABundle = bundle
-				changed = true
-			}
-		}
-		if !changed {
-			continue
-		}
-		if err := k.opts.Client.Patch(ctx, cfg, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+		// Replicas inject at once on start: a conflict means another one just wrote; look again.
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error { return k.injectInto(ctx, name, bundle) })
+		if err != nil {
 			errs = append(errs, fmt.Errorf("injecting the CA bundle into %s: %w", name, err))
-			continue
 		}
-		k.opts.Log.Info("Injected the webhook CA bundle", "validatingWebhookConfiguration", name)
 	}
 	return errors.Join(errs...)
 }

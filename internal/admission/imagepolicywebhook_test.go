@@ -1,0 +1,142 @@
+package admission_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/admission"
+	"github.com/imageguard/imageguard/internal/scheme"
+	"github.com/imageguard/imageguard/internal/testenv"
+	"github.com/imageguard/imageguard/internal/webhookcert"
+)
+
+// imagePolicyBackend writes what the API server needs to call ImageGuard's /imagepolicy at
+// 127.0.0.1:port: the serving certificate files, the backend kubeconfig and the
+// AdmissionConfiguration, as docs/admission.md describes them. It returns the configuration's path.
+func imagePolicyBackend(t *testing.T, dir string, port int) string {
+	t.Helper()
+	data, err := webhookcert.NewSecretData([]string{"127.0.0.1"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	certDir := filepath.Join(dir, "certs")
+	must(t, os.MkdirAll(certDir, 0o700))
+	for _, name := range []string{webhookcert.KeyCert, webhookcert.KeyKey, webhookcert.KeyCABundle} {
+		must(t, os.WriteFile(filepath.Join(certDir, name), data[name], 0o600))
+	}
+	kubeconfig := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: imageguard
+  cluster:
+    server: https://127.0.0.1:%d%s
+    certificate-authority: %s
+users:
+- name: kube-apiserver
+  user: {}
+contexts:
+- name: imageguard
+  context: {cluster: imageguard, user: kube-apiserver}
+current-context: imageguard
+`, port, admission.ImagePolicyPath, filepath.Join(certDir, webhookcert.KeyCABundle))
+	must(t, os.WriteFile(filepath.Join(dir, "imagepolicy.kubeconfig"), []byte(kubeconfig), 0o600))
+	// TTLs of -1 turn the API server's decision cache off, so every pod asks ImageGuard.
+	config := fmt.Sprintf(`apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: ImagePolicyWebhook
+  configuration:
+    imagePolicy:
+      kubeConfigFile: %s
+      allowTTL: -1
+      denyTTL: -1
+      retryBackoff: 100
+      defaultAllow: false
+`, filepath.Join(dir, "imagepolicy.kubeconfig"))
+	path := filepath.Join(dir, "admission-config.yaml")
+	must(t, os.WriteFile(path, []byte(config), 0o600))
+	return path
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestImagePolicyWebhookPlugin runs Kubernetes' own ImagePolicyWebhook admission plugin against
+// ImageGuard's /imagepolicy endpoint, served as the controller serves it.
+func TestImagePolicyWebhookPlugin(t *testing.T) {
+	g := NewWithT(t)
+	dir := t.TempDir()
+	port := freePort(t)
+	env, err := testenv.Start(testenv.Options{APIServerArgs: map[string]string{
+		"enable-admission-plugins":      "ImagePolicyWebhook",
+		"admission-control-config-file": imagePolicyBackend(t, dir, port),
+	}})
+	g.Expect(err).NotTo(HaveOccurred())
+	defer env.Stop()
+
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+		Scheme:        scheme.New(),
+		Metrics:       metricsserver.Options{BindAddress: "0"},
+		WebhookServer: webhook.NewServer(webhook.Options{Host: "127.0.0.1", Port: port, CertDir: filepath.Join(dir, "certs")}),
+	})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(admission.IndexReports(context.Background(), mgr.GetFieldIndexer())).To(Succeed())
+	reviewer := &admission.Reviewer{State: &admission.CacheState{Reader: mgr.GetCache()}}
+	mgr.GetWebhookServer().Register(admission.ImagePolicyPath, &admission.ImageReviewHandler{Reviewer: reviewer})
+	mgrCtx, stopImageGuard := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(mgrCtx) }()
+	defer stopImageGuard()
+	ctx := context.Background()
+
+	c := env.Client
+	g.Expect(c.Create(ctx, &securityv1alpha1.ClusterImagePolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "trusted-registries"},
+		Spec: securityv1alpha1.ClusterImagePolicySpec{
+			Enforcement: securityv1alpha1.EnforcementEnforce,
+			Rules:       securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/**"}}},
+		},
+	})).To(Succeed())
+	pod := func(name, image string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: image}}}}
+	}
+	// The manager's cache sees the policy a moment after it is created.
+	g.Eventually(func() error {
+		return c.Create(ctx, pod("untrusted", "evil.example.com/app:1"))
+	}).WithTimeout(30*time.Second).Should(MatchError(ContainSubstring("evil.example.com/app:1: registries")))
+	g.Expect(c.Create(ctx, pod("trusted", "registry.example.com/team/app:1"))).To(Succeed())
+
+	// ImageGuard down: defaultAllow (false here) decides.
+	stopImageGuard()
+	g.Expect(<-done).To(Succeed())
+	g.Eventually(func() error {
+		return c.Create(ctx, pod("while-down-"+strconv.FormatInt(time.Now().UnixNano(), 36), "registry.example.com/team/app:2"))
+	}).WithTimeout(30 * time.Second).Should(MatchError(And(
+		ContainSubstring("is forbidden"), ContainSubstring("connection refused"))))
+}
