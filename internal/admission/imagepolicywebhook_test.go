@@ -129,7 +129,7 @@ func TestImagePolicyWebhookPlugin(t *testing.T) {
 	// The manager's cache sees the policy a moment after it is created.
 	g.Eventually(func() error {
 		return c.Create(ctx, pod("untrusted", "evil.example.com/app:1"))
-	}).WithTimeout(30*time.Second).Should(MatchError(ContainSubstring("evil.example.com/app:1: registries")))
+	}).WithTimeout(30 * time.Second).Should(MatchError(ContainSubstring("evil.example.com/app:1: registries")))
 	g.Expect(c.Create(ctx, pod("trusted", "registry.example.com/team/app:1"))).To(Succeed())
 
 	// ImageGuard down: defaultAllow (false here) decides.
