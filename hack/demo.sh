@@ -65,6 +65,7 @@ rm -rf "$demo/cache"
 nohup bin/imageguard controller --kubeconfig "$KUBECONFIG" --cache-dir "$demo/cache" \
   --db-repository "$registry/aquasecurity/trivy-db:2" --insecure-registries "$registry" --db-check-interval 5s \
   --metrics-bind-address 127.0.0.1:18080 --health-probe-bind-address 127.0.0.1:18081 \
+  --webhook-port 0 \
   >"$demo/controller.log" 2>&1 &
 echo $! >"$demo/controller.pid"
 for _ in $(seq 1 120); do

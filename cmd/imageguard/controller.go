@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -230,6 +231,12 @@ func runController(args []string, stderr io.Writer) int {
 	if err != nil {
 		log.Error(err, "Cannot set up the webhook certificates")
 		return 1
+	}
+	if certs == nil && opts.Webhook.Port != 0 {
+		if _, err := os.Stat(filepath.Join(opts.Webhook.CertDir, "tls.crt")); err != nil {
+			log.Error(err, "The webhook server has no certificate: mount one in --webhook-cert-dir, let ImageGuard keep its own with --webhook-cert-secret, or turn admission off with --webhook-port=0")
+			return 1
+		}
 	}
 	if certs != nil {
 		// The webhook server reads its certificate when it starts: have one before.

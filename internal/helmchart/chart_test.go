@@ -15,9 +15,11 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -38,7 +40,7 @@ var allOptional = []string{
 	"--set", "replicas=2", "--set", "policyReportCRDs.install=true", "--set", "persistence.enabled=true",
 	"--set", "metrics.serviceMonitor.enabled=true", "--set", "networkPolicy.enabled=true",
 	"--set", "podDisruptionBudget.enabled=true", "--set", "controller.dbPath=/db",
-	"--set", "controller.insecureRegistries={registry.internal:5000}",
+	"--set", "controller.insecureRegistries={registry.internal:5000}", "--set", "admission.certManager.enabled=true",
 }
 
 func TestMain(m *testing.M) {
@@ -105,12 +107,17 @@ func TestTemplate(t *testing.T) {
 		kinds map[string]int
 	}{
 		"default values": {kinds: map[string]int{
-			"CustomResourceDefinition": 3, "ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1,
-			"Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 1,
+			"CustomResourceDefinition": 3, "ServiceAccount": 1, "ClusterRole": 2, "ClusterRoleBinding": 2,
+			"Role": 2, "RoleBinding": 2, "Deployment": 1, "Service": 2, "ValidatingWebhookConfiguration": 1,
 		}},
 		"every optional feature": {args: allOptional, kinds: map[string]int{
 			"CustomResourceDefinition": 5, "ServiceMonitor": 1, "PodDisruptionBudget": 1,
 			"PersistentVolumeClaim": 1, "NetworkPolicy": 1, "Deployment": 1,
+			// cert-manager issues the webhook certificate: ImageGuard needs no Secret rights.
+			"Issuer": 1, "Certificate": 1, "ClusterRole": 1, "Role": 1, "ValidatingWebhookConfiguration": 1,
+		}},
+		"admission off": {args: []string{"--set", "admission.enabled=false"}, kinds: map[string]int{
+			"ClusterRole": 1, "Role": 1, "Service": 1, "ValidatingWebhookConfiguration": 0,
 		}},
 	}
 	for name, tt := range tests {
@@ -135,6 +142,36 @@ func TestTemplate(t *testing.T) {
 	d := &appsv1.Deployment{}
 	g.Expect(yaml.Unmarshal(docs["Deployment"][0], d)).To(Succeed())
 	g.Expect(d.Spec.Template.Spec.Containers[0].Args).To(ContainElements("--leader-elect=true", "--db-path=/db", "--insecure-registries=registry.internal:5000"))
+}
+
+// TestWebhookRulesMatchTheMarkers checks that the chart registers the webhooks controller-gen
+// generates from internal/admission's markers: same names, paths, rules and side effects, with
+// the chart's failure policy, timeout and namespace opt-outs.
+func TestWebhookRulesMatchTheMarkers(t *testing.T) {
+	g := NewWithT(t)
+	raw, err := os.ReadFile(filepath.Join(chart, "..", "..", "config", "webhook", "manifests.yaml"))
+	g.Expect(err).NotTo(HaveOccurred())
+	want := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+	g.Expect(yaml.Unmarshal(bytes.TrimPrefix(raw, []byte("---\n")), want)).To(Succeed())
+	docs := documents(t, runHelm(t, "template", "ig", chart, "-n", "imageguard",
+		"--set", "admission.failurePolicy=Fail", "--set", "admission.timeoutSeconds=3", "--set", "admission.exemptNamespaces={monitoring}"))
+	got := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+	g.Expect(yaml.Unmarshal(docs["ValidatingWebhookConfiguration"][0], got)).To(Succeed())
+	g.Expect(got.Webhooks).To(HaveLen(len(want.Webhooks)))
+	for i, w := range want.Webhooks {
+		c := got.Webhooks[i]
+		g.Expect(c.Name).To(Equal(w.Name))
+		g.Expect(c.Rules).To(Equal(w.Rules), w.Name)
+		g.Expect(*c.ClientConfig.Service.Path).To(Equal(*w.ClientConfig.Service.Path))
+		g.Expect(*c.SideEffects).To(Equal(*w.SideEffects))
+		g.Expect(*c.MatchPolicy).To(Equal(*w.MatchPolicy))
+		g.Expect(c.AdmissionReviewVersions).To(Equal(w.AdmissionReviewVersions))
+		g.Expect(*c.FailurePolicy).To(Equal(admissionregistrationv1.Fail))
+		g.Expect(*c.TimeoutSeconds).To(Equal(int32(3)))
+		g.Expect(c.NamespaceSelector.MatchExpressions).To(ContainElement(metav1.LabelSelectorRequirement{
+			Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"kube-system", "imageguard", "monitoring"},
+		}))
+	}
 }
 
 // TestSchemaCoversEveryValue checks that values.schema.json declares every key of values.yaml
@@ -191,6 +228,9 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 	d := &appsv1.Deployment{}
 	g.Expect(env.Client.Get(ctx, client.ObjectKey{Namespace: "imageguard", Name: "ig-imageguard"}, d)).To(Succeed())
 	g.Expect(env.Client.Get(ctx, client.ObjectKey{Name: "ig-imageguard-manager"}, &rbacv1.ClusterRole{})).To(Succeed())
+	vwc := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+	g.Expect(env.Client.Get(ctx, client.ObjectKey{Name: "ig-imageguard"}, vwc)).To(Succeed())
+	g.Expect(*vwc.Webhooks[0].FailurePolicy).To(Equal(admissionregistrationv1.Ignore), "an ImageGuard outage must not block pods by default")
 
 	runHelm(t, "upgrade", "ig", chart, "-n", "imageguard", "--set", "policyReportCRDs.install=true", "--set", "controller.scanConcurrency=4")
 	g.Expect(env.Client.Get(ctx, client.ObjectKeyFromObject(d), d)).To(Succeed())

@@ -18,3 +18,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+{{- /* The names the webhook's serving certificate is valid for, as a JSON list. */ -}}
+{{- define "imageguard.webhookHosts" -}}
+{{- $svc := printf "%s-webhook" (include "imageguard.fullname" .) -}}
+{{- $hosts := list (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) -}}
+{{- toJson (concat $hosts .Values.admission.extraCertHosts) -}}
+{{- end -}}
