@@ -1,0 +1,174 @@
+package controllers_test
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	admissionv1 "k8s.io/api/admission/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/admission"
+)
+
+// BenchmarkAdmissionLoad sends AdmissionReviews of Deployments to the running webhook server
+// over loopback HTTPS at a fixed 200 requests/s (open loop: a slow answer does not slow the
+// sender) for IMAGEGUARD_BENCH_DURATION (default 30s), and reports latency percentiles. Every
+// decision is answered from the cache: the images are scanned before the load starts. Run with
+// -benchtime=1x.
+func BenchmarkAdmissionLoad(b *testing.B) {
+	g := NewWithT(b)
+	duration := 30 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("IMAGEGUARD_BENCH_DURATION")); err == nil {
+		duration = d
+	}
+	const rate = 200
+	ns := "adm-bench"
+	admissionNamespace(g, ns)
+	ref, _, digest := push(b, reg, "adm/bench", image("adm-bench"))
+	imagePolicy(g, ns, "enforce", securityv1alpha1.EnforcementEnforce, securityv1alpha1.PolicyRules{
+		Registries:      &securityv1alpha1.RegistryRule{Allowed: []string{reg.Host() + "/**"}},
+		Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](5)},
+	})
+	imagePolicy(g, ns, "warn", securityv1alpha1.EnforcementWarn, securityv1alpha1.PolicyRules{
+		Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxHigh: ptr.To[int32](0)},
+	})
+	// Scanned before the load: admit once (queues the scan), wait for the report.
+	_, stderr, err := kubectlApply(deploymentYAML(ns, "warm", ref))
+	g.Expect(err).NotTo(HaveOccurred(), stderr)
+	readyReport(g, ns, "adm/bench", digest)
+
+	byDigest := reg.Host() + "/adm/bench@" + digest
+	allowed := review(b, ns, byDigest, ref)                             // a digest and a tag: admitted with a warning
+	denied := review(b, ns, byDigest, "evil.example.com/app@"+digest) // an untrusted registry: refused
+	client := webhookClient(b)
+	url := fmt.Sprintf("https://%s:%d%s", env.Environment.WebhookInstallOptions.LocalServingHost,
+		env.Environment.WebhookInstallOptions.LocalServingPort, admission.ValidatePath)
+	// One request of each first, so the tag's digest is resolved and cached before timing.
+	for _, body := range [][]byte{allowed, denied} {
+		_, err := send(client, url, body, nil)
+		g.Expect(err).NotTo(HaveOccurred())
+	}
+
+	for b.Loop() {
+		var mu sync.Mutex
+		var latencies []time.Duration
+		var errs []error
+		var wg sync.WaitGroup
+		tick := time.NewTicker(time.Second / rate)
+		end := time.Now().Add(duration)
+		for i := 0; time.Now().Before(end); i++ {
+			<-tick.C
+			body, wantAllowed := allowed, true
+			if i%2 == 1 {
+				body, wantAllowed = denied, false
+			}
+			wg.Go(func() {
+				start := time.Now()
+				_, err := send(client, url, body, &wantAllowed)
+				elapsed := time.Since(start)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					errs = append(errs, err)
+					return
+				}
+				latencies = append(latencies, elapsed)
+			})
+		}
+		tick.Stop()
+		wg.Wait()
+		slices.Sort(latencies)
+		pct := func(p float64) time.Duration { return latencies[int(float64(len(latencies)-1)*p)] }
+		b.ReportMetric(float64(len(latencies)+len(errs)), "requests")
+		b.ReportMetric(float64(len(errs)), "errors")
+		b.ReportMetric(float64(pct(0.50).Microseconds())/1000, "p50-ms")
+		b.ReportMetric(float64(pct(0.99).Microseconds())/1000, "p99-ms")
+		b.ReportMetric(float64(latencies[len(latencies)-1].Microseconds())/1000, "max-ms")
+		b.Logf("%d requests in %s at %d/s: p50 %s, p99 %s, max %s, %d errors; p99 is %.4f%% of the API server's 10s webhook timeout",
+			len(latencies)+len(errs), duration, rate, pct(0.50), pct(0.99), latencies[len(latencies)-1], len(errs),
+			100*pct(0.99).Seconds()/10)
+		if len(errs) > 0 {
+			b.Fatalf("%d requests failed, first: %v", len(errs), errs[0])
+		}
+	}
+}
+
+// review returns an AdmissionReview creating a Deployment with the images.
+func review(b *testing.B, ns string, images ...string) []byte {
+	d := &appsv1.Deployment{TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
+		ObjectMeta: metav1.ObjectMeta{Name: "bench", Namespace: ns, Labels: map[string]string{"app": "bench"}}}
+	for i, img := range images {
+		d.Spec.Template.Spec.Containers = append(d.Spec.Template.Spec.Containers, corev1.Container{Name: fmt.Sprintf("c%d", i), Image: img})
+	}
+	raw, err := json.Marshal(d)
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{
+			UID: types.UID("bench"), Kind: metav1.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"},
+			Resource:  metav1.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"},
+			Namespace: ns, Name: "bench", Operation: admissionv1.Create, Object: runtime.RawExtension{Raw: raw},
+		},
+	}
+	out, err := json.Marshal(r)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return out
+}
+
+// webhookClient trusts the CA envtest made for the webhook server, as the API server does.
+func webhookClient(b *testing.B) *http.Client {
+	ca, err := os.ReadFile(filepath.Join(env.Environment.WebhookInstallOptions.LocalServingCertDir, "tls.crt"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 64,
+	}}
+}
+
+// send posts one review and checks the answer (against wantAllowed when given).
+func send(c *http.Client, url string, body []byte, wantAllowed *bool) (*admissionv1.AdmissionReview, error) {
+	resp, err := c.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	out := &admissionv1.AdmissionReview{}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return nil, err
+	}
+	if out.Response == nil {
+		return nil, fmt.Errorf("no response")
+	}
+	if wantAllowed != nil && out.Response.Allowed != *wantAllowed {
+		return nil, fmt.Errorf("allowed %v, want %v: %+v", out.Response.Allowed, *wantAllowed, out.Response.Result)
+	}
+	return out, nil
+}
+
