@@ -55,7 +55,7 @@ func BenchmarkAdmissionLoad(b *testing.B) {
 	readyReport(g, ns, "adm/bench", digest)
 
 	byDigest := reg.Host() + "/adm/bench@" + digest
-	allowed := review(b, ns, byDigest, ref)                             // a digest and a tag: admitted with a warning
+	allowed := review(b, ns, byDigest, ref)                           // a digest and a tag: admitted with a warning
 	denied := review(b, ns, byDigest, "evil.example.com/app@"+digest) // an untrusted registry: refused
 	client := webhookClient(b)
 	url := fmt.Sprintf("https://%s:%d%s", env.Environment.WebhookInstallOptions.LocalServingHost,
@@ -171,4 +171,3 @@ func send(c *http.Client, url string, body []byte, wantAllowed *bool) (*admissio
 	}
 	return out, nil
 }
-
