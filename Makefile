@@ -86,8 +86,8 @@ docker-build: ## Build the container image (needs a Docker engine; IMG=name:tag)
 	docker build -t $(IMG) .
 
 .PHONY: run
-run: manifests generate ## Run the controller against the cluster of the current kubeconfig.
-	go run ./cmd/imageguard controller
+run: manifests generate ## Run the controller against the cluster of the current kubeconfig (admission off: the API server cannot reach it).
+	go run ./cmd/imageguard controller --webhook-port=0
 
 ##@ Tools
 
