@@ -2,6 +2,7 @@ package admission
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -40,6 +41,9 @@ func NewWorkloadValidator(reviewer *Reviewer, scheme *runtime.Scheme) *WorkloadV
 
 // Handle answers one AdmissionReview.
 func (v *WorkloadValidator) Handle(ctx context.Context, req admission.Request) admission.Response {
+	if req.UID == "" || req.Kind.Kind == "" {
+		return admission.Errored(http.StatusBadRequest, errors.New("not an admission.k8s.io/v1 AdmissionReview request"))
+	}
 	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
 		return admission.Allowed("")
 	}
