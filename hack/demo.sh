@@ -61,11 +61,16 @@ bin/demoregistry seed --registry "$registry" >"$demo/seed.log"
 bin/demoregistry publish-db --registry "$registry" --advisories config/demo/advisories-v1.yaml >>"$demo/seed.log"
 
 echo "demo: starting imageguard controller (log: $demo/controller.log)"
-rm -rf "$demo/cache"
+rm -rf "$demo/cache" "$demo/webhook-certs"
+"$kubectl" create namespace imageguard-system --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
+# The webhook configuration exists before the controller starts, as with the Helm chart: the
+# controller injects its CA bundle at start.
+sed "s|REGISTRY|$registry|g" config/demo/admission.yaml | "$kubectl" apply -f -
 nohup bin/imageguard controller --kubeconfig "$KUBECONFIG" --cache-dir "$demo/cache" \
   --db-repository "$registry/aquasecurity/trivy-db:2" --insecure-registries "$registry" --db-check-interval 5s \
   --metrics-bind-address 127.0.0.1:18080 --health-probe-bind-address 127.0.0.1:18081 \
-  --webhook-port 0 \
+  --webhook-port 19443 --webhook-cert-dir "$demo/webhook-certs" --webhook-cert-secret imageguard-webhook-tls \
+  --webhook-cert-namespace imageguard-system --webhook-cert-hosts 127.0.0.1 --webhook-configurations imageguard-demo \
   >"$demo/controller.log" 2>&1 &
 echo $! >"$demo/controller.pid"
 for _ in $(seq 1 120); do
@@ -112,6 +117,17 @@ echo "demo: image blobs read from the registry since the DB update: $(( $(curl -
 echo
 echo "\$ kubectl get imageguard -A"
 "$kubectl" get imageguard -A
+echo
+
+echo "demo: admission. demo-enforce's ImagePolicy enforces: images from $registry only, no critical finding"
+deployment() {
+  printf 'apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: %s, namespace: demo-enforce}\nspec:\n  selector: {matchLabels: {app: %s}}\n  template:\n    metadata: {labels: {app: %s}}\n    spec: {containers: [{name: app, image: "%s"}]}\n' "$1" "$1" "$1" "$2"
+}
+for d in "untrusted docker.io/library/nginx:1.27" "web $registry/demo/web:1.0" "api $registry/demo/api:1.0"; do
+  set -- $d
+  echo "\$ kubectl apply -n demo-enforce (Deployment $1, image $2)"
+  deployment "$1" "$2" | "$kubectl" apply -f - 2>&1 | sed 's/^/  /' || true
+done
 echo
 echo "The cluster keeps running. To use it:"
 echo "  export KUBECONFIG=$KUBECONFIG PATH=$assets:\$PATH"
