@@ -8,6 +8,7 @@ import (
 	"time"
 
 	dbTypes "github.com/aquasecurity/trivy-db/pkg/types"
+	ospkgDetector "github.com/aquasecurity/trivy/pkg/detector/ospkg"
 	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
 	"github.com/aquasecurity/trivy/pkg/result"
 	"github.com/aquasecurity/trivy/pkg/scan/langpkg"
@@ -71,8 +72,10 @@ type matcher struct {
 }
 
 func newMatcher() *matcher {
-	// The applier is not used: ScanTarget detects from an inventory we hand it.
-	return &matcher{service: local.NewService(nil, ospkg.NewScanner(), langpkg.NewScanner(),
+	// The applier is not used: ScanTarget detects from an inventory we hand it. Alpine's detector
+	// is replaced by a batched copy of it; every other family keeps Trivy's.
+	osScanner := ospkg.NewScanner(ospkgDetector.WithDriver(ftypes.Alpine, newAlpineDriver()))
+	return &matcher{service: local.NewService(nil, osScanner, langpkg.NewScanner(),
 		vulnerability.NewClient(trivydb.Config{}))}
 }
 
@@ -94,15 +97,10 @@ var filterOptions = result.FilterOptions{
 
 // match detects the vulnerabilities of inv with the DB as it is; the caller holds the DB still.
 func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo) (*Result, error) {
-	pkgs, err := m.index.candidates(db.Digest, inv)
+	// The candidates are copies: ScanTarget filters the slices it is given in place.
+	pkgs, apps, err := m.index.candidates(db.Digest, inv)
 	if err != nil {
 		return nil, fmt.Errorf("reading the vulnerability DB: %w", err)
-	}
-	// ScanTarget filters the slices it is given in place: hand it copies of the kept inventory.
-	apps := make([]ftypes.Application, len(inv.Applications))
-	for i, app := range inv.Applications {
-		app.Packages = slices.Clone(app.Packages)
-		apps[i] = app
 	}
 	target := types.ScanTarget{
 		Name:         inv.Repository + "@" + inv.Digest,

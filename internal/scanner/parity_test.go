@@ -2,6 +2,8 @@ package scanner_test
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"testing"
 
 	trivydb "github.com/aquasecurity/trivy-db/pkg/db"
@@ -111,4 +113,196 @@ func TestFindingsEqualTrivyImage(t *testing.T) {
 			g.Expect(got).To(ConsistOf(want))
 		})
 	}
+}
+
+// trivyScanTarget matches inv the way Trivy's own detection does, without this package's
+// prefilter or batched detector: Trivy's default OS and language scanners, ScanTarget and the
+// result filter, on copies of the inventory. Every field of a finding is kept.
+func trivyScanTarget(ctx context.Context, t *testing.T, f *fixture, inv *scanner.Inventory) []scanner.Finding {
+	t.Helper()
+	svc := local.NewService(nil, ospkg.NewScanner(), langpkg.NewScanner(), vulnerability.NewClient(trivydb.Config{}))
+	apps := make([]ftypes.Application, len(inv.Applications))
+	for i, app := range inv.Applications {
+		app.Packages = slices.Clone(app.Packages)
+		apps[i] = app
+	}
+	target := types.ScanTarget{
+		Name:         inv.Repository + "@" + inv.Digest,
+		OS:           inv.OS,
+		Repository:   inv.PkgRepository,
+		Packages:     slices.Clone(inv.Packages),
+		Applications: apps,
+	}
+	var findings []scanner.Finding
+	err := f.db.View(func(scanner.DBInfo) error {
+		results, _, err := svc.ScanTarget(ctx, target, types.ScanOptions{
+			PkgTypes:            []string{types.PkgTypeOS, types.PkgTypeLibrary},
+			PkgRelationships:    ftypes.Relationships,
+			Scanners:            types.Scanners{types.VulnerabilityScanner},
+			VulnSeveritySources: []dbTypes.SourceID{"auto"},
+		})
+		if err != nil {
+			return err
+		}
+		if err := result.Filter(ctx, types.Report{Results: results}, result.FilterOptions{Severities: []dbTypes.Severity{dbTypes.SeverityCritical, dbTypes.SeverityHigh, dbTypes.SeverityMedium, dbTypes.SeverityLow, dbTypes.SeverityUnknown}}); err != nil {
+			return err
+		}
+		for _, r := range results {
+			for _, v := range r.Vulnerabilities {
+				findings = append(findings, scanner.Finding{
+					ID: v.VulnerabilityID, Package: v.PkgName, InstalledVersion: v.InstalledVersion,
+					FixedVersion: v.FixedVersion, Severity: v.Severity, Status: v.Status.String(),
+					Title: v.Title, PrimaryURL: v.PrimaryURL, Target: r.Target, PackageType: string(r.Type),
+				})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	scanner.SortFindings(findings)
+	return findings
+}
+
+// edgeAdvisories exercise every branch of Alpine detection (fixed, fixed already or in the
+// installed version, unfixed, status,
+// unparseable fixed and affected versions, first affected version before and after the installed
+// one, origin lookups, other releases) and the language prefilter (a supplier bucket).
+const edgeAdvisories = `
+updatedAt: 2026-11-01T00:00:00Z
+dataSources:
+  "seal npm::Seal Security npm": {id: seal, name: Seal Security}
+advisories:
+- {id: CVE-2026-3001, ecosystem: alpine 3.22, package: busybox, fixedVersion: 1.37.0-r19, severity: HIGH, title: fixed later}
+- {id: CVE-2026-3002, ecosystem: alpine 3.22, package: busybox, fixedVersion: 1.36.0-r0, severity: HIGH}
+- {id: CVE-2026-3003, ecosystem: alpine 3.22, package: busybox, severity: LOW}
+- {id: CVE-2026-3004, ecosystem: alpine 3.22, package: busybox, fixedVersion: not-a-version, severity: LOW}
+- {id: CVE-2026-3005, ecosystem: alpine 3.22, package: busybox, affectedVersion: 1.38.0-r0, fixedVersion: 1.39.0-r0, severity: MEDIUM}
+- {id: CVE-2026-3006, ecosystem: alpine 3.22, package: busybox, affectedVersion: 1.30.0-r0, fixedVersion: 1.38.0-r0, severity: MEDIUM}
+- {id: CVE-2026-3007, ecosystem: alpine 3.22, package: busybox, affectedVersion: bad!, severity: MEDIUM}
+- {id: CVE-2026-3008, ecosystem: alpine 3.22, package: busybox, fixedVersion: 1.37.0-r19}
+- {id: CVE-2026-3009, ecosystem: alpine 3.22, package: busybox, status: will_not_fix, severity: LOW}
+- {id: CVE-2026-3013, ecosystem: alpine 3.22, package: busybox, fixedVersion: 1.37.0-r18, severity: HIGH}
+- {id: CVE-2026-3014, ecosystem: alpine 3.22, package: busybox, affectedVersion: 1.37.0-r18, fixedVersion: 1.38.0-r0, severity: LOW}
+- {id: CVE-2026-3010, ecosystem: alpine 3.22, package: openssl, fixedVersion: 3.5.2-r0, severity: CRITICAL, title: openssl overflow}
+- {id: CVE-2026-3011, ecosystem: alpine 3.22, package: weird, fixedVersion: 2.0-r0, severity: HIGH}
+- {id: CVE-2026-3012, ecosystem: alpine 3.22, package: libcrypto3, fixedVersion: 9.0-r0, severity: HIGH}
+- {id: CVE-2026-3020, ecosystem: alpine 3.21, package: busybox, fixedVersion: 1.37.0-r20, severity: HIGH}
+- {id: CVE-2026-3021, ecosystem: alpine edge, package: busybox, fixedVersion: 1.37.0-r21, severity: HIGH}
+- {id: GHSA-35jh-r3h4-6jhm, ecosystem: "npm::GitHub Security Advisory npm", package: lodash, vulnerableVersions: ["<4.17.21"], patchedVersions: ["4.17.21"], severity: HIGH}
+- {id: GHSA-seal-0000-0001, ecosystem: "seal npm::Seal Security npm", package: "@seal-security/ejs", vulnerableVersions: ["<3.1.11"], patchedVersions: ["3.1.11"], severity: HIGH}
+`
+
+// edgeInventory is an Alpine inventory for edgeAdvisories, with repo as its package repository.
+func edgeInventory(osName string, repo *ftypes.Repository) *scanner.Inventory {
+	apk := func(name, version, origin string) ftypes.Package {
+		return ftypes.Package{ID: name + "@" + version, Name: name, Version: version, SrcName: origin,
+			SrcVersion: version, Arch: "x86_64"}
+	}
+	npm := func(name, version string) ftypes.Package {
+		return ftypes.Package{ID: name + "@" + version, Name: name, Version: version,
+			FilePath: "usr/lib/node_modules/" + name + "/package.json"}
+	}
+	return &scanner.Inventory{
+		Repository:    "example.invalid/edge",
+		Digest:        "sha256:" + strings.Repeat("e", 64),
+		OS:            ftypes.OS{Family: ftypes.Alpine, Name: osName},
+		PkgRepository: repo,
+		Packages: ftypes.Packages{
+			apk("busybox", "1.37.0-r18", "busybox"),
+			apk("libcrypto3", "3.5.1-r0", "openssl"),
+			apk("libssl3", "3.5.1-r0", "openssl"),
+			apk("weird", "1.0-rX", "weird"),
+			apk("zlib", "1.3.1-r2", "zlib"),
+		},
+		Applications: []ftypes.Application{{Type: ftypes.NodePkg, Packages: ftypes.Packages{
+			npm("lodash", "4.17.20"), npm("@seal-security/ejs", "3.1.10"), npm("minimist", "1.2.8"),
+		}}},
+	}
+}
+
+// TestMatchEqualsTrivyScanTarget compares the scanner's findings, every field, with those of
+// Trivy's own ScanTarget on the same inventory: on the fixture images (Alpine, Debian, npm, Go),
+// on the benchmark's image and dense DB, and on Alpine edge cases. It guards the prefilter and the
+// batched Alpine detector, which must change nothing but the cost.
+func TestMatchEqualsTrivyScanTarget(t *testing.T) {
+	check := func(t *testing.T, f *fixture, inv *scanner.Inventory) []scanner.Finding {
+		t.Helper()
+		g := NewWithT(t)
+		ctx := testContext(t)
+		want := trivyScanTarget(ctx, t, f, inv)
+		res, err := f.scanner.Match(ctx, inv)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(res.Findings).To(Equal(want))
+		return want
+	}
+	analyzed := func(t *testing.T, f *fixture, name string, img v1.Image) *scanner.Inventory {
+		t.Helper()
+		inv, _, err := f.scanner.Inventory(testContext(t), f.push(t, "match-parity/"+name, img))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return inv
+	}
+
+	t.Run("fixture images", func(t *testing.T) {
+		f := newFixture(t)
+		images := map[string]v1.Image{
+			"alpine": alpineImage(t), "debian": debianImage(t), "npm": npmImage(t),
+			"go": testutil.GoBinaryImage(t, testutil.DefaultGoModules),
+		}
+		for name, img := range images {
+			t.Run(name, func(t *testing.T) {
+				want := check(t, f, analyzed(t, f, name, img))
+				NewWithT(t).Expect(want).NotTo(BeEmpty(), "the fixture must have findings")
+			})
+		}
+	})
+
+	t.Run("dense DB", func(t *testing.T) {
+		f := newFixtureWithDB(t, benchDB())
+		want := check(t, f, analyzed(t, f, "dense", benchImage(t, 250)))
+		NewWithT(t).Expect(want).To(HaveLen(42))
+	})
+
+	t.Run("alpine edge cases", func(t *testing.T) {
+		f := newFixtureWithDB(t, must(testutil.ParseAdvisories([]byte(edgeAdvisories))))
+		ids := func(findings []scanner.Finding) []string {
+			var out []string
+			for _, finding := range findings {
+				out = append(out, finding.ID+" "+finding.Package)
+			}
+			return out
+		}
+		cases := map[string]struct {
+			inv  *scanner.Inventory
+			want []string // the findings' "id package", to show each case means something
+		}{
+			"os release": {edgeInventory("3.22.1", nil), []string{
+				"CVE-2026-3010 libcrypto3", "CVE-2026-3010 libssl3", "CVE-2026-3001 busybox",
+				"GHSA-35jh-r3h4-6jhm lodash", "GHSA-seal-0000-0001 @seal-security/ejs",
+				"CVE-2026-3006 busybox", "CVE-2026-3003 busybox", "CVE-2026-3014 busybox",
+				"CVE-2026-3009 busybox", "CVE-2026-3008 busybox",
+			}},
+			"repository release": {
+				edgeInventory("3.22.1", &ftypes.Repository{Family: ftypes.Alpine, Release: "3.21.3"}),
+				[]string{"CVE-2026-3020 busybox", "GHSA-35jh-r3h4-6jhm lodash", "GHSA-seal-0000-0001 @seal-security/ejs"},
+			},
+			"edge repository": {
+				edgeInventory("3.22.1", &ftypes.Repository{Family: ftypes.Alpine, Release: "edge"}),
+				[]string{"CVE-2026-3021 busybox", "GHSA-35jh-r3h4-6jhm lodash", "GHSA-seal-0000-0001 @seal-security/ejs"},
+			},
+			"release without advisories": {
+				edgeInventory("3.19.4", nil),
+				[]string{"GHSA-35jh-r3h4-6jhm lodash", "GHSA-seal-0000-0001 @seal-security/ejs"},
+			},
+		}
+		for name, tc := range cases {
+			t.Run(name, func(t *testing.T) {
+				got := check(t, f, tc.inv)
+				NewWithT(t).Expect(ids(got)).To(ConsistOf(tc.want))
+			})
+		}
+	})
 }

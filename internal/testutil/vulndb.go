@@ -68,6 +68,7 @@ func BucketDebian(version string) string {
 //	  ecosystem: alpine 3.22             # the trivy-db bucket name
 //	  package: openssl                   # Alpine: origin; Debian: SOURCE package; npm/Go: name
 //	  fixedVersion: 3.3.2-r1             # OS advisories; empty = unfixed (status affected)
+//	  affectedVersion: 3.3.0-r0          # optional, OS advisories: the first affected version
 //	  status: will_not_fix               # optional, OS advisories without fixedVersion
 //	  severity: CRITICAL                 # UNKNOWN, LOW, MEDIUM, HIGH, CRITICAL
 //	  title: openssl overflow
@@ -105,6 +106,7 @@ type AdvisorySpec struct {
 	Ecosystem          string   `json:"ecosystem"`
 	Package            string   `json:"package"`
 	FixedVersion       string   `json:"fixedVersion,omitempty"`
+	AffectedVersion    string   `json:"affectedVersion,omitempty"`
 	Status             string   `json:"status,omitempty"`
 	VulnerableVersions []string `json:"vulnerableVersions,omitempty"`
 	PatchedVersions    []string `json:"patchedVersions,omitempty"`
@@ -157,6 +159,8 @@ func (s *DBSpec) dataSources() (map[string]dbtypes.DataSource, error) {
 			errs = append(errs, fmt.Errorf("%s: language buckets use vulnerableVersions/patchedVersions", where))
 		case lang && len(a.VulnerableVersions) == 0 && len(a.PatchedVersions) == 0:
 			errs = append(errs, fmt.Errorf("%s: vulnerableVersions or patchedVersions required", where))
+		case lang && a.AffectedVersion != "":
+			errs = append(errs, fmt.Errorf("%s: affectedVersion is for OS buckets", where))
 		case !lang && (len(a.VulnerableVersions) != 0 || len(a.PatchedVersions) != 0):
 			errs = append(errs, fmt.Errorf("%s: OS buckets use fixedVersion", where))
 		case a.FixedVersion != "" && a.Status != "":
@@ -282,6 +286,7 @@ func writeDB(tx *bolt.Tx, spec *DBSpec, sources map[string]dbtypes.DataSource) e
 	for _, a := range spec.Advisories {
 		adv := &dbtypes.Advisory{
 			FixedVersion:       a.FixedVersion,
+			AffectedVersion:    a.AffectedVersion,
 			VulnerableVersions: a.VulnerableVersions,
 			PatchedVersions:    a.PatchedVersions,
 		}
