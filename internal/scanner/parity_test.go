@@ -30,6 +30,21 @@ import (
 
 // trivyImageScan scans ref the way `trivy image --scanners vuln` does: Trivy's own remote image,
 // its CLI's analyzer choice for images, Service.Scan and the result filter.
+
+// cliScanOptions and cliFilterOptions are what `trivy image --scanners vuln` uses, spelled out here
+// apart from the scanner's own so that a drift in either shows.
+var (
+	cliScanOptions = types.ScanOptions{
+		PkgTypes:            []string{types.PkgTypeOS, types.PkgTypeLibrary},
+		PkgRelationships:    ftypes.Relationships,
+		Scanners:            types.Scanners{types.VulnerabilityScanner},
+		VulnSeveritySources: []dbTypes.SourceID{"auto"},
+	}
+	cliFilterOptions = result.FilterOptions{Severities: []dbTypes.Severity{
+		dbTypes.SeverityCritical, dbTypes.SeverityHigh, dbTypes.SeverityMedium, dbTypes.SeverityLow, dbTypes.SeverityUnknown,
+	}}
+)
+
 func trivyImageScan(ctx context.Context, t *testing.T, f *fixture, ref string) []scanner.Finding {
 	t.Helper()
 	img, cleanup, err := image.NewContainerImage(ctx, ref, ftypes.ImageOptions{
@@ -56,17 +71,12 @@ func trivyImageScan(ctx context.Context, t *testing.T, f *fixture, ref string) [
 	svc := local.NewService(applier.NewApplier(blobs), ospkg.NewScanner(), langpkg.NewScanner(), vulnerability.NewClient(trivydb.Config{}))
 	var findings []scanner.Finding
 	err = f.db.View(func(scanner.DBInfo) error {
-		resp, err := svc.Scan(ctx, artRef.Name, artRef.ID, artRef.BlobIDs, types.ScanOptions{
-			PkgTypes:            []string{types.PkgTypeOS, types.PkgTypeLibrary},
-			PkgRelationships:    ftypes.Relationships,
-			Scanners:            types.Scanners{types.VulnerabilityScanner},
-			VulnSeveritySources: []dbTypes.SourceID{"auto"},
-		})
+		resp, err := svc.Scan(ctx, artRef.Name, artRef.ID, artRef.BlobIDs, cliScanOptions)
 		if err != nil {
 			return err
 		}
 		report := types.Report{Results: resp.Results}
-		if err := result.Filter(ctx, report, result.FilterOptions{Severities: []dbTypes.Severity{dbTypes.SeverityCritical, dbTypes.SeverityHigh, dbTypes.SeverityMedium, dbTypes.SeverityLow, dbTypes.SeverityUnknown}}); err != nil {
+		if err := result.Filter(ctx, report, cliFilterOptions); err != nil {
 			return err
 		}
 		for _, r := range report.Results {
@@ -135,16 +145,11 @@ func trivyScanTarget(ctx context.Context, t *testing.T, f *fixture, inv *scanner
 	}
 	var findings []scanner.Finding
 	err := f.db.View(func(scanner.DBInfo) error {
-		results, _, err := svc.ScanTarget(ctx, target, types.ScanOptions{
-			PkgTypes:            []string{types.PkgTypeOS, types.PkgTypeLibrary},
-			PkgRelationships:    ftypes.Relationships,
-			Scanners:            types.Scanners{types.VulnerabilityScanner},
-			VulnSeveritySources: []dbTypes.SourceID{"auto"},
-		})
+		results, _, err := svc.ScanTarget(ctx, target, cliScanOptions)
 		if err != nil {
 			return err
 		}
-		if err := result.Filter(ctx, types.Report{Results: results}, result.FilterOptions{Severities: []dbTypes.Severity{dbTypes.SeverityCritical, dbTypes.SeverityHigh, dbTypes.SeverityMedium, dbTypes.SeverityLow, dbTypes.SeverityUnknown}}); err != nil {
+		if err := result.Filter(ctx, types.Report{Results: results}, cliFilterOptions); err != nil {
 			return err
 		}
 		for _, r := range results {
