@@ -154,8 +154,11 @@ func TestSharedImageIsAnalysedOnce(t *testing.T) {
 		g.Expect(r.Status.ObservedGeneration).To(Equal(r.Generation))
 		g.Expect(r.Status.LastScanTime).NotTo(BeNil())
 	}
-	g.Expect(a.Status.Workloads).To(Equal([]securityv1alpha1.Workload{{Kind: "Pod", Name: "web", Containers: []string{"app"}}}))
-	g.Expect(b.Status.Workloads).To(Equal([]securityv1alpha1.Workload{{Kind: "Pod", Name: "worker", Containers: []string{"app", "migrate"}}}))
+	// The pod controller writes the workloads apart from the scan: a report may be Ready first.
+	g.Eventually(func(g Gomega) {
+		g.Expect(report(g, "shared-a", "shared/app", digest).Status.Workloads).To(Equal([]securityv1alpha1.Workload{{Kind: "Pod", Name: "web", Containers: []string{"app"}}}))
+		g.Expect(report(g, "shared-b", "shared/app", digest).Status.Workloads).To(Equal([]securityv1alpha1.Workload{{Kind: "Pod", Name: "worker", Containers: []string{"app", "migrate"}}}))
+	}).WithTimeout(timeout).Should(Succeed())
 
 	// GitOps tools read a Ready report as Current.
 	raw := must(runtime.DefaultUnstructuredConverter.ToUnstructured(a))
