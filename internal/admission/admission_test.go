@@ -75,7 +75,7 @@ func TestDecide(t *testing.T) {
 		},
 		"warn admits with a warning": {
 			policies: []Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementWarn, securityv1alpha1.UnscannedAllow, noCritical)},
-			images:   []string{"registry.example.com/critical:1"}, wantAllowed: true, wantWarning: "1 critical (max 0)",
+			images:   []string{"registry.example.com/critical:1"}, wantAllowed: true, wantWarning: "registry.example.com/critical:1: vulnerabilities: 1 critical (max 0)",
 		},
 		"audit admits silently": {
 			policies: []Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementAudit, securityv1alpha1.UnscannedAllow, noCritical)},

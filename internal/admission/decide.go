@@ -100,7 +100,7 @@ func Decide(ctx context.Context, state State, namespace string, labels map[strin
 		for _, r := range p.Rules.Evaluate(matched, now).Results {
 			// An unscanned image is onUnscanned's to decide; its scan is queued.
 			if (r.Failed || r.NotEvaluable) && r.Reason != policy.ReasonNotScanned {
-				failures = append(failures, fmt.Sprintf("%s: %s: %s", r.Image, r.Rule, r.Message))
+				failures = append(failures, failure(r))
 			}
 		}
 		if len(failures) == 0 {
@@ -123,6 +123,15 @@ func Decide(ctx context.Context, state State, namespace string, labels map[strin
 		d.Message = "denied by ImageGuard: " + strings.Join(denials, " | ")
 	}
 	return d, nil
+}
+
+// failure says which image broke which rule and how, naming the rule once when the message
+// starts with it already ("vulnerabilities: 3 critical (max 0)").
+func failure(r policy.Result) string {
+	if strings.HasPrefix(r.Message, r.Rule+": ") {
+		return fmt.Sprintf("%s: %s", r.Image, r.Message)
+	}
+	return fmt.Sprintf("%s: %s: %s", r.Image, r.Rule, r.Message)
 }
 
 func matching(globs []policy.Glob, images []policy.Image) []policy.Image {
