@@ -193,13 +193,9 @@ func (r *PolicyReconciler) workloadsIn(ctx context.Context, namespaces []string,
 			return nil, err
 		}
 	}
-	globs := make([]policy.Glob, 0, len(spec.images))
-	for _, p := range spec.images {
-		g, err := policy.CompileGlob(p)
-		if err != nil {
-			return nil, err
-		}
-		globs = append(globs, g)
+	globs, err := policy.CompileGlobs(spec.images)
+	if err != nil {
+		return nil, err
 	}
 	var out []workload
 	for _, ns := range namespaces {

@@ -139,13 +139,8 @@ func (s *CacheState) compile(uid types.UID, generation int64, name string, enfor
 	c := &compiledPolicy{generation: generation, selector: labels.Everything()}
 	c.policy = Policy{Name: name, Enforcement: enforcement, OnUnscanned: rules.OnUnscanned}
 	c.policy.Rules, c.err = policy.Compile(rules, s.Verifier)
-	for _, pattern := range match.Images {
-		if c.err != nil {
-			break
-		}
-		var g policy.Glob
-		g, c.err = policy.CompileGlob(pattern)
-		c.policy.Images = append(c.policy.Images, g)
+	if c.err == nil {
+		c.policy.Images, c.err = policy.CompileGlobs(match.Images)
 	}
 	if c.err == nil && match.Selector != nil {
 		c.selector, c.err = metav1.LabelSelectorAsSelector(match.Selector)

@@ -52,8 +52,8 @@ func (g Glob) MatchImage(img Image) bool {
 	return g.re.MatchString(img.Repository)
 }
 
-// compileAll compiles patterns, naming the first bad one.
-func compileAll(patterns []string) ([]Glob, error) {
+// CompileGlobs compiles patterns, naming the first bad one.
+func CompileGlobs(patterns []string) ([]Glob, error) {
 	globs := make([]Glob, 0, len(patterns))
 	for _, p := range patterns {
 		g, err := CompileGlob(p)

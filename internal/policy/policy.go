@@ -175,14 +175,14 @@ type exception struct {
 func Compile(rules securityv1alpha1.PolicyRules, verifier SignatureVerifier) (*Policy, error) {
 	p := &Policy{rules: rules, verifier: verifier}
 	if rules.Registries != nil {
-		globs, err := compileAll(rules.Registries.Allowed)
+		globs, err := CompileGlobs(rules.Registries.Allowed)
 		if err != nil {
 			return nil, fmt.Errorf("registries.allowed: %w", err)
 		}
 		p.registries = globs
 	}
 	for i, e := range rules.Exceptions {
-		globs, err := compileAll(e.Images)
+		globs, err := CompileGlobs(e.Images)
 		if err != nil {
 			return nil, fmt.Errorf("exceptions[%d].images: %w", i, err)
 		}
