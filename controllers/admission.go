@@ -48,7 +48,11 @@ func SetupAdmission(mgr ctrl.Manager, opts AdmissionOptions) error {
 	if err := mgr.Add(queue); err != nil {
 		return err
 	}
-	state := &admission.CacheState{Reader: mgr.GetCache(), ResolveTimeout: opts.ResolveTimeout, Now: opts.Now}
+	state := &admission.CacheState{
+		Reader: mgr.GetCache(), ResolveTimeout: opts.ResolveTimeout, Now: opts.Now,
+		// A registry that cannot answer is asked again after 30s, not on every request.
+		Digests: &registry.DigestCache{TTL: 5 * time.Minute, FailureTTL: 30 * time.Second},
+	}
 	if opts.Registry != nil {
 		state.Resolver = registryResolver{opts.Registry}
 	}

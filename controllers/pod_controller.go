@@ -7,7 +7,6 @@ import (
 	"maps"
 	"slices"
 	"sort"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -43,12 +42,7 @@ type PodReconciler struct {
 	ResolveTTL time.Duration
 	Now        func() time.Time
 
-	resolved sync.Map // namespace/image -> resolvedDigest
-}
-
-type resolvedDigest struct {
-	digest string
-	at     time.Time
+	resolved registry.DigestCache // namespace/image -> digest
 }
 
 // ExcludeLabel on a namespace opts it out of scanning.
@@ -168,22 +162,13 @@ func (r *PodReconciler) desiredReports(ctx context.Context, pods []corev1.Pod) (
 
 // resolve looks a tag up in the registry with the pod's pull secrets, reusing a recent answer.
 func (r *PodReconciler) resolve(ctx context.Context, pod *corev1.Pod, image string) (string, error) {
-	key := pod.Namespace + "/" + image
-	if v, ok := r.resolved.Load(key); ok {
-		if rd := v.(resolvedDigest); r.now().Sub(rd.at) < r.ResolveTTL {
-			return rd.digest, nil
+	return r.resolved.Resolve(pod.Namespace+"/"+image, r.now(), func() (string, error) {
+		keychain, err := keychainFor(ctx, r.APIReader, []*corev1.Pod{pod})
+		if err != nil {
+			return "", err
 		}
-	}
-	keychain, err := keychainFor(ctx, r.APIReader, []*corev1.Pod{pod})
-	if err != nil {
-		return "", err
-	}
-	digest, err := r.Registry.ResolveDigest(ctx, image, keychain)
-	if err != nil {
-		return "", err
-	}
-	r.resolved.Store(key, resolvedDigest{digest: digest, at: r.now()})
-	return digest, nil
+		return r.Registry.ResolveDigest(ctx, image, keychain)
+	})
 }
 
 // spec and workloads of a desired report, in the order the API keeps them.
@@ -325,6 +310,8 @@ func (r *PodReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.ResolveTTL == 0 {
 		r.ResolveTTL = 5 * time.Minute
 	}
+	// Failures are not kept: the workqueue retries them with backoff.
+	r.resolved.TTL = r.ResolveTTL
 	toNamespace := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: obj.GetNamespace()}}}
 	})

@@ -14,6 +14,7 @@ import (
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/policy"
+	"github.com/imageguard/imageguard/internal/registry"
 )
 
 // Field indexes of ImageScanReports that admission looks reports up by.
@@ -58,14 +59,13 @@ type CacheState struct {
 	Resolver Resolver
 	// ResolveTimeout bounds one tag lookup on the request path (default 2s).
 	ResolveTimeout time.Duration
-	// ResolveTTL is how long a tag's digest is reused (default 5m); failures are kept a tenth of it.
-	ResolveTTL time.Duration
+	// Digests keeps tag lookups; nil looks every tag up again.
+	Digests *registry.DigestCache
 	// Verifier checks signatures for policies that require them; nil makes them unevaluable.
 	Verifier policy.SignatureVerifier
 	Now      func() time.Time
 
 	compiled sync.Map // types.UID -> compiledPolicy
-	digests  sync.Map // image reference -> resolved
 }
 
 type compiledPolicy struct {
@@ -74,12 +74,6 @@ type compiledPolicy struct {
 	selector   labels.Selector
 	namespaces labels.Selector // nil for namespaced policies
 	err        error
-}
-
-type resolved struct {
-	digest string
-	err    error
-	at     time.Time
 }
 
 var _ State = (*CacheState)(nil)
@@ -208,28 +202,25 @@ func (s *CacheState) resolve(ctx context.Context, ref string) string {
 	if s.Resolver == nil {
 		return ""
 	}
-	ttl := s.ResolveTTL
-	if ttl == 0 {
-		ttl = 5 * time.Minute
-	}
-	now := s.now()
-	if v, ok := s.digests.Load(ref); ok {
-		r := v.(resolved)
-		if keep := ttl; r.err == nil && now.Sub(r.at) < keep || r.err != nil && now.Sub(r.at) < keep/10 {
-			return r.digest
-		}
-	}
 	timeout := s.ResolveTimeout
 	if timeout == 0 {
 		timeout = 2 * time.Second
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	digest, err := s.Resolver.ResolveDigest(ctx, ref)
-	if err != nil {
-		digest = ""
+	lookup := func() (string, error) {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return s.Resolver.ResolveDigest(ctx, ref)
 	}
-	s.digests.Store(ref, resolved{digest: digest, err: err, at: now})
+	var digest string
+	var err error
+	if s.Digests == nil {
+		digest, err = lookup()
+	} else {
+		digest, err = s.Digests.Resolve(ref, s.now(), lookup)
+	}
+	if err != nil {
+		return ""
+	}
 	return digest
 }
 
