@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Builds the test control plane (etcd, kube-apiserver, kubectl) from the Go module proxy and prints
+# Builds the test control plane (etcd, kube-apiserver, kube-controller-manager, kubectl) from the Go module proxy and prints
 # the folder that holds them, for envtest's KUBEBUILDER_ASSETS.
 #
 # No download site for prebuilt binaries is needed: everything comes from the Go module proxy.
 # The binaries are cached per user, outside the clone, keyed by version, so a fresh clone on the
-# same machine (which is what CI is) reuses them. The script is idempotent: when the three binaries
+# same machine (which is what CI is) reuses them. The script is idempotent: when the binaries
 # are present and report the expected versions it does nothing.
 #
 # Environment:
-#   IMAGEGUARD_K8S_VERSION   kube-apiserver and kubectl version (default 1.37.2)
+#   IMAGEGUARD_K8S_VERSION   kube-apiserver, kube-controller-manager and kubectl version (default 1.37.2)
 #   IMAGEGUARD_ETCD_VERSION  etcd version (default 3.6.16)
 #   IMAGEGUARD_CACHE         cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/imageguard)
 set -euo pipefail
@@ -23,11 +23,14 @@ log() { echo "control-plane: $*" >&2; }
 have() {
   # Capture, then match: `cmd | grep -q` under pipefail fails at random when grep exits before
   # the command finished writing (SIGPIPE), which would trigger a needless 15-minute rebuild.
-  local apiserver etcd
-  [ -x "$dest/kube-apiserver" ] && [ -x "$dest/etcd" ] && [ -x "$dest/kubectl" ] || return 1
+  local apiserver kcm etcd
+  [ -x "$dest/kube-apiserver" ] && [ -x "$dest/kube-controller-manager" ] && [ -x "$dest/etcd" ] &&
+    [ -x "$dest/kubectl" ] || return 1
   apiserver=$("$dest/kube-apiserver" --version 2>/dev/null) || return 1
+  kcm=$("$dest/kube-controller-manager" --version 2>/dev/null) || return 1
   etcd=$("$dest/etcd" --version 2>/dev/null) || return 1
-  [[ "$apiserver" == *"v${k8s_version}" ]] && [[ "$etcd" == *"etcd Version: ${etcd_version}"* ]]
+  [[ "$apiserver" == *"v${k8s_version}" ]] && [[ "$kcm" == *"v${k8s_version}" ]] &&
+    [[ "$etcd" == *"etcd Version: ${etcd_version}"* ]]
 }
 
 if have; then
@@ -78,7 +81,7 @@ GO
 }
 
 build_kube() {
-  log "building kube-apiserver and kubectl v${k8s_version} (about 12 minutes and 3 GB of memory on a cold cache)"
+  log "building kube-apiserver, kube-controller-manager and kubectl v${k8s_version} (about 15 minutes and 3 GB of memory on a cold cache)"
   mkdir -p "$work/kube"
   cd "$work/kube"
   local minor=${k8s_version#*.}
@@ -108,6 +111,7 @@ package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 GO
@@ -117,8 +121,9 @@ GO
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=v${k8s_version}"
   go build -p 2 -trimpath -ldflags "$ldflags" -o "$work/bin/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl >&2
-  mv "$work/bin/kube-apiserver" "$work/bin/kubectl" "$dest/"
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kubectl >&2
+  mv "$work/bin/kube-apiserver" "$work/bin/kube-controller-manager" "$work/bin/kubectl" "$dest/"
 }
 
 start=$(date +%s)
