@@ -16,7 +16,8 @@ const (
 	ConditionCompliant = "Compliant"
 
 	// ConditionReconciling is True while work toward the spec is under way (kstatus' abnormal-true
-	// condition for "in progress"), e.g. before a report's first scan finished.
+	// condition for "in progress"): a report's first scan is pending, or a failed scan is retried
+	// with backoff. Its reason is ScanPending, DatabaseUnavailable or the failed scan's reason.
 	ConditionReconciling = "Reconciling"
 
 	// ConditionStalled is True when the spec can never work as written (kstatus' abnormal-true
@@ -29,7 +30,8 @@ const (
 	// ReasonScanSucceeded says the image was analysed and matched against the current DB.
 	ReasonScanSucceeded = "ScanSucceeded"
 
-	// ReasonScanPending says the report exists but its first scan has not finished yet.
+	// ReasonScanPending says the report exists but its first scan has not finished yet (set by the
+	// pod controller when it creates the report).
 	ReasonScanPending = "ScanPending"
 
 	// ReasonScanFailed is the generic reason of a failed scan; the message names the cause.
@@ -53,10 +55,6 @@ const (
 
 	// ReasonDatabaseUnavailable says no vulnerability DB has been loaded yet.
 	ReasonDatabaseUnavailable = "DatabaseUnavailable"
-
-	// ReasonDatabaseOutdated says the findings were matched against an older DB than the current
-	// one; a re-match is queued.
-	ReasonDatabaseOutdated = "DatabaseOutdated"
 )
 
 // Reasons of the Ready, Compliant and Stalled conditions of ImagePolicy and ClusterImagePolicy.
@@ -66,9 +64,6 @@ const (
 
 	// ReasonInvalidPolicy says the spec can never be evaluated (a bad glob, an unreadable key).
 	ReasonInvalidPolicy = "InvalidPolicy"
-
-	// ReasonEvaluationPending says the policy has not been evaluated since its last change.
-	ReasonEvaluationPending = "EvaluationPending"
 
 	// ReasonAllCompliant says every matched workload passes the policy.
 	ReasonAllCompliant = "AllCompliant"

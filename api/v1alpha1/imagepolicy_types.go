@@ -368,6 +368,24 @@ type ClusterImagePolicyList struct {
 	Items           []ClusterImagePolicy `json:"items"`
 }
 
+// GetConditions returns the policy's conditions.
+func (p *ImagePolicy) GetConditions() []metav1.Condition { return p.Status.Conditions }
+
+// SetConditions sets the policy's conditions.
+func (p *ImagePolicy) SetConditions(c []metav1.Condition) { p.Status.Conditions = c }
+
+// SetObservedGeneration records the spec generation the verdict was computed for.
+func (p *ImagePolicy) SetObservedGeneration(g int64) { p.Status.ObservedGeneration = g }
+
+// GetConditions returns the policy's conditions.
+func (p *ClusterImagePolicy) GetConditions() []metav1.Condition { return p.Status.Conditions }
+
+// SetConditions sets the policy's conditions.
+func (p *ClusterImagePolicy) SetConditions(c []metav1.Condition) { p.Status.Conditions = c }
+
+// SetObservedGeneration records the spec generation the verdict was computed for.
+func (p *ClusterImagePolicy) SetObservedGeneration(g int64) { p.Status.ObservedGeneration = g }
+
 func init() {
-	SchemeBuilder.Register(&ImagePolicy{}, &ImagePolicyList{}, &ClusterImagePolicy{}, &ClusterImagePolicyList{})
+	register(&ImagePolicy{}, &ImagePolicyList{}, &ClusterImagePolicy{}, &ClusterImagePolicyList{})
 }

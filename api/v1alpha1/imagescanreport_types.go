@@ -17,6 +17,9 @@ const (
 	SeverityUnknown  Severity = "UNKNOWN"
 )
 
+// Severities lists every severity, from the most to the least severe.
+var Severities = []Severity{SeverityCritical, SeverityHigh, SeverityMedium, SeverityLow, SeverityUnknown}
+
 // ImageScanReportSpec names the image a report is about. The pod controller sets it; image and
 // digest never change once set, so a report is always about one immutable image.
 // +kubebuilder:validation:XValidation:rule="self.image == oldSelf.image",message="spec.image is immutable"
@@ -118,6 +121,28 @@ type VulnerabilitySummary struct {
 	// Total findings.
 	Total int32 `json:"total"`
 }
+
+// counter returns the count of severity; an unrated or unknown severity counts as Unknown.
+func (s *VulnerabilitySummary) counter(severity Severity) *int32 {
+	switch severity {
+	case SeverityCritical:
+		return &s.Critical
+	case SeverityHigh:
+		return &s.High
+	case SeverityMedium:
+		return &s.Medium
+	case SeverityLow:
+		return &s.Low
+	default:
+		return &s.Unknown
+	}
+}
+
+// Count returns the number of findings of severity.
+func (s *VulnerabilitySummary) Count(severity Severity) int32 { return *s.counter(severity) }
+
+// Add adds n findings of severity (n may be negative); Total and Fixable are left to the caller.
+func (s *VulnerabilitySummary) Add(severity Severity, n int32) { *s.counter(severity) += n }
 
 // Vulnerability is one finding: a vulnerability in one installed package.
 type Vulnerability struct {
@@ -254,6 +279,15 @@ type ImageScanReportList struct {
 	Items           []ImageScanReport `json:"items"`
 }
 
+// GetConditions returns the report's conditions.
+func (r *ImageScanReport) GetConditions() []metav1.Condition { return r.Status.Conditions }
+
+// SetConditions sets the report's conditions.
+func (r *ImageScanReport) SetConditions(c []metav1.Condition) { r.Status.Conditions = c }
+
+// SetObservedGeneration records the spec generation the status was computed for.
+func (r *ImageScanReport) SetObservedGeneration(g int64) { r.Status.ObservedGeneration = g }
+
 func init() {
-	SchemeBuilder.Register(&ImageScanReport{}, &ImageScanReportList{})
+	register(&ImageScanReport{}, &ImageScanReportList{})
 }
