@@ -21,7 +21,7 @@ func vuln(id string, sev securityv1alpha1.Severity, fixed string) securityv1alph
 func scanned(repo string, vulns ...securityv1alpha1.Vulnerability) Image {
 	r := &Report{ScannedAt: now.Add(-time.Hour), Vulnerabilities: vulns}
 	for _, v := range vulns {
-		add(&r.Summary, v.Severity, 1)
+		r.Summary.Add(v.Severity, 1)
 		r.Summary.Total++
 	}
 	return Image{Container: "app", Repository: repo, Tag: "1.0", Report: r}
@@ -155,7 +155,7 @@ func TestCheckVulnerabilities(t *testing.T) {
 		wantMessage string
 	}{
 		"no critical: two":         {rule: securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)}, image: scanned("r/a", findings...), wantFailed: true, wantMessage: "2 critical (max 0)"},
-		"no fixable critical: one": {rule: securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0), FixableOnly: true}, image: scanned("r/a", findings...), wantFailed: true, wantMessage: "fixable vulnerabilities: 1 critical (max 0)"},
+		"no fixable critical: one": {rule: securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0), FixableOnly: true}, image: scanned("r/a", findings...), wantFailed: true, wantMessage: "1 fixable critical (max 0)"},
 		"within limits":            {rule: securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](2), MaxHigh: ptr.To[int32](1)}, image: scanned("r/a", findings...), wantMessage: "within limits"},
 		"several over":             {rule: securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](1), MaxHigh: ptr.To[int32](0), MaxLow: ptr.To[int32](0)}, image: scanned("r/a", findings...), wantFailed: true, wantMessage: "2 critical (max 1), 1 high (max 0), 1 low (max 0)"},
 		"not scanned":              {rule: securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)}, image: Image{Repository: "r/a"}, wantFailed: true, wantMessage: "not been scanned"},
@@ -260,10 +260,39 @@ func TestChainOrderAndFirstFailure(t *testing.T) {
 	g.Expect(v.FirstFailure().Rule).To(Equal(RuleTags))
 	g.Expect(v.Reasons()).To(Equal([]string{
 		"registry.example.com/bad:latest: tags: the latest tag (or no tag) is not allowed",
-		"registry.example.com/bad:latest: vulnerabilities: vulnerabilities: 1 high (max 0)",
+		"registry.example.com/bad:latest: vulnerabilities: 1 high (max 0)",
 	}))
-	g.Expect(Rules(rules)).To(Equal([]string{RuleRegistries, RuleTags, RuleVulnerabilities}))
+	g.Expect(p.Rules()).To(Equal([]string{RuleRegistries, RuleTags, RuleVulnerabilities}))
 
 	_, err = Compile(securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{""}}}, nil)
 	g.Expect(err).To(MatchError(ContainSubstring("registries.allowed")))
+}
+
+const digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+func TestParseImage(t *testing.T) {
+	tests := map[string]struct {
+		image   string
+		want    Image
+		wantErr bool
+	}{
+		"docker hub short":    {image: "nginx", want: Image{Repository: "index.docker.io/library/nginx", Tag: "latest"}},
+		"a tag":               {image: "registry.example.com:5000/team/app:1.2", want: Image{Repository: "registry.example.com:5000/team/app", Tag: "1.2"}},
+		"a digest":            {image: "registry.example.com/app@" + digest, want: Image{Repository: "registry.example.com/app", Digest: digest}},
+		"a tag and a digest":  {image: "registry.example.com/app:1.2@" + digest, want: Image{Repository: "registry.example.com/app", Tag: "1.2", Digest: digest}},
+		"a malformed one":     {image: "UPPER/Case::", wantErr: true},
+		"a port, no tag, dig": {image: "localhost:5000/app@" + digest, want: Image{Repository: "localhost:5000/app", Digest: digest}},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			got, err := ParseImage(tt.image)
+			if tt.wantErr {
+				g.Expect(err).To(HaveOccurred())
+				return
+			}
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got).To(Equal(tt.want))
+		})
+	}
 }
