@@ -33,8 +33,9 @@ if ready.status == "True" then
   hs.message = ready.message or ""
   return hs
 end
--- Not ready yet for a reason that resolves by itself.
-if ready.reason == "ScanPending" or ready.reason == "DatabaseUnavailable" or ready.reason == "EvaluationPending" then
+-- Not ready yet for a reason that resolves by itself: the first scan, or the DB, is on its way.
+-- A failed scan that is retried (Reconciling) needs attention: Degraded, with its reason.
+if ready.reason == "ScanPending" or ready.reason == "DatabaseUnavailable" then
   hs.status = "Progressing"
 else
   hs.status = "Degraded"

@@ -12,7 +12,7 @@ import (
 	. "github.com/onsi/gomega"
 
 	"github.com/imageguard/imageguard/internal/testenv"
-	"github.com/imageguard/imageguard/internal/testutil"
+	"github.com/imageguard/imageguard/test/manifests"
 )
 
 var env *testenv.Env
@@ -40,7 +40,7 @@ func render(t *testing.T) (string, map[string][][]byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return out, testutil.ManifestsByKind(t, out)
+	return out, manifests.ByKind(t, out)
 }
 
 func TestDefaultInstall(t *testing.T) {
@@ -54,8 +54,8 @@ func TestDefaultInstall(t *testing.T) {
 	}
 
 	// Least privilege, and a non-root, read-only, capability-free container.
-	testutil.ExpectLeastPrivilege(g, byKind["ClusterRole"][0])
-	testutil.ExpectRestrictedDeployment(g, byKind["Deployment"][0])
+	manifests.ExpectLeastPrivilege(g, byKind["ClusterRole"][0])
+	manifests.ExpectRestrictedDeployment(g, byKind["Deployment"][0])
 
 	// The API server accepts every object as it is: the install applies for real.
 	cmd := env.KubectlCmd(context.Background(), "apply", "--server-side", "-f", "-")

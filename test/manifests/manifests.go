@@ -1,4 +1,6 @@
-package testutil
+// Package manifests checks rendered install manifests (helm template, kubectl kustomize): split by
+// kind, least-privilege RBAC, a restricted Deployment. The chart and kustomize tests share it.
+package manifests
 
 import (
 	"slices"
@@ -12,8 +14,8 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// ManifestsByKind splits rendered YAML manifests (helm template, kubectl kustomize) by kind.
-func ManifestsByKind(t testing.TB, rendered string) map[string][][]byte {
+// ByKind splits rendered YAML manifests (helm template, kubectl kustomize) by kind.
+func ByKind(t testing.TB, rendered string) map[string][][]byte {
 	t.Helper()
 	out := map[string][][]byte{}
 	for _, doc := range strings.Split(rendered, "\n---\n") {

@@ -25,7 +25,7 @@ import (
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/testenv"
-	"github.com/imageguard/imageguard/internal/testutil"
+	"github.com/imageguard/imageguard/test/manifests"
 )
 
 var (
@@ -93,7 +93,7 @@ func runHelm(t *testing.T, args ...string) string {
 
 // documents splits rendered manifests by kind.
 func documents(t *testing.T, rendered string) map[string][][]byte {
-	return testutil.ManifestsByKind(t, rendered)
+	return manifests.ByKind(t, rendered)
 }
 
 func TestLint(t *testing.T) {
@@ -128,9 +128,9 @@ func TestTemplate(t *testing.T) {
 				g.Expect(docs[kind]).To(HaveLen(n), "kind %s", kind)
 			}
 			for _, raw := range docs["ClusterRole"] {
-				testutil.ExpectLeastPrivilege(g, raw)
+				manifests.ExpectLeastPrivilege(g, raw)
 			}
-			testutil.ExpectRestrictedDeployment(g, docs["Deployment"][0])
+			manifests.ExpectRestrictedDeployment(g, docs["Deployment"][0])
 			for _, crd := range docs["CustomResourceDefinition"] {
 				g.Expect(string(crd)).To(ContainSubstring("helm.sh/resource-policy: keep"))
 			}

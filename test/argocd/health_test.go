@@ -1,80 +1,31 @@
-// Package argocd tests the Argo CD health check shipped in charts/imageguard/argocd.
 package argocd
 
 import (
-	"encoding/json"
-	"os"
-	"path/filepath"
 	"testing"
 
 	. "github.com/onsi/gomega"
-	lua "github.com/yuin/gopher-lua"
 	"sigs.k8s.io/yaml"
-
-	"github.com/imageguard/imageguard/internal/testenv"
 )
 
-// health runs the script on obj the way Argo CD does: obj as a global table, the script's
-// returned table read for status and message.
+// health runs the script on manifest the way Argo CD does.
 func health(t *testing.T, script string, manifest string) (string, string) {
 	t.Helper()
 	var obj map[string]any
 	if err := yaml.Unmarshal([]byte(manifest), &obj); err != nil {
 		t.Fatal(err)
 	}
-	L := lua.NewState(lua.Options{SkipOpenLibs: false})
-	defer L.Close()
-	L.SetGlobal("obj", toLua(L, obj))
-	if err := L.DoString(script); err != nil {
-		t.Fatalf("the health script failed: %v", err)
+	status, message, err := Health(script, obj)
+	if err != nil {
+		t.Fatal(err)
 	}
-	ret, ok := L.Get(-1).(*lua.LTable)
-	if !ok {
-		t.Fatalf("the health script returned %v, not a table", L.Get(-1))
-	}
-	return ret.RawGetString("status").String(), ret.RawGetString("message").String()
-}
-
-// toLua converts decoded JSON to Lua values, numbers as Lua numbers, as Argo CD's conversion does.
-func toLua(L *lua.LState, v any) lua.LValue {
-	switch v := v.(type) {
-	case map[string]any:
-		t := L.NewTable()
-		for k, val := range v {
-			t.RawSetString(k, toLua(L, val))
-		}
-		return t
-	case []any:
-		t := L.NewTable()
-		for _, val := range v {
-			t.Append(toLua(L, val))
-		}
-		return t
-	case string:
-		return lua.LString(v)
-	case bool:
-		return lua.LBool(v)
-	case float64:
-		return lua.LNumber(v)
-	case json.Number:
-		f, _ := v.Float64()
-		return lua.LNumber(f)
-	case nil:
-		return lua.LNil
-	}
-	return lua.LNil
+	return status, message
 }
 
 func TestHealthCheck(t *testing.T) {
-	root, err := testenv.RepoRoot()
+	script, err := Script()
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile(filepath.Join(root, "charts", "imageguard", "argocd", "health.lua"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	script := string(raw)
 	tests := map[string]struct {
 		manifest    string
 		wantStatus  string
@@ -105,6 +56,24 @@ status:
   conditions:
   - {type: Ready, status: "False", reason: DatabaseUnavailable, message: "no vulnerability DB is loaded yet"}
 `, wantStatus: "Progressing", wantMessage: "DatabaseUnavailable"},
+		"a report retried after a failed scan": {manifest: `
+kind: ImageScanReport
+metadata: {generation: 1}
+status:
+  observedGeneration: 1
+  conditions:
+  - {type: Ready, status: "False", reason: Unauthorized, message: "the registry refused the credentials"}
+  - {type: Reconciling, status: "True", reason: Unauthorized, message: "the scan is retried with backoff"}
+`, wantStatus: "Degraded", wantMessage: "Unauthorized"},
+		"a report waiting for its first scan": {manifest: `
+kind: ImageScanReport
+metadata: {generation: 1}
+status:
+  observedGeneration: 1
+  conditions:
+  - {type: Ready, status: "False", reason: ScanPending, message: "waiting for the first scan of the image"}
+  - {type: Reconciling, status: "True", reason: ScanPending, message: "waiting for the first scan of the image"}
+`, wantStatus: "Progressing", wantMessage: "ScanPending"},
 		"a new report": {manifest: `
 kind: ImageScanReport
 metadata: {generation: 1}
