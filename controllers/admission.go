@@ -4,11 +4,13 @@ import (
 	"context"
 	"time"
 
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/imageguard/imageguard/internal/admission"
 	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/workload"
 )
 
 // AdmissionOptions configure the admission endpoints.
@@ -23,7 +25,6 @@ type AdmissionOptions struct {
 	ExcludedNamespaces []string
 	// ScanQueueCapacity bounds the images waiting for their report to be created.
 	ScanQueueCapacity int
-	Now               func() time.Time
 }
 
 // registryResolver resolves tags anonymously: admission has no pod to take pull secrets from
@@ -34,13 +35,10 @@ func (r registryResolver) ResolveDigest(ctx context.Context, ref string) (string
 	return r.client.ResolveDigest(ctx, ref, nil)
 }
 
-// SetupAdmission serves the validating webhook (admission.ValidatePath) and the ImagePolicyWebhook
+// setupAdmission serves the validating webhook (admission.ValidatePath) and the ImagePolicyWebhook
 // backend (admission.ImagePolicyPath) on the manager's webhook server, deciding from the
-// manager's cache.
-func SetupAdmission(mgr ctrl.Manager, opts AdmissionOptions) error {
-	if err := admission.IndexReports(context.Background(), mgr.GetFieldIndexer()); err != nil {
-		return err
-	}
+// gatherer over the manager's cache.
+func setupAdmission(mgr ctrl.Manager, gatherer *workload.Gatherer, clk clock.PassiveClock, opts AdmissionOptions) error {
 	if opts.ScanQueueCapacity == 0 {
 		opts.ScanQueueCapacity = 1024
 	}
@@ -49,14 +47,14 @@ func SetupAdmission(mgr ctrl.Manager, opts AdmissionOptions) error {
 		return err
 	}
 	state := &admission.CacheState{
-		Reader: mgr.GetCache(), ResolveTimeout: opts.ResolveTimeout, Now: opts.Now,
+		Gatherer: gatherer, Reader: mgr.GetCache(), ResolveTimeout: opts.ResolveTimeout, Clock: clk,
 		// A registry that cannot answer is asked again after 30s, not on every request.
 		Digests: &registry.DigestCache{TTL: 5 * time.Minute, FailureTTL: 30 * time.Second},
 	}
 	if opts.Registry != nil {
 		state.Resolver = registryResolver{opts.Registry}
 	}
-	reviewer := &admission.Reviewer{State: state, Queue: queue, ExemptNamespaces: opts.ExemptNamespaces, Now: opts.Now}
+	reviewer := &admission.Reviewer{State: state, Queue: queue, ExemptNamespaces: opts.ExemptNamespaces, Clock: clk}
 	server := mgr.GetWebhookServer()
 	server.Register(admission.ValidatePath, &webhook.Admission{Handler: admission.NewWorkloadValidator(reviewer, mgr.GetScheme())})
 	server.Register(admission.ImagePolicyPath, &admission.ImageReviewHandler{Reviewer: reviewer})

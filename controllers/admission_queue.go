@@ -6,23 +6,11 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/policy"
 )
-
-// newReport returns a new report of spec in namespace, named and labelled for its digest.
-func newReport(namespace string, spec securityv1alpha1.ImageScanReportSpec) *securityv1alpha1.ImageScanReport {
-	return &securityv1alpha1.ImageScanReport{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: ReportName(spec.Image, spec.Digest), Namespace: namespace,
-			Labels: map[string]string{DigestLabel: DigestLabelValue(spec.Digest)},
-		},
-		Spec: spec,
-	}
-}
 
 // AdmissionScans starts the scans of images admission saw unscanned, before any pod runs them:
 // it creates their reports, which the report controller scans. Requests are queued in memory and

@@ -11,22 +11,20 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/imageguard/imageguard/internal/policy"
 	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/workload"
 )
 
-// containerImage is one container of a pod and the image it runs.
-type containerImage struct {
-	Container string
-	// Image is the reference the pod spec names.
-	Image string
+// podContainer is one container of a pod, with the image ID the kubelet reported for it.
+type podContainer struct {
+	workload.Container
 	// ImageID is the kubelet's resolved image, when it reported one.
 	ImageID string
 }
 
-// podImages lists every container of pod, init and ephemeral ones included, with the image ID
-// the kubelet reported for it.
-func podImages(pod *corev1.Pod) []containerImage {
+// podContainers lists every container of pod, init and ephemeral ones included, with the image
+// ID the kubelet reported for it.
+func podContainers(pod *corev1.Pod) []podContainer {
 	ids := map[string]string{}
 	for _, statuses := range [][]corev1.ContainerStatus{
 		pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses, pod.Status.EphemeralContainerStatuses,
@@ -35,18 +33,10 @@ func podImages(pod *corev1.Pod) []containerImage {
 			ids[s.Name] = s.ImageID
 		}
 	}
-	var out []containerImage
-	add := func(container, image string) {
-		out = append(out, containerImage{Container: container, Image: image, ImageID: ids[container]})
-	}
-	for _, c := range pod.Spec.InitContainers {
-		add(c.Name, c.Image)
-	}
-	for _, c := range pod.Spec.Containers {
-		add(c.Name, c.Image)
-	}
-	for _, c := range pod.Spec.EphemeralContainers {
-		add(c.Name, c.Image)
+	containers := workload.Containers(&pod.Spec)
+	out := make([]podContainer, 0, len(containers))
+	for _, c := range containers {
+		out = append(out, podContainer{Container: c, ImageID: ids[c.Name]})
 	}
 	return out
 }
@@ -78,9 +68,6 @@ func digestPattern(d string) bool {
 	}
 	return true
 }
-
-// parseImage parses a pod's image reference; "nginx" becomes index.docker.io/library/nginx:latest.
-func parseImage(image string) (policy.Image, error) { return policy.ParseImage(image) }
 
 // pullSecrets returns the docker config Secrets the pod and its service account name, read by name
 // with the uncached reader: ImageGuard never lists or watches Secrets.

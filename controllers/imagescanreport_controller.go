@@ -2,8 +2,9 @@ package controllers
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,21 +17,26 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/metrics"
+	"github.com/imageguard/imageguard/internal/policy"
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
 )
 
 // ImageScanner is what the report controller needs of the scanner.
 type ImageScanner interface {
+	Analysed(digest string) bool
 	Inventory(ctx context.Context, ref scanner.ImageRef) (*scanner.Inventory, bool, error)
 	Match(ctx context.Context, inv *scanner.Inventory) (*scanner.Result, error)
 	Version() string
@@ -39,7 +45,8 @@ type ImageScanner interface {
 // VulnerabilityDB is what the report controller needs of the DB manager.
 type VulnerabilityDB interface {
 	Info() (scanner.DBInfo, bool)
-	Subscribe() <-chan scanner.DBInfo
+	// Subscribe returns a channel that gets an event after each DB swap.
+	Subscribe() <-chan event.TypedGenericEvent[scanner.DBInfo]
 }
 
 // ImageScanReportReconciler fills a report's status from the scanner: the kept inventory of its
@@ -58,11 +65,19 @@ type ImageScanReportReconciler struct {
 	Concurrency int
 	// ExcludedNamespaces are not scanned, nor namespaces labelled imageguard.dev/exclude=true.
 	ExcludedNamespaces []string
-	Now                func() time.Time
+	Clock              clock.PassiveClock
 
 	// matched remembers the DB each report was last matched against: a DB update that leaves a
-	// report's findings as they were is then neither matched again nor written.
-	matched sync.Map // types.UID -> DB digest
+	// report's findings as they were is then neither matched again nor written. It is dropped
+	// with the report.
+	matched sync.Map // types.NamespacedName -> matchedDB
+}
+
+// matchedDB is the DB a report (known by UID: a report deleted and made again is new) was last
+// matched against.
+type matchedDB struct {
+	uid    types.UID
+	digest string
 }
 
 // +kubebuilder:rbac:groups=security.imageguard.dev,resources=imagescanreports,verbs=get;list;watch;update;patch
@@ -75,7 +90,7 @@ func (r *ImageScanReportReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	report := &securityv1alpha1.ImageScanReport{}
 	if err := r.Client.Get(ctx, req.NamespacedName, report); err != nil {
 		if apierrors.IsNotFound(err) {
-			metrics.ImageVulnerabilities.DeletePartialMatch(prometheus.Labels{"namespace": req.Namespace, "report": req.Name})
+			r.forget(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -90,25 +105,56 @@ func (r *ImageScanReportReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		return ctrl.Result{}, nil
 	}
 	recordVulnerabilities(report)
+	before := report.DeepCopy()
 	db, ok := r.DB.Info()
 	if !ok {
-		return r.writeStatus(ctx, report, func(st *securityv1alpha1.ImageScanReport) {
-			setNotReady(st, securityv1alpha1.ReasonDatabaseUnavailable, "no vulnerability DB is loaded yet")
-		}, ctrl.Result{RequeueAfter: 30 * time.Second}, nil)
+		setDatabaseUnavailable(report)
+		return r.finish(ctx, before, report, ctrl.Result{RequeueAfter: 30 * time.Second}, nil)
 	}
 	if r.current(report, db) {
 		return ctrl.Result{RequeueAfter: r.jitter(r.RescanInterval)}, nil
 	}
 	res, analyzedAt, err := r.scan(ctx, report)
 	if err != nil {
-		return r.scanFailed(ctx, report, err)
+		if setScanFailed(report, err) {
+			err = reconcile.TerminalError(err)
+		}
+		return r.finish(ctx, before, report, ctrl.Result{}, err)
 	}
-	return r.writeStatus(ctx, report, func(st *securityv1alpha1.ImageScanReport) {
-		applyScan(st, ScanStatus{
-			Result: res, ScannerVersion: r.Scanner.Version(), ScannedAt: metav1.NewTime(r.now()),
-			AnalyzedAt: analyzedAt, MaxBytes: r.MaxBytes,
-		})
-	}, ctrl.Result{RequeueAfter: r.jitter(r.RescanInterval)}, func() { r.matched.Store(report.UID, res.DB.Digest) })
+	applyScan(report, ScanStatus{
+		Result: res, ScannerVersion: r.Scanner.Version(), ScannedAt: metav1.NewTime(r.Clock.Now()),
+		AnalyzedAt: analyzedAt, MaxBytes: r.MaxBytes,
+	})
+	keepScanTimeWhenUnchanged(before, report)
+	result, err := r.finish(ctx, before, report, ctrl.Result{RequeueAfter: r.jitter(r.RescanInterval)}, nil)
+	if err == nil {
+		r.matched.Store(req.NamespacedName, matchedDB{uid: report.UID, digest: res.DB.Digest})
+	}
+	return result, err
+}
+
+// finish writes the report's status when it changed, with its gauges and an Event on a change of
+// verdict, and returns result and cause. A failed write is returned instead of cause, so that it
+// is retried even when cause is terminal.
+func (r *ImageScanReportReconciler) finish(ctx context.Context, before, report *securityv1alpha1.ImageScanReport, result ctrl.Result, cause error) (ctrl.Result, error) {
+	written, err := writeStatus(ctx, r.Client, before, report)
+	if err != nil {
+		if cause != nil {
+			err = fmt.Errorf("%w (while recording: %s)", err, cause.Error())
+		}
+		return ctrl.Result{}, err
+	}
+	if written {
+		recordVulnerabilities(report)
+		r.event(before, report)
+	}
+	return result, cause
+}
+
+// forget drops what is kept of a deleted report: its matched DB and its metric series.
+func (r *ImageScanReportReconciler) forget(key types.NamespacedName) {
+	r.matched.Delete(key)
+	metrics.ImageVulnerabilities.DeletePartialMatch(prometheus.Labels{"namespace": key.Namespace, "report": key.Name})
 }
 
 // current reports whether report was matched against db and its spec observed.
@@ -117,7 +163,8 @@ func (r *ImageScanReportReconciler) current(report *securityv1alpha1.ImageScanRe
 		!meta.IsStatusConditionTrue(report.Status.Conditions, securityv1alpha1.ConditionScanned) {
 		return false
 	}
-	if d, ok := r.matched.Load(report.UID); ok && d.(string) == db.Digest {
+	key := types.NamespacedName{Namespace: report.Namespace, Name: report.Name}
+	if m, ok := r.matched.Load(key); ok && m.(matchedDB).uid == report.UID && m.(matchedDB).digest == db.Digest {
 		return true
 	}
 	return report.Status.VulnerabilityDB != nil && report.Status.VulnerabilityDB.Digest == db.Digest
@@ -166,8 +213,8 @@ func recordVulnerabilities(report *securityv1alpha1.ImageScanReport) {
 	if s == nil {
 		return
 	}
-	for severity, n := range map[string]int32{"critical": s.Critical, "high": s.High, "medium": s.Medium, "low": s.Low, "unknown": s.Unknown} {
-		metrics.ImageVulnerabilities.WithLabelValues(report.Namespace, report.Name, severity).Set(float64(n))
+	for _, severity := range securityv1alpha1.Severities {
+		metrics.ImageVulnerabilities.WithLabelValues(report.Namespace, report.Name, strings.ToLower(string(severity))).Set(float64(s.Count(severity)))
 	}
 }
 
@@ -179,8 +226,8 @@ func (r *ImageScanReportReconciler) podsUsing(ctx context.Context, report *secur
 	}
 	var pods []*corev1.Pod
 	for i := range list.Items {
-		for _, c := range podImages(&list.Items[i]) {
-			img, err := parseImage(c.Image)
+		for _, c := range podContainers(&list.Items[i]) {
+			img, err := policy.ParseImage(c.Image)
 			if err == nil && (digestOf(c.ImageID) == report.Spec.Digest || img.Digest == report.Spec.Digest || img.Repository == report.Spec.Image) {
 				pods = append(pods, &list.Items[i])
 				break
@@ -190,93 +237,18 @@ func (r *ImageScanReportReconciler) podsUsing(ctx context.Context, report *secur
 	return pods, nil
 }
 
-// scanFailed records a failed scan: Scanned=False with the cause as reason, earlier findings kept.
-// An image that can never be scanned is a terminal error; anything else is retried with backoff.
-func (r *ImageScanReportReconciler) scanFailed(ctx context.Context, report *securityv1alpha1.ImageScanReport, err error) (ctrl.Result, error) {
-	kind := registry.KindOf(err)
-	reason := string(kind)
-	if kind == registry.KindUnavailable {
-		reason = securityv1alpha1.ReasonScanFailed
-	}
-	retErr := err
-	if kind == registry.KindUnsupported {
-		retErr = reconcile.TerminalError(err)
-	}
-	return r.writeStatus(ctx, report, func(st *securityv1alpha1.ImageScanReport) {
-		meta.SetStatusCondition(&st.Status.Conditions, metav1.Condition{
-			Type: securityv1alpha1.ConditionScanned, Status: metav1.ConditionFalse, Reason: reason,
-			Message: err.Error(), ObservedGeneration: st.Generation,
-		})
-		setNotReady(st, reason, err.Error())
-		if kind == registry.KindUnsupported {
-			meta.SetStatusCondition(&st.Status.Conditions, metav1.Condition{
-				Type: securityv1alpha1.ConditionStalled, Status: metav1.ConditionTrue, Reason: reason,
-				Message: err.Error(), ObservedGeneration: st.Generation,
-			})
-		}
-	}, ctrl.Result{}, nil, retErr)
-}
-
-func setNotReady(report *securityv1alpha1.ImageScanReport, reason, message string) {
-	meta.SetStatusCondition(&report.Status.Conditions, metav1.Condition{
-		Type: securityv1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: reason,
-		Message: message, ObservedGeneration: report.Generation,
-	})
-}
-
-// writeStatus applies mutate to a copy of report and patches the status when it changed in more
-// than the scan time, then runs onWritten. It emits an Event when the Ready reason or the summary
-// changed.
-func (r *ImageScanReportReconciler) writeStatus(ctx context.Context, report *securityv1alpha1.ImageScanReport,
-	mutate func(*securityv1alpha1.ImageScanReport), result ctrl.Result, onWritten func(), errs ...error) (ctrl.Result, error) {
-	want := report.DeepCopy()
-	mutate(want)
-	if !statusChanged(&report.Status, &want.Status) {
-		if onWritten != nil {
-			onWritten()
-		}
-		return result, errors.Join(errs...)
-	}
-	if err := r.Client.Status().Patch(ctx, want, client.MergeFrom(report)); err != nil {
-		return ctrl.Result{}, errors.Join(append(errs, err)...)
-	}
-	if onWritten != nil {
-		onWritten()
-	}
-	recordVulnerabilities(want)
-	r.event(report, want)
-	return result, errors.Join(errs...)
-}
-
-// statusChanged compares two statuses ignoring the scan time and condition transition times, so
-// a re-match that finds the same is not written.
-func statusChanged(old, new *securityv1alpha1.ImageScanReportStatus) bool {
-	a, b := old.DeepCopy(), new.DeepCopy()
-	a.LastScanTime, b.LastScanTime = nil, nil
-	for _, st := range []*securityv1alpha1.ImageScanReportStatus{a, b} {
-		for i := range st.Conditions {
-			st.Conditions[i].LastTransitionTime = metav1.Time{}
-		}
-		// The DB that produced unchanged findings need not be recorded: see matched.
-		st.VulnerabilityDB = nil
-	}
-	if old.VulnerabilityDB == nil {
-		return true
-	}
-	// Semantic: a time read back from the API server is in another location than ours.
-	return !equality.Semantic.DeepEqual(a, b)
-}
-
-func (r *ImageScanReportReconciler) event(old, new *securityv1alpha1.ImageScanReport) {
+// event tells of a change of the report's verdict (its Ready reason or its counts), with the
+// condition's reason.
+func (r *ImageScanReportReconciler) event(before, report *securityv1alpha1.ImageScanReport) {
 	if r.Recorder == nil {
 		return
 	}
-	oldReady := meta.FindStatusCondition(old.Status.Conditions, securityv1alpha1.ConditionReady)
-	newReady := meta.FindStatusCondition(new.Status.Conditions, securityv1alpha1.ConditionReady)
+	oldReady := meta.FindStatusCondition(before.Status.Conditions, securityv1alpha1.ConditionReady)
+	newReady := meta.FindStatusCondition(report.Status.Conditions, securityv1alpha1.ConditionReady)
 	if newReady == nil {
 		return
 	}
-	summaryChanged := !equality.Semantic.DeepEqual(old.Status.Summary, new.Status.Summary)
+	summaryChanged := !equality.Semantic.DeepEqual(before.Status.Summary, report.Status.Summary)
 	if oldReady != nil && oldReady.Reason == newReady.Reason && oldReady.Status == newReady.Status && !summaryChanged {
 		return
 	}
@@ -284,14 +256,7 @@ func (r *ImageScanReportReconciler) event(old, new *securityv1alpha1.ImageScanRe
 	if newReady.Status != metav1.ConditionTrue {
 		eventType = corev1.EventTypeWarning
 	}
-	r.Recorder.Eventf(new, nil, eventType, newReady.Reason, "Scan", "%s", newReady.Message)
-}
-
-func (r *ImageScanReportReconciler) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
-	}
-	return time.Now()
+	r.Recorder.Eventf(report, nil, eventType, newReady.Reason, "Scan", "%s", newReady.Message)
 }
 
 func (r *ImageScanReportReconciler) jitter(d time.Duration) time.Duration {
@@ -301,7 +266,7 @@ func (r *ImageScanReportReconciler) jitter(d time.Duration) time.Duration {
 	return d + time.Duration(rand.Int64N(int64(d/10)+1))
 }
 
-// SetupWithManager watches reports, and re-queues every report when the DB is swapped.
+// SetupWithManager watches reports, and queues every report when the DB is swapped.
 func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.RescanInterval == 0 {
 		r.RescanInterval = 24 * time.Hour
@@ -309,32 +274,26 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Concurrency <= 0 {
 		r.Concurrency = 2
 	}
-	updates := r.DB.Subscribe()
-	// Every report is queued once per DB swap; the workqueue's rate limiter and the concurrency
-	// pace the re-matches. The source stops with the manager.
-	dbSwaps := source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-		go func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-updates:
-					reports := &securityv1alpha1.ImageScanReportList{}
-					if err := r.Client.List(ctx, reports); err != nil {
-						ctrl.LoggerFrom(ctx).Error(err, "Listing reports to re-match after a DB update")
-						continue
-					}
-					for _, rep := range reports.Items {
-						q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name}})
-					}
-				}
+	if r.Clock == nil {
+		r.Clock = clock.RealClock{}
+	}
+	// Every report in the cache is queued once per DB swap; the workqueue's rate limiter and the
+	// concurrency pace the re-matches.
+	allReports := handler.TypedFuncs[scanner.DBInfo, reconcile.Request]{
+		GenericFunc: func(ctx context.Context, _ event.TypedGenericEvent[scanner.DBInfo], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			reports := &securityv1alpha1.ImageScanReportList{}
+			if err := r.Client.List(ctx, reports); err != nil {
+				ctrl.LoggerFrom(ctx).Error(err, "Listing reports to re-match after a DB update")
+				return
 			}
-		}()
-		return nil
-	})
+			for _, rep := range reports.Items {
+				q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name}})
+			}
+		},
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&securityv1alpha1.ImageScanReport{}).
-		WatchesRawSource(dbSwaps).
+		WatchesRawSource(source.Channel(r.DB.Subscribe(), allReports)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Concurrency}).
 		Complete(r)
 }

@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -21,7 +22,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/policy"
 	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/workload"
 )
 
 // PodReconciler keeps one ImageScanReport per namespace and image digest that pods of the
@@ -40,7 +43,9 @@ type PodReconciler struct {
 	// ResolveTTL is how long a tag's resolved digest is reused for pods the kubelet has not
 	// reported an image ID for yet.
 	ResolveTTL time.Duration
-	Now        func() time.Time
+	// Inventories tells whether a digest was analysed already; nil: never.
+	Inventories interface{ Analysed(digest string) bool }
+	Clock       clock.PassiveClock
 
 	resolved registry.DigestCache // namespace/image -> digest
 }
@@ -92,19 +97,18 @@ func excludedNamespace(ns *corev1.Namespace, excluded []string) bool {
 	return slices.Contains(excluded, ns.Name) || ns.Labels[ExcludeLabel] == "true"
 }
 
-func (r *PodReconciler) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
-	}
-	return time.Now()
-}
-
 // desiredReport is what the pods of a namespace say about one digest.
 type desiredReport struct {
 	repository string
 	digest     string
 	tags       map[string]bool
 	workloads  map[workloadRef]map[string]bool
+}
+
+// workloadRef names a top-level workload in status.workloads.
+type workloadRef struct {
+	Kind string
+	Name string
 }
 
 // desiredReports groups the containers of pods by digest. Images that cannot be resolved are
@@ -117,15 +121,16 @@ func (r *PodReconciler) desiredReports(ctx context.Context, pods []corev1.Pod) (
 		if !pod.DeletionTimestamp.IsZero() || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 			continue
 		}
-		owner, err := topOwner(ctx, r.Client, pod)
+		top, err := workload.TopOwner(ctx, r.Client, pod)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		for _, c := range podImages(pod) {
-			img, err := parseImage(c.Image)
+		owner := workloadRef{Kind: top.Kind, Name: top.Name}
+		for _, c := range podContainers(pod) {
+			img, err := policy.ParseImage(c.Image)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("pod %s container %s: %w", pod.Name, c.Container, err))
+				errs = append(errs, fmt.Errorf("pod %s container %s: %w", pod.Name, c.Name, err))
 				continue
 			}
 			digest := digestOf(c.ImageID)
@@ -135,7 +140,7 @@ func (r *PodReconciler) desiredReports(ctx context.Context, pods []corev1.Pod) (
 			if digest == "" {
 				digest, err = r.resolve(ctx, pod, c.Image)
 				if err != nil {
-					errs = append(errs, fmt.Errorf("pod %s container %s: %w", pod.Name, c.Container, err))
+					errs = append(errs, fmt.Errorf("pod %s container %s: %w", pod.Name, c.Name, err))
 					continue
 				}
 			}
@@ -154,7 +159,7 @@ func (r *PodReconciler) desiredReports(ctx context.Context, pods []corev1.Pod) (
 			if d.workloads[owner] == nil {
 				d.workloads[owner] = map[string]bool{}
 			}
-			d.workloads[owner][c.Container] = true
+			d.workloads[owner][c.Name] = true
 		}
 	}
 	return desired, errors.Join(errs...)
@@ -162,7 +167,7 @@ func (r *PodReconciler) desiredReports(ctx context.Context, pods []corev1.Pod) (
 
 // resolve looks a tag up in the registry with the pod's pull secrets, reusing a recent answer.
 func (r *PodReconciler) resolve(ctx context.Context, pod *corev1.Pod, image string) (string, error) {
-	return r.resolved.Resolve(pod.Namespace+"/"+image, r.now(), func() (string, error) {
+	return r.resolved.Resolve(pod.Namespace+"/"+image, r.Clock.Now(), func() (string, error) {
 		keychain, err := keychainFor(ctx, r.APIReader, []*corev1.Pod{pod})
 		if err != nil {
 			return "", err
@@ -213,10 +218,13 @@ func (r *PodReconciler) ensureReports(ctx context.Context, namespace string, des
 		err := r.Client.Get(ctx, key, report)
 		if apierrors.IsNotFound(err) {
 			report = newReport(namespace, d.spec())
-			if err := r.Client.Create(ctx, report); err != nil && !apierrors.IsAlreadyExists(err) {
+			err := r.Client.Create(ctx, report)
+			if err != nil && !apierrors.IsAlreadyExists(err) {
 				return err
 			}
-			if err := r.patchWorkloads(ctx, report, d); err != nil {
+			// Already there (made by an earlier reconcile the cache has not shown yet): only the
+			// workloads are written, from what this reconcile knows.
+			if err := r.writeWorkloads(ctx, report, d, err == nil); err != nil {
 				return err
 			}
 			continue
@@ -227,37 +235,40 @@ func (r *PodReconciler) ensureReports(ctx context.Context, namespace string, des
 		if report.Spec.Digest != d.digest {
 			continue // a 12-hex name collision between two digests: practically impossible
 		}
-		want := d.spec()
-		_, unused := report.Annotations[UnusedSinceAnnotation]
-		if !slices.Equal(report.Spec.Tags, want.Tags) || unused {
-			base := report.DeepCopy()
-			report.Spec.Tags = want.Tags
-			delete(report.Annotations, UnusedSinceAnnotation)
-			if err := r.Client.Patch(ctx, report, client.MergeFrom(base)); err != nil {
-				return err
-			}
+		before := report.DeepCopy()
+		report.Spec.Tags = d.spec().Tags
+		delete(report.Annotations, UnusedSinceAnnotation)
+		if _, err := writeObject(ctx, r.Client, before, report); err != nil {
+			return err
 		}
-		if err := r.patchWorkloads(ctx, report, d); err != nil {
+		if err := r.writeWorkloads(ctx, report, d, false); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (r *PodReconciler) patchWorkloads(ctx context.Context, report *securityv1alpha1.ImageScanReport, d *desiredReport) error {
-	want := d.statusWorkloads()
-	if equalWorkloads(report.Status.Workloads, want) {
-		return nil
+// writeWorkloads writes the report's status.workloads. A report just created whose digest still
+// has to be analysed (which takes seconds to minutes, and may wait in the queue) also gets
+// Reconciling and Ready=False with reason ScanPending, in the same write; one whose inventory is
+// kept is matched in milliseconds, and saying so would only race the report controller.
+func (r *PodReconciler) writeWorkloads(ctx context.Context, report *securityv1alpha1.ImageScanReport, d *desiredReport, created bool) error {
+	before := report.DeepCopy()
+	report.Status.Workloads = d.statusWorkloads()
+	if !created || (r.Inventories != nil && r.Inventories.Analysed(report.Spec.Digest)) {
+		_, err := writeStatus(ctx, r.Client, before, report)
+		return err
 	}
-	base := report.DeepCopy()
-	report.Status.Workloads = want
-	return r.Client.Status().Patch(ctx, report, client.MergeFrom(base))
-}
-
-func equalWorkloads(a, b []securityv1alpha1.Workload) bool {
-	return slices.EqualFunc(a, b, func(x, y securityv1alpha1.Workload) bool {
-		return x.Kind == y.Kind && x.Name == y.Name && slices.Equal(x.Containers, y.Containers)
-	})
+	pending := report.DeepCopy()
+	setScanPending(pending)
+	// The report controller may have scanned the report in the moment since it was created: its
+	// conditions then stand, this write fails as a conflict, and the workloads are written alone.
+	_, err := writeStatus(ctx, r.Client, before, pending, client.MergeFromWithOptimisticLock{})
+	if !apierrors.IsConflict(err) {
+		return err
+	}
+	_, err = writeStatus(ctx, r.Client, before, report)
+	return err
 }
 
 // collectGarbage marks reports no pod uses and deletes them once marked for Retention; it returns
@@ -277,17 +288,17 @@ func (r *PodReconciler) collectGarbage(ctx context.Context, namespace string, de
 		t, err := time.Parse(time.RFC3339, since)
 		if !marked || err != nil {
 			if r.Retention > 0 {
-				base := report.DeepCopy()
-				metav1.SetMetaDataAnnotation(&report.ObjectMeta, UnusedSinceAnnotation, r.now().UTC().Format(time.RFC3339))
-				if err := r.Client.Patch(ctx, report, client.MergeFrom(base)); err != nil {
+				before := report.DeepCopy()
+				metav1.SetMetaDataAnnotation(&report.ObjectMeta, UnusedSinceAnnotation, r.Clock.Now().UTC().Format(time.RFC3339))
+				if _, err := writeObject(ctx, r.Client, before, report); err != nil {
 					return 0, client.IgnoreNotFound(err)
 				}
 				next = minPositive(next, r.Retention)
 				continue
 			}
-			t = r.now()
+			t = r.Clock.Now()
 		}
-		if left := r.Retention - r.now().Sub(t); left > 0 {
+		if left := r.Retention - r.Clock.Now().Sub(t); left > 0 {
 			next = minPositive(next, left)
 			continue
 		}
@@ -309,6 +320,9 @@ func minPositive(a, b time.Duration) time.Duration {
 func (r *PodReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.ResolveTTL == 0 {
 		r.ResolveTTL = 5 * time.Minute
+	}
+	if r.Clock == nil {
+		r.Clock = clock.RealClock{}
 	}
 	// Failures are not kept: the workqueue retries them with backoff.
 	r.resolved.TTL = r.ResolveTTL

@@ -9,6 +9,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -104,12 +105,16 @@ func BenchmarkPolicyEvaluation(b *testing.B) {
 
 	start = time.Now()
 	for _, name := range names {
-		pol := &securityv1alpha1.ClusterImagePolicy{}
-		if err := c.Get(ctx, client.ObjectKey{Name: name}, pol); err != nil {
-			b.Fatal(err)
-		}
-		pol.Spec.Rules.Vulnerabilities.MaxHigh = ptr.To(*pol.Spec.Rules.Vulnerabilities.MaxHigh + 1)
-		if err := c.Update(ctx, pol); err != nil {
+		// The controller may write the policy's status between the read and the update.
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			pol := &securityv1alpha1.ClusterImagePolicy{}
+			if err := c.Get(ctx, client.ObjectKey{Name: name}, pol); err != nil {
+				return err
+			}
+			pol.Spec.Rules.Vulnerabilities.MaxHigh = ptr.To(*pol.Spec.Rules.Vulnerabilities.MaxHigh + 1)
+			return c.Update(ctx, pol)
+		})
+		if err != nil {
 			b.Fatal(err)
 		}
 	}

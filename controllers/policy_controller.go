@@ -3,20 +3,15 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -26,6 +21,7 @@ import (
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/metrics"
 	"github.com/imageguard/imageguard/internal/policy"
+	"github.com/imageguard/imageguard/internal/workload"
 )
 
 // maxNonCompliant bounds status.nonCompliant; the summary has the exact count.
@@ -36,20 +32,15 @@ const maxNonCompliant = 100
 // gauge. It serves ImagePolicy (namespaced) and ClusterImagePolicy (ClusterScoped true).
 type PolicyReconciler struct {
 	Client        client.Client
+	Gatherer      *workload.Gatherer
 	Recorder      recorder.EventRecorder
 	ClusterScoped bool
-	Now           func() time.Time
-	// Verifier checks signatures; nil until signature verification lands.
-	Verifier policy.SignatureVerifier
+	Clock         clock.PassiveClock
 
-	verdicts sync.Map // policy key + workload key -> bool (compliant), for transition events
-}
-
-// workload is a top-level workload with the images of its pod template.
-type workload struct {
-	obj        client.Object
-	kind       string
-	containers []corev1.Container
+	mu sync.Mutex
+	// verdicts holds, per policy Ref, each matched workload's last verdict (true: compliant), for
+	// transition Events and to drop the gauge of workloads no longer matched.
+	verdicts map[string]map[string]bool
 }
 
 // +kubebuilder:rbac:groups=security.imageguard.dev,resources=imagepolicies;clusterimagepolicies,verbs=get;list;watch
@@ -61,346 +52,170 @@ type workload struct {
 
 // Reconcile evaluates one policy over the workloads it matches.
 func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	obj, spec, st, err := r.get(ctx, req)
-	if err != nil || obj == nil {
+	obj, st, err := r.get(ctx, req)
+	if err != nil {
 		return ctrl.Result{}, err
+	}
+	if obj == nil {
+		r.forget(r.ref(req))
+		return ctrl.Result{}, nil
 	}
 	if !obj.GetDeletionTimestamp().IsZero() {
 		return ctrl.Result{}, nil
 	}
-	base := st.DeepCopy()
-	compiled, err := policy.Compile(spec.rules, r.Verifier)
-	if err == nil {
-		err = spec.validate()
+	before := obj.DeepCopyObject().(statusObject)
+	compiled := r.Gatherer.Compile(obj)
+	if compiled.Err != nil {
+		setPolicyInvalid(obj, compiled.Err)
+		if _, err := writeStatus(ctx, r.Client, before, obj); err != nil {
+			return ctrl.Result{}, err
+		}
+		r.record(compiled.Ref, obj, nil, nil)
+		return ctrl.Result{}, reconcile.TerminalError(compiled.Err)
 	}
-	if err != nil {
-		setPolicyInvalid(st, obj.GetGeneration(), err)
-		return ctrl.Result{}, r.patchStatus(ctx, obj, base, st, reconcile.TerminalError(err))
-	}
-	workloads, err := r.matchedWorkloads(ctx, obj.GetNamespace(), spec)
-	if err != nil {
-		return ctrl.Result{}, err
-	}
-	reports, err := r.reportsByImage(ctx, workloads)
+	workloads, err := r.Gatherer.Matched(ctx, compiled)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	now := r.now()
+	now := r.Clock.Now()
 	var nonCompliant []securityv1alpha1.NonCompliantWorkload
 	var next time.Time
+	verdicts := make(map[string]policy.Verdict, len(workloads))
 	for _, w := range workloads {
-		verdict := compiled.Evaluate(imagesOf(w, reports), now)
+		verdict := compiled.Rules.Evaluate(r.Gatherer.Images(ctx, w.Namespace, w.Containers), now)
+		verdicts[w.Key()] = verdict
 		if !verdict.NextChange.IsZero() && (next.IsZero() || verdict.NextChange.Before(next)) {
 			next = verdict.NextChange
 		}
-		r.record(obj, w, verdict)
 		if !verdict.Compliant() {
 			reasons := verdict.Reasons()
 			if len(reasons) > 16 {
 				reasons = reasons[:16]
 			}
 			nonCompliant = append(nonCompliant, securityv1alpha1.NonCompliantWorkload{
-				Namespace: w.obj.GetNamespace(), Kind: w.kind, Name: w.obj.GetName(), Reasons: reasons,
+				Namespace: w.Namespace, Kind: w.Kind, Name: w.Name, Reasons: reasons,
 			})
 		}
 	}
-	setPolicyStatus(st, obj.GetGeneration(), len(workloads), nonCompliant)
+	setPolicyStatus(obj, st, len(workloads), nonCompliant)
+	if _, err := writeStatus(ctx, r.Client, before, obj); err != nil {
+		return ctrl.Result{}, err
+	}
+	r.record(compiled.Ref, obj, workloads, verdicts)
 	result := ctrl.Result{}
 	if !next.IsZero() {
 		// The verdict changes by itself then (an exception expires, a scan gets too old).
 		result.RequeueAfter = next.Sub(now) + time.Second
 	}
-	return result, r.patchStatus(ctx, obj, base, st, nil)
+	return result, nil
 }
 
-// policySpec is what both policy kinds have in common.
-type policySpec struct {
-	images            []string
-	selector          *metav1.LabelSelector
-	namespaceSelector *metav1.LabelSelector
-	rules             securityv1alpha1.PolicyRules
-}
-
-// validate checks what the CRD's schema cannot: the selectors.
-func (s policySpec) validate() error {
-	for name, sel := range map[string]*metav1.LabelSelector{"match.selector": s.selector, "match.namespaceSelector": s.namespaceSelector} {
-		if sel == nil {
-			continue
-		}
-		if _, err := metav1.LabelSelectorAsSelector(sel); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-	}
-	return nil
-}
-
-// get reads the policy of req; nil when it is gone.
-func (r *PolicyReconciler) get(ctx context.Context, req ctrl.Request) (client.Object, policySpec, *securityv1alpha1.ImagePolicyStatus, error) {
+// get reads the policy of req and its status; nil when it is gone.
+func (r *PolicyReconciler) get(ctx context.Context, req ctrl.Request) (statusObject, *securityv1alpha1.ImagePolicyStatus, error) {
 	if r.ClusterScoped {
 		p := &securityv1alpha1.ClusterImagePolicy{}
 		if err := r.Client.Get(ctx, req.NamespacedName, p); err != nil {
-			return nil, policySpec{}, nil, client.IgnoreNotFound(err)
+			return nil, nil, client.IgnoreNotFound(err)
 		}
-		return p, policySpec{images: p.Spec.Match.Images, selector: p.Spec.Match.Selector,
-			namespaceSelector: p.Spec.Match.NamespaceSelector, rules: p.Spec.Rules}, &p.Status, nil
+		return p, &p.Status, nil
 	}
 	p := &securityv1alpha1.ImagePolicy{}
 	if err := r.Client.Get(ctx, req.NamespacedName, p); err != nil {
-		return nil, policySpec{}, nil, client.IgnoreNotFound(err)
+		return nil, nil, client.IgnoreNotFound(err)
 	}
-	return p, policySpec{images: p.Spec.Match.Images, selector: p.Spec.Match.Selector, rules: p.Spec.Rules}, &p.Status, nil
+	return p, &p.Status, nil
 }
 
-// matchedWorkloads lists the workloads in scope whose labels match the selector and one of whose
-// images matches match.images.
-func (r *PolicyReconciler) matchedWorkloads(ctx context.Context, namespace string, spec policySpec) ([]workload, error) {
-	namespaces := []string{namespace}
+// ref is the Ref of the policy of req (workload.Policy.Ref).
+func (r *PolicyReconciler) ref(req ctrl.Request) string {
 	if r.ClusterScoped {
-		list := &corev1.NamespaceList{}
-		if err := r.Client.List(ctx, list); err != nil {
-			return nil, err
-		}
-		namespaces = namespaces[:0]
-		for i := range list.Items {
-			if ok, err := spec.selectsNamespace(&list.Items[i]); err != nil {
-				return nil, err
-			} else if ok {
-				namespaces = append(namespaces, list.Items[i].Name)
-			}
-		}
+		return "ClusterImagePolicy/" + req.Name
 	}
-	return r.workloadsIn(ctx, namespaces, spec)
+	return "ImagePolicy/" + req.Namespace + "/" + req.Name
 }
 
-// selectsNamespace reports whether a cluster policy's namespaceSelector selects ns.
-func (s policySpec) selectsNamespace(ns *corev1.Namespace) (bool, error) {
-	if s.namespaceSelector == nil {
-		return true, nil
+// record keeps the verdicts of the workloads a policy matches: the compliance gauge of each, an
+// Event on each workload whose verdict changed, and the gauge of every workload no longer
+// matched (deleted, or changed) dropped. nil workloads drop them all. Events name the policy
+// object as related.
+func (r *PolicyReconciler) record(ref string, related client.Object, workloads []workload.Workload, verdicts map[string]policy.Verdict) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.verdicts == nil {
+		r.verdicts = map[string]map[string]bool{}
 	}
-	sel, err := metav1.LabelSelectorAsSelector(s.namespaceSelector)
-	if err != nil {
-		return false, err
-	}
-	return sel.Matches(labels.Set(ns.Labels)), nil
-}
-
-// workloadsIn lists the matched workloads of namespaces, sorted.
-func (r *PolicyReconciler) workloadsIn(ctx context.Context, namespaces []string, spec policySpec) ([]workload, error) {
-	sel := labels.Everything()
-	if spec.selector != nil {
-		var err error
-		if sel, err = metav1.LabelSelectorAsSelector(spec.selector); err != nil {
-			return nil, err
-		}
-	}
-	globs, err := policy.CompileGlobs(spec.images)
-	if err != nil {
-		return nil, err
-	}
-	var out []workload
-	for _, ns := range namespaces {
-		all, err := r.workloads(ctx, ns)
-		if err != nil {
-			return nil, err
-		}
-		for _, w := range all {
-			if !sel.Matches(labels.Set(w.obj.GetLabels())) || !imagesMatch(globs, w) {
-				continue
-			}
-			out = append(out, w)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return workloadKey(out[i]) < workloadKey(out[j]) })
-	return out, nil
-}
-
-func imagesMatch(globs []policy.Glob, w workload) bool {
-	if len(globs) == 0 {
-		return true
-	}
-	for _, c := range w.containers {
-		if img, err := parseImage(c.Image); err == nil && policy.AnyMatch(globs, img) {
-			return true
-		}
-	}
-	return false
-}
-
-func workloadKey(w workload) string {
-	return w.obj.GetNamespace() + "/" + w.kind + "/" + w.obj.GetName()
-}
-
-// workloads lists the top-level workloads of a namespace: Deployments, StatefulSets, DaemonSets,
-// CronJobs, Jobs and ReplicaSets without an owner, and Pods without a controller.
-func (r *PolicyReconciler) workloads(ctx context.Context, ns string) ([]workload, error) {
-	var out []workload
-	in := client.InNamespace(ns)
-	template := func(spec corev1.PodSpec) []corev1.Container {
-		return append(append([]corev1.Container{}, spec.InitContainers...), spec.Containers...)
-	}
-	deployments := &appsv1.DeploymentList{}
-	if err := r.Client.List(ctx, deployments, in); err != nil {
-		return nil, err
-	}
-	for i := range deployments.Items {
-		d := &deployments.Items[i]
-		out = append(out, workload{obj: d, kind: "Deployment", containers: template(d.Spec.Template.Spec)})
-	}
-	statefulSets := &appsv1.StatefulSetList{}
-	if err := r.Client.List(ctx, statefulSets, in); err != nil {
-		return nil, err
-	}
-	for i := range statefulSets.Items {
-		s := &statefulSets.Items[i]
-		out = append(out, workload{obj: s, kind: "StatefulSet", containers: template(s.Spec.Template.Spec)})
-	}
-	daemonSets := &appsv1.DaemonSetList{}
-	if err := r.Client.List(ctx, daemonSets, in); err != nil {
-		return nil, err
-	}
-	for i := range daemonSets.Items {
-		d := &daemonSets.Items[i]
-		out = append(out, workload{obj: d, kind: "DaemonSet", containers: template(d.Spec.Template.Spec)})
-	}
-	cronJobs := &batchv1.CronJobList{}
-	if err := r.Client.List(ctx, cronJobs, in); err != nil {
-		return nil, err
-	}
-	for i := range cronJobs.Items {
-		c := &cronJobs.Items[i]
-		out = append(out, workload{obj: c, kind: "CronJob", containers: template(c.Spec.JobTemplate.Spec.Template.Spec)})
-	}
-	jobs := &batchv1.JobList{}
-	if err := r.Client.List(ctx, jobs, in); err != nil {
-		return nil, err
-	}
-	for i := range jobs.Items {
-		if j := &jobs.Items[i]; metav1.GetControllerOf(j) == nil {
-			out = append(out, workload{obj: j, kind: "Job", containers: template(j.Spec.Template.Spec)})
-		}
-	}
-	replicaSets := &appsv1.ReplicaSetList{}
-	if err := r.Client.List(ctx, replicaSets, in); err != nil {
-		return nil, err
-	}
-	for i := range replicaSets.Items {
-		if rs := &replicaSets.Items[i]; metav1.GetControllerOf(rs) == nil {
-			out = append(out, workload{obj: rs, kind: "ReplicaSet", containers: template(rs.Spec.Template.Spec)})
-		}
-	}
-	pods := &corev1.PodList{}
-	if err := r.Client.List(ctx, pods, in); err != nil {
-		return nil, err
-	}
-	for i := range pods.Items {
-		if p := &pods.Items[i]; metav1.GetControllerOf(p) == nil {
-			out = append(out, workload{obj: p, kind: "Pod", containers: template(p.Spec)})
-		}
-	}
-	return out, nil
-}
-
-// reportIndex finds the report of an image in a namespace: by digest, else by repository and tag
-// (the newest report when a tag moved).
-type reportIndex map[string]*securityv1alpha1.ImageScanReport
-
-func (r *PolicyReconciler) reportsByImage(ctx context.Context, workloads []workload) (reportIndex, error) {
-	idx := reportIndex{}
-	seen := map[string]bool{}
+	prev := r.verdicts[ref]
+	current := make(map[string]bool, len(workloads))
 	for _, w := range workloads {
-		ns := w.obj.GetNamespace()
-		if seen[ns] {
+		v := verdicts[w.Key()]
+		compliant := v.Compliant()
+		current[w.Key()] = compliant
+		value := 0.0
+		if compliant {
+			value = 1
+		}
+		metrics.WorkloadCompliant.With(compliantLabels(ref, w.Namespace, w.Kind, w.Name)).Set(value)
+		was, seen := prev[w.Key()]
+		if (seen && was == compliant) || (!seen && compliant) {
 			continue
 		}
-		seen[ns] = true
-		list := &securityv1alpha1.ImageScanReportList{}
-		if err := r.Client.List(ctx, list, client.InNamespace(ns)); err != nil {
-			return nil, err
-		}
-		for i := range list.Items {
-			rep := &list.Items[i]
-			idx[ns+"@"+rep.Spec.Digest] = rep
-			for _, tag := range rep.Spec.Tags {
-				key := ns + "/" + rep.Spec.Image + ":" + tag
-				if old, ok := idx[key]; !ok || old.CreationTimestamp.Before(&rep.CreationTimestamp) {
-					idx[key] = rep
-				}
-			}
+		r.event(ref, related, w, v)
+	}
+	for key := range prev {
+		if _, ok := current[key]; !ok {
+			ns, kind, name := splitKey(key)
+			metrics.WorkloadCompliant.Delete(compliantLabels(ref, ns, kind, name))
 		}
 	}
-	return idx, nil
-}
-
-// imagesOf returns the images of w with their reports.
-func imagesOf(w workload, reports reportIndex) []policy.Image {
-	var out []policy.Image
-	for _, c := range w.containers {
-		img, err := parseImage(c.Image)
-		if err != nil {
-			out = append(out, policy.Image{Container: c.Name, Repository: c.Image})
-			continue
-		}
-		pi := img
-		pi.Container = c.Name
-		ns := w.obj.GetNamespace()
-		rep := reports[ns+"@"+img.Digest]
-		if rep == nil && img.Digest == "" {
-			rep = reports[ns+"/"+img.Repository+":"+img.Tag]
-		}
-		pi.Report = policy.ReportOf(rep)
-		out = append(out, pi)
-	}
-	return out
-}
-
-// record updates the compliance gauge and emits an Event on the workload when its verdict changed.
-func (r *PolicyReconciler) record(p client.Object, w workload, v policy.Verdict) {
-	compliant := v.Compliant()
-	policyName := policyRef(p)
-	value := 0.0
-	if compliant {
-		value = 1
-	}
-	metrics.WorkloadCompliant.With(prometheus.Labels{
-		"policy": policyName, "namespace": w.obj.GetNamespace(), "kind": w.kind, "name": w.obj.GetName(),
-	}).Set(value)
-	key := policyName + "|" + workloadKey(w)
-	prev, seen := r.verdicts.Swap(key, compliant)
-	if r.Recorder == nil || (seen && prev.(bool) == compliant) || (!seen && compliant) {
+	if len(current) == 0 {
+		delete(r.verdicts, ref)
 		return
 	}
-	if compliant {
-		r.Recorder.Eventf(w.obj, p, corev1.EventTypeNormal, securityv1alpha1.ReasonAllCompliant, "Evaluate",
-			"%s complies with %s", w.kind, policyName)
+	r.verdicts[ref] = current
+}
+
+// forget drops what is kept of a deleted policy: its verdicts, its gauges and its compiled form.
+func (r *PolicyReconciler) forget(ref string) {
+	r.record(ref, nil, nil, nil)
+	r.Gatherer.Forget(ref)
+}
+
+func compliantLabels(ref, namespace, kind, name string) prometheus.Labels {
+	return prometheus.Labels{"policy": ref, "namespace": namespace, "kind": kind, "name": name}
+}
+
+// splitKey splits a workload.Workload Key into namespace, kind and name.
+func splitKey(key string) (string, string, string) {
+	parts := strings.SplitN(key, "/", 3)
+	return parts[0], parts[1], parts[2]
+}
+
+// event tells a workload it now complies with the policy, or breaks it.
+func (r *PolicyReconciler) event(ref string, related client.Object, w workload.Workload, v policy.Verdict) {
+	if r.Recorder == nil {
+		return
+	}
+	if v.Compliant() {
+		r.Recorder.Eventf(w.Object, related, corev1.EventTypeNormal, securityv1alpha1.ReasonAllCompliant, "Evaluate",
+			"%s complies with %s", w.Kind, ref)
 		return
 	}
 	first := v.FirstFailure()
-	r.Recorder.Eventf(w.obj, p, corev1.EventTypeWarning, securityv1alpha1.ReasonNonCompliant, "Evaluate",
-		"%s breaks %s: %s: %s (%s)", w.kind, policyName, first.Rule, first.Message, first.Image)
+	r.Recorder.Eventf(w.Object, related, corev1.EventTypeWarning, securityv1alpha1.ReasonNonCompliant, "Evaluate",
+		"%s breaks %s: %s: %s (%s)", w.Kind, ref, first.Rule, first.Message, first.Image)
 }
 
-func policyRef(p client.Object) string {
-	if p.GetNamespace() == "" {
-		return "ClusterImagePolicy/" + p.GetName()
-	}
-	return "ImagePolicy/" + p.GetNamespace() + "/" + p.GetName()
-}
-
-func setPolicyInvalid(st *securityv1alpha1.ImagePolicyStatus, generation int64, err error) {
+// setPolicyInvalid says the policy can never be evaluated as written: Stalled, not Ready.
+func setPolicyInvalid(obj statusObject, err error) {
 	msg := "the policy can never be evaluated: " + err.Error()
-	for _, c := range []string{securityv1alpha1.ConditionReady, securityv1alpha1.ConditionCompliant} {
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: c, Status: metav1.ConditionFalse,
-			Reason: securityv1alpha1.ReasonInvalidPolicy, Message: msg, ObservedGeneration: generation})
-	}
-	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: securityv1alpha1.ConditionStalled, Status: metav1.ConditionTrue,
-		Reason: securityv1alpha1.ReasonInvalidPolicy, Message: msg, ObservedGeneration: generation})
-	st.ObservedGeneration = generation
+	setCondition(obj, securityv1alpha1.ConditionReady, metav1.ConditionFalse, securityv1alpha1.ReasonInvalidPolicy, msg)
+	setCondition(obj, securityv1alpha1.ConditionCompliant, metav1.ConditionFalse, securityv1alpha1.ReasonInvalidPolicy, msg)
+	setCondition(obj, securityv1alpha1.ConditionStalled, metav1.ConditionTrue, securityv1alpha1.ReasonInvalidPolicy, msg)
 }
 
 // setPolicyStatus writes the verdict: Ready (evaluated) and Compliant, apart, so that findings
 // never read as a failed object in GitOps tools.
-func setPolicyStatus(st *securityv1alpha1.ImagePolicyStatus, generation int64, workloads int, nonCompliant []securityv1alpha1.NonCompliantWorkload) {
-	st.ObservedGeneration = generation
+func setPolicyStatus(obj statusObject, st *securityv1alpha1.ImagePolicyStatus, workloads int, nonCompliant []securityv1alpha1.NonCompliantWorkload) {
 	st.Summary = &securityv1alpha1.PolicySummary{
 		Workloads: int32(workloads), NonCompliant: int32(len(nonCompliant)), Compliant: int32(workloads - len(nonCompliant)),
 	}
@@ -408,54 +223,26 @@ func setPolicyStatus(st *securityv1alpha1.ImagePolicyStatus, generation int64, w
 	if len(st.NonCompliant) > maxNonCompliant {
 		st.NonCompliant = st.NonCompliant[:maxNonCompliant]
 	}
-	meta.RemoveStatusCondition(&st.Conditions, securityv1alpha1.ConditionStalled)
-	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: securityv1alpha1.ConditionReady, Status: metav1.ConditionTrue,
-		Reason: securityv1alpha1.ReasonEvaluated, ObservedGeneration: generation,
-		Message: fmt.Sprintf("evaluated %d workloads", workloads)})
-	compliant := metav1.Condition{Type: securityv1alpha1.ConditionCompliant, Status: metav1.ConditionTrue,
-		Reason: securityv1alpha1.ReasonAllCompliant, ObservedGeneration: generation,
-		Message: fmt.Sprintf("all %d workloads comply", workloads)}
-	if len(nonCompliant) > 0 {
-		first := nonCompliant[0]
-		compliant.Status, compliant.Reason = metav1.ConditionFalse, securityv1alpha1.ReasonNonCompliant
-		compliant.Message = fmt.Sprintf("%d of %d workloads do not comply; first: %s %s/%s: %s",
-			len(nonCompliant), workloads, first.Kind, first.Namespace, first.Name, strings.Join(first.Reasons, "; "))
+	removeCondition(obj, securityv1alpha1.ConditionStalled)
+	setCondition(obj, securityv1alpha1.ConditionReady, metav1.ConditionTrue, securityv1alpha1.ReasonEvaluated,
+		fmt.Sprintf("evaluated %d workloads", workloads))
+	if len(nonCompliant) == 0 {
+		setCondition(obj, securityv1alpha1.ConditionCompliant, metav1.ConditionTrue, securityv1alpha1.ReasonAllCompliant,
+			fmt.Sprintf("all %d workloads comply", workloads))
+		return
 	}
-	meta.SetStatusCondition(&st.Conditions, compliant)
-}
-
-// patchStatus writes the policy's status when it changed, and returns cause.
-func (r *PolicyReconciler) patchStatus(ctx context.Context, obj client.Object, base, st *securityv1alpha1.ImagePolicyStatus, cause error) error {
-	if equality.Semantic.DeepEqual(base, st) {
-		return cause
-	}
-	var orig client.Object
-	switch p := obj.(type) {
-	case *securityv1alpha1.ImagePolicy:
-		c := p.DeepCopy()
-		c.Status = *base
-		orig = c
-	case *securityv1alpha1.ClusterImagePolicy:
-		c := p.DeepCopy()
-		c.Status = *base
-		orig = c
-	}
-	if err := r.Client.Status().Patch(ctx, obj, client.MergeFrom(orig)); err != nil {
-		return err
-	}
-	return cause
-}
-
-func (r *PolicyReconciler) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
-	}
-	return time.Now()
+	first := nonCompliant[0]
+	setCondition(obj, securityv1alpha1.ConditionCompliant, metav1.ConditionFalse, securityv1alpha1.ReasonNonCompliant,
+		fmt.Sprintf("%d of %d workloads do not comply; first: %s %s/%s: %s",
+			len(nonCompliant), workloads, first.Kind, first.Namespace, first.Name, strings.Join(first.Reasons, "; ")))
 }
 
 // SetupWithManager watches the policy kind, and re-evaluates the policies of a namespace (and all
 // cluster policies) when a workload or a report there changes.
 func (r *PolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Clock == nil {
+		r.Clock = clock.RealClock{}
+	}
 	toPolicies := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
 		var reqs []reconcile.Request
 		if r.ClusterScoped {
@@ -483,10 +270,7 @@ func (r *PolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		forObj, name = &securityv1alpha1.ClusterImagePolicy{}, "clusterimagepolicy"
 	}
 	b := ctrl.NewControllerManagedBy(mgr).Named(name).For(forObj)
-	for _, obj := range []client.Object{
-		&appsv1.Deployment{}, &appsv1.StatefulSet{}, &appsv1.DaemonSet{}, &appsv1.ReplicaSet{},
-		&batchv1.Job{}, &batchv1.CronJob{}, &corev1.Pod{}, &securityv1alpha1.ImageScanReport{},
-	} {
+	for _, obj := range append(workload.Objects(), &securityv1alpha1.ImageScanReport{}) {
 		b = b.Watches(obj, toPolicies)
 	}
 	if r.ClusterScoped {

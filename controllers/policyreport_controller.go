@@ -5,14 +5,13 @@ import (
 	"sort"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -21,24 +20,19 @@ import (
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	wgpolicyv1alpha2 "github.com/imageguard/imageguard/api/wgpolicyk8s/v1alpha2"
 	"github.com/imageguard/imageguard/internal/policy"
+	"github.com/imageguard/imageguard/internal/workload"
 )
 
 // PolicyReportName is the name of the PolicyReport ImageGuard keeps in each namespace.
 const PolicyReportName = "imageguard"
-
-// ruleSeverity is the PolicyReport severity of each rule's failures.
-var ruleSeverity = map[string]wgpolicyv1alpha2.Severity{
-	policy.RuleRegistries: "high", policy.RuleTags: "medium", policy.RuleFreshness: "medium",
-	policy.RuleVulnerabilities: "high", policy.RuleSignatures: "high",
-}
 
 // PolicyReportReconciler keeps one wgpolicyk8s.io PolicyReport per namespace: a result per
 // workload, policy and rule, for Policy Reporter and other dashboards. All results concern
 // namespaced workloads, so no ClusterPolicyReport is written.
 type PolicyReportReconciler struct {
 	Client   client.Client
-	Verifier policy.SignatureVerifier
-	Now      func() time.Time
+	Gatherer *workload.Gatherer
+	Clock    clock.PassiveClock
 }
 
 // +kubebuilder:rbac:groups=wgpolicyk8s.io,resources=policyreports,verbs=get;list;watch;create;update;patch;delete
@@ -62,71 +56,34 @@ func (r *PolicyReportReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if next.IsZero() {
 		return ctrl.Result{}, nil
 	}
-	return ctrl.Result{RequeueAfter: next.Sub(r.now()) + time.Second}, nil
+	return ctrl.Result{RequeueAfter: next.Sub(r.Clock.Now()) + time.Second}, nil
 }
 
-// applying is a policy that applies to a namespace.
-type applying struct {
-	name string
-	spec policySpec
-}
-
-// policiesFor lists the valid policies that apply to ns: its ImagePolicies and the
-// ClusterImagePolicies that select it.
-func (r *PolicyReportReconciler) policiesFor(ctx context.Context, ns *corev1.Namespace) ([]applying, error) {
-	var out []applying
-	local := &securityv1alpha1.ImagePolicyList{}
-	if err := r.Client.List(ctx, local, client.InNamespace(ns.Name)); err != nil {
-		return nil, err
-	}
-	for _, p := range local.Items {
-		out = append(out, applying{name: p.Name, spec: policySpec{images: p.Spec.Match.Images, selector: p.Spec.Match.Selector, rules: p.Spec.Rules}})
-	}
-	cluster := &securityv1alpha1.ClusterImagePolicyList{}
-	if err := r.Client.List(ctx, cluster); err != nil {
-		return nil, err
-	}
-	for _, p := range cluster.Items {
-		spec := policySpec{images: p.Spec.Match.Images, selector: p.Spec.Match.Selector,
-			namespaceSelector: p.Spec.Match.NamespaceSelector, rules: p.Spec.Rules}
-		if ok, err := spec.selectsNamespace(ns); err == nil && ok {
-			out = append(out, applying{name: p.Name, spec: spec})
-		}
-	}
-	return out, nil
-}
-
-// results evaluates every applying policy over the namespace's workloads, one result per
-// workload, policy and rule.
+// results evaluates every policy that applies to the namespace over the workloads it matches
+// there, one result per workload, policy and rule.
 func (r *PolicyReportReconciler) results(ctx context.Context, ns *corev1.Namespace) ([]wgpolicyv1alpha2.PolicyReportResult, time.Time, error) {
-	policies, err := r.policiesFor(ctx, ns)
+	policies, err := r.Gatherer.PoliciesFor(ctx, ns.Name)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	eval := &PolicyReconciler{Client: r.Client}
-	now := r.now()
+	workloads, err := r.Gatherer.Workloads(ctx, ns.Name)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	now := r.Clock.Now()
 	stamp := metav1.Timestamp{Seconds: now.Unix()}
 	var out []wgpolicyv1alpha2.PolicyReportResult
 	var next time.Time
 	for _, p := range policies {
-		compiled, err := policy.Compile(p.spec.rules, r.Verifier)
-		if err != nil || p.spec.validate() != nil {
-			continue // the policy's own status says why
-		}
-		workloads, err := eval.workloadsIn(ctx, []string{ns.Name}, p.spec)
-		if err != nil {
-			return nil, time.Time{}, err
-		}
-		reports, err := eval.reportsByImage(ctx, workloads)
-		if err != nil {
-			return nil, time.Time{}, err
-		}
 		for _, w := range workloads {
-			verdict := compiled.Evaluate(imagesOf(w, reports), now)
+			if !p.Matches(w) {
+				continue
+			}
+			verdict := p.Rules.Evaluate(r.Gatherer.Images(ctx, w.Namespace, w.Containers), now)
 			if !verdict.NextChange.IsZero() && (next.IsZero() || verdict.NextChange.Before(next)) {
 				next = verdict.NextChange
 			}
-			out = append(out, ruleResults(p.name, w, verdict, stamp)...)
+			out = append(out, ruleResults(p.Name, w, verdict, stamp)...)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -143,19 +100,17 @@ func (r *PolicyReportReconciler) results(ctx context.Context, ns *corev1.Namespa
 }
 
 // ruleResults folds a verdict into one result per rule: fail if any image fails it.
-func ruleResults(policyName string, w workload, v policy.Verdict, stamp metav1.Timestamp) []wgpolicyv1alpha2.PolicyReportResult {
+func ruleResults(policyName string, w workload.Workload, v policy.Verdict, stamp metav1.Timestamp) []wgpolicyv1alpha2.PolicyReportResult {
 	byRule := map[string]*wgpolicyv1alpha2.PolicyReportResult{}
 	var order []string
-	gvk := workloadGVK[w.kind]
 	for _, res := range v.Results {
 		pr := byRule[res.Rule]
 		if pr == nil {
 			pr = &wgpolicyv1alpha2.PolicyReportResult{
 				Source: "imageguard", Policy: policyName, Rule: res.Rule, Category: "Image Security",
-				Severity: ruleSeverity[res.Rule], Timestamp: stamp, Result: wgpolicyv1alpha2.ResultPass, Scored: true,
+				Severity: wgpolicyv1alpha2.Severity(res.Severity), Timestamp: stamp, Result: wgpolicyv1alpha2.ResultPass, Scored: true,
 				Subjects: []corev1.ObjectReference{{
-					APIVersion: gvk.GroupVersion().String(), Kind: w.kind, Namespace: w.obj.GetNamespace(),
-					Name: w.obj.GetName(), UID: w.obj.GetUID(),
+					APIVersion: w.APIVersion, Kind: w.Kind, Namespace: w.Namespace, Name: w.Name, UID: w.UID,
 				}},
 			}
 			byRule[res.Rule] = pr
@@ -187,16 +142,6 @@ func ruleResults(policyName string, w workload, v policy.Verdict, stamp metav1.T
 		out = append(out, *pr)
 	}
 	return out
-}
-
-var workloadGVK = map[string]schema.GroupVersionKind{
-	"Deployment":  appsv1.SchemeGroupVersion.WithKind("Deployment"),
-	"StatefulSet": appsv1.SchemeGroupVersion.WithKind("StatefulSet"),
-	"DaemonSet":   appsv1.SchemeGroupVersion.WithKind("DaemonSet"),
-	"ReplicaSet":  appsv1.SchemeGroupVersion.WithKind("ReplicaSet"),
-	"Job":         batchv1.SchemeGroupVersion.WithKind("Job"),
-	"CronJob":     batchv1.SchemeGroupVersion.WithKind("CronJob"),
-	"Pod":         corev1.SchemeGroupVersion.WithKind("Pod"),
 }
 
 // write creates, updates or deletes the namespace's report; an unchanged one (timestamps aside)
@@ -239,9 +184,10 @@ func (r *PolicyReportReconciler) write(ctx context.Context, namespace string, re
 		}, Summary: summary, Results: results}
 		return r.Client.Create(ctx, report)
 	}
-	base := report.DeepCopy()
+	before := report.DeepCopy()
 	report.Summary, report.Results = summary, results
-	return r.Client.Patch(ctx, report, client.MergeFrom(base))
+	_, err = writeObject(ctx, r.Client, before, report)
+	return err
 }
 
 // equalResults compares results ignoring their timestamps.
@@ -259,16 +205,12 @@ func equalResults(a, b []wgpolicyv1alpha2.PolicyReportResult) bool {
 	return true
 }
 
-func (r *PolicyReportReconciler) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
-	}
-	return time.Now()
-}
-
 // SetupWithManager watches policies, workloads and reports, each event queueing the namespaces
 // whose report it may change.
 func (r *PolicyReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Clock == nil {
+		r.Clock = clock.RealClock{}
+	}
 	toNamespace := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: obj.GetNamespace()}}}
 	})
@@ -286,11 +228,7 @@ func (r *PolicyReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	b := ctrl.NewControllerManagedBy(mgr).Named("policyreport").
 		For(&corev1.Namespace{}).
 		Watches(&securityv1alpha1.ClusterImagePolicy{}, allNamespaces)
-	for _, obj := range []client.Object{
-		&securityv1alpha1.ImagePolicy{}, &securityv1alpha1.ImageScanReport{},
-		&appsv1.Deployment{}, &appsv1.StatefulSet{}, &appsv1.DaemonSet{}, &appsv1.ReplicaSet{},
-		&batchv1.Job{}, &batchv1.CronJob{}, &corev1.Pod{},
-	} {
+	for _, obj := range append(workload.Objects(), &securityv1alpha1.ImagePolicy{}, &securityv1alpha1.ImageScanReport{}) {
 		b = b.Watches(obj, toNamespace)
 	}
 	return b.Complete(r)

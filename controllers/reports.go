@@ -1,5 +1,9 @@
-// Package controllers holds ImageGuard's reconcilers, one per file: pods to reports, reports to
-// findings.
+// Package controllers holds ImageGuard's reconcilers, one per file: the pod controller keeps one
+// ImageScanReport per namespace and digest that pods run; the report controller fills it from the
+// scanner and re-matches it after each DB update; the policy controllers judge the workloads each
+// policy matches and the PolicyReport controller writes the same verdicts per namespace; the
+// admission setup serves the webhooks from the same gatherer (internal/workload). Every status is
+// written by one helper (status.go).
 package controllers
 
 import (
@@ -8,10 +12,11 @@ import (
 	"regexp"
 	"strings"
 
-	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
 )
 
@@ -33,8 +38,8 @@ func ReportName(repository, digest string) string {
 	}
 	base := repository[strings.LastIndex(repository, "/")+1:]
 	base = strings.Trim(nonLabelChars.ReplaceAllString(strings.ToLower(base), "-"), "-")
-	if max := 63 - len(hex) - 1; len(base) > max {
-		base = strings.TrimRight(base[:max], "-")
+	if room := 63 - len(hex) - 1; len(base) > room {
+		base = strings.TrimRight(base[:room], "-")
 	}
 	if base == "" {
 		return "image-" + hex
@@ -49,6 +54,17 @@ func DigestLabelValue(digest string) string {
 		hex = hex[:63]
 	}
 	return hex
+}
+
+// newReport returns a new report of spec in namespace, named and labelled for its digest.
+func newReport(namespace string, spec securityv1alpha1.ImageScanReportSpec) *securityv1alpha1.ImageScanReport {
+	return &securityv1alpha1.ImageScanReport{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: ReportName(spec.Image, spec.Digest), Namespace: namespace,
+			Labels: map[string]string{DigestLabel: DigestLabelValue(spec.Digest)},
+		},
+		Spec: spec,
+	}
 }
 
 // ScanStatus is what the report controller writes for a successful scan.
@@ -82,39 +98,71 @@ func applyScan(report *securityv1alpha1.ImageScanReport, s ScanStatus) {
 	st.LastScanTime = &s.ScannedAt
 	st.LastAnalysisTime = &s.AnalyzedAt
 	st.ObservedGeneration = report.Generation
-	meta.SetStatusCondition(&st.Conditions, metav1.Condition{
-		Type: securityv1alpha1.ConditionScanned, Status: metav1.ConditionTrue,
-		Reason: securityv1alpha1.ReasonScanSucceeded, ObservedGeneration: report.Generation,
-		// No DB date here: a re-match that finds the same must not change the status.
-		Message: "the image's packages were matched against the vulnerability DB",
-	})
-	meta.SetStatusCondition(&st.Conditions, metav1.Condition{
-		Type: securityv1alpha1.ConditionReady, Status: metav1.ConditionTrue,
-		Reason: securityv1alpha1.ReasonScanSucceeded, ObservedGeneration: report.Generation,
-		Message: summaryMessage(st.Summary),
-	})
-	meta.RemoveStatusCondition(&st.Conditions, securityv1alpha1.ConditionReconciling)
-	meta.RemoveStatusCondition(&st.Conditions, securityv1alpha1.ConditionStalled)
+	// No DB date in the message: a re-match that finds the same must not change the status.
+	setCondition(report, securityv1alpha1.ConditionScanned, metav1.ConditionTrue, securityv1alpha1.ReasonScanSucceeded,
+		"the image's packages were matched against the vulnerability DB")
+	setCondition(report, securityv1alpha1.ConditionReady, metav1.ConditionTrue, securityv1alpha1.ReasonScanSucceeded,
+		summaryMessage(st.Summary))
+	removeCondition(report, securityv1alpha1.ConditionReconciling)
+	removeCondition(report, securityv1alpha1.ConditionStalled)
 	// Last, so that everything else in the object is measured.
 	fitInto(report, s.MaxBytes)
+}
+
+// keepScanTimeWhenUnchanged keeps the scan time and DB of before in report when the scan found
+// what before already says: a re-match that finds the same writes nothing.
+func keepScanTimeWhenUnchanged(before, report *securityv1alpha1.ImageScanReport) {
+	if before.Status.VulnerabilityDB == nil || before.Status.LastScanTime == nil {
+		return
+	}
+	candidate := report.Status.DeepCopy()
+	candidate.LastScanTime, candidate.VulnerabilityDB = before.Status.LastScanTime, before.Status.VulnerabilityDB
+	// Semantic: a time read back from the API server is in another location than ours.
+	if equality.Semantic.DeepEqual(candidate, &before.Status) {
+		report.Status = *candidate
+	}
+}
+
+// setScanPending says the report waits for its first scan.
+func setScanPending(report *securityv1alpha1.ImageScanReport) {
+	const msg = "waiting for the first scan of the image"
+	setCondition(report, securityv1alpha1.ConditionReconciling, metav1.ConditionTrue, securityv1alpha1.ReasonScanPending, msg)
+	setCondition(report, securityv1alpha1.ConditionReady, metav1.ConditionFalse, securityv1alpha1.ReasonScanPending, msg)
+}
+
+// setDatabaseUnavailable says the report waits for the vulnerability DB.
+func setDatabaseUnavailable(report *securityv1alpha1.ImageScanReport) {
+	const msg = "no vulnerability DB is loaded yet"
+	setCondition(report, securityv1alpha1.ConditionReconciling, metav1.ConditionTrue, securityv1alpha1.ReasonDatabaseUnavailable, msg)
+	setCondition(report, securityv1alpha1.ConditionReady, metav1.ConditionFalse, securityv1alpha1.ReasonDatabaseUnavailable, msg)
+}
+
+// setScanFailed records a failed scan: Scanned and Ready False with the cause as reason, earlier
+// findings kept. An image that can never be scanned is Stalled; anything else is Reconciling,
+// retried with backoff. It reports whether the failure is terminal.
+func setScanFailed(report *securityv1alpha1.ImageScanReport, err error) bool {
+	kind := registry.KindOf(err)
+	reason := string(kind)
+	if kind == registry.KindUnavailable {
+		reason = securityv1alpha1.ReasonScanFailed
+	}
+	setCondition(report, securityv1alpha1.ConditionScanned, metav1.ConditionFalse, reason, err.Error())
+	setCondition(report, securityv1alpha1.ConditionReady, metav1.ConditionFalse, reason, err.Error())
+	if kind == registry.KindUnsupported {
+		setCondition(report, securityv1alpha1.ConditionStalled, metav1.ConditionTrue, reason, err.Error())
+		removeCondition(report, securityv1alpha1.ConditionReconciling)
+		return true
+	}
+	setCondition(report, securityv1alpha1.ConditionReconciling, metav1.ConditionTrue, reason, "the scan is retried with backoff: "+err.Error())
+	removeCondition(report, securityv1alpha1.ConditionStalled)
+	return false
 }
 
 // summarize counts findings by severity; fixable ones have a fixed version.
 func summarize(findings []scanner.Finding) *securityv1alpha1.VulnerabilitySummary {
 	s := &securityv1alpha1.VulnerabilitySummary{Total: int32(len(findings))}
 	for _, f := range findings {
-		switch securityv1alpha1.Severity(f.Severity) {
-		case securityv1alpha1.SeverityCritical:
-			s.Critical++
-		case securityv1alpha1.SeverityHigh:
-			s.High++
-		case securityv1alpha1.SeverityMedium:
-			s.Medium++
-		case securityv1alpha1.SeverityLow:
-			s.Low++
-		default:
-			s.Unknown++
-		}
+		s.Add(securityv1alpha1.Severity(f.Severity), 1)
 		if f.FixedVersion != "" {
 			s.Fixable++
 		}

@@ -7,12 +7,22 @@ import (
 	"testing"
 	"time"
 
+	"context"
+	"errors"
+
 	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
-	"github.com/imageguard/imageguard/internal/policy"
+	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
+	"github.com/imageguard/imageguard/internal/scheme"
 )
 
 const digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -48,33 +58,6 @@ func TestDigestOf(t *testing.T) {
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			NewWithT(t).Expect(digestOf(tt.imageID)).To(Equal(tt.want))
-		})
-	}
-}
-
-func TestParseImage(t *testing.T) {
-	tests := map[string]struct {
-		image   string
-		want    policy.Image
-		wantErr bool
-	}{
-		"docker hub short":    {image: "nginx", want: policy.Image{Repository: "index.docker.io/library/nginx", Tag: "latest"}},
-		"a tag":               {image: "registry.example.com:5000/team/app:1.2", want: policy.Image{Repository: "registry.example.com:5000/team/app", Tag: "1.2"}},
-		"a digest":            {image: "registry.example.com/app@" + digest, want: policy.Image{Repository: "registry.example.com/app", Digest: digest}},
-		"a tag and a digest":  {image: "registry.example.com/app:1.2@" + digest, want: policy.Image{Repository: "registry.example.com/app", Tag: "1.2", Digest: digest}},
-		"a malformed one":     {image: "UPPER/Case::", wantErr: true},
-		"a port, no tag, dig": {image: "localhost:5000/app@" + digest, want: policy.Image{Repository: "localhost:5000/app", Digest: digest}},
-	}
-	for name, tt := range tests {
-		t.Run(name, func(t *testing.T) {
-			g := NewWithT(t)
-			got, err := parseImage(tt.image)
-			if tt.wantErr {
-				g.Expect(err).To(HaveOccurred())
-				return
-			}
-			g.Expect(err).NotTo(HaveOccurred())
-			g.Expect(got).To(Equal(tt.want))
 		})
 	}
 }
@@ -139,22 +122,99 @@ func TestApplyScan(t *testing.T) {
 	}
 }
 
-func TestStatusChangedIgnoresScanTimes(t *testing.T) {
+func TestUnchangedFindingsKeepTheScanTime(t *testing.T) {
 	g := NewWithT(t)
 	analyzed := metav1.NewTime(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
-	mk := func(at time.Time, db string) *securityv1alpha1.ImageScanReportStatus {
-		r := &securityv1alpha1.ImageScanReport{}
+	// The report controller applies a scan to the report as it read it.
+	scan := func(before *securityv1alpha1.ImageScanReport, at time.Time, db string) *securityv1alpha1.ImageScanReport {
+		r := before.DeepCopy()
 		applyScan(r, ScanStatus{
 			Result:    &scanner.Result{Findings: findings(3), DB: scanner.DBInfo{Digest: db}},
 			ScannedAt: metav1.NewTime(at), AnalyzedAt: analyzed, MaxBytes: 512 << 10,
 		})
-		return &r.Status
+		return r
 	}
 	now := time.Now()
-	old := mk(now, "sha256:old")
-	g.Expect(statusChanged(old, mk(now.Add(time.Hour), "sha256:new"))).To(BeFalse())
-	changed := mk(now, "sha256:new")
-	changed.Summary.Total++
-	g.Expect(statusChanged(old, changed)).To(BeTrue())
-	g.Expect(statusChanged(&securityv1alpha1.ImageScanReportStatus{}, old)).To(BeTrue())
+	empty := &securityv1alpha1.ImageScanReport{}
+	old := scan(empty, now, "sha256:old")
+	// A re-match against a newer DB that finds the same keeps the old scan time and DB: no write.
+	same := scan(old, now.Add(time.Hour), "sha256:new")
+	keepScanTimeWhenUnchanged(old, same)
+	g.Expect(same.Status).To(Equal(old.Status))
+	// Other findings are written with the new scan time and DB.
+	changed := scan(old, now.Add(time.Hour), "sha256:new")
+	changed.Status.Summary.Total++
+	keepScanTimeWhenUnchanged(old, changed)
+	g.Expect(changed.Status.VulnerabilityDB.Digest).To(Equal("sha256:new"))
+	// The first scan is always written.
+	first := scan(empty, now, "sha256:new")
+	keepScanTimeWhenUnchanged(empty, first)
+	g.Expect(first.Status.LastScanTime).NotTo(BeNil())
+	g.Expect(first.Status.VulnerabilityDB.Digest).To(Equal("sha256:new"))
+}
+
+// TestFailedStatusWriteIsRetried: a scan that fails for good returns a terminal error, but when
+// recording it fails too, the write's error is returned, not terminal, so the workqueue retries.
+func TestFailedStatusWriteIsRetried(t *testing.T) {
+	g := NewWithT(t)
+	report := &securityv1alpha1.ImageScanReport{ObjectMeta: metav1.ObjectMeta{Name: "app", Namespace: "ns", Generation: 1}}
+	writes := 0
+	c := fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(report).WithStatusSubresource(report).
+		WithInterceptorFuncs(interceptor.Funcs{SubResourcePatch: func(context.Context, client.Client, string, client.Object, client.Patch, ...client.SubResourcePatchOption) error {
+			writes++
+			return errors.New("etcd is unavailable")
+		}}).Build()
+	r := &ImageScanReportReconciler{Client: c}
+	before := report.DeepCopy()
+	cause := registry.Errorf(registry.KindUnsupported, "a layer path leaves the root")
+	g.Expect(setScanFailed(report, cause)).To(BeTrue())
+	_, err := r.finish(context.Background(), before, report, ctrl.Result{}, reconcile.TerminalError(cause))
+	g.Expect(writes).To(Equal(1))
+	g.Expect(err).To(MatchError(ContainSubstring("etcd is unavailable")))
+	g.Expect(err).To(MatchError(ContainSubstring("a layer path leaves the root")))
+	g.Expect(errors.Is(err, reconcile.TerminalError(nil))).To(BeFalse())
+
+	// Written, the terminal cause is returned as it is.
+	c = fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(before).WithStatusSubresource(before).Build()
+	r.Client = c
+	_, err = r.finish(context.Background(), before, report, ctrl.Result{}, reconcile.TerminalError(cause))
+	g.Expect(errors.Is(err, reconcile.TerminalError(nil))).To(BeTrue())
+}
+
+func TestScanConditions(t *testing.T) {
+	tests := map[string]struct {
+		set             func(*securityv1alpha1.ImageScanReport)
+		wantReady       string
+		wantReconciling string // reason, "" when absent
+		wantStalled     bool
+	}{
+		"first scan pending": {set: setScanPending, wantReady: securityv1alpha1.ReasonScanPending, wantReconciling: securityv1alpha1.ReasonScanPending},
+		"no DB yet":          {set: setDatabaseUnavailable, wantReady: securityv1alpha1.ReasonDatabaseUnavailable, wantReconciling: securityv1alpha1.ReasonDatabaseUnavailable},
+		"retried": {set: func(r *securityv1alpha1.ImageScanReport) {
+			setScanFailed(r, registry.Errorf(registry.KindUnauthorized, "401"))
+		}, wantReady: securityv1alpha1.ReasonUnauthorized, wantReconciling: securityv1alpha1.ReasonUnauthorized},
+		"failed for good": {set: func(r *securityv1alpha1.ImageScanReport) {
+			setScanFailed(r, registry.Errorf(registry.KindUnsupported, "bomb"))
+		}, wantReady: securityv1alpha1.ReasonUnsupportedImage, wantStalled: true},
+		"registry unavailable": {set: func(r *securityv1alpha1.ImageScanReport) { setScanFailed(r, errors.New("connection reset")) }, wantReady: securityv1alpha1.ReasonScanFailed, wantReconciling: securityv1alpha1.ReasonScanFailed},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			r := &securityv1alpha1.ImageScanReport{ObjectMeta: metav1.ObjectMeta{Generation: 2}}
+			setScanPending(r) // what every report starts with
+			tt.set(r)
+			ready := meta.FindStatusCondition(r.Status.Conditions, securityv1alpha1.ConditionReady)
+			g.Expect(ready.Status).To(Equal(metav1.ConditionFalse))
+			g.Expect(ready.Reason).To(Equal(tt.wantReady))
+			g.Expect(ready.ObservedGeneration).To(BeEquivalentTo(2))
+			reconciling := meta.FindStatusCondition(r.Status.Conditions, securityv1alpha1.ConditionReconciling)
+			if tt.wantReconciling == "" {
+				g.Expect(reconciling).To(BeNil())
+			} else {
+				g.Expect(reconciling.Reason).To(Equal(tt.wantReconciling))
+			}
+			g.Expect(meta.IsStatusConditionTrue(r.Status.Conditions, securityv1alpha1.ConditionStalled)).To(Equal(tt.wantStalled))
+		})
+	}
 }

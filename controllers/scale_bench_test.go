@@ -38,7 +38,7 @@ func BenchmarkClusterScale(b *testing.B) {
 		refs[i], ids[i], _ = push(b, reg, fmt.Sprintf("scale/app-%03d", i), image(fmt.Sprintf("scale-%d", i)))
 	}
 	analyses := scan.Analyses()
-	writesBefore := reportWrites(b)
+	writesBefore, conflictsBefore := reportWrites(b)
 	reg.ResetCounts()
 	start := time.Now()
 	for n := range namespaces {
@@ -74,7 +74,9 @@ func BenchmarkClusterScale(b *testing.B) {
 	b.ReportMetric(created.Seconds(), "s-to-create-pods")
 	b.ReportMetric(covered.Seconds(), "s-to-cover")
 	b.ReportMetric(float64(scan.Analyses()-analyses), "analyses")
-	b.ReportMetric(float64(reportWrites(b)-writesBefore), "report-writes")
+	writes, conflicts := reportWrites(b)
+	b.ReportMetric(writes-writesBefore, "report-writes")
+	b.ReportMetric(conflicts-conflictsBefore, "report-write-conflicts")
 	b.ReportMetric(float64(mem.HeapInuse)/(1<<20), "heap-MiB")
 	b.ReportMetric(rssMiB(), "process-RSS-MiB")
 
@@ -85,24 +87,25 @@ func BenchmarkClusterScale(b *testing.B) {
 		b.Fatal(err)
 	}
 	reg.ResetCounts()
-	writesBefore = reportWrites(b)
+	writesBefore, _ = reportWrites(b)
 	start = time.Now()
 	waitReports(b, c, want, func(r *securityv1alpha1.ImageScanReport) bool {
 		return r.Status.Summary != nil && r.Status.Summary.Low >= 1
 	})
 	b.ReportMetric(time.Since(start).Seconds(), "s-to-rematch")
 	b.ReportMetric(float64(reg.Counts().Requests), "registry-requests-on-rematch")
-	b.ReportMetric(float64(reportWrites(b)-writesBefore), "rematch-writes")
+	writes, _ = reportWrites(b)
+	b.ReportMetric(writes-writesBefore, "rematch-writes")
 }
 
 // benchClient is a client for setting up thousands of objects quickly: its rate limit is far
 // above the controller's, so that the benchmark measures the controller.
-func benchClient(b *testing.B) client.Client {
+func benchClient(tb testing.TB) client.Client {
 	cfg := rest.CopyConfig(env.Config)
 	cfg.QPS, cfg.Burst = 500, 1000
 	c, err := client.New(cfg, client.Options{Scheme: env.Client.Scheme()})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	return c
 }
@@ -131,8 +134,9 @@ func waitReports(b *testing.B, c client.Client, want int, ok func(*securityv1alp
 	}
 }
 
-// reportWrites reads the API server's count of write requests on imagescanreports.
-func reportWrites(b *testing.B) float64 {
+// reportWrites reads the API server's count of write requests on imagescanreports, and how many
+// of them were refused as conflicts (409).
+func reportWrites(b *testing.B) (float64, float64) {
 	dc, err := discovery.NewDiscoveryClientForConfig(env.Config)
 	if err != nil {
 		b.Fatal(err)
@@ -141,7 +145,7 @@ func reportWrites(b *testing.B) float64 {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var total float64
+	var total, conflicts float64
 	for _, line := range strings.Split(string(raw), "\n") {
 		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `resource="imagescanreports"`) {
 			continue
@@ -153,9 +157,12 @@ func reportWrites(b *testing.B) float64 {
 		v, err := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
 		if err == nil {
 			total += v
+			if strings.Contains(line, `code="409"`) {
+				conflicts += v
+			}
 		}
 	}
-	return total
+	return total, conflicts
 }
 
 // rssMiB is this test process's resident memory: the controller, but also the API client, the

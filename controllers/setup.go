@@ -1,16 +1,19 @@
 package controllers
 
 import (
+	"context"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/imageguard/imageguard/internal/metrics"
 	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/workload"
 )
 
 // Options configure the reconcilers.
@@ -23,13 +26,26 @@ type Options struct {
 	ReportRetention    time.Duration
 	RescanInterval     time.Duration
 	ExcludedNamespaces []string
+	// Admission, when set, also serves the admission endpoints.
+	Admission *AdmissionOptions
+	// Clock is the time every reconciler and admission reads; nil is the real clock.
+	Clock clock.PassiveClock
 }
 
-// Setup adds ImageGuard's reconcilers to mgr.
+// Setup adds ImageGuard's reconcilers (and, with opts.Admission, the admission endpoints) to mgr.
+// They share one Gatherer over the manager's cache.
 func Setup(mgr ctrl.Manager, opts Options) error {
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
+	if err := workload.IndexReports(context.Background(), mgr.GetFieldIndexer()); err != nil {
+		return err
+	}
+	gatherer := workload.NewGatherer(mgr.GetCache(), nil)
 	pods := &PodReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Registry: opts.Registry,
-		Retention: opts.ReportRetention, ExcludedNamespaces: opts.ExcludedNamespaces,
+		Retention: opts.ReportRetention, ExcludedNamespaces: opts.ExcludedNamespaces, Clock: opts.Clock,
+		Inventories: opts.Scanner,
 	}
 	if err := pods.SetupWithManager(mgr); err != nil {
 		return err
@@ -38,24 +54,32 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scanner: opts.Scanner, DB: opts.DB,
 		Recorder: mgr.GetEventRecorder("imageguard"), MaxBytes: opts.ReportMaxBytes,
 		RescanInterval: opts.RescanInterval, Concurrency: opts.ScanConcurrency,
-		ExcludedNamespaces: opts.ExcludedNamespaces,
+		ExcludedNamespaces: opts.ExcludedNamespaces, Clock: opts.Clock,
 	}
 	if err := reports.SetupWithManager(mgr); err != nil {
 		return err
 	}
 	for _, clusterScoped := range []bool{false, true} {
-		policies := &PolicyReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("imageguard"), ClusterScoped: clusterScoped}
+		policies := &PolicyReconciler{
+			Client: mgr.GetClient(), Gatherer: gatherer, Recorder: mgr.GetEventRecorder("imageguard"),
+			ClusterScoped: clusterScoped, Clock: opts.Clock,
+		}
 		if err := policies.SetupWithManager(mgr); err != nil {
 			return err
 		}
 	}
 	// PolicyReports are written only where their CRD is installed (the chart can install it).
 	if policyReportsServed(mgr) {
-		if err := (&PolicyReportReconciler{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+		if err := (&PolicyReportReconciler{Client: mgr.GetClient(), Gatherer: gatherer, Clock: opts.Clock}).SetupWithManager(mgr); err != nil {
 			return err
 		}
 	} else {
 		mgr.GetLogger().Info("The wgpolicyk8s.io PolicyReport CRD is not installed: no PolicyReports are written")
+	}
+	if opts.Admission != nil {
+		if err := setupAdmission(mgr, gatherer, opts.Clock, *opts.Admission); err != nil {
+			return err
+		}
 	}
 	return metrics.RegisterDBAge(func() (time.Time, bool) {
 		info, ok := opts.DB.Info()
@@ -94,16 +118,17 @@ func TrimPod(obj any) (any, error) {
 		},
 		Status: corev1.PodStatus{Phase: pod.Status.Phase},
 	}
-	for _, c := range pod.Spec.InitContainers {
-		trimmed.Spec.InitContainers = append(trimmed.Spec.InitContainers, corev1.Container{Name: c.Name, Image: c.Image})
-	}
-	for _, c := range pod.Spec.Containers {
-		trimmed.Spec.Containers = append(trimmed.Spec.Containers, corev1.Container{Name: c.Name, Image: c.Image})
-	}
-	for _, c := range pod.Spec.EphemeralContainers {
-		trimmed.Spec.EphemeralContainers = append(trimmed.Spec.EphemeralContainers, corev1.EphemeralContainer{
-			EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: c.Name, Image: c.Image},
-		})
+	for _, c := range workload.Containers(&pod.Spec) {
+		kept := corev1.Container{Name: c.Name, Image: c.Image}
+		switch c.Type {
+		case workload.InitContainer:
+			trimmed.Spec.InitContainers = append(trimmed.Spec.InitContainers, kept)
+		case workload.RegularContainer:
+			trimmed.Spec.Containers = append(trimmed.Spec.Containers, kept)
+		case workload.EphemeralContainer:
+			trimmed.Spec.EphemeralContainers = append(trimmed.Spec.EphemeralContainers,
+				corev1.EphemeralContainer{EphemeralContainerCommon: corev1.EphemeralContainerCommon(kept)})
+		}
 	}
 	trim := func(in []corev1.ContainerStatus) []corev1.ContainerStatus {
 		var out []corev1.ContainerStatus

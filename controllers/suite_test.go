@@ -68,7 +68,7 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "cannot start the control plane: %v\n", err)
 		return 1
 	}
-	defer env.Stop()
+	defer func() { _ = env.Stop() }()
 	defer testTB.cleanup()
 	reg = testutil.NewRegistry(testTB)
 	private = testutil.NewRegistry(testTB, testutil.WithBasicAuth("puller", "s3cret"))
@@ -113,12 +113,9 @@ func runSuite(m *testing.M) int {
 		Registry: client, Scanner: scan, DB: db, ScanConcurrency: 2,
 		ReportMaxBytes: reportMaxBytes, ReportRetention: retention, RescanInterval: time.Hour,
 		ExcludedNamespaces: []string{"kube-system"},
-	})
-	if err != nil {
-		panic(err)
-	}
-	err = controllers.SetupAdmission(mgr, controllers.AdmissionOptions{
-		Registry: client, ResolveTimeout: 2 * time.Second, ExcludedNamespaces: []string{"kube-system"},
+		Admission: &controllers.AdmissionOptions{
+			Registry: client, ResolveTimeout: 2 * time.Second, ExcludedNamespaces: []string{"kube-system"},
+		},
 	})
 	if err != nil {
 		panic(err)

@@ -159,18 +159,18 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 	if err != nil {
 		return err
 	}
-	err = controllers.Setup(mgr, controllers.Options{
+	var admissionOpts *controllers.AdmissionOptions
+	if opts.Webhook.Port != 0 {
+		admissionOpts = &controllers.AdmissionOptions{
+			Registry: reg, ExemptNamespaces: opts.Webhook.ExemptNamespaces, ExcludedNamespaces: opts.ExcludedNamespaces,
+			ResolveTimeout: opts.Webhook.ResolveTimeout, ScanQueueCapacity: opts.Webhook.ScanQueueCapacity,
+		}
+	}
+	return controllers.Setup(mgr, controllers.Options{
 		Registry: reg, Scanner: s, DB: db,
 		ScanConcurrency: opts.ScanConcurrency, ReportMaxBytes: opts.ReportMaxBytes,
 		ReportRetention: opts.ReportRetention, RescanInterval: opts.RescanInterval,
-		ExcludedNamespaces: opts.ExcludedNamespaces,
-	})
-	if err != nil || opts.Webhook.Port == 0 {
-		return err
-	}
-	return controllers.SetupAdmission(mgr, controllers.AdmissionOptions{
-		Registry: reg, ExemptNamespaces: opts.Webhook.ExemptNamespaces, ExcludedNamespaces: opts.ExcludedNamespaces,
-		ResolveTimeout: opts.Webhook.ResolveTimeout, ScanQueueCapacity: opts.Webhook.ScanQueueCapacity,
+		ExcludedNamespaces: opts.ExcludedNamespaces, Admission: admissionOpts,
 	})
 }
 

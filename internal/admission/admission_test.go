@@ -11,21 +11,23 @@ import (
 
 	. "github.com/onsi/gomega"
 	imagepolicyv1alpha1 "k8s.io/api/imagepolicy/v1alpha1"
+	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/policy"
+	"github.com/imageguard/imageguard/internal/workload"
 )
 
 var now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 
 // state is an in-memory State for unit tests of the decision.
 type state struct {
-	policies []Policy
+	policies []*workload.Policy
 	reports  map[string]*policy.Report // repository -> report
 }
 
-func (s state) Policies(context.Context, string, map[string]string) ([]Policy, error) {
+func (s state) Policies(context.Context, string, map[string]string) ([]*workload.Policy, error) {
 	return s.policies, nil
 }
 
@@ -44,12 +46,12 @@ func (q *queue) QueueScans(_ string, images []policy.Image) {
 	}
 }
 
-func compiled(t *testing.T, name string, enforcement securityv1alpha1.Enforcement, unscanned securityv1alpha1.UnscannedAction, rules securityv1alpha1.PolicyRules) Policy {
+func compiled(t *testing.T, name string, enforcement securityv1alpha1.Enforcement, unscanned securityv1alpha1.UnscannedAction, rules securityv1alpha1.PolicyRules) *workload.Policy {
 	p, err := policy.Compile(rules, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Policy{Name: name, Enforcement: enforcement, OnUnscanned: unscanned, Rules: p}
+	return &workload.Policy{Ref: name, Enforcement: enforcement, OnUnscanned: unscanned, Rules: p}
 }
 
 func TestDecide(t *testing.T) {
@@ -58,7 +60,7 @@ func TestDecide(t *testing.T) {
 	critical := &policy.Report{ScannedAt: now, Summary: securityv1alpha1.VulnerabilitySummary{Critical: 1, Total: 1}}
 	clean := &policy.Report{ScannedAt: now}
 	tests := map[string]struct {
-		policies    []Policy
+		policies    []*workload.Policy
 		images      []string
 		wantAllowed bool
 		wantMessage string
@@ -66,31 +68,31 @@ func TestDecide(t *testing.T) {
 		unscanned   int
 	}{
 		"enforce denies an untrusted registry": {
-			policies: []Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)},
+			policies: []*workload.Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)},
 			images:   []string{"evil.io/app:1"}, wantMessage: "ClusterImagePolicy/trusted: evil.io/app:1: registries", unscanned: 1,
 		},
 		"enforce admits a trusted, clean image": {
-			policies: []Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)},
+			policies: []*workload.Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)},
 			images:   []string{"registry.example.com/clean:1"}, wantAllowed: true,
 		},
 		"warn admits with a warning": {
-			policies: []Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementWarn, securityv1alpha1.UnscannedAllow, noCritical)},
+			policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementWarn, securityv1alpha1.UnscannedAllow, noCritical)},
 			images:   []string{"registry.example.com/critical:1"}, wantAllowed: true, wantWarning: "registry.example.com/critical:1: vulnerabilities: 1 critical (max 0)",
 		},
 		"audit admits silently": {
-			policies: []Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementAudit, securityv1alpha1.UnscannedAllow, noCritical)},
+			policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementAudit, securityv1alpha1.UnscannedAllow, noCritical)},
 			images:   []string{"registry.example.com/critical:1"}, wantAllowed: true,
 		},
 		"unscanned, allowed": {
-			policies: []Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, noCritical)},
+			policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, noCritical)},
 			images:   []string{"registry.example.com/new:1"}, wantAllowed: true, unscanned: 1,
 		},
 		"unscanned, denied": {
-			policies: []Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, noCritical)},
+			policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, noCritical)},
 			images:   []string{"registry.example.com/new:1"}, wantMessage: "not scanned yet", unscanned: 1,
 		},
 		"a malformed reference": {
-			policies: []Policy{}, images: []string{"UPPER/Case::"}, wantMessage: "malformed image reference",
+			policies: []*workload.Policy{}, images: []string{"UPPER/Case::"}, wantMessage: "malformed image reference",
 		},
 	}
 	for name, tt := range tests {
@@ -99,9 +101,9 @@ func TestDecide(t *testing.T) {
 			s := state{policies: tt.policies, reports: map[string]*policy.Report{
 				"registry.example.com/critical": critical, "registry.example.com/clean": clean,
 			}}
-			var containers []Container
+			var containers []workload.Container
 			for _, img := range tt.images {
-				containers = append(containers, Container{Name: "app", Image: img})
+				containers = append(containers, workload.Container{Name: "app", Image: img, Type: workload.RegularContainer})
 			}
 			d, err := Decide(context.Background(), s, "shop", nil, containers, now)
 			g.Expect(err).NotTo(HaveOccurred())
@@ -119,8 +121,8 @@ func TestImageReviewHandler(t *testing.T) {
 	trusted := securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/**"}}}
 	queued := &queue{}
 	h := &ImageReviewHandler{Reviewer: &Reviewer{
-		State: state{policies: []Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)}},
-		Now:   func() time.Time { return now }, Queue: queued,
+		State: state{policies: []*workload.Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)}},
+		Clock: clocktesting.NewFakePassiveClock(now), Queue: queued,
 	}}
 	review := func(images ...string) string { return imageReview("shop", images...) }
 	tests := map[string]struct {

@@ -13,34 +13,18 @@ import (
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/policy"
+	"github.com/imageguard/imageguard/internal/workload"
 )
-
-// Policy is a policy that applies to a request, compiled.
-type Policy struct {
-	// Name identifies the policy in messages, e.g. ImagePolicy/shop/no-critical.
-	Name        string
-	Enforcement securityv1alpha1.Enforcement
-	OnUnscanned securityv1alpha1.UnscannedAction
-	// Images are the policy's match.images; empty matches every image.
-	Images []policy.Glob
-	Rules  *policy.Policy
-}
 
 // State is the in-memory view admission decides from: the policies that apply to a namespace and
 // workload labels, and the reports of images.
 type State interface {
-	Policies(ctx context.Context, namespace string, labels map[string]string) ([]Policy, error)
+	Policies(ctx context.Context, namespace string, labels map[string]string) ([]*workload.Policy, error)
 	// Report returns the digest of an image (empty when it cannot be told) and its scan report
 	// as seen from a namespace (nil when it was never scanned).
 	Report(ctx context.Context, namespace string, img policy.Image) (digest string, report *policy.Report)
 	// OptedOut reports whether a namespace turned admission checks off (OptOutLabel).
 	OptedOut(ctx context.Context, namespace string) bool
-}
-
-// Container is one container of a request.
-type Container struct {
-	Name  string
-	Image string
 }
 
 // Decision is the answer to one request.
@@ -60,7 +44,7 @@ type Decision struct {
 }
 
 // Decide judges containers of a workload in namespace with labels at time now.
-func Decide(ctx context.Context, state State, namespace string, labels map[string]string, containers []Container, now time.Time) (Decision, error) {
+func Decide(ctx context.Context, state State, namespace string, labels map[string]string, containers []workload.Container, now time.Time) (Decision, error) {
 	policies, err := state.Policies(ctx, namespace, labels)
 	if err != nil {
 		return Decision{}, err
@@ -87,7 +71,7 @@ func Decide(ctx context.Context, state State, namespace string, labels map[strin
 	}
 	var denials []string
 	for _, p := range policies {
-		matched := matching(p.Images, images)
+		matched := p.MatchImages(images)
 		if len(matched) == 0 {
 			continue
 		}
@@ -100,20 +84,20 @@ func Decide(ctx context.Context, state State, namespace string, labels map[strin
 		for _, r := range p.Rules.Evaluate(matched, now).Results {
 			// An unscanned image is onUnscanned's to decide; its scan is queued.
 			if (r.Failed || r.NotEvaluable) && r.Reason != policy.ReasonNotScanned {
-				failures = append(failures, failure(r))
+				failures = append(failures, r.String())
 			}
 		}
 		if len(failures) == 0 {
-			d.Audit[p.Name] = "allowed"
+			d.Audit[p.Ref] = "allowed"
 			continue
 		}
-		d.Audit[p.Name] = strings.Join(failures, "; ")
+		d.Audit[p.Ref] = strings.Join(failures, "; ")
 		switch p.Enforcement {
 		case securityv1alpha1.EnforcementEnforce:
-			denials = append(denials, fmt.Sprintf("%s: %s", p.Name, strings.Join(failures, "; ")))
+			denials = append(denials, fmt.Sprintf("%s: %s", p.Ref, strings.Join(failures, "; ")))
 		case securityv1alpha1.EnforcementWarn:
 			for _, f := range failures {
-				d.Warnings = append(d.Warnings, fmt.Sprintf("%s: %s", p.Name, f))
+				d.Warnings = append(d.Warnings, fmt.Sprintf("%s: %s", p.Ref, f))
 			}
 		}
 	}
@@ -125,29 +109,7 @@ func Decide(ctx context.Context, state State, namespace string, labels map[strin
 	return d, nil
 }
 
-// failure says which image broke which rule and how, naming the rule once when the message
-// starts with it already ("vulnerabilities: 3 critical (max 0)").
-func failure(r policy.Result) string {
-	if strings.HasPrefix(r.Message, r.Rule+": ") {
-		return fmt.Sprintf("%s: %s", r.Image, r.Message)
-	}
-	return fmt.Sprintf("%s: %s: %s", r.Image, r.Rule, r.Message)
-}
-
-func matching(globs []policy.Glob, images []policy.Image) []policy.Image {
-	if len(globs) == 0 {
-		return images
-	}
-	var out []policy.Image
-	for _, img := range images {
-		if policy.AnyMatch(globs, img) {
-			out = append(out, img)
-		}
-	}
-	return out
-}
-
-func parse(c Container) (policy.Image, error) {
+func parse(c workload.Container) (policy.Image, error) {
 	img, err := policy.ParseImage(c.Image)
 	img.Container = c.Name
 	return img, err

@@ -13,6 +13,7 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
@@ -22,6 +23,7 @@ import (
 	"github.com/imageguard/imageguard/internal/scheme"
 	"github.com/imageguard/imageguard/internal/testenv"
 	"github.com/imageguard/imageguard/internal/webhookcert"
+	"github.com/imageguard/imageguard/internal/workload"
 )
 
 // imagePolicyBackend writes what the API server needs to call ImageGuard's /imagepolicy at
@@ -97,7 +99,7 @@ func TestImagePolicyWebhookPlugin(t *testing.T) {
 		"admission-control-config-file": imagePolicyBackend(t, dir, port),
 	}})
 	g.Expect(err).NotTo(HaveOccurred())
-	defer env.Stop()
+	defer func() { _ = env.Stop() }()
 
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
 		Scheme:        scheme.New(),
@@ -105,8 +107,10 @@ func TestImagePolicyWebhookPlugin(t *testing.T) {
 		WebhookServer: webhook.NewServer(webhook.Options{Host: "127.0.0.1", Port: port, CertDir: filepath.Join(dir, "certs")}),
 	})
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(admission.IndexReports(context.Background(), mgr.GetFieldIndexer())).To(Succeed())
-	reviewer := &admission.Reviewer{State: &admission.CacheState{Reader: mgr.GetCache()}}
+	g.Expect(workload.IndexReports(context.Background(), mgr.GetFieldIndexer())).To(Succeed())
+	reviewer := &admission.Reviewer{Clock: clock.RealClock{}, State: &admission.CacheState{
+		Gatherer: workload.NewGatherer(mgr.GetCache(), nil), Reader: mgr.GetCache(), Clock: clock.RealClock{},
+	}}
 	mgr.GetWebhookServer().Register(admission.ImagePolicyPath, &admission.ImageReviewHandler{Reviewer: reviewer})
 	mgrCtx, stopImageGuard := context.WithCancel(context.Background())
 	done := make(chan error, 1)

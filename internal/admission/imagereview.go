@@ -7,6 +7,8 @@ import (
 	"net/http"
 
 	imagepolicyv1alpha1 "k8s.io/api/imagepolicy/v1alpha1"
+
+	"github.com/imageguard/imageguard/internal/workload"
 )
 
 // ImagePolicyPath is where the manager's webhook server serves ImageReviewHandler.
@@ -46,9 +48,9 @@ func (h *ImageReviewHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, fmt.Sprintf("expected an imagepolicy.k8s.io/v1alpha1 ImageReview, got %s %s", review.APIVersion, review.Kind))
 		return
 	}
-	containers := make([]Container, 0, len(review.Spec.Containers))
+	containers := make([]workload.Container, 0, len(review.Spec.Containers))
 	for i, c := range review.Spec.Containers {
-		containers = append(containers, Container{Name: fmt.Sprintf("container-%d", i), Image: c.Image})
+		containers = append(containers, workload.Container{Name: fmt.Sprintf("container-%d", i), Image: c.Image, Type: workload.RegularContainer})
 	}
 	// The ImageReview carries no labels: label selectors of policies see an unlabelled workload.
 	decision, err := h.Reviewer.Review(r.Context(), EndpointImagePolicy, review.Spec.Namespace, nil, containers, false)

@@ -5,8 +5,11 @@ import (
 	"slices"
 	"time"
 
+	"k8s.io/utils/clock"
+
 	"github.com/imageguard/imageguard/internal/metrics"
 	"github.com/imageguard/imageguard/internal/policy"
+	"github.com/imageguard/imageguard/internal/workload"
 )
 
 // Endpoints, as the admission metrics label them.
@@ -31,11 +34,11 @@ type Reviewer struct {
 	Queue ScanQueue
 	// ExemptNamespaces are never checked; kube-system always is.
 	ExemptNamespaces []string
-	Now              func() time.Time
+	Clock            clock.PassiveClock
 }
 
 // Review decides on the containers of a workload; dryRun requests queue no scan.
-func (r *Reviewer) Review(ctx context.Context, endpoint, namespace string, labels map[string]string, containers []Container, dryRun bool) (Decision, error) {
+func (r *Reviewer) Review(ctx context.Context, endpoint, namespace string, labels map[string]string, containers []workload.Container, dryRun bool) (Decision, error) {
 	start := time.Now()
 	d, err := r.review(ctx, namespace, labels, containers, dryRun)
 	result := "allowed"
@@ -54,15 +57,11 @@ func (r *Reviewer) Review(ctx context.Context, endpoint, namespace string, label
 	return d, err
 }
 
-func (r *Reviewer) review(ctx context.Context, namespace string, labels map[string]string, containers []Container, dryRun bool) (Decision, error) {
+func (r *Reviewer) review(ctx context.Context, namespace string, labels map[string]string, containers []workload.Container, dryRun bool) (Decision, error) {
 	if namespace == "kube-system" || slices.Contains(r.ExemptNamespaces, namespace) || r.State.OptedOut(ctx, namespace) {
 		return Decision{Allowed: true, Exempt: true}, nil
 	}
-	now := time.Now()
-	if r.Now != nil {
-		now = r.Now()
-	}
-	d, err := Decide(ctx, r.State, namespace, labels, containers, now)
+	d, err := Decide(ctx, r.State, namespace, labels, containers, r.Clock.Now())
 	if err != nil {
 		return d, err
 	}

@@ -8,12 +8,11 @@ import (
 	"slices"
 
 	admissionv1 "k8s.io/api/admission/v1"
-	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/imageguard/imageguard/internal/workload"
 )
 
 // ValidatePath is where the manager's webhook server serves WorkloadValidator.
@@ -77,47 +76,14 @@ func (v *WorkloadValidator) Handle(ctx context.Context, req admission.Request) a
 
 // workload decodes obj of kind and returns its labels and the containers of its pod (template);
 // nil containers for a kind it does not check.
-func (v *WorkloadValidator) workload(kind metav1.GroupVersionKind, obj runtime.RawExtension) (map[string]string, []Container, error) {
-	var meta *metav1.ObjectMeta
-	var spec *corev1.PodSpec
-	var target runtime.Object
-	switch kind.Group + "/" + kind.Kind {
-	case "/Pod":
-		o := &corev1.Pod{}
-		target, meta, spec = o, &o.ObjectMeta, &o.Spec
-	case "apps/Deployment":
-		o := &appsv1.Deployment{}
-		target, meta, spec = o, &o.ObjectMeta, &o.Spec.Template.Spec
-	case "apps/StatefulSet":
-		o := &appsv1.StatefulSet{}
-		target, meta, spec = o, &o.ObjectMeta, &o.Spec.Template.Spec
-	case "apps/DaemonSet":
-		o := &appsv1.DaemonSet{}
-		target, meta, spec = o, &o.ObjectMeta, &o.Spec.Template.Spec
-	case "apps/ReplicaSet":
-		o := &appsv1.ReplicaSet{}
-		target, meta, spec = o, &o.ObjectMeta, &o.Spec.Template.Spec
-	case "batch/Job":
-		o := &batchv1.Job{}
-		target, meta, spec = o, &o.ObjectMeta, &o.Spec.Template.Spec
-	case "batch/CronJob":
-		o := &batchv1.CronJob{}
-		target, meta, spec = o, &o.ObjectMeta, &o.Spec.JobTemplate.Spec.Template.Spec
-	default:
+func (v *WorkloadValidator) workload(kind metav1.GroupVersionKind, obj runtime.RawExtension) (map[string]string, []workload.Container, error) {
+	k, ok := workload.KindOf(kind.Group, kind.Kind)
+	if !ok {
 		return nil, nil, nil
 	}
+	target := k.New()
 	if err := v.Decoder.DecodeRaw(obj, target); err != nil {
 		return nil, nil, fmt.Errorf("decoding the %s: %w", kind.Kind, err)
 	}
-	containers := []Container{}
-	for _, c := range spec.InitContainers {
-		containers = append(containers, Container{Name: c.Name, Image: c.Image})
-	}
-	for _, c := range spec.Containers {
-		containers = append(containers, Container{Name: c.Name, Image: c.Image})
-	}
-	for _, c := range spec.EphemeralContainers {
-		containers = append(containers, Container{Name: c.Name, Image: c.Image})
-	}
-	return meta.Labels, containers, nil
+	return target.GetLabels(), workload.Containers(k.PodSpec(target)), nil
 }

@@ -6,7 +6,6 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
 	. "github.com/onsi/gomega"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -14,11 +13,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/scheme"
+	"github.com/imageguard/imageguard/internal/workload"
 )
 
 func deploymentRaw(t *testing.T, images ...string) []byte {
@@ -52,8 +53,8 @@ func TestWorkloadValidator(t *testing.T) {
 	trusted := securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/**"}}}
 	queued := &queue{}
 	reviewer := &Reviewer{
-		State: state{policies: []Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)}},
-		Now:   func() time.Time { return now }, Queue: queued,
+		State: state{policies: []*workload.Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)}},
+		Clock: clocktesting.NewFakePassiveClock(now), Queue: queued,
 	}
 	h := &webhook.Admission{Handler: NewWorkloadValidator(reviewer, scheme.New())}
 	good, evil := deploymentRaw(t, "registry.example.com/app:1"), deploymentRaw(t, "evil.io/app:1")

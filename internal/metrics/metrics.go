@@ -58,7 +58,7 @@ var (
 
 	// ScansInFlight is the number of reports being scanned now.
 	ScansInFlight = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "imageguard_scan_queue_depth",
+		Name: "imageguard_scans_in_flight",
 		Help: "Reports being scanned or matched right now (the work queue itself is workqueue_depth{name=\"imagescanreport\"}).",
 	})
 )

@@ -121,6 +121,16 @@ func (s *Store) Get(digest string) (*Inventory, error) {
 	return inv, nil
 }
 
+// Has reports whether an inventory of digest is kept (it may still turn out corrupt).
+func (s *Store) Has(digest string) bool {
+	p, err := s.path(digest)
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(p)
+	return err == nil
+}
+
 // Put writes inv atomically: a temporary file renamed into place, so a crash never leaves a
 // half-written inventory.
 func (s *Store) Put(inv *Inventory) error {

@@ -96,6 +96,9 @@ func (s *Scanner) Version() string { return s.trivyVersion }
 // Analyses returns how many analyses (image pulls) this Scanner performed.
 func (s *Scanner) Analyses() int64 { return s.analyses.Load() }
 
+// Analysed reports whether digest's inventory is kept, so that matching it needs no analysis.
+func (s *Scanner) Analysed(digest string) bool { return s.store.Has(digest) }
+
 // Inventory returns ref's inventory: the kept one when there is one, otherwise from a new
 // analysis, which concurrent callers for the same digest share. The bool says whether an
 // analysis ran for this call.

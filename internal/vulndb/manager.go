@@ -17,6 +17,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/google/go-containerregistry/pkg/authn"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	trivydb "github.com/aquasecurity/trivy/pkg/db"
 
@@ -59,7 +60,7 @@ type Manager struct {
 	lastErr error
 
 	subMu       sync.Mutex
-	subscribers []chan scanner.DBInfo
+	subscribers []chan event.TypedGenericEvent[scanner.DBInfo]
 }
 
 // New returns a Manager for opts.
@@ -112,10 +113,11 @@ func (m *Manager) LastError() error {
 	return m.lastErr
 }
 
-// Subscribe returns a channel that receives the new DB's identity after each swap. A slow reader
-// misses intermediate swaps, never the latest.
-func (m *Manager) Subscribe() <-chan scanner.DBInfo {
-	ch := make(chan scanner.DBInfo, 1)
+// Subscribe returns a channel that receives the new DB's identity after each swap, as the event
+// controller-runtime's source.Channel reads. A slow reader misses intermediate swaps, never the
+// latest.
+func (m *Manager) Subscribe() <-chan event.TypedGenericEvent[scanner.DBInfo] {
+	ch := make(chan event.TypedGenericEvent[scanner.DBInfo], 1)
 	m.subMu.Lock()
 	m.subscribers = append(m.subscribers, ch)
 	m.subMu.Unlock()
@@ -130,7 +132,7 @@ func (m *Manager) notify(info scanner.DBInfo) {
 		case <-ch: // drop the stale notification
 		default:
 		}
-		ch <- info
+		ch <- event.TypedGenericEvent[scanner.DBInfo]{Object: info}
 	}
 }
 

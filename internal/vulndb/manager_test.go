@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	. "github.com/onsi/gomega"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
@@ -113,7 +114,7 @@ func TestCheckDownloadsOnlyWhenTheDigestChanges(t *testing.T) {
 	g.Expect(ok).To(BeTrue())
 	g.Expect(info.Digest).To(Equal(v1Digest.String()))
 	g.Expect(info.UpdatedAt).To(Equal(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)))
-	g.Expect(updates).To(Receive(Equal(info)))
+	g.Expect(updates).To(Receive(Equal(event.TypedGenericEvent[scanner.DBInfo]{Object: info})))
 
 	// Unchanged: one manifest HEAD, nothing downloaded, no notification.
 	f.reg.ResetCounts()

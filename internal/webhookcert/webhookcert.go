@@ -30,6 +30,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -60,7 +62,8 @@ type Options struct {
 	CAValidity, CertValidity time.Duration
 	// CheckInterval is how often the Secret and the configurations are checked (default 1m).
 	CheckInterval time.Duration
-	Now           func() time.Time
+	// Clock is the time certificates are issued and renewed at; nil is the real clock.
+	Clock clock.PassiveClock
 }
 
 // Keeper creates, renews and distributes the webhook's certificates.
@@ -82,8 +85,8 @@ func New(opts Options) (*Keeper, error) {
 	if opts.CheckInterval == 0 {
 		opts.CheckInterval = time.Minute
 	}
-	if opts.Now == nil {
-		opts.Now = time.Now
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
 	}
 	return &Keeper{opts: opts}, nil
 }
@@ -91,7 +94,7 @@ func New(opts Options) (*Keeper, error) {
 // NewSecretData issues a new CA and a serving certificate for hosts, as the keeper stores them
 // (KeyCert, KeyKey, KeyCABundle, KeyCAKey): for tests and for tools that write a Secret ahead.
 func NewSecretData(hosts []string, now time.Time) (map[string][]byte, error) {
-	k := &Keeper{opts: Options{Hosts: hosts, CAValidity: 10 * 365 * 24 * time.Hour, CertValidity: 365 * 24 * time.Hour, Now: func() time.Time { return now }}}
+	k := &Keeper{opts: Options{Hosts: hosts, CAValidity: 10 * 365 * 24 * time.Hour, CertValidity: 365 * 24 * time.Hour, Clock: clocktesting.NewFakePassiveClock(now)}}
 	secret := &corev1.Secret{}
 	if err := k.renew(secret, true); err != nil {
 		return nil, err
@@ -126,7 +129,7 @@ func (k *Keeper) Ensure(ctx context.Context) error {
 	var err error
 	for attempt := 0; ; attempt++ {
 		secret, err = k.ensureSecret(ctx)
-		if err == nil || attempt == 2 || !(apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)) {
+		if err == nil || attempt == 2 || (!apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err)) {
 			break
 		}
 	}
@@ -164,7 +167,7 @@ func (k *Keeper) ensureSecret(ctx context.Context) (*corev1.Secret, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := k.opts.Now()
+	now := k.opts.Clock.Now()
 	ca, _, caErr := parsePair(secret.Data[KeyCABundle], secret.Data[KeyCAKey])
 	newCA := caErr != nil || !now.Before(renewAt(ca))
 	var newCert bool
@@ -200,7 +203,7 @@ func (k *Keeper) covers(cert *x509.Certificate) bool {
 // bundle keeps the previous CA while it is valid, so clients that still hold the old bundle
 // trust both until the injection reaches them.
 func (k *Keeper) renew(secret *corev1.Secret, newCA bool) error {
-	now := k.opts.Now()
+	now := k.opts.Clock.Now()
 	if secret.Data == nil {
 		secret.Data = map[string][]byte{}
 	}

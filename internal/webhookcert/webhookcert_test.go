@@ -15,6 +15,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -56,7 +57,7 @@ func TestKeeperCreatesRenewsAndInjects(t *testing.T) {
 	g := NewWithT(t)
 	env, err := testenv.Start(testenv.Options{NoCRDs: true})
 	g.Expect(err).NotTo(HaveOccurred())
-	defer env.Stop()
+	defer func() { _ = env.Stop() }()
 	ctx := context.Background()
 	c := env.Client
 	g.Expect(c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
@@ -74,13 +75,14 @@ func TestKeeperCreatesRenewsAndInjects(t *testing.T) {
 	g.Expect(c.Create(ctx, vwc)).To(Succeed())
 
 	now := time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakePassiveClock(now)
 	dir := t.TempDir()
 	host := "imageguard-webhook.imageguard.svc"
 	keeper := func(hosts ...string) *webhookcert.Keeper {
 		k, err := webhookcert.New(webhookcert.Options{
 			Client: c, Log: logr.Discard(), Namespace: ns, SecretName: "imageguard-webhook-tls",
 			Hosts: hosts, CertDir: dir, WebhookConfigurations: []string{"imageguard", "not-installed"},
-			Now: func() time.Time { return now },
+			Clock: clk,
 		})
 		g.Expect(err).NotTo(HaveOccurred())
 		return k
@@ -117,6 +119,7 @@ func TestKeeperCreatesRenewsAndInjects(t *testing.T) {
 	// Nine months on (a 1-year certificate is renewed with a third of its life left): a new
 	// serving certificate from the same CA.
 	now = now.AddDate(0, 9, 0)
+	clk.SetTime(now)
 	g.Expect(keeper(host, "127.0.0.1").Ensure(ctx)).To(Succeed())
 	renewed := verify(g, dir, host, now)
 	g.Expect(renewed.SerialNumber).NotTo(Equal(cert.SerialNumber))
@@ -136,6 +139,7 @@ func TestKeeperCreatesRenewsAndInjects(t *testing.T) {
 	// Seven years on (a 10-year CA is renewed with a third left): a new CA whose bundle keeps the
 	// old one, injected into the webhook configuration.
 	now = now.AddDate(7, 0, 0)
+	clk.SetTime(now)
 	g.Expect(keeper(host).Ensure(ctx)).To(Succeed())
 	verify(g, dir, host, now)
 	bundle := secret().Data[webhookcert.KeyCABundle]
