@@ -124,12 +124,14 @@ func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo) (*Result
 				Package:          v.PkgName,
 				InstalledVersion: v.InstalledVersion,
 				FixedVersion:     v.FixedVersion,
-				Severity:         v.Severity,
-				Status:           v.Status.String(),
-				Title:            v.Title,
-				PrimaryURL:       v.PrimaryURL,
-				Target:           r.Target,
-				PackageType:      string(r.Type),
+				// The severity Trivy's own reports print, chosen by VulnSeveritySources; parity with them
+				// depends on it.
+				Severity:    v.Severity, //nolint:staticcheck // SA1019: see above
+				Status:      v.Status.String(),
+				Title:       v.Title,
+				PrimaryURL:  v.PrimaryURL,
+				Target:      r.Target,
+				PackageType: string(r.Type),
 			})
 		}
 	}

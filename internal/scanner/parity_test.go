@@ -83,7 +83,7 @@ func trivyImageScan(ctx context.Context, t *testing.T, f *fixture, ref string) [
 			for _, v := range r.Vulnerabilities {
 				findings = append(findings, scanner.Finding{
 					ID: v.VulnerabilityID, Package: v.PkgName, InstalledVersion: v.InstalledVersion,
-					FixedVersion: v.FixedVersion, Severity: v.Severity,
+					FixedVersion: v.FixedVersion, Severity: v.Severity, //nolint:staticcheck // SA1019: what Trivy's reports print
 				})
 			}
 		}
@@ -156,7 +156,7 @@ func trivyScanTarget(ctx context.Context, t *testing.T, f *fixture, inv *scanner
 			for _, v := range r.Vulnerabilities {
 				findings = append(findings, scanner.Finding{
 					ID: v.VulnerabilityID, Package: v.PkgName, InstalledVersion: v.InstalledVersion,
-					FixedVersion: v.FixedVersion, Severity: v.Severity, Status: v.Status.String(),
+					FixedVersion: v.FixedVersion, Severity: v.Severity, Status: v.Status.String(), //nolint:staticcheck // SA1019: what Trivy's reports print
 					Title: v.Title, PrimaryURL: v.PrimaryURL, Target: r.Target, PackageType: string(r.Type),
 				})
 			}

@@ -100,7 +100,7 @@ func NewRegistry(t testing.TB, opts ...RegistryOption) *Registry {
 
 	// The registry logs every request to stderr by default, which buries test output.
 	quiet := log.New(io.Discard, "", 0)
-	var h http.Handler = registry.New(registry.Logger(quiet))
+	h := http.Handler(registry.New(registry.Logger(quiet)))
 	r := &Registry{auth: authn.Anonymous, closed: make(chan struct{})}
 	if o.user != "" || o.password != "" {
 		h = basicAuth(h, o.user, o.password)

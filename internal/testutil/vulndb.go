@@ -326,7 +326,7 @@ func writeDB(tx *bolt.Tx, spec *DBSpec, sources map[string]dbtypes.DataSource) e
 		}
 		if a.Severity != "" {
 			sev, _ := dbtypes.NewSeverity(a.Severity) // validated by dataSources
-			v.Severity = or(v.Severity, a.Severity)
+			v.Severity = or(v.Severity, a.Severity)   //nolint:staticcheck // SA1019: the real DB still fills it, detection falls back on it
 			if v.VendorSeverity == nil {
 				v.VendorSeverity = dbtypes.VendorSeverity{}
 			}

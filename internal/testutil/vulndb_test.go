@@ -133,7 +133,7 @@ func TestBuildDBReadByTrivyDB(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(vuln.Title).To(Equal("openssl overflow"))
 	g.Expect(vuln.Description).To(Equal("A buffer overflow."))
-	g.Expect(vuln.Severity).To(Equal("CRITICAL"))
+	g.Expect(vuln.Severity).To(Equal("CRITICAL")) //nolint:staticcheck // SA1019: the field the fixture fills
 	g.Expect(vuln.References).To(Equal([]string{"https://example.invalid/CVE-2026-0001"}))
 	g.Expect(vuln.VendorSeverity).To(Equal(dbtypes.VendorSeverity{
 		"alpine": dbtypes.SeverityCritical,
