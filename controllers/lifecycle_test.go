@@ -42,11 +42,11 @@ func gitOpsHealth(g Gomega, obj client.Object) (string, status.Status) {
 	return argo, res.Status
 }
 
-// TestGitOpsToolsReadWhatTheControllerWrote reads the health of reports and policies as the
-// controller wrote them: current, being retried, failed for good; a valid and an invalid policy.
+// TestGitOpsToolsReadWhatTheControllerWrote reads the health of reports as the controller wrote
+// them: current, being retried, failed for good. Policies are read the same way by
+// TestPolicyMarksNonCompliantWorkloads (valid) and TestInvalidPolicyStalls (invalid).
 func TestGitOpsToolsReadWhatTheControllerWrote(t *testing.T) {
 	g := NewWithT(t)
-	ctx := context.Background()
 	namespace(g, "gitops")
 
 	// Current: Healthy and Current.
@@ -90,37 +90,6 @@ func TestGitOpsToolsReadWhatTheControllerWrote(t *testing.T) {
 		g.Expect(kstatus).To(Equal(status.FailedStatus))
 	}).WithTimeout(timeout).Should(Succeed())
 
-	// A valid policy: Healthy and Current, with non-compliant workloads or not.
-	valid := &securityv1alpha1.ImagePolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "valid", Namespace: "gitops"},
-		Spec: securityv1alpha1.ImagePolicySpec{Rules: securityv1alpha1.PolicyRules{
-			Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)},
-		}},
-	}
-	g.Expect(env.Client.Create(ctx, valid)).To(Succeed())
-	g.Eventually(func(g Gomega) {
-		argo, kstatus := gitOpsHealth(g, valid)
-		g.Expect(meta.IsStatusConditionFalse(valid.Status.Conditions, securityv1alpha1.ConditionCompliant)).To(BeTrue())
-		g.Expect(argo).To(Equal("Healthy"))
-		g.Expect(kstatus).To(Equal(status.CurrentStatus))
-	}).WithTimeout(timeout).Should(Succeed())
-
-	// An invalid one (a selector the schema accepts and the controller never can): Degraded and
-	// Failed.
-	invalid := &securityv1alpha1.ImagePolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "invalid", Namespace: "gitops"},
-		Spec: securityv1alpha1.ImagePolicySpec{
-			Match: securityv1alpha1.ImageMatch{Selector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "app", Operator: "Bogus"}}}},
-			Rules: securityv1alpha1.PolicyRules{Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)}},
-		},
-	}
-	g.Expect(env.Client.Create(ctx, invalid)).To(Succeed())
-	g.Eventually(func(g Gomega) {
-		argo, kstatus := gitOpsHealth(g, invalid)
-		g.Expect(invalid.Status.ObservedGeneration).To(Equal(invalid.Generation))
-		g.Expect(argo).To(Equal("Degraded"))
-		g.Expect(kstatus).To(Equal(status.FailedStatus))
-	}).WithTimeout(timeout).Should(Succeed())
 }
 
 // series counts the lines of the metrics endpoint, as Prometheus scrapes it, that name metric and

@@ -102,6 +102,10 @@ func TestPolicyMarksNonCompliantWorkloads(t *testing.T) {
 	res, err := status.Compute(&unstructured.Unstructured{Object: raw})
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(res.Status).To(Equal(status.CurrentStatus))
+	// Argo CD too: non-compliant workloads never make the policy unhealthy.
+	argo, kstatus := gitOpsHealth(g, pol)
+	g.Expect(argo).To(Equal("Healthy"))
+	g.Expect(kstatus).To(Equal(status.CurrentStatus))
 	g.Expect(promtestutil.ToFloat64(metrics.WorkloadCompliant.WithLabelValues("ImagePolicy/policy/no-critical", "policy", "Deployment", "web"))).To(Equal(0.0))
 	g.Eventually(func(g Gomega) {
 		list := &eventsv1.EventList{}
@@ -177,5 +181,7 @@ func TestInvalidPolicyStalls(t *testing.T) {
 		res, err := status.Compute(&unstructured.Unstructured{Object: raw})
 		g.Expect(err).NotTo(HaveOccurred())
 		g.Expect(res.Status).To(Equal(status.FailedStatus))
+		argo, _ := gitOpsHealth(g, p)
+		g.Expect(argo).To(Equal("Degraded"))
 	}).WithTimeout(timeout).Should(Succeed())
 }
