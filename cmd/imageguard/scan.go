@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/spf13/pflag"
 
+	"github.com/imageguard/imageguard/internal/imageref"
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
 	"github.com/imageguard/imageguard/internal/vulndb"
@@ -164,7 +165,7 @@ func scanImage(ctx context.Context, opts *scanOptions) (*scanReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	repository := ref.Context().Name()
+	repository := imageref.CanonicalRepository(ref.Context().RegistryStr(), ref.Context().RepositoryStr())
 	_, res, err := s.Scan(ctx, scanner.ImageRef{Repository: repository, Digest: digest, Keychain: keychain})
 	if err != nil {
 		return nil, err

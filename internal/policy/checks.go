@@ -46,7 +46,9 @@ const (
 type check struct {
 	rule     string
 	severity string
-	judge    func(img Image, now time.Time) (Result, time.Time)
+	// needsReport is true for a check that judges an image's scan report, which needs its digest.
+	needsReport bool
+	judge       func(img Image, now time.Time) (Result, time.Time)
 }
 
 func pass(message string) Result { return Result{Reason: ReasonPassed, Message: message} }
@@ -93,7 +95,7 @@ func checkTags(rule *securityv1alpha1.TagRule) check {
 // checkFreshness requires the image's last scan to be at most limit old; the verdict changes by
 // itself when the scan gets too old.
 func checkFreshness(limit time.Duration) check {
-	return check{rule: RuleFreshness, severity: SeverityMedium, judge: func(img Image, now time.Time) (Result, time.Time) {
+	return check{rule: RuleFreshness, severity: SeverityMedium, needsReport: true, judge: func(img Image, now time.Time) (Result, time.Time) {
 		if img.Report == nil || img.Report.ScannedAt.IsZero() {
 			return fail(ReasonNotScanned, "the image has not been scanned yet"), time.Time{}
 		}
@@ -134,7 +136,7 @@ func checkVulnerabilities(rule *securityv1alpha1.VulnerabilityRule, exceptions [
 	if rule.FixableOnly {
 		scope = "fixable "
 	}
-	return check{rule: RuleVulnerabilities, severity: SeverityHigh, judge: func(img Image, now time.Time) (Result, time.Time) {
+	return check{rule: RuleVulnerabilities, severity: SeverityHigh, needsReport: true, judge: func(img Image, now time.Time) (Result, time.Time) {
 		if img.Report == nil {
 			return fail(ReasonNotScanned, "the image has not been scanned yet"), time.Time{}
 		}

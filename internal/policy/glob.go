@@ -10,15 +10,25 @@ import (
 // run including '/', everything else is literal. A glob must match the whole reference, so
 // "registry.example.com/*" never matches "registry.example.com.evil.io/x".
 type Glob struct {
-	pattern string
+	pattern string // as written
 	re      *regexp.Regexp
+	tagged  bool
 }
 
-// CompileGlob compiles pattern.
+// hasTag reports whether a glob has a tag part: a ':' after its last '/'.
+func hasTag(pattern string) bool {
+	return strings.Contains(pattern[strings.LastIndex(pattern, "/")+1:], ":")
+}
+
+// CompileGlob compiles pattern, its host spelt as ParseImage spells images' (see canonicalGlob),
+// so that "docker.io/**" matches registry-1.docker.io/library/nginx and "registry.example.com/*"
+// matches REGISTRY.EXAMPLE.COM:443/app.
 func CompileGlob(pattern string) (Glob, error) {
 	if pattern == "" {
 		return Glob{}, fmt.Errorf("empty glob")
 	}
+	original := pattern
+	pattern = canonicalGlob(pattern)
 	var b strings.Builder
 	b.WriteString("^")
 	for i := 0; i < len(pattern); i++ {
@@ -35,9 +45,9 @@ func CompileGlob(pattern string) (Glob, error) {
 	b.WriteString("$")
 	re, err := regexp.Compile(b.String())
 	if err != nil {
-		return Glob{}, fmt.Errorf("glob %q: %w", pattern, err)
+		return Glob{}, fmt.Errorf("glob %q: %w", original, err)
 	}
-	return Glob{pattern: pattern, re: re}, nil
+	return Glob{pattern: original, re: re, tagged: hasTag(pattern)}, nil
 }
 
 // String returns the pattern.
@@ -46,7 +56,7 @@ func (g Glob) String() string { return g.pattern }
 // MatchImage reports whether the glob matches img: its repository (host/path), or, for a glob
 // with a tag part (a ':' after the last '/'), its repository:tag.
 func (g Glob) MatchImage(img Image) bool {
-	if slash := strings.LastIndex(g.pattern, "/"); strings.Contains(g.pattern[slash+1:], ":") {
+	if g.tagged {
 		return g.re.MatchString(img.Repository + ":" + img.Tag)
 	}
 	return g.re.MatchString(img.Repository)

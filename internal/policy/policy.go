@@ -5,11 +5,7 @@ package policy
 
 import (
 	"fmt"
-	"strings"
 	"time"
-
-	"github.com/google/go-containerregistry/pkg/name"
-	"k8s.io/apimachinery/pkg/api/meta"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 )
@@ -26,29 +22,6 @@ type Image struct {
 	Digest string
 	// Report is the image's scan report; nil when it was not scanned yet.
 	Report *Report
-}
-
-// ParseImage parses an image reference as a pod spec names it: "nginx" becomes
-// index.docker.io/library/nginx with tag latest; registry/app:1.2@sha256:... keeps its tag.
-func ParseImage(ref string) (Image, error) {
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		return Image{}, fmt.Errorf("malformed image reference %q: %w", ref, err)
-	}
-	img := Image{Repository: r.Context().Name()}
-	switch r := r.(type) {
-	case name.Tag:
-		img.Tag = r.TagStr()
-	case name.Digest:
-		img.Digest = r.DigestStr()
-		left := ref[:strings.LastIndex(ref, "@")]
-		if strings.LastIndex(left, ":") > strings.LastIndex(left, "/") {
-			if t, err := name.NewTag(left); err == nil {
-				img.Tag = t.TagStr()
-			}
-		}
-	}
-	return img, nil
 }
 
 // Reference returns the image as a pod names it.
@@ -74,8 +47,11 @@ type Report struct {
 }
 
 // ReportOf returns what a policy reads of an ImageScanReport: nil until the report holds a scan.
+// The findings of the last scan that succeeded stay in force when a later scan fails (a registry
+// that now answers 401, 404 or 429, an inventory lost with the cache): known findings never
+// vanish, and maxScanAge says whether they are fresh enough.
 func ReportOf(rep *securityv1alpha1.ImageScanReport) *Report {
-	if rep == nil || rep.Status.Summary == nil || !meta.IsStatusConditionTrue(rep.Status.Conditions, securityv1alpha1.ConditionScanned) {
+	if rep == nil || rep.Status.Summary == nil {
 		return nil
 	}
 	out := &Report{Summary: *rep.Status.Summary, Vulnerabilities: rep.Status.Vulnerabilities, Omitted: rep.Status.VulnerabilitiesOmitted}
@@ -172,6 +148,17 @@ func Compile(rules securityv1alpha1.PolicyRules, verifier SignatureVerifier) (*P
 		p.checks = append(p.checks, checkSignatures(s, verifier))
 	}
 	return p, nil
+}
+
+// NeedsReport reports whether a check of the chain judges images' scan reports: only then does
+// judging an image referred to by tag need its digest.
+func (p *Policy) NeedsReport() bool {
+	for _, c := range p.checks {
+		if c.needsReport {
+			return true
+		}
+	}
+	return false
 }
 
 // Rules lists the rules of the chain, in evaluation order.

@@ -276,7 +276,10 @@ func TestParseImage(t *testing.T) {
 		want    Image
 		wantErr bool
 	}{
-		"docker hub short":    {image: "nginx", want: Image{Repository: "index.docker.io/library/nginx", Tag: "latest"}},
+		"docker hub short":    {image: "nginx", want: Image{Repository: "docker.io/library/nginx", Tag: "latest"}},
+		"an upper-case host":  {image: "REGISTRY.Example.COM/team/app:1.2", want: Image{Repository: "registry.example.com/team/app", Tag: "1.2"}},
+		"the default port":    {image: "registry.example.com:443/app:1", want: Image{Repository: "registry.example.com/app", Tag: "1"}},
+		"docker hub's alias":  {image: "registry-1.docker.io/nginx:1.27", want: Image{Repository: "docker.io/library/nginx", Tag: "1.27"}},
 		"a tag":               {image: "registry.example.com:5000/team/app:1.2", want: Image{Repository: "registry.example.com:5000/team/app", Tag: "1.2"}},
 		"a digest":            {image: "registry.example.com/app@" + digest, want: Image{Repository: "registry.example.com/app", Digest: digest}},
 		"a tag and a digest":  {image: "registry.example.com/app:1.2@" + digest, want: Image{Repository: "registry.example.com/app", Tag: "1.2", Digest: digest}},
@@ -295,4 +298,78 @@ func TestParseImage(t *testing.T) {
 			g.Expect(got).To(Equal(tt.want))
 		})
 	}
+}
+
+// TestSpellingsOfOneImageMatchOneGlob: every spelling of an image is matched, and excepted, by a
+// glob written in any spelling of its host; look-alikes are not.
+func TestSpellingsOfOneImageMatchOneGlob(t *testing.T) {
+	tests := []struct {
+		glob  string
+		image string
+		want  bool
+	}{
+		{"registry.example.com/**", "registry.example.com/app:1", true},
+		{"registry.example.com/**", "REGISTRY.EXAMPLE.COM/app:1", true},
+		{"registry.example.com/**", "Registry.Example.Com:443/team/app:1", true},
+		{"REGISTRY.example.com:443/**", "registry.example.com/app:1", true},
+		{"registry.example.com/**", "registry.example.com:5000/app:1", false},
+		{"registry.example.com/**", "registry.example.com.evil.io/app:1", false},
+		{"docker.io/**", "nginx:1.27", true},
+		{"docker.io/**", "docker.io/nginx:1.27", true},
+		{"docker.io/**", "index.docker.io/library/nginx:1.27", true},
+		{"docker.io/**", "registry-1.docker.io/library/nginx:1.27", true},
+		{"docker.io/**", "registry.hub.docker.com/bitnami/redis:7", true},
+		{"docker.io/**", "docker.io.evil.io/library/nginx:1", false},
+		{"index.docker.io/library/*", "nginx:1.27", true},
+		{"docker.io/nginx", "registry-1.docker.io/library/nginx:1.27", true},
+		{"docker.io/*", "nginx:1.27", true},
+		{"docker.io/*", "bitnami/redis:7", false},
+		{"docker.io/library/nginx:1.*", "NGINX:1.27", false}, // a repository is never upper case
+		{"docker.io/library/nginx:1.*", "nginx:1.27", true},
+		{"*.example.com/**", "REGISTRY.EXAMPLE.COM/app:1", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.glob+" "+tt.image, func(t *testing.T) {
+			g := NewWithT(t)
+			glob, err := CompileGlob(tt.glob)
+			g.Expect(err).NotTo(HaveOccurred())
+			img, err := ParseImage(tt.image)
+			if err != nil {
+				g.Expect(tt.want).To(BeFalse(), "%s does not parse: %v", tt.image, err)
+				return
+			}
+			g.Expect(glob.MatchImage(img)).To(Equal(tt.want), "%s as %s", tt.image, img.Repository)
+			// The same spellings apply to exceptions.
+			rules := securityv1alpha1.PolicyRules{
+				Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)},
+				Exceptions: []securityv1alpha1.VulnerabilityException{{
+					ID: "CVE-1", Images: []string{tt.glob}, Expires: metav1.NewTime(now.Add(time.Hour)), Reason: "r",
+				}},
+			}
+			scannedImg := img
+			scannedImg.Report = scanned(img.Repository, vuln("CVE-1", securityv1alpha1.SeverityCritical, "")).Report
+			g.Expect(evaluate(t, rules, scannedImg, now).Compliant()).To(Equal(tt.want))
+		})
+	}
+}
+
+// TestKnownFindingsOutliveAFailedRescan: a report whose last scan failed keeps the findings of the
+// scan before it in force.
+func TestKnownFindingsOutliveAFailedRescan(t *testing.T) {
+	g := NewWithT(t)
+	scannedAt := metav1.NewTime(now.Add(-time.Hour))
+	rep := &securityv1alpha1.ImageScanReport{Status: securityv1alpha1.ImageScanReportStatus{
+		LastScanTime: &scannedAt,
+		Summary:      &securityv1alpha1.VulnerabilitySummary{Critical: 1, Total: 1},
+		Conditions: []metav1.Condition{
+			{Type: securityv1alpha1.ConditionScanned, Status: metav1.ConditionFalse, Reason: "Unauthorized"},
+			{Type: securityv1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: "Unauthorized"},
+		},
+	}}
+	r := ReportOf(rep)
+	g.Expect(r).NotTo(BeNil())
+	g.Expect(r.Summary.Critical).To(BeEquivalentTo(1))
+	g.Expect(r.ScannedAt).To(Equal(scannedAt.Time))
+	// Never scanned: no report to judge.
+	g.Expect(ReportOf(&securityv1alpha1.ImageScanReport{})).To(BeNil())
 }

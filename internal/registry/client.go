@@ -15,6 +15,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/imageguard/imageguard/internal/imageref"
 )
 
 // Options configure how registries are reached.
@@ -54,8 +56,11 @@ func (c *Client) Platform() v1.Platform {
 	return v1.Platform{OS: "linux", Architecture: "amd64"}
 }
 
+// isInsecure reports whether registry is one of the insecure hosts, whatever the spelling of
+// either (see imageref.CanonicalHost).
 func (c *Client) isInsecure(registry string) bool {
-	return slices.Contains(c.opts.InsecureHosts, registry)
+	registry = imageref.CanonicalHost(registry)
+	return slices.ContainsFunc(c.opts.InsecureHosts, func(h string) bool { return imageref.CanonicalHost(h) == registry })
 }
 
 // ParseReference parses an image reference, allowing plain HTTP for the insecure hosts.
