@@ -1,5 +1,7 @@
 // Package testenv starts a real control plane for tests: etcd and kube-apiserver built by
-// hack/control-plane.sh, with the ImageGuard CRDs of config/crd/bases installed.
+// hack/control-plane.sh, with the ImageGuard CRDs of config/crd/bases installed, and, when asked,
+// kube-controller-manager, so that Deployments, ReplicaSets, Jobs and CronJobs make their pods for
+// real (no scheduler or kubelet runs them: they stay Pending).
 package testenv
 
 import (
@@ -37,7 +39,10 @@ type Env struct {
 	// Kubectl is the path of the kubectl built with the control plane.
 	Kubectl string
 
-	dir string
+	dir               string
+	controllerManager *exec.Cmd
+	// controllerManagerDone is closed when the controller manager exited.
+	controllerManagerDone chan struct{}
 }
 
 // Options tune the control plane.
@@ -51,6 +56,18 @@ type Options struct {
 	// ValidatingWebhooks are installed pointing at a local webhook server, whose host, port and
 	// certificate folder are in Environment.WebhookInstallOptions.
 	ValidatingWebhooks []*admissionregistrationv1.ValidatingWebhookConfiguration
+	// ControllerManager also runs kube-controller-manager (the workload controllers, the garbage
+	// collector and the service account controller), each controller as its own service account,
+	// as clusters run it.
+	ControllerManager bool
+}
+
+// controllers are the kube-controller-manager controllers a test cluster runs: those that make
+// and remove pods of workloads, and what they need.
+var controllers = []string{
+	"deployment-controller", "replicaset-controller", "statefulset-controller", "daemonset-controller",
+	"job-controller", "cronjob-controller", "garbage-collector-controller", "serviceaccount-controller",
+	"namespace-controller", "ttl-after-finished-controller",
 }
 
 // ValidatingWebhooks returns the webhook configuration generated from ImageGuard's markers
@@ -158,7 +175,58 @@ func Start(opts Options) (*Env, error) {
 		_ = environment.Stop()
 		return nil, err
 	}
+	if opts.ControllerManager {
+		if err := env.startControllerManager(); err != nil {
+			_ = env.Stop()
+			return nil, err
+		}
+	}
 	return env, nil
+}
+
+// startControllerManager runs kube-controller-manager against the control plane, its log in the
+// env's folder.
+func (e *Env) startControllerManager() error {
+	user, err := e.Environment.AddUser(envtest.User{Name: "system:kube-controller-manager", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return fmt.Errorf("adding the controller manager's user: %w", err)
+	}
+	kubeconfig, err := user.KubeConfig()
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(e.dir, "controller-manager.kubeconfig")
+	if err := os.WriteFile(path, kubeconfig, 0o600); err != nil {
+		return err
+	}
+	logFile, err := os.Create(filepath.Join(e.dir, "controller-manager.log"))
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(filepath.Join(e.Environment.BinaryAssetsDirectory, "kube-controller-manager"),
+		"--kubeconfig="+path, "--controllers="+strings.Join(controllers, ","),
+		"--use-service-account-credentials=true", "--leader-elect=false", "--secure-port=0",
+		// Tests want their pods at once, and deleted ones replaced at once.
+		"--concurrent-deployment-syncs=5", "--concurrent-replicaset-syncs=5")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return fmt.Errorf("starting kube-controller-manager: %w", err)
+	}
+	e.controllerManager = cmd
+	e.controllerManagerDone = make(chan struct{})
+	go func() {
+		defer close(e.controllerManagerDone)
+		_ = cmd.Wait() // how it exited is in its log
+		logFile.Close()
+	}()
+	return nil
+}
+
+// ControllerManagerLog returns what kube-controller-manager logged, for a failing test to show.
+func (e *Env) ControllerManagerLog() string {
+	raw, _ := os.ReadFile(filepath.Join(e.dir, "controller-manager.log"))
+	return string(raw)
 }
 
 func (e *Env) setUp() error {
@@ -221,8 +289,17 @@ func (e *Env) RunKubectl(ctx context.Context, args ...string) (string, error) {
 	return stdout.String(), nil
 }
 
-// Stop stops the control plane and removes its kubeconfig.
+// Stop stops the control plane (and the controller manager) and removes its kubeconfig.
 func (e *Env) Stop() error {
+	if e.controllerManager != nil {
+		_ = e.controllerManager.Process.Signal(os.Interrupt)
+		select {
+		case <-e.controllerManagerDone:
+		case <-time.After(10 * time.Second):
+			_ = e.controllerManager.Process.Kill()
+			<-e.controllerManagerDone
+		}
+	}
 	err := e.Environment.Stop()
 	if e.dir != "" {
 		_ = os.RemoveAll(e.dir)
