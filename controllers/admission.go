@@ -1,7 +1,6 @@
 package controllers
 
 import (
-	"context"
 	"time"
 
 	"k8s.io/utils/clock"
@@ -15,24 +14,23 @@ import (
 
 // AdmissionOptions configure the admission endpoints.
 type AdmissionOptions struct {
-	// Registry resolves tags to digests on the request path (anonymously, bounded by
-	// ResolveTimeout, cached); nil never resolves.
-	Registry       *registry.Client
-	ResolveTimeout time.Duration
+	// Registry resolves tags to digests on the request path, with the pod spec's pull secrets,
+	// within Budget, cached; nil never resolves.
+	Registry *registry.Client
+	// Budget bounds one decision (default 3s): it must be well under the webhook's timeout.
+	Budget time.Duration
+	// FailurePolicy is what an internal error answers (default Ignore); the webhook
+	// configuration's should be the same.
+	FailurePolicy admission.FailurePolicy
+	// ControllerUsers make objects for a controlling owner that was judged at its template
+	// (default admission.DefaultControllerUsers).
+	ControllerUsers []string
 	// ExemptNamespaces are never checked (kube-system always is).
 	ExemptNamespaces []string
 	// ExcludedNamespaces get no report from admission, as from the pod controller.
 	ExcludedNamespaces []string
 	// ScanQueueCapacity bounds the images waiting for their report to be created.
 	ScanQueueCapacity int
-}
-
-// registryResolver resolves tags anonymously: admission has no pod to take pull secrets from
-// yet, and a tag of a private registry falls back to the reports' tags.
-type registryResolver struct{ client *registry.Client }
-
-func (r registryResolver) ResolveDigest(ctx context.Context, ref string) (string, error) {
-	return r.client.ResolveDigest(ctx, ref, nil)
 }
 
 // setupAdmission serves the validating webhook (admission.ValidatePath) and the ImagePolicyWebhook
@@ -42,19 +40,31 @@ func setupAdmission(mgr ctrl.Manager, gatherer *workload.Gatherer, clk clock.Pas
 	if opts.ScanQueueCapacity == 0 {
 		opts.ScanQueueCapacity = 1024
 	}
-	queue := NewAdmissionScans(mgr.GetClient(), mgr.GetLogger().WithName("admission-scans"), opts.ExcludedNamespaces, opts.ScanQueueCapacity)
+	if opts.Budget == 0 {
+		opts.Budget = 3 * time.Second
+	}
+	if opts.FailurePolicy == "" {
+		opts.FailurePolicy = admission.FailureIgnore
+	}
+	if opts.ControllerUsers == nil {
+		opts.ControllerUsers = admission.DefaultControllerUsers
+	}
+	queue := NewAdmissionScans(mgr.GetClient(), mgr.GetAPIReader(), mgr.GetLogger().WithName("admission-scans"), opts.ExcludedNamespaces, opts.ScanQueueCapacity)
 	if err := mgr.Add(queue); err != nil {
 		return err
 	}
 	state := &admission.CacheState{
-		Gatherer: gatherer, Reader: mgr.GetCache(), ResolveTimeout: opts.ResolveTimeout, Clock: clk,
-		// A registry that cannot answer is asked again after 30s, not on every request.
+		Gatherer: gatherer, Reader: mgr.GetCache(), Secrets: mgr.GetAPIReader(), Clock: clk,
+		// A registry that cannot answer in time is asked again after 30s, not on every request.
 		Digests: &registry.DigestCache{TTL: 5 * time.Minute, FailureTTL: 30 * time.Second},
 	}
 	if opts.Registry != nil {
-		state.Resolver = registryResolver{opts.Registry}
+		state.Resolver = opts.Registry
 	}
-	reviewer := &admission.Reviewer{State: state, Queue: queue, ExemptNamespaces: opts.ExemptNamespaces, Clock: clk}
+	reviewer := &admission.Reviewer{
+		State: state, Owners: mgr.GetCache(), LiveOwners: mgr.GetAPIReader(), Queue: queue, ExemptNamespaces: opts.ExemptNamespaces,
+		Budget: opts.Budget, FailurePolicy: opts.FailurePolicy, ControllerUsers: opts.ControllerUsers, Clock: clk,
+	}
 	server := mgr.GetWebhookServer()
 	server.Register(admission.ValidatePath, &webhook.Admission{Handler: admission.NewWorkloadValidator(reviewer, mgr.GetScheme())})
 	server.Register(admission.ImagePolicyPath, &admission.ImageReviewHandler{Reviewer: reviewer})

@@ -2,13 +2,11 @@ package controllers_test
 
 import (
 	"bytes"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -25,6 +23,7 @@ import (
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/admission"
+	"github.com/imageguard/imageguard/internal/testsuite"
 )
 
 // BenchmarkAdmissionLoad sends AdmissionReviews of Deployments to the running webhook server
@@ -41,7 +40,7 @@ func BenchmarkAdmissionLoad(b *testing.B) {
 	const rate = 200
 	ns := "adm-bench"
 	admissionNamespace(g, ns)
-	ref, _, digest := push(b, reg, "adm/bench", image("adm-bench"))
+	ref, _, digest := testsuite.Push(b, reg, "adm/bench", testsuite.Image("adm-bench"))
 	imagePolicy(g, ns, "enforce", securityv1alpha1.EnforcementEnforce, securityv1alpha1.PolicyRules{
 		Registries:      &securityv1alpha1.RegistryRule{Allowed: []string{reg.Host() + "/**"}},
 		Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](5)},
@@ -58,8 +57,7 @@ func BenchmarkAdmissionLoad(b *testing.B) {
 	allowed := review(b, ns, byDigest, ref)                           // a digest and a tag: admitted with a warning
 	denied := review(b, ns, byDigest, "evil.example.com/app@"+digest) // an untrusted registry: refused
 	client := webhookClient(b)
-	url := fmt.Sprintf("https://%s:%d%s", env.Environment.WebhookInstallOptions.LocalServingHost,
-		env.Environment.WebhookInstallOptions.LocalServingPort, admission.ValidatePath)
+	url := suite.WebhookURL(admission.ValidatePath)
 	// One request of each first, so the tag's digest is resolved and cached before timing.
 	for _, body := range [][]byte{allowed, denied} {
 		_, err := send(client, url, body, nil)
@@ -67,46 +65,108 @@ func BenchmarkAdmissionLoad(b *testing.B) {
 	}
 
 	for b.Loop() {
-		var mu sync.Mutex
-		var latencies []time.Duration
-		var errs []error
-		var wg sync.WaitGroup
-		tick := time.NewTicker(time.Second / rate)
-		end := time.Now().Add(duration)
-		for i := 0; time.Now().Before(end); i++ {
-			<-tick.C
-			body, wantAllowed := allowed, true
+		openLoad(b, client, url, duration, rate, func(i int) ([]byte, bool) {
 			if i%2 == 1 {
-				body, wantAllowed = denied, false
+				return denied, false
 			}
-			wg.Go(func() {
-				start := time.Now()
-				_, err := send(client, url, body, &wantAllowed)
-				elapsed := time.Since(start)
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					errs = append(errs, err)
-					return
-				}
-				latencies = append(latencies, elapsed)
-			})
+			return allowed, true
+		})
+	}
+}
+
+// BenchmarkAdmissionLoadHungRegistry sends, at 200 requests/s for IMAGEGUARD_BENCH_DURATION,
+// AdmissionReviews of Deployments whose one container is a tag (a new one each request, so no
+// answer is cached) on a registry that accepts connections and never answers, under an Enforce
+// policy with onUnscanned: Deny. Every request must be refused within the decision budget (3s):
+// none may be admitted because the clock ran out, and p99 must stay within the budget.
+func BenchmarkAdmissionLoadHungRegistry(b *testing.B) {
+	g := NewWithT(b)
+	duration := 30 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("IMAGEGUARD_BENCH_DURATION")); err == nil {
+		duration = d
+	}
+	const rate = 200
+	ns := "adm-bench-hung"
+	admissionNamespace(g, ns)
+	imagePolicy(g, ns, "scanned-only", securityv1alpha1.EnforcementEnforce, securityv1alpha1.PolicyRules{
+		Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)},
+		OnUnscanned:     securityv1alpha1.UnscannedDeny,
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	g.Expect(err).NotTo(HaveOccurred())
+	var mu sync.Mutex
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // never read from, never answered
+			mu.Unlock()
 		}
-		tick.Stop()
-		wg.Wait()
-		slices.Sort(latencies)
-		pct := func(p float64) time.Duration { return latencies[int(float64(len(latencies)-1)*p)] }
-		b.ReportMetric(float64(len(latencies)+len(errs)), "requests")
-		b.ReportMetric(float64(len(errs)), "errors")
-		b.ReportMetric(float64(pct(0.50).Microseconds())/1000, "p50-ms")
-		b.ReportMetric(float64(pct(0.99).Microseconds())/1000, "p99-ms")
-		b.ReportMetric(float64(latencies[len(latencies)-1].Microseconds())/1000, "max-ms")
-		b.Logf("%d requests in %s at %d/s: p50 %s, p99 %s, max %s, %d errors; p99 is %.4f%% of the API server's 10s webhook timeout",
-			len(latencies)+len(errs), duration, rate, pct(0.50), pct(0.99), latencies[len(latencies)-1], len(errs),
-			100*pct(0.99).Seconds()/10)
-		if len(errs) > 0 {
-			b.Fatalf("%d requests failed, first: %v", len(errs), errs[0])
+	}()
+	defer func() {
+		_ = l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			_ = c.Close()
 		}
+	}()
+	client := webhookClient(b)
+	url := suite.WebhookURL(admission.ValidatePath)
+	for b.Loop() {
+		openLoad(b, client, url, duration, rate, func(i int) ([]byte, bool) {
+			return review(b, ns, fmt.Sprintf("%s/team/app-%d:1", l.Addr(), i)), false
+		})
+	}
+}
+
+// openLoad sends rate requests per second for duration (open loop: a slow answer does not slow
+// the sender), request i being body(i) with the answer it must get, and reports the latency
+// percentiles. A request answered otherwise is an error: the benchmark fails.
+func openLoad(b *testing.B, client *http.Client, url string, duration time.Duration, rate int, body func(int) ([]byte, bool)) {
+	var mu sync.Mutex
+	var latencies []time.Duration
+	var errs []error
+	var wg sync.WaitGroup
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	end := time.Now().Add(duration)
+	for i := 0; time.Now().Before(end); i++ {
+		<-tick.C
+		req, wantAllowed := body(i)
+		wg.Go(func() {
+			start := time.Now()
+			_, err := send(client, url, req, &wantAllowed)
+			elapsed := time.Since(start)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			latencies = append(latencies, elapsed)
+		})
+	}
+	tick.Stop()
+	wg.Wait()
+	if len(latencies) == 0 {
+		b.Fatalf("no request answered; first error: %v", errs[0])
+	}
+	slices.Sort(latencies)
+	pct := func(p float64) time.Duration { return latencies[int(float64(len(latencies)-1)*p)] }
+	b.ReportMetric(float64(len(latencies)+len(errs)), "requests")
+	b.ReportMetric(float64(len(errs)), "errors")
+	b.ReportMetric(float64(pct(0.50).Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(pct(0.99).Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(latencies[len(latencies)-1].Microseconds())/1000, "max-ms")
+	b.Logf("%d requests in %s at %d/s: p50 %s, p99 %s, max %s, %d errors; p99 is %.4f%% of the API server's 10s webhook timeout",
+		len(latencies)+len(errs), duration, rate, pct(0.50), pct(0.99), latencies[len(latencies)-1], len(errs),
+		100*pct(0.99).Seconds()/10)
+	if len(errs) > 0 {
+		b.Fatalf("%d requests failed or were answered wrongly, first: %v", len(errs), errs[0])
 	}
 }
 
@@ -136,17 +196,14 @@ func review(b *testing.B, ns string, images ...string) []byte {
 	return out
 }
 
-// webhookClient trusts the CA envtest made for the webhook server, as the API server does.
+// webhookClient calls the webhook server as the API server does: trusting its CA, presenting
+// the client certificate the server requires.
 func webhookClient(b *testing.B) *http.Client {
-	ca, err := os.ReadFile(filepath.Join(env.Environment.WebhookInstallOptions.LocalServingCertDir, "tls.crt"))
+	c, err := suite.WebhookClient(false)
 	if err != nil {
 		b.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 64,
-	}}
+	return c
 }
 
 // send posts one review and checks the answer (against wantAllowed when given).

@@ -5,7 +5,6 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
@@ -19,7 +18,9 @@ import (
 // collected after --report-retention like any unused report.
 type AdmissionScans struct {
 	Client client.Client
-	Log    logr.Logger
+	// APIReader reads a report the cache does not show yet.
+	APIReader client.Reader
+	Log       logr.Logger
 	// ExcludedNamespaces (and namespaces labelled ExcludeLabel) get no report, as for the pod
 	// controller.
 	ExcludedNamespaces []string
@@ -33,8 +34,8 @@ type queuedScan struct {
 }
 
 // NewAdmissionScans returns a queue holding up to size images.
-func NewAdmissionScans(c client.Client, log logr.Logger, excluded []string, size int) *AdmissionScans {
-	return &AdmissionScans{Client: c, Log: log, ExcludedNamespaces: excluded, queue: make(chan queuedScan, size)}
+func NewAdmissionScans(c client.Client, live client.Reader, log logr.Logger, excluded []string, size int) *AdmissionScans {
+	return &AdmissionScans{Client: c, APIReader: live, Log: log, ExcludedNamespaces: excluded, queue: make(chan queuedScan, size)}
 }
 
 // QueueScans queues the images whose digest is known; it never blocks.
@@ -80,13 +81,6 @@ func (a *AdmissionScans) create(ctx context.Context, q queuedScan) error {
 	if q.image.Tag != "" {
 		spec.Tags = []string{q.image.Tag}
 	}
-	report := newReport(q.namespace, spec)
-	existing := &securityv1alpha1.ImageScanReport{}
-	if err := a.Client.Get(ctx, client.ObjectKeyFromObject(report), existing); err == nil || !apierrors.IsNotFound(err) {
-		return client.IgnoreNotFound(err)
-	}
-	if err := a.Client.Create(ctx, report); err != nil && !apierrors.IsAlreadyExists(err) {
-		return err
-	}
-	return nil
+	_, _, err := reportFor(ctx, a.Client, a.APIReader, q.namespace, spec)
+	return err
 }

@@ -17,6 +17,7 @@ import (
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/admission"
+	"github.com/imageguard/imageguard/internal/testsuite"
 )
 
 // admissionTestLabel marks the namespaces the suite's webhook configuration selects, so that the
@@ -123,7 +124,7 @@ spec:
 
 func TestWarnAndAuditPoliciesAdmitAndQueueTheScan(t *testing.T) {
 	g := NewWithT(t)
-	ref, _, digest := push(t, reg, "adm/critical", image("adm-critical"))
+	ref, _, digest := testsuite.Push(t, reg, "adm/critical", testsuite.Image("adm-critical"))
 	warnNS, auditNS := "adm-warn", "adm-audit"
 	admissionNamespace(g, warnNS)
 	admissionNamespace(g, auditNS)
@@ -158,7 +159,7 @@ func TestWarnAndAuditPoliciesAdmitAndQueueTheScan(t *testing.T) {
 
 func TestOnUnscannedDenyRefusesUntilScanned(t *testing.T) {
 	g := NewWithT(t)
-	ref, _, digest := push(t, reg, "adm/unscanned", image("adm-unscanned"))
+	ref, _, digest := testsuite.Push(t, reg, "adm/unscanned", testsuite.Image("adm-unscanned"))
 	ns := "adm-unscanned"
 	admissionNamespace(g, ns)
 	imagePolicy(g, ns, "scanned-only", securityv1alpha1.EnforcementEnforce, securityv1alpha1.PolicyRules{

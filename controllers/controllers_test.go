@@ -4,10 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	. "github.com/onsi/gomega"
 	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 	appsv1 "k8s.io/api/apps/v1"
@@ -26,6 +26,7 @@ import (
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/controllers"
 	"github.com/imageguard/imageguard/internal/metrics"
+	"github.com/imageguard/imageguard/internal/testsuite"
 	"github.com/imageguard/imageguard/internal/testutil"
 )
 
@@ -36,19 +37,6 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
-}
-
-// image builds an Alpine image with the base vulnerable packages, extra packages, and a file
-// that makes its digest unique to id.
-func image(id string, extra ...testutil.APKPackage) v1.Image {
-	pkgs := append([]testutil.APKPackage{
-		{Name: "libcrypto3", Version: "3.5.1-r0", Origin: "openssl"},
-		{Name: "busybox", Version: "1.37.0-r18"},
-	}, extra...)
-	base := must(testutil.AlpineImage("3.22.1", pkgs))
-	layers := must(base.Layers())
-	marker := must(testutil.LayerFromFiles(map[string][]byte{"etc/test-id": []byte(id)}))
-	return must(testutil.ImageFromLayers(testutil.LinuxAMD64, append(layers, marker)...))
 }
 
 func namespace(g Gomega, name string) {
@@ -95,12 +83,6 @@ func createPod(g Gomega, ns, name, image, imageID string, opts ...podOption) *co
 	return pod
 }
 
-// push uploads img and returns the pod's image reference, the kubelet's image ID and the digest.
-func push(t testing.TB, r *testutil.Registry, repo string, img v1.Image) (ref, imageID, digest string) {
-	ref, d := r.Push(t, repo, "1.0", img)
-	return ref, r.Host() + "/" + repo + "@" + d.String(), d.String()
-}
-
 func report(g Gomega, ns, repo, digest string) *securityv1alpha1.ImageScanReport {
 	r := &securityv1alpha1.ImageScanReport{}
 	key := client.ObjectKey{Namespace: ns, Name: controllers.ReportName(reg.Host()+"/"+repo, digest)}
@@ -128,7 +110,7 @@ func ids(r *securityv1alpha1.ImageScanReport) []string {
 
 func TestSharedImageIsAnalysedOnce(t *testing.T) {
 	g := NewWithT(t)
-	ref, imageID, digest := push(t, reg, "shared/app", image(t.Name()))
+	ref, imageID, digest := testsuite.Push(t, reg, "shared/app", testsuite.Image(t.Name()))
 	before := scan.Analyses()
 	reg.ResetCounts()
 	namespace(g, "shared-a")
@@ -170,7 +152,7 @@ func TestSharedImageIsAnalysedOnce(t *testing.T) {
 func TestDeploymentPodsNameTheDeployment(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
-	ref, imageID, digest := push(t, reg, "team/web", image(t.Name()))
+	ref, imageID, digest := testsuite.Push(t, reg, "team/web", testsuite.Image(t.Name()))
 	namespace(g, "deploy")
 	labels := map[string]string{"app": "web"}
 	template := corev1.PodTemplateSpec{
@@ -200,7 +182,7 @@ func TestDeploymentPodsNameTheDeployment(t *testing.T) {
 
 func TestTagsAreResolvedWithoutAnImageID(t *testing.T) {
 	g := NewWithT(t)
-	ref, _, digest := push(t, reg, "pending/app", image(t.Name()))
+	ref, _, digest := testsuite.Push(t, reg, "pending/app", testsuite.Image(t.Name()))
 	namespace(g, "pending")
 	createPod(g, "pending", "starting", ref, "")
 	r := readyReport(g, "pending", "pending/app", digest)
@@ -210,7 +192,7 @@ func TestTagsAreResolvedWithoutAnImageID(t *testing.T) {
 func TestReportOfUnusedImageIsDeletedAfterRetention(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
-	ref, imageID, digest := push(t, reg, "gone/app", image(t.Name()))
+	ref, imageID, digest := testsuite.Push(t, reg, "gone/app", testsuite.Image(t.Name()))
 	namespace(g, "gone")
 	pod := createPod(g, "gone", "once", ref, imageID)
 	r := readyReport(g, "gone", "gone/app", digest)
@@ -225,7 +207,7 @@ func TestReportOfUnusedImageIsDeletedAfterRetention(t *testing.T) {
 func TestPrivateImageNeedsItsPullSecret(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
-	ref, d := private.Push(t, "private/app", "1.0", image(t.Name()))
+	ref, d := private.Push(t, "private/app", "1.0", testsuite.Image(t.Name()))
 	digest := d.String()
 	namespace(g, "private")
 	createPod(g, "private", "secret-app", ref, private.Host()+"/private/app@"+digest)
@@ -266,7 +248,7 @@ func TestLongFindingListsAreCutToTheBound(t *testing.T) {
 	for i := range bigPackages {
 		big = append(big, testutil.APKPackage{Name: fmt.Sprintf("big%03d", i), Version: "1.0.0-r0"})
 	}
-	ref, imageID, digest := push(t, reg, "big/app", image(t.Name(), big...))
+	ref, imageID, digest := testsuite.Push(t, reg, "big/app", testsuite.Image(t.Name(), big...))
 	namespace(g, "big")
 	createPod(g, "big", "big", ref, imageID)
 	r := readyReport(g, "big", "big/app", digest)
@@ -286,8 +268,8 @@ func TestLongFindingListsAreCutToTheBound(t *testing.T) {
 func TestDBUpdateRematchesWithoutPulling(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
-	refA, idA, digestA := push(t, reg, "update/with-zlib", image(t.Name()+"a", testutil.APKPackage{Name: "zlib", Version: "1.3.1-r2"}))
-	refB, idB, digestB := push(t, reg, "update/without", image(t.Name()+"b"))
+	refA, idA, digestA := testsuite.Push(t, reg, "update/with-zlib", testsuite.Image(t.Name()+"a", testutil.APKPackage{Name: "zlib", Version: "1.3.1-r2"}))
+	refB, idB, digestB := testsuite.Push(t, reg, "update/without", testsuite.Image(t.Name()+"b"))
 	namespace(g, "update")
 	createPod(g, "update", "a", refA, idA)
 	createPod(g, "update", "b", refB, idB)
@@ -330,7 +312,7 @@ func TestDBUpdateRematchesWithoutPulling(t *testing.T) {
 func TestSteadyStateWritesNothing(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
-	ref, imageID, digest := push(t, reg, "steady/app", image(t.Name()))
+	ref, imageID, digest := testsuite.Push(t, reg, "steady/app", testsuite.Image(t.Name()))
 	namespace(g, "steady")
 	createPod(g, "steady", "one", ref, imageID)
 	createPod(g, "steady", "two", ref, imageID)
@@ -357,7 +339,7 @@ func TestSteadyStateWritesNothing(t *testing.T) {
 
 func TestMetrics(t *testing.T) {
 	g := NewWithT(t)
-	ref, imageID, digest := push(t, reg, "metrics/app", image(t.Name()))
+	ref, imageID, digest := testsuite.Push(t, reg, "metrics/app", testsuite.Image(t.Name()))
 	namespace(g, "metrics")
 	createPod(g, "metrics", "app", ref, imageID)
 	r := readyReport(g, "metrics", "metrics/app", digest)
@@ -384,7 +366,7 @@ func TestMetrics(t *testing.T) {
 func TestExcludedNamespacesAreNotReported(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
-	ref, imageID, digest := push(t, reg, "excluded/app", image(t.Name()))
+	ref, imageID, digest := testsuite.Push(t, reg, "excluded/app", testsuite.Image(t.Name()))
 	g.Expect(env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
 		Name: "opted-out", Labels: map[string]string{controllers.ExcludeLabel: "true"},
 	}})).To(Succeed())
@@ -401,4 +383,56 @@ func TestExcludedNamespacesAreNotReported(t *testing.T) {
 		g.Expect(env.Client.List(ctx, list, client.InNamespace(ns))).To(Succeed())
 		g.Expect(list.Items).To(BeEmpty(), "namespace %s", ns)
 	}
+}
+
+// TestDecoyDigestDoesNotBlockTheRealReport: a pod that runs a digest sharing the first 12 hex of
+// another image's digest holds that image's report name first; the real image's report is made
+// under its longer name, and scanned.
+func TestDecoyDigestDoesNotBlockTheRealReport(t *testing.T) {
+	g := NewWithT(t)
+	ns := "decoy"
+	namespace(g, ns)
+	ref, imageID, digest := testsuite.Push(t, reg, "decoy/app", testsuite.Image(t.Name()))
+	decoy := digest[:len("sha256:")+12] + strings.Repeat("0", 52)
+	if decoy == digest {
+		decoy = digest[:len("sha256:")+12] + strings.Repeat("1", 52)
+	}
+	createPod(g, ns, "decoy", reg.Host()+"/decoy/app@"+decoy, reg.Host()+"/decoy/app@"+decoy)
+	first := controllers.ReportNames(reg.Host()+"/decoy/app", digest)[0]
+	g.Eventually(func(g Gomega) {
+		r := &securityv1alpha1.ImageScanReport{}
+		g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: first}, r)).To(Succeed())
+		g.Expect(r.Spec.Digest).To(Equal(decoy))
+	}).WithTimeout(timeout).Should(Succeed())
+
+	createPod(g, ns, "real", ref, imageID)
+	second := controllers.ReportNames(reg.Host()+"/decoy/app", digest)[1]
+	g.Expect(second).NotTo(Equal(first))
+	g.Eventually(func(g Gomega) {
+		r := &securityv1alpha1.ImageScanReport{}
+		g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: second}, r)).To(Succeed())
+		g.Expect(r.Spec.Digest).To(Equal(digest))
+		g.Expect(meta.IsStatusConditionTrue(r.Status.Conditions, securityv1alpha1.ConditionReady)).To(BeTrue())
+		g.Expect(r.Status.Summary.Critical).To(BeEquivalentTo(1))
+	}).WithTimeout(timeout).Should(Succeed())
+}
+
+// TestUpperCaseHostsGetAReport: an image named with an upper-case host is the same image as in
+// lower case: its report is made under the canonical name, and scanned.
+func TestUpperCaseHostsGetAReport(t *testing.T) {
+	g := NewWithT(t)
+	ns := "upper-case"
+	namespace(g, ns)
+	_, _, digest := testsuite.Push(t, reg, "upper/app", testsuite.Image(t.Name()))
+	port := reg.Host()[strings.LastIndex(reg.Host(), ":"):]
+	spelled := "LOCALHOST" + port + "/upper/app"
+	createPod(g, ns, "upper", spelled+":1.0", spelled+"@"+digest)
+	canonical := "localhost" + port + "/upper/app"
+	g.Eventually(func(g Gomega) {
+		r := &securityv1alpha1.ImageScanReport{}
+		g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: controllers.ReportName(canonical, digest)}, r)).To(Succeed())
+		g.Expect(r.Spec.Image).To(Equal(canonical))
+		g.Expect(meta.IsStatusConditionTrue(r.Status.Conditions, securityv1alpha1.ConditionReady)).To(BeTrue(), "%v", r.Status.Conditions)
+		g.Expect(r.Status.Summary.Critical).To(BeEquivalentTo(1))
+	}).WithTimeout(timeout).Should(Succeed())
 }

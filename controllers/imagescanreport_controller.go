@@ -32,6 +32,7 @@ import (
 	"github.com/imageguard/imageguard/internal/policy"
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
+	"github.com/imageguard/imageguard/internal/workload"
 )
 
 // ImageScanner is what the report controller needs of the scanner.
@@ -173,13 +174,17 @@ func (r *ImageScanReportReconciler) current(report *securityv1alpha1.ImageScanRe
 // scan returns the report's findings: its digest's kept inventory (analysed once, cluster-wide,
 // with the pull secrets of the pods that run it) matched against the current DB.
 func (r *ImageScanReportReconciler) scan(ctx context.Context, report *securityv1alpha1.ImageScanReport) (*scanner.Result, metav1.Time, error) {
-	keychain := &lazyKeychain{load: func() (authn.Keychain, error) {
+	keychain := workload.LazyKeychain(func() (authn.Keychain, error) {
 		pods, err := r.podsUsing(ctx, report)
 		if err != nil {
 			return nil, err
 		}
-		return keychainFor(ctx, r.APIReader, pods)
-	}}
+		specs := make([]*corev1.PodSpec, 0, len(pods))
+		for _, pod := range pods {
+			specs = append(specs, &pod.Spec)
+		}
+		return workload.Keychain(ctx, r.APIReader, report.Namespace, specs...)
+	})
 	metrics.ScansInFlight.Inc()
 	defer metrics.ScansInFlight.Dec()
 	start := time.Now()

@@ -26,6 +26,7 @@ import (
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/controllers"
+	"github.com/imageguard/imageguard/internal/testsuite"
 	"github.com/imageguard/imageguard/internal/testutil"
 	"github.com/imageguard/imageguard/test/argocd"
 )
@@ -50,7 +51,7 @@ func TestGitOpsToolsReadWhatTheControllerWrote(t *testing.T) {
 	namespace(g, "gitops")
 
 	// Current: Healthy and Current.
-	ref, imageID, digest := push(t, reg, "gitops/current", image(t.Name()))
+	ref, imageID, digest := testsuite.Push(t, reg, "gitops/current", testsuite.Image(t.Name()))
 	createPod(g, "gitops", "current", ref, imageID)
 	current := readyReport(g, "gitops", "gitops/current", digest)
 	argo, kstatus := gitOpsHealth(g, current)
@@ -59,7 +60,7 @@ func TestGitOpsToolsReadWhatTheControllerWrote(t *testing.T) {
 
 	// A private image without its pull secret: retried with backoff. Argo CD shows it Degraded
 	// (it needs a pull secret), kstatus InProgress (Reconciling), and the generation is observed.
-	privRef, d := private.Push(t, "gitops/private", "1.0", image(t.Name()+"-private"))
+	privRef, d := private.Push(t, "gitops/private", "1.0", testsuite.Image(t.Name()+"-private"))
 	createPod(g, "gitops", "private", privRef, private.Host()+"/gitops/private@"+d.String())
 	retried := &securityv1alpha1.ImageScanReport{ObjectMeta: metav1.ObjectMeta{
 		Namespace: "gitops", Name: controllers.ReportName(private.Host()+"/gitops/private", d.String()),
@@ -75,9 +76,9 @@ func TestGitOpsToolsReadWhatTheControllerWrote(t *testing.T) {
 
 	// An image the scanner refuses for good (a layer path leaving the root): its first scan
 	// failed and is not retried. Degraded and Failed.
-	base := must(image(t.Name() + "-hostile").Layers())
+	base := must(testsuite.Image(t.Name() + "-hostile").Layers())
 	hostile := must(testutil.ImageFromLayers(testutil.LinuxAMD64, append(base, testutil.PathTraversalLayer())...))
-	hostileRef, hostileID, hostileDigest := push(t, reg, "gitops/hostile", hostile)
+	hostileRef, hostileID, hostileDigest := testsuite.Push(t, reg, "gitops/hostile", hostile)
 	createPod(g, "gitops", "hostile", hostileRef, hostileID)
 	stalled := &securityv1alpha1.ImageScanReport{ObjectMeta: metav1.ObjectMeta{
 		Namespace: "gitops", Name: controllers.ReportName(reg.Host()+"/gitops/hostile", hostileDigest),
@@ -117,7 +118,7 @@ func TestDeletedObjectsLeaveNoMetricSeries(t *testing.T) {
 	ctx := context.Background()
 	ns := "lifecycle"
 	namespace(g, ns)
-	ref, imageID, digest := push(t, reg, "lifecycle/app", image(t.Name()))
+	ref, imageID, digest := testsuite.Push(t, reg, "lifecycle/app", testsuite.Image(t.Name()))
 	pod := createPod(g, ns, "scanned", ref, imageID)
 	rep := readyReport(g, ns, "lifecycle/app", digest)
 	g.Eventually(func() int { return series(g, "imageguard_image_vulnerabilities", "report", rep.Name) }).Should(Equal(5))
@@ -170,10 +171,10 @@ func TestOwnersOutsideTheTableAreJudgedThroughTheirPods(t *testing.T) {
 	ctx := context.Background()
 	ns := "owners"
 	namespace(g, ns)
-	ref, imageID, digest := push(t, reg, "owners/canary", image(t.Name()))
+	ref, imageID, digest := testsuite.Push(t, reg, "owners/canary", testsuite.Image(t.Name()))
 	marker := must(testutil.LayerFromFiles(map[string][]byte{"etc/test-id": []byte(t.Name() + "-clean")}))
 	cleanBase := must(must(testutil.AlpineImage("3.22.1", nil)).Layers())
-	cleanRef, cleanID, cleanDigest := push(t, reg, "owners/clean", must(testutil.ImageFromLayers(testutil.LinuxAMD64, append(cleanBase, marker)...)))
+	cleanRef, cleanID, cleanDigest := testsuite.Push(t, reg, "owners/clean", must(testutil.ImageFromLayers(testutil.LinuxAMD64, append(cleanBase, marker)...)))
 	labels := map[string]string{"app": "canary"}
 	rs := &appsv1.ReplicaSet{
 		ObjectMeta: metav1.ObjectMeta{Name: "canary-6f7d", Namespace: ns, Labels: labels, OwnerReferences: []metav1.OwnerReference{{

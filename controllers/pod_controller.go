@@ -77,17 +77,16 @@ func (r *PodReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 		return ctrl.Result{}, err
 	}
 	desired, resolveErr := r.desiredReports(ctx, pods.Items)
-	if err := r.ensureReports(ctx, req.Name, desired); err != nil {
-		return ctrl.Result{}, err
-	}
+	ensureErr := r.ensureReports(ctx, req.Name, desired)
+	// Unused reports are collected even when some image failed: desired holds every digest in use.
 	requeue, err := r.collectGarbage(ctx, req.Name, desired)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if resolveErr != nil {
+	if err := errors.Join(resolveErr, ensureErr); err != nil {
 		// Retried with backoff; the reports of every other image are in place already.
-		log.Info("Some images could not be resolved to a digest", "error", resolveErr.Error())
-		return ctrl.Result{}, resolveErr
+		log.Info("Some images have no current report yet", "error", err.Error())
+		return ctrl.Result{}, err
 	}
 	return ctrl.Result{RequeueAfter: requeue}, nil
 }
@@ -168,7 +167,7 @@ func (r *PodReconciler) desiredReports(ctx context.Context, pods []corev1.Pod) (
 // resolve looks a tag up in the registry with the pod's pull secrets, reusing a recent answer.
 func (r *PodReconciler) resolve(ctx context.Context, pod *corev1.Pod, image string) (string, error) {
 	return r.resolved.Resolve(pod.Namespace+"/"+image, r.Clock.Now(), func() (string, error) {
-		keychain, err := keychainFor(ctx, r.APIReader, []*corev1.Pod{pod})
+		keychain, err := workload.Keychain(ctx, r.APIReader, pod.Namespace, &pod.Spec)
 		if err != nil {
 			return "", err
 		}
@@ -212,40 +211,26 @@ func sortedKeys(m map[string]bool) []string {
 // ensureReports creates missing reports and patches spec tags, workloads and the unused mark only
 // where they differ: a steady namespace costs no write.
 func (r *PodReconciler) ensureReports(ctx context.Context, namespace string, desired map[string]*desiredReport) error {
+	var errs []error
 	for _, d := range desired {
-		report := &securityv1alpha1.ImageScanReport{}
-		key := client.ObjectKey{Namespace: namespace, Name: ReportName(d.repository, d.digest)}
-		err := r.Client.Get(ctx, key, report)
-		if apierrors.IsNotFound(err) {
-			report = newReport(namespace, d.spec())
-			err := r.Client.Create(ctx, report)
-			if err != nil && !apierrors.IsAlreadyExists(err) {
-				return err
-			}
-			// Already there (made by an earlier reconcile the cache has not shown yet): only the
-			// workloads are written, from what this reconcile knows.
-			if err := r.writeWorkloads(ctx, report, d, err == nil); err != nil {
-				return err
-			}
+		report, created, err := reportFor(ctx, r.Client, r.APIReader, namespace, d.spec())
+		if err != nil {
+			errs = append(errs, err) // the other digests' reports are kept current still
 			continue
 		}
-		if err != nil {
-			return err
+		if !created {
+			before := report.DeepCopy()
+			report.Spec.Tags = d.spec().Tags
+			delete(report.Annotations, UnusedSinceAnnotation)
+			if _, err := writeObject(ctx, r.Client, before, report); err != nil {
+				return err
+			}
 		}
-		if report.Spec.Digest != d.digest {
-			continue // a 12-hex name collision between two digests: practically impossible
-		}
-		before := report.DeepCopy()
-		report.Spec.Tags = d.spec().Tags
-		delete(report.Annotations, UnusedSinceAnnotation)
-		if _, err := writeObject(ctx, r.Client, before, report); err != nil {
-			return err
-		}
-		if err := r.writeWorkloads(ctx, report, d, false); err != nil {
+		if err := r.writeWorkloads(ctx, report, d, created); err != nil {
 			return err
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // writeWorkloads writes the report's status.workloads. A report just created whose digest still

@@ -22,6 +22,7 @@ import (
 	wgpolicyv1alpha2 "github.com/imageguard/imageguard/api/wgpolicyk8s/v1alpha2"
 	"github.com/imageguard/imageguard/controllers"
 	"github.com/imageguard/imageguard/internal/metrics"
+	"github.com/imageguard/imageguard/internal/testsuite"
 	"github.com/imageguard/imageguard/internal/testutil"
 )
 
@@ -60,7 +61,7 @@ func policyStatus(g Gomega, key client.ObjectKey) *securityv1alpha1.ImagePolicy 
 func TestPolicyMarksNonCompliantWorkloads(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
-	ref, imageID, digest := push(t, reg, "policy/web", image(t.Name()))
+	ref, imageID, digest := testsuite.Push(t, reg, "policy/web", testsuite.Image(t.Name()))
 	namespace(g, "policy")
 	d := deployment(g, "policy", "web", ref, imageID)
 	readyReport(g, "policy", "policy/web", digest)

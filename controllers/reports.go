@@ -7,13 +7,16 @@
 package controllers
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"regexp"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/registry"
@@ -30,11 +33,21 @@ const (
 var nonLabelChars = regexp.MustCompile(`[^a-z0-9-]+`)
 
 // ReportName returns the name of the report of digest: the repository's last path element, a
-// dash and the digest's first 12 hex characters, cut to fit a DNS label.
-func ReportName(repository, digest string) string {
+// dash and the digest's first 12 hex characters, cut to fit a DNS label. When another digest's
+// report holds that name (the 12 hex are the same, by chance or made so), the report takes the
+// next of ReportNames.
+func ReportName(repository, digest string) string { return reportName(repository, digest, 12) }
+
+// ReportNames returns the names the report of digest may have, in the order they are tried: the
+// 12-hex name, then one with 40 hex of the digest (160 bits: no image can be made to collide).
+func ReportNames(repository, digest string) []string {
+	return []string{reportName(repository, digest, 12), reportName(repository, digest, 40)}
+}
+
+func reportName(repository, digest string, hexLen int) string {
 	hex := strings.TrimPrefix(digest, "sha256:")
-	if len(hex) > 12 {
-		hex = hex[:12]
+	if len(hex) > hexLen {
+		hex = hex[:hexLen]
 	}
 	base := repository[strings.LastIndex(repository, "/")+1:]
 	base = strings.Trim(nonLabelChars.ReplaceAllString(strings.ToLower(base), "-"), "-")
@@ -56,15 +69,40 @@ func DigestLabelValue(digest string) string {
 	return hex
 }
 
-// newReport returns a new report of spec in namespace, named and labelled for its digest.
-func newReport(namespace string, spec securityv1alpha1.ImageScanReportSpec) *securityv1alpha1.ImageScanReport {
-	return &securityv1alpha1.ImageScanReport{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: ReportName(spec.Image, spec.Digest), Namespace: namespace,
-			Labels: map[string]string{DigestLabel: DigestLabelValue(spec.Digest)},
-		},
-		Spec: spec,
+// reportFor returns the report of spec's digest in namespace, creating it when there is none:
+// the report under the first of ReportNames that is free or holds this digest. A name held by
+// another digest's report is passed over, so that no pod can keep an image's report from existing
+// by running a look-alike digest first. live reads what the cache may not show yet (a report an
+// earlier reconcile made a moment ago). created says whether this call made it.
+func reportFor(ctx context.Context, c client.Client, live client.Reader, namespace string, spec securityv1alpha1.ImageScanReportSpec) (report *securityv1alpha1.ImageScanReport, created bool, err error) {
+	for _, name := range ReportNames(spec.Image, spec.Digest) {
+		key := client.ObjectKey{Namespace: namespace, Name: name}
+		report = &securityv1alpha1.ImageScanReport{}
+		err := c.Get(ctx, key, report)
+		if apierrors.IsNotFound(err) {
+			report = &securityv1alpha1.ImageScanReport{
+				ObjectMeta: metav1.ObjectMeta{
+					Name: name, Namespace: namespace,
+					Labels: map[string]string{DigestLabel: DigestLabelValue(spec.Digest)},
+				},
+				Spec: spec,
+			}
+			if err = c.Create(ctx, report); err == nil {
+				return report, true, nil
+			}
+			if !apierrors.IsAlreadyExists(err) {
+				return nil, false, err
+			}
+			err = live.Get(ctx, key, report)
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if report.Spec.Digest == spec.Digest {
+			return report, false, nil
+		}
 	}
+	return nil, false, fmt.Errorf("every name of the report of %s@%s in %s is held by another digest's report", spec.Image, spec.Digest, namespace)
 }
 
 // ScanStatus is what the report controller writes for a successful scan.

@@ -44,6 +44,12 @@ func TestReportName(t *testing.T) {
 		})
 	}
 	NewWithT(t).Expect(DigestLabelValue(digest)).To(Equal(strings.TrimPrefix(digest, "sha256:")[:63]))
+	// The name taken when another digest's report holds the first: 40 hex, still a DNS label.
+	names := ReportNames("r.example.com/"+strings.Repeat("x", 80), digest)
+	g := NewWithT(t)
+	g.Expect(names[0]).To(Equal(strings.Repeat("x", 50) + "-0123456789ab"))
+	g.Expect(names[1]).To(Equal(strings.Repeat("x", 22) + "-0123456789abcdef0123456789abcdef01234567"))
+	g.Expect(len(names[1])).To(BeNumerically("<=", 63))
 }
 
 func TestDigestOf(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/testsuite"
 	"github.com/imageguard/imageguard/internal/testutil"
 )
 
@@ -35,7 +36,7 @@ func BenchmarkClusterScale(b *testing.B) {
 	refs := make([]string, digests)
 	ids := make([]string, digests)
 	for i := range digests {
-		refs[i], ids[i], _ = push(b, reg, fmt.Sprintf("scale/app-%03d", i), image(fmt.Sprintf("scale-%d", i)))
+		refs[i], ids[i], _ = testsuite.Push(b, reg, fmt.Sprintf("scale/app-%03d", i), testsuite.Image(fmt.Sprintf("scale-%d", i)))
 	}
 	analyses := scan.Analyses()
 	writesBefore, conflictsBefore := reportWrites(b)

@@ -41,7 +41,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if err := workload.IndexReports(context.Background(), mgr.GetFieldIndexer()); err != nil {
 		return err
 	}
-	gatherer := workload.NewGatherer(mgr.GetCache(), nil)
+	gatherer := workload.NewGatherer(mgr.GetCache(), nil).ReadNamespacesLive(mgr.GetAPIReader())
 	pods := &PodReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Registry: opts.Registry,
 		Retention: opts.ReportRetention, ExcludedNamespaces: opts.ExcludedNamespaces, Clock: opts.Clock,

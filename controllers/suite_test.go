@@ -1,40 +1,31 @@
 package controllers_test
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
-	"go.uber.org/zap/zapcore"
-	"k8s.io/client-go/rest"
-	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
-
 	"github.com/imageguard/imageguard/controllers"
-	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
-	"github.com/imageguard/imageguard/internal/scheme"
 	"github.com/imageguard/imageguard/internal/testenv"
+	"github.com/imageguard/imageguard/internal/testsuite"
 	"github.com/imageguard/imageguard/internal/testutil"
 	"github.com/imageguard/imageguard/internal/vulndb"
 )
 
-// The suite runs the real reconcilers in a manager against a real API server, a real registry
-// (with a second, private one behind basic auth) and a real DB published to the registry.
+// The suite runs the real reconcilers and the webhook in a manager against a real API server, a
+// real registry (with a second, private one behind basic auth) and a real DB published to the
+// registry (internal/testsuite).
 var (
+	suite    *testsuite.Suite
 	env      *testenv.Env
 	reg      *testutil.Registry
 	private  *testutil.Registry
 	db       *vulndb.Manager
 	scan     *scanner.Scanner
-	dbRepo   = "aquasecurity/trivy-db"
-	testTB   = &tbAdapter{}
+	dbRepo   = testsuite.DBRepository
+	testTB   *testsuite.TB
 	cacheDir string
 )
 
@@ -52,95 +43,23 @@ advisories:
 `
 
 func TestMain(m *testing.M) {
-	os.Exit(runSuite(m))
-}
-
-func runSuite(m *testing.M) int {
-	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.Level(zapLevel()))))
 	var err error
-	webhooks, err := testenv.ValidatingWebhooks(admissionTestLabel)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "reading the webhook configuration: %v\n", err)
-		return 1
-	}
-	env, err = testenv.Start(testenv.Options{PolicyReportCRDs: true, ValidatingWebhooks: webhooks})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "cannot start the control plane: %v\n", err)
-		return 1
-	}
-	defer func() { _ = env.Stop() }()
-	defer testTB.cleanup()
-	reg = testutil.NewRegistry(testTB)
-	private = testutil.NewRegistry(testTB, testutil.WithBasicAuth("puller", "s3cret"))
-	reg.PublishDB(testTB, dbRepo, "2", dbSpec())
-
-	cacheDir, err = os.MkdirTemp("", "imageguard-controllers-")
-	if err != nil {
-		panic(err)
-	}
-	defer os.RemoveAll(cacheDir)
-	client := registry.NewClient(registry.Options{InsecureHosts: []string{reg.Host(), private.Host()}})
-	db, err = vulndb.New(vulndb.Options{
-		Repositories: []string{reg.Host() + "/" + dbRepo + ":2"}, CacheDir: filepath.Join(cacheDir, "db"),
-		CheckInterval: time.Hour, Registry: client, Log: logr.Discard(),
-	})
-	if err != nil {
-		panic(err)
-	}
-	scan, err = scanner.New(scanner.Options{CacheDir: cacheDir, Timeout: time.Minute}, client, db)
-	if err != nil {
-		panic(err)
-	}
-	// The controller's own defaults (cmd/imageguard: --kube-api-qps, --kube-api-burst).
-	mgrConfig := rest.CopyConfig(env.Config)
-	mgrConfig.QPS, mgrConfig.Burst = 50, 100
-	serving := env.Environment.WebhookInstallOptions
-	mgr, err := ctrl.NewManager(mgrConfig, ctrl.Options{
-		Scheme:  scheme.New(),
-		Metrics: metricsserver.Options{BindAddress: "0"},
-		Cache:   controllers.CacheOptions(),
-		WebhookServer: webhook.NewServer(webhook.Options{
-			Host: serving.LocalServingHost, Port: serving.LocalServingPort, CertDir: serving.LocalServingCertDir,
-		}),
-	})
-	if err != nil {
-		panic(err)
-	}
-	if err := mgr.Add(db); err != nil {
-		panic(err)
-	}
-	err = controllers.Setup(mgr, controllers.Options{
-		Registry: client, Scanner: scan, DB: db, ScanConcurrency: 2,
-		ReportMaxBytes: reportMaxBytes, ReportRetention: retention, RescanInterval: time.Hour,
-		ExcludedNamespaces: []string{"kube-system"},
-		Admission: &controllers.AdmissionOptions{
-			Registry: client, ResolveTimeout: 2 * time.Second, ExcludedNamespaces: []string{"kube-system"},
+	suite, err = testsuite.Start(testsuite.Options{
+		AdmissionLabel: admissionTestLabel, DB: dbSpec(),
+		Controllers: controllers.Options{
+			ScanConcurrency: 2, ReportMaxBytes: reportMaxBytes, ReportRetention: retention, RescanInterval: time.Hour,
+			ExcludedNamespaces: []string{"kube-system"},
+			Admission:          &controllers.AdmissionOptions{ExcludedNamespaces: []string{"kube-system"}},
 		},
 	})
 	if err != nil {
-		panic(err)
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	// The DB manager downloads the DB at start: wait for it, so that its registry requests are
-	// not counted by the first test.
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
-		if _, ok := db.Info(); ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			fmt.Fprintf(os.Stderr, "the vulnerability DB was not loaded: %v\n", db.LastError())
-			cancel()
-			return 1
-		}
-	}
+	env, reg, private, db, scan, testTB, cacheDir = suite.Env, suite.Registry, suite.Private, suite.DB, suite.Scanner, suite.TB, suite.CacheDir
 	code := m.Run()
-	cancel()
-	if err := <-done; err != nil {
-		fmt.Fprintf(os.Stderr, "manager: %v\n", err)
-	}
-	return code
+	suite.Stop()
+	os.Exit(code)
 }
 
 // bigPackages is how many packages of the "big" image have a finding each.
@@ -164,35 +83,4 @@ func dbSpec(extra ...testutil.AdvisorySpec) *testutil.DBSpec {
 	}
 	spec.Advisories = append(spec.Advisories, extra...)
 	return spec
-}
-
-func zapLevel() int8 {
-	if os.Getenv("TEST_VERBOSE") != "" {
-		return -2
-	}
-	return 2 // errors only
-}
-
-// tbAdapter lets the suite's fixtures, which take a testing.TB, live for the whole TestMain.
-type tbAdapter struct {
-	testing.TB
-	cleanups []func()
-}
-
-func (t *tbAdapter) Helper()                   {}
-func (t *tbAdapter) Cleanup(f func())          { t.cleanups = append(t.cleanups, f) }
-func (t *tbAdapter) Fatal(args ...any)         { panic(fmt.Sprint(args...)) }
-func (t *tbAdapter) Fatalf(f string, a ...any) { panic(fmt.Sprintf(f, a...)) }
-func (t *tbAdapter) Errorf(f string, a ...any) { panic(fmt.Sprintf(f, a...)) }
-func (t *tbAdapter) Logf(string, ...any)       {}
-func (t *tbAdapter) TempDir() string {
-	d, _ := os.MkdirTemp("", "suite-")
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
-func (t *tbAdapter) Name() string { return "suite" }
-func (t *tbAdapter) cleanup() {
-	for i := len(t.cleanups) - 1; i >= 0; i-- {
-		t.cleanups[i]()
-	}
 }

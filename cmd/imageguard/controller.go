@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -17,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
@@ -44,6 +47,8 @@ type controllerOptions struct {
 	Registry           registryOptions
 	CacheDir           string
 	MetricsAddr        string
+	MetricsSecure      bool
+	EnableHTTP2        bool
 	ProbeAddr          string
 	LeaderElect        bool
 	LeaderElectID      string
@@ -60,8 +65,11 @@ type webhookOptions struct {
 	CertNamespace     string
 	CertHosts         []string
 	Configurations    []string
+	ClientCA          string
 	ExemptNamespaces  []string
-	ResolveTimeout    time.Duration
+	DecisionBudget    time.Duration
+	FailurePolicy     string
+	ControllerUsers   []string
 	ScanQueueCapacity int
 }
 
@@ -75,9 +83,16 @@ func (o *webhookOptions) bindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.CertNamespace, "webhook-cert-namespace", "", "Namespace of --webhook-cert-secret (default: the namespace in POD_NAMESPACE).")
 	fs.StringSliceVar(&o.CertHosts, "webhook-cert-hosts", nil, "DNS names and IP addresses the self-managed serving certificate is valid for (comma list), e.g. the webhook Service's names.")
 	fs.StringSliceVar(&o.Configurations, "webhook-configurations", nil, "ValidatingWebhookConfigurations whose caBundle the self-managed CA is injected into (comma list).")
+	fs.StringVar(&o.ClientCA, "webhook-client-ca", "",
+		"PEM file of the CA whose client certificates the webhook server requires (the API server's, configured in its AdmissionConfiguration); without it any caller that reaches the port is served: restrict it with a NetworkPolicy.")
 	fs.StringSliceVar(&o.ExemptNamespaces, "admission-exempt-namespaces", nil,
-		"Namespaces admission never checks (comma list); kube-system always, and namespaces labelled "+admission.OptOutLabel+"=disabled.")
-	fs.DurationVar(&o.ResolveTimeout, "admission-resolve-timeout", 2*time.Second, "Time limit of resolving a tag to a digest during an admission request (answers are cached for 5 minutes).")
+		"Namespaces admission never checks (comma list); kube-system always. The validating webhook also skips namespaces labelled "+admission.OptOutLabel+"=disabled; the ImagePolicyWebhook backend does not.")
+	fs.DurationVar(&o.DecisionBudget, "admission-decision-budget", 3*time.Second,
+		"Time limit of one admission decision, tag lookups included; keep it well under the webhook's timeoutSeconds. An image whose digest is not known in time is unscanned: onUnscanned decides.")
+	fs.StringVar(&o.FailurePolicy, "admission-failure-policy", string(admission.FailureIgnore),
+		"What an internal error answers: Ignore admits with a Warning, Fail refuses. Set it to the webhook configuration's failurePolicy.")
+	fs.StringSliceVar(&o.ControllerUsers, "admission-controller-users", admission.DefaultControllerUsers,
+		"Users (comma list) whose pods, ReplicaSets and Jobs are admitted without a new judgement when their controlling owner (ReplicaSet, StatefulSet, DaemonSet, Job; Deployment; CronJob) runs the same images: the owner was judged when it was created or changed.")
 	fs.IntVar(&o.ScanQueueCapacity, "admission-scan-queue", 1024, "Images seen unscanned at admission whose reports wait to be created; beyond it the pod controller creates them when a pod runs.")
 }
 
@@ -96,8 +111,12 @@ func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.ExcludedNamespaces, "exclude-namespaces", nil, "Namespaces never reported on (comma list); a namespace labelled imageguard.dev/exclude=true is excluded too.")
 	fs.StringVar(&o.CacheDir, "cache-dir", "/var/cache/imageguard",
 		"Folder for the downloaded vulnerability DB and the kept image inventories; mount a volume here so a restart pulls nothing again.")
-	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080",
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8443",
 		"Address the Prometheus metrics endpoint binds to; 0 disables it.")
+	fs.BoolVar(&o.MetricsSecure, "metrics-secure", true,
+		"Serve metrics over HTTPS to callers the API server authenticates and authorizes (get on the /metrics non-resource URL); false serves plain HTTP to anyone.")
+	fs.BoolVar(&o.EnableHTTP2, "enable-http2", false,
+		"Serve HTTP/2 on the webhook and metrics servers; off by default against HTTP/2 stream attacks (rapid reset).")
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081",
 		"Address the /healthz and /readyz probes bind to.")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", false,
@@ -126,6 +145,12 @@ func parseControllerFlags(args []string, output io.Writer) (*controllerOptions, 
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if p := admission.FailurePolicy(opts.Webhook.FailurePolicy); p != admission.FailureIgnore && p != admission.FailureFail {
+		return nil, fmt.Errorf("--admission-failure-policy must be %s or %s, not %q", admission.FailureIgnore, admission.FailureFail, p)
+	}
+	if opts.Webhook.DecisionBudget <= 0 {
+		return nil, errors.New("--admission-decision-budget must be positive")
 	}
 	if w := &opts.Webhook; w.CertSecret != "" {
 		if w.CertNamespace == "" {
@@ -163,7 +188,8 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 	if opts.Webhook.Port != 0 {
 		admissionOpts = &controllers.AdmissionOptions{
 			Registry: reg, ExemptNamespaces: opts.Webhook.ExemptNamespaces, ExcludedNamespaces: opts.ExcludedNamespaces,
-			ResolveTimeout: opts.Webhook.ResolveTimeout, ScanQueueCapacity: opts.Webhook.ScanQueueCapacity,
+			Budget: opts.Webhook.DecisionBudget, FailurePolicy: admission.FailurePolicy(opts.Webhook.FailurePolicy),
+			ControllerUsers: opts.Webhook.ControllerUsers, ScanQueueCapacity: opts.Webhook.ScanQueueCapacity,
 		}
 	}
 	return controllers.Setup(mgr, controllers.Options{
@@ -193,6 +219,10 @@ func webhookCertificates(restConfig *rest.Config, opts *controllerOptions) (*web
 	})
 }
 
+// The metrics endpoint asks the API server who calls and whether they may get /metrics.
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
+
 func runController(args []string, stderr io.Writer) int {
 	opts, err := parseControllerFlags(args, stderr)
 	if errors.Is(err, pflag.ErrHelp) {
@@ -211,9 +241,26 @@ func runController(args []string, stderr io.Writer) int {
 		return 1
 	}
 	restConfig.QPS, restConfig.Burst = opts.KubeAPIQPS, opts.KubeAPIBurst
+	var tlsOpts []func(*tls.Config)
+	if !opts.EnableHTTP2 {
+		tlsOpts = append(tlsOpts, func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} })
+	}
+	webhookTLS := tlsOpts
+	if opts.Webhook.ClientCA != "" {
+		requireClientCert, err := webhookcert.RequireClientCert(opts.Webhook.ClientCA)
+		if err != nil {
+			log.Error(err, "Cannot load --webhook-client-ca")
+			return 1
+		}
+		webhookTLS = append(slices.Clip(tlsOpts), requireClientCert)
+	}
+	metricsOpts := metricsserver.Options{BindAddress: opts.MetricsAddr, SecureServing: opts.MetricsSecure, TLSOpts: tlsOpts}
+	if opts.MetricsSecure {
+		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                  scheme.New(),
-		Metrics:                 metricsserver.Options{BindAddress: opts.MetricsAddr},
+		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  opts.ProbeAddr,
 		LeaderElection:          opts.LeaderElect,
 		LeaderElectionID:        opts.LeaderElectID,
@@ -221,7 +268,7 @@ func runController(args []string, stderr io.Writer) int {
 		// Stepping down at once on shutdown lets a new leader start without waiting for the lease.
 		LeaderElectionReleaseOnCancel: true,
 		Cache:                         controllers.CacheOptions(),
-		WebhookServer:                 webhook.NewServer(webhook.Options{Port: opts.Webhook.Port, CertDir: opts.Webhook.CertDir}),
+		WebhookServer:                 webhook.NewServer(webhook.Options{Port: opts.Webhook.Port, CertDir: opts.Webhook.CertDir, TLSOpts: webhookTLS}),
 	})
 	if err != nil {
 		log.Error(err, "Cannot create the manager")

@@ -3,6 +3,8 @@ package admission
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -14,6 +16,8 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 
+	corev1 "k8s.io/api/core/v1"
+
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/policy"
 	"github.com/imageguard/imageguard/internal/workload"
@@ -21,18 +25,31 @@ import (
 
 var now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 
+const digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
 // state is an in-memory State for unit tests of the decision.
 type state struct {
 	policies []*workload.Policy
 	reports  map[string]*policy.Report // repository -> report
+	err      error
+	// resolved records the images the decision asked to look up.
+	resolved *[]string
 }
 
 func (s state) Policies(context.Context, string, map[string]string) ([]*workload.Policy, error) {
-	return s.policies, nil
+	return s.policies, s.err
 }
 
-func (s state) Report(_ context.Context, _ string, img policy.Image) (string, *policy.Report) {
-	return "", s.reports[img.Repository]
+func (s state) Reports(_ context.Context, _ string, _ *corev1.PodSpec, images []policy.Image, resolve []bool) ([]string, []*policy.Report, []*policy.Report) {
+	digests := make([]string, len(images))
+	reports := make([]*policy.Report, len(images))
+	for i, img := range images {
+		if resolve[i] && s.resolved != nil {
+			*s.resolved = append(*s.resolved, img.Reference())
+		}
+		reports[i] = s.reports[img.Repository]
+	}
+	return digests, reports, make([]*policy.Report, len(images))
 }
 
 func (s state) OptedOut(_ context.Context, namespace string) bool { return namespace == "opted-out" }
@@ -69,7 +86,8 @@ func TestDecide(t *testing.T) {
 	}{
 		"enforce denies an untrusted registry": {
 			policies: []*workload.Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)},
-			images:   []string{"evil.io/app:1"}, wantMessage: "ClusterImagePolicy/trusted: evil.io/app:1: registries", unscanned: 1,
+			// Refused on the reference alone: nothing is looked up, nothing is to be scanned.
+			images: []string{"evil.io/app:1"}, wantMessage: "ClusterImagePolicy/trusted: evil.io/app:1: registries",
 		},
 		"enforce admits a trusted, clean image": {
 			policies: []*workload.Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)},
@@ -105,7 +123,7 @@ func TestDecide(t *testing.T) {
 			for _, img := range tt.images {
 				containers = append(containers, workload.Container{Name: "app", Image: img, Type: workload.RegularContainer})
 			}
-			d, err := Decide(context.Background(), s, "shop", nil, containers, now)
+			d, err := Decide(context.Background(), s, Request{Namespace: "shop", Containers: containers}, now)
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(d.Allowed).To(Equal(tt.wantAllowed), d.Message)
 			g.Expect(d.Message).To(ContainSubstring(tt.wantMessage))
@@ -131,13 +149,16 @@ func TestImageReviewHandler(t *testing.T) {
 		wantAllowed  bool
 		wantText     string
 	}{
-		"a trusted image":        {method: http.MethodPost, body: review("registry.example.com/app:1"), wantCode: 200, wantAllowed: true},
-		"an untrusted image":     {method: http.MethodPost, body: review("registry.example.com/app:1", "evil.io/xx:1"), wantCode: 200, wantText: "evil.io/xx:1: registries"},
-		"malformed JSON":         {method: http.MethodPost, body: `{"apiVersion": `, wantCode: 400, wantText: "not a JSON ImageReview"},
-		"the wrong kind":         {method: http.MethodPost, body: `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}`, wantCode: 400, wantText: "expected an imagepolicy.k8s.io/v1alpha1 ImageReview"},
-		"an oversized body":      {method: http.MethodPost, body: `{"x":"` + strings.Repeat("a", MaxRequestBytes) + `"}`, wantCode: 413, wantText: "larger than"},
-		"a GET":                  {method: http.MethodGet, wantCode: 405, wantText: "use POST"},
-		"an opted-out namespace": {method: http.MethodPost, body: imageReview("opted-out", "evil.io/xx:1"), wantCode: 200, wantAllowed: true},
+		"a trusted image":    {method: http.MethodPost, body: review("registry.example.com/app:1"), wantCode: 200, wantAllowed: true},
+		"an untrusted image": {method: http.MethodPost, body: review("registry.example.com/app:1", "evil.io/xx:1"), wantCode: 200, wantText: "evil.io/xx:1: registries"},
+		"malformed JSON":     {method: http.MethodPost, body: `{"apiVersion": `, wantCode: 400, wantText: "not a JSON ImageReview"},
+		"the wrong kind":     {method: http.MethodPost, body: `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}`, wantCode: 400, wantText: "expected an imagepolicy.k8s.io/v1alpha1 ImageReview"},
+		"an oversized body":  {method: http.MethodPost, body: `{"x":"` + strings.Repeat("a", MaxRequestBytes) + `"}`, wantCode: 413, wantText: "larger than"},
+		"a GET":              {method: http.MethodGet, wantCode: 405, wantText: "use POST"},
+		// The namespace label opts out of the validating webhook only: no API object turns this
+		// check off (docs/admission.md).
+		"an opted-out namespace": {method: http.MethodPost, body: imageReview("opted-out", "evil.io/xx:1"), wantCode: 200, wantText: "evil.io/xx:1: registries"},
+		"no namespace":           {method: http.MethodPost, body: imageReview("", "registry.example.com/app:1"), wantCode: 400, wantText: "names no namespace"},
 		"kube-system":            {method: http.MethodPost, body: imageReview("kube-system", "evil.io/xx:1"), wantCode: 200, wantAllowed: true},
 	}
 	for name, tt := range tests {
@@ -160,8 +181,9 @@ func TestImageReviewHandler(t *testing.T) {
 		})
 	}
 	g := NewWithT(t)
-	// shop's two reviews queue their three unscanned images; exempt namespaces queue nothing.
-	g.Expect(queued.images).To(ConsistOf("registry.example.com/app:1", "registry.example.com/app:1", "evil.io/xx:1"))
+	// Only the admitted review queues its unscanned image: a refused one makes ImageGuard pull
+	// nothing; exempt namespaces queue nothing.
+	g.Expect(queued.images).To(ConsistOf("registry.example.com/app:1"))
 }
 
 func imageReview(namespace string, images ...string) string {
@@ -173,4 +195,125 @@ func imageReview(namespace string, images ...string) string {
 	}
 	raw, _ := json.Marshal(r)
 	return string(raw)
+}
+
+// TestLookupsOnlyWhereTheDecisionNeedsThem: a request the registry rule refuses asks no registry;
+// otherwise only tag references a report-judging, non-Audit policy matches are looked up.
+func TestLookupsOnlyWhereTheDecisionNeedsThem(t *testing.T) {
+	trusted := securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/**"}}}
+	noCritical := securityv1alpha1.PolicyRules{Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)}}
+	tests := map[string]struct {
+		policies     []*workload.Policy
+		images       []string
+		wantResolved []string
+		wantAllowed  bool
+	}{
+		"refused by registry first": {
+			policies: []*workload.Policy{
+				compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted),
+				compiled(t, "ClusterImagePolicy/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, noCritical),
+			},
+			images: []string{"registry.example.com/app-a:1", "hung.example.com/app-b:1", "hung.example.com/app-c:1"},
+		},
+		"only what a report rule judges": {
+			policies: []*workload.Policy{
+				compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted),
+				compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementWarn, securityv1alpha1.UnscannedAllow, noCritical),
+			},
+			images:       []string{"registry.example.com/app-a:1", "registry.example.com/app-b@" + digest},
+			wantResolved: []string{"registry.example.com/app-a:1"}, wantAllowed: true,
+		},
+		"an Audit policy needs no lookup": {
+			policies:    []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementAudit, securityv1alpha1.UnscannedAllow, noCritical)},
+			images:      []string{"registry.example.com/app-a:1"},
+			wantAllowed: true,
+		},
+		"registries only need no lookup": {
+			policies:    []*workload.Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)},
+			images:      []string{"registry.example.com/app-a:1"},
+			wantAllowed: true,
+		},
+		"onUnscanned Deny needs the digest": {
+			policies:     []*workload.Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, trusted)},
+			images:       []string{"registry.example.com/app-a:1"},
+			wantResolved: []string{"registry.example.com/app-a:1"},
+		},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			var resolved []string
+			s := state{policies: tt.policies, resolved: &resolved}
+			var containers []workload.Container
+			for i, img := range tt.images {
+				containers = append(containers, workload.Container{Name: fmt.Sprint("c", i), Image: img, Type: workload.RegularContainer})
+			}
+			d, err := Decide(context.Background(), s, Request{Namespace: "shop", Containers: containers}, now)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(d.Allowed).To(Equal(tt.wantAllowed), d.Message)
+			g.Expect(resolved).To(Equal(tt.wantResolved))
+		})
+	}
+}
+
+// TestInternalErrorsFollowTheFailurePolicy: Ignore admits with a Warning naming the error, Fail
+// refuses with it; a request without namespace is a bad request either way.
+func TestInternalErrorsFollowTheFailurePolicy(t *testing.T) {
+	broken := state{err: errors.New("reading namespace shop: not found in the cache")}
+	containers := []workload.Container{{Name: "app", Image: "registry.example.com/app-a:1", Type: workload.RegularContainer}}
+	for _, tt := range []struct {
+		policy      FailurePolicy
+		wantAllowed bool
+	}{{FailureIgnore, true}, {FailureFail, false}} {
+		t.Run(string(tt.policy), func(t *testing.T) {
+			g := NewWithT(t)
+			r := &Reviewer{State: broken, FailurePolicy: tt.policy, Clock: clocktesting.NewFakePassiveClock(now)}
+			d, err := r.Review(context.Background(), Request{Endpoint: EndpointValidate, Namespace: "shop", Containers: containers})
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(d.Allowed).To(Equal(tt.wantAllowed))
+			if tt.wantAllowed {
+				g.Expect(d.Warnings).To(ConsistOf(ContainSubstring("not found in the cache")))
+			} else {
+				g.Expect(d.Message).To(ContainSubstring("not found in the cache"))
+			}
+			_, err = r.Review(context.Background(), Request{Endpoint: EndpointValidate, Containers: containers})
+			g.Expect(err).To(MatchError(ErrBadRequest))
+		})
+	}
+}
+
+// TestRefusedForBeingUnscannedQueuesTheScan: a request refused only because an image is not
+// scanned yet queues that scan (else it could never be admitted); refused for anything else, it
+// queues nothing.
+func TestRefusedForBeingUnscannedQueuesTheScan(t *testing.T) {
+	trusted := securityv1alpha1.PolicyRules{
+		Registries:      &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/**"}},
+		Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)},
+	}
+	critical := &policy.Report{ScannedAt: now, Summary: securityv1alpha1.VulnerabilitySummary{Critical: 1, Total: 1}}
+	for _, tt := range []struct {
+		name       string
+		images     []string
+		wantQueued []string
+	}{
+		{"only unscanned", []string{"registry.example.com/new:1"}, []string{"registry.example.com/new:1"}},
+		{"unscanned and a critical", []string{"registry.example.com/new:1", "registry.example.com/critical:1"}, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			q := &queue{}
+			r := &Reviewer{Queue: q, Clock: clocktesting.NewFakePassiveClock(now), State: state{
+				policies: []*workload.Policy{compiled(t, "ClusterImagePolicy/scanned", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, trusted)},
+				reports:  map[string]*policy.Report{"registry.example.com/critical": critical},
+			}}
+			var containers []workload.Container
+			for i, img := range tt.images {
+				containers = append(containers, workload.Container{Name: fmt.Sprint("c", i), Image: img, Type: workload.RegularContainer})
+			}
+			d, err := r.Review(context.Background(), Request{Endpoint: EndpointValidate, Namespace: "shop", Containers: containers})
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(d.Allowed).To(BeFalse())
+			g.Expect(q.images).To(Equal(tt.wantQueued))
+		})
+	}
 }

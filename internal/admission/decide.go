@@ -1,7 +1,9 @@
 // Package admission decides at admission time whether images may run, with the same policy
-// engine as the controllers, from in-memory state only: it never reaches a registry on the request
-// path. It serves Kubernetes' ImagePolicyWebhook (ImageReview) and, in the validating webhook,
-// pods and pod templates.
+// engine and the same gatherer as the controllers, from the informer cache. The only remote calls
+// on the request path are tag lookups that a decision needs, in parallel, within the request's
+// decision budget: what is not resolved in time is unscanned, and onUnscanned decides. It serves
+// Kubernetes' ImagePolicyWebhook (ImageReview) and, in the validating webhook, pods and pod
+// templates.
 package admission
 
 import (
@@ -11,19 +13,25 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/policy"
 	"github.com/imageguard/imageguard/internal/workload"
 )
 
-// State is the in-memory view admission decides from: the policies that apply to a namespace and
-// workload labels, and the reports of images.
+// State is the view admission decides from: the policies that apply to a namespace and workload
+// labels, and the reports of images.
 type State interface {
 	Policies(ctx context.Context, namespace string, labels map[string]string) ([]*workload.Policy, error)
-	// Report returns the digest of an image (empty when it cannot be told) and its scan report
-	// as seen from a namespace (nil when it was never scanned).
-	Report(ctx context.Context, namespace string, img policy.Image) (digest string, report *policy.Report)
-	// OptedOut reports whether a namespace turned admission checks off (OptOutLabel).
+	// Reports returns, for each image, its digest (empty when it cannot be told before ctx ends)
+	// and its scan report as seen from namespace (nil when it was never scanned). Images whose
+	// digest must be looked up (resolve true) are looked up in parallel with the pull secrets of
+	// spec (nil: the namespace's default service account's); the others are judged by the digest
+	// their reference names, if any. For an image whose digest stays unknown, lastKnown is the
+	// report of the digest its tag last named in the namespace, if any.
+	Reports(ctx context.Context, namespace string, spec *corev1.PodSpec, images []policy.Image, resolve []bool) (digests []string, reports, lastKnown []*policy.Report)
+	// OptedOut reports whether a namespace turned the validating webhook off (OptOutLabel).
 	OptedOut(ctx context.Context, namespace string) bool
 }
 
@@ -36,55 +44,107 @@ type Decision struct {
 	Message string
 	// Warnings are the failures of Warn policies (and of Enforce ones, repeated), for the client.
 	Warnings []string
-	// Unscanned are images never scanned, with their digest when known; their scan should be
-	// queued at once.
+	// Unscanned are images never scanned, with their digest when known; their scan may be queued.
 	Unscanned []policy.Image
+	// OnlyUnscanned is true for a refusal whose every failure is an image not scanned yet
+	// (onUnscanned: Deny) that passes every other rule: its scan is what the caller waits for.
+	OnlyUnscanned bool
 	// Audit holds per-policy results for the audit log.
 	Audit map[string]string
 }
 
-// Decide judges containers of a workload in namespace with labels at time now.
-func Decide(ctx context.Context, state State, namespace string, labels map[string]string, containers []workload.Container, now time.Time) (Decision, error) {
-	policies, err := state.Policies(ctx, namespace, labels)
+// Decide judges the containers of req at time now. Rules that need no report (registries, tags)
+// are judged first; when they already refuse the request, no registry is asked anything. Then the
+// digests of tag references are looked up, only for images a policy judges by report, and the
+// whole chain decides. ctx bounds the lookups.
+func Decide(ctx context.Context, state State, req Request, now time.Time) (Decision, error) {
+	policies, err := state.Policies(ctx, req.Namespace, req.Labels)
 	if err != nil {
 		return Decision{}, err
 	}
-	d := Decision{Allowed: true, Audit: map[string]string{}}
-	images := make([]policy.Image, 0, len(containers))
-	for _, c := range containers {
-		img, err := parse(c)
+	images := make([]policy.Image, 0, len(req.Containers))
+	for _, c := range req.Containers {
+		img, err := policy.ParseImage(c.Image)
 		if err != nil {
-			d.Allowed = false
-			d.Message = fmt.Sprintf("denied by ImageGuard: container %s: %v", c.Name, err)
-			return d, nil
+			return Decision{Message: fmt.Sprintf("denied by ImageGuard: container %s: %v", c.Name, err), Audit: map[string]string{}}, nil
 		}
-		digest, report := state.Report(ctx, namespace, img)
-		img.Report = report
-		if report == nil {
-			unscanned := img
-			if unscanned.Digest == "" {
-				unscanned.Digest = digest
-			}
-			d.Unscanned = append(d.Unscanned, unscanned)
-		}
+		img.Container = c.Name
 		images = append(images, img)
 	}
+	unknown := make([]bool, len(images))
+	if d := judge(policies, images, unknown, now); !d.Allowed {
+		return d, nil // refused on what the references say: no lookup can change that
+	}
+	resolve := make([]bool, len(images))
+	for _, p := range policies {
+		if p.Enforcement == securityv1alpha1.EnforcementAudit || (!p.Rules.NeedsReport() && p.OnUnscanned != securityv1alpha1.UnscannedDeny) {
+			continue // its verdict on reports changes no answer
+		}
+		for i, img := range images {
+			if img.Digest == "" && len(p.MatchImages([]policy.Image{img})) > 0 {
+				resolve[i] = true
+			}
+		}
+	}
+	lookups, cancel := lookupContext(ctx)
+	defer cancel()
+	digests, reports, lastKnown := state.Reports(lookups, req.Namespace, req.PodSpec, images, resolve)
+	var unscanned []policy.Image
+	for i := range images {
+		images[i].Report = reports[i]
+		if reports[i] != nil {
+			continue
+		}
+		u := images[i]
+		if u.Digest == "" {
+			u.Digest = digests[i]
+		}
+		unscanned = append(unscanned, u)
+		unknown[i] = true
+		// A tag whose digest cannot be told now is judged by the findings of the digest it
+		// named last, so that they can refuse it; passing them, it is still unscanned.
+		images[i].Report = lastKnown[i]
+	}
+	d := judge(policies, images, unknown, now)
+	d.Unscanned = unscanned
+	return d, nil
+}
+
+// lookupContext is ctx for the lookups: they end a tenth of what is left of ctx's deadline (at
+// most 250ms) before it, so that the decision and its answer still fit in the budget.
+func lookupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return context.WithCancel(ctx)
+	}
+	reserve := min(time.Until(deadline)/10, 250*time.Millisecond)
+	return context.WithDeadline(ctx, deadline.Add(-reserve))
+}
+
+// judge evaluates every policy over the images it matches. An image without a report fails the
+// rules that need one only as onUnscanned says, and so does an unscanned one (judged by the
+// findings of its tag's last digest, which only refuse).
+func judge(policies []*workload.Policy, images []policy.Image, unscanned []bool, now time.Time) Decision {
+	d := Decision{Allowed: true, Audit: map[string]string{}}
 	var denials []string
+	onlyUnscanned := true
 	for _, p := range policies {
 		matched := p.MatchImages(images)
 		if len(matched) == 0 {
 			continue
 		}
 		var failures []string
-		for _, img := range matched {
-			if img.Report == nil && p.OnUnscanned == securityv1alpha1.UnscannedDeny {
+		unscannedOnly := true
+		for i, img := range images {
+			if unscanned[i] && p.OnUnscanned == securityv1alpha1.UnscannedDeny && len(p.MatchImages(images[i:i+1])) > 0 {
 				failures = append(failures, fmt.Sprintf("%s: not scanned yet (onUnscanned: Deny)", img.Reference()))
 			}
 		}
 		for _, r := range p.Rules.Evaluate(matched, now).Results {
-			// An unscanned image is onUnscanned's to decide; its scan is queued.
+			// An unscanned image is onUnscanned's to decide.
 			if (r.Failed || r.NotEvaluable) && r.Reason != policy.ReasonNotScanned {
 				failures = append(failures, r.String())
+				unscannedOnly = false
 			}
 		}
 		if len(failures) == 0 {
@@ -95,6 +155,7 @@ func Decide(ctx context.Context, state State, namespace string, labels map[strin
 		switch p.Enforcement {
 		case securityv1alpha1.EnforcementEnforce:
 			denials = append(denials, fmt.Sprintf("%s: %s", p.Ref, strings.Join(failures, "; ")))
+			onlyUnscanned = onlyUnscanned && unscannedOnly
 		case securityv1alpha1.EnforcementWarn:
 			for _, f := range failures {
 				d.Warnings = append(d.Warnings, fmt.Sprintf("%s: %s", p.Ref, f))
@@ -104,13 +165,8 @@ func Decide(ctx context.Context, state State, namespace string, labels map[strin
 	if len(denials) > 0 {
 		sort.Strings(denials)
 		d.Allowed = false
+		d.OnlyUnscanned = onlyUnscanned
 		d.Message = "denied by ImageGuard: " + strings.Join(denials, " | ")
 	}
-	return d, nil
-}
-
-func parse(c workload.Container) (policy.Image, error) {
-	img, err := policy.ParseImage(c.Image)
-	img.Container = c.Name
-	return img, err
+	return d
 }

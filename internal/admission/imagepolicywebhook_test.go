@@ -2,11 +2,15 @@ package admission_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
@@ -22,14 +27,16 @@ import (
 	"github.com/imageguard/imageguard/internal/admission"
 	"github.com/imageguard/imageguard/internal/scheme"
 	"github.com/imageguard/imageguard/internal/testenv"
+	"github.com/imageguard/imageguard/internal/testutil"
 	"github.com/imageguard/imageguard/internal/webhookcert"
 	"github.com/imageguard/imageguard/internal/workload"
 )
 
 // imagePolicyBackend writes what the API server needs to call ImageGuard's /imagepolicy at
-// 127.0.0.1:port: the serving certificate files, the backend kubeconfig and the
-// AdmissionConfiguration, as docs/admission.md describes them. It returns the configuration's path.
-func imagePolicyBackend(t *testing.T, dir string, port int) string {
+// 127.0.0.1:port: the serving certificate files, the backend kubeconfig with the client
+// certificate the API server presents (signed by clientCA) and the AdmissionConfiguration, as
+// docs/admission.md describes them. It returns the configuration's path.
+func imagePolicyBackend(t *testing.T, dir string, port int, client testutil.ClientCerts) string {
 	t.Helper()
 	data, err := webhookcert.NewSecretData([]string{"127.0.0.1"}, time.Now())
 	if err != nil {
@@ -49,12 +56,14 @@ clusters:
     certificate-authority: %s
 users:
 - name: kube-apiserver
-  user: {}
+  user:
+    client-certificate: %s
+    client-key: %s
 contexts:
 - name: imageguard
   context: {cluster: imageguard, user: kube-apiserver}
 current-context: imageguard
-`, port, admission.ImagePolicyPath, filepath.Join(certDir, webhookcert.KeyCABundle))
+`, port, admission.ImagePolicyPath, filepath.Join(certDir, webhookcert.KeyCABundle), client.CertFile, client.KeyFile)
 	must(t, os.WriteFile(filepath.Join(dir, "imagepolicy.kubeconfig"), []byte(kubeconfig), 0o600))
 	// TTLs of -1 turn the API server's decision cache off, so every pod asks ImageGuard.
 	config := fmt.Sprintf(`apiVersion: apiserver.config.k8s.io/v1
@@ -89,22 +98,28 @@ func freePort(t *testing.T) int {
 }
 
 // TestImagePolicyWebhookPlugin runs Kubernetes' own ImagePolicyWebhook admission plugin against
-// ImageGuard's /imagepolicy endpoint, served as the controller serves it.
+// ImageGuard's /imagepolicy endpoint, served as the controller serves it with --webhook-client-ca:
+// the API server's client certificate is required.
 func TestImagePolicyWebhookPlugin(t *testing.T) {
 	g := NewWithT(t)
 	dir := t.TempDir()
 	port := freePort(t)
+	clientCerts, err := testutil.NewClientCerts(dir, "kube-apiserver")
+	g.Expect(err).NotTo(HaveOccurred())
 	env, err := testenv.Start(testenv.Options{APIServerArgs: map[string]string{
 		"enable-admission-plugins":      "ImagePolicyWebhook",
-		"admission-control-config-file": imagePolicyBackend(t, dir, port),
+		"admission-control-config-file": imagePolicyBackend(t, dir, port, clientCerts),
 	}})
 	g.Expect(err).NotTo(HaveOccurred())
 	defer func() { _ = env.Stop() }()
 
+	requireClientCert, err := webhookcert.RequireClientCert(clientCerts.CAFile)
+	g.Expect(err).NotTo(HaveOccurred())
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		Scheme:        scheme.New(),
-		Metrics:       metricsserver.Options{BindAddress: "0"},
-		WebhookServer: webhook.NewServer(webhook.Options{Host: "127.0.0.1", Port: port, CertDir: filepath.Join(dir, "certs")}),
+		Scheme:  scheme.New(),
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		WebhookServer: webhook.NewServer(webhook.Options{Host: "127.0.0.1", Port: port, CertDir: filepath.Join(dir, "certs"),
+			TLSOpts: []func(*tls.Config){requireClientCert}}),
 	})
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(workload.IndexReports(context.Background(), mgr.GetFieldIndexer())).To(Succeed())
@@ -135,6 +150,22 @@ func TestImagePolicyWebhookPlugin(t *testing.T) {
 		return c.Create(ctx, pod("untrusted", "evil.example.com/app:1"))
 	}).WithTimeout(30 * time.Second).Should(MatchError(ContainSubstring("evil.example.com/app:1: registries")))
 	g.Expect(c.Create(ctx, pod("trusted", "registry.example.com/team/app:1"))).To(Succeed())
+	// No label turns this check off (only the operator's --admission-exempt-namespaces do).
+	ns := &corev1.Namespace{}
+	g.Expect(c.Get(ctx, client.ObjectKey{Name: "default"}, ns)).To(Succeed())
+	ns.Labels = map[string]string{admission.OptOutLabel: "disabled"}
+	g.Expect(c.Update(ctx, ns)).To(Succeed())
+	g.Consistently(func() error {
+		return c.Create(ctx, pod("opted-out-"+strconv.FormatInt(time.Now().UnixNano(), 36), "evil.example.com/app:1"))
+	}).WithTimeout(3 * time.Second).Should(MatchError(ContainSubstring("evil.example.com/app:1: registries")))
+	// A caller without the API server's client certificate is refused at the handshake.
+	pool := x509.NewCertPool()
+	ca, err := os.ReadFile(filepath.Join(dir, "certs", webhookcert.KeyCABundle))
+	g.Expect(err).NotTo(HaveOccurred())
+	pool.AppendCertsFromPEM(ca)
+	anonymous := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	_, err = anonymous.Post(fmt.Sprintf("https://127.0.0.1:%d%s", port, admission.ImagePolicyPath), "application/json", strings.NewReader(`{"apiVersion":"imagepolicy.k8s.io/v1alpha1","kind":"ImageReview","spec":{"namespace":"default","containers":[{"image":"evil.example.com/app:1"}]}}`))
+	g.Expect(err).To(MatchError(ContainSubstring("certificate required")))
 
 	// ImageGuard down: defaultAllow (false here) decides.
 	stopImageGuard()

@@ -52,10 +52,11 @@ func (h *ImageReviewHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for i, c := range review.Spec.Containers {
 		containers = append(containers, workload.Container{Name: fmt.Sprintf("container-%d", i), Image: c.Image, Type: workload.RegularContainer})
 	}
-	// The ImageReview carries no labels: label selectors of policies see an unlabelled workload.
-	decision, err := h.Reviewer.Review(r.Context(), EndpointImagePolicy, review.Spec.Namespace, nil, containers, false)
+	// The ImageReview carries no labels, no user and no owner: label selectors of policies see an
+	// unlabelled workload, and a pod made by a controller is judged like any other.
+	decision, err := h.Reviewer.Review(r.Context(), Request{Endpoint: EndpointImagePolicy, Namespace: review.Spec.Namespace, Containers: containers})
 	if err != nil {
-		httpError(w, http.StatusInternalServerError, "evaluating the policies: "+err.Error())
+		httpError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	review.Status = imagepolicyv1alpha1.ImageReviewStatus{Allowed: decision.Allowed, Reason: decision.Message}

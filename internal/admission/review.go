@@ -2,10 +2,17 @@ package admission
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/imageguard/imageguard/internal/metrics"
 	"github.com/imageguard/imageguard/internal/policy"
@@ -18,33 +25,99 @@ const (
 	EndpointImagePolicy = "imagepolicy"
 )
 
-// OptOutLabel on a namespace with the value "disabled" turns admission checks off there.
+// OptOutLabel on a namespace with the value "disabled" turns the validating webhook off there.
+// The ImagePolicyWebhook backend ignores it: only the operator's flags exempt a namespace there.
 const OptOutLabel = "imageguard.dev/admission"
+
+// FailurePolicy says what an internal error (a cache that cannot answer, say) answers, as the
+// webhook configuration's failurePolicy says what the API server does when ImageGuard cannot.
+type FailurePolicy string
+
+// The failure policies.
+const (
+	// FailureIgnore admits, with a Warning naming the error.
+	FailureIgnore FailurePolicy = "Ignore"
+	// FailureFail refuses, naming the error.
+	FailureFail FailurePolicy = "Fail"
+)
+
+// DefaultControllerUsers are the users kube-controller-manager creates pods, ReplicaSets and Jobs
+// as: its own identity, or, with --use-service-account-credentials, each controller's service
+// account.
+var DefaultControllerUsers = []string{
+	"system:kube-controller-manager",
+	"system:serviceaccount:kube-system:replicaset-controller",
+	"system:serviceaccount:kube-system:statefulset-controller",
+	"system:serviceaccount:kube-system:daemon-set-controller",
+	"system:serviceaccount:kube-system:job-controller",
+	"system:serviceaccount:kube-system:deployment-controller",
+	"system:serviceaccount:kube-system:cronjob-controller",
+}
+
+// ErrBadRequest is a request that can never be judged (no namespace, say): a 400.
+var ErrBadRequest = errors.New("bad request")
 
 // ScanQueue starts the scans of images admission saw unscanned.
 type ScanQueue interface {
 	QueueScans(namespace string, images []policy.Image)
 }
 
-// Reviewer is what both endpoints share: the namespace opt-out, the decision, queueing the
-// scans of unscanned images, and the metrics.
+// Request is what an endpoint asks the Reviewer.
+type Request struct {
+	Endpoint   string
+	Namespace  string
+	Labels     map[string]string
+	Containers []workload.Container
+	// PodSpec is the pod (template) spec, whose pull secrets tag lookups use; nil for ImageReview.
+	PodSpec *corev1.PodSpec
+	// User made the request and Object is what it creates (the validating webhook only): a
+	// controller's object whose controlling owner runs the same images is not judged again.
+	User       string
+	Object     client.Object
+	ObjectKind schema.GroupKind
+	DryRun     bool
+}
+
+// Reviewer is what both endpoints share: exemptions, objects made by the cluster's controllers,
+// the decision within its budget, the failure policy, queueing the scans of unscanned images,
+// and the metrics.
 type Reviewer struct {
 	State State
+	// Owners reads the controlling owners of objects (the manager's cache); LiveOwners reads one
+	// the cache does not show yet (a ReplicaSet made a moment ago, whose pods come at once).
+	Owners, LiveOwners client.Reader
 	// Queue is told of unscanned images; nil queues nothing.
 	Queue ScanQueue
 	// ExemptNamespaces are never checked; kube-system always is.
 	ExemptNamespaces []string
-	Clock            clock.PassiveClock
+	// Budget bounds a decision, tag lookups included (0: no bound); it must be well under the
+	// webhook's timeout, so that ImageGuard answers before the API server gives up.
+	Budget time.Duration
+	// FailurePolicy is what an internal error answers; the webhook configuration's should match.
+	FailurePolicy FailurePolicy
+	// ControllerUsers make objects whose controlling owner ImageGuard judged at its template.
+	ControllerUsers []string
+	Clock           clock.PassiveClock
 }
 
-// Review decides on the containers of a workload; dryRun requests queue no scan.
-func (r *Reviewer) Review(ctx context.Context, endpoint, namespace string, labels map[string]string, containers []workload.Container, dryRun bool) (Decision, error) {
-	start := time.Now()
-	d, err := r.review(ctx, namespace, labels, containers, dryRun)
+// Review decides on req. An error is ErrBadRequest (answer 400); internal errors are answered as
+// the failure policy says.
+func (r *Reviewer) Review(ctx context.Context, req Request) (Decision, error) {
+	start := r.Clock.Now()
+	if r.Budget > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.Budget)
+		defer cancel()
+	}
+	d, err := r.review(ctx, req)
 	result := "allowed"
 	switch {
+	case errors.Is(err, ErrBadRequest):
+		result = "error"
 	case err != nil:
 		result = "error"
+		d = r.failed(err)
+		err = nil
 	case !d.Allowed:
 		result = "denied"
 	case d.Exempt:
@@ -52,21 +125,92 @@ func (r *Reviewer) Review(ctx context.Context, endpoint, namespace string, label
 	case len(d.Warnings) > 0:
 		result = "warned"
 	}
-	metrics.AdmissionDecisions.WithLabelValues(endpoint, result).Inc()
-	metrics.AdmissionDuration.WithLabelValues(endpoint).Observe(time.Since(start).Seconds())
+	metrics.AdmissionDecisions.WithLabelValues(req.Endpoint, result).Inc()
+	metrics.AdmissionDuration.WithLabelValues(req.Endpoint).Observe(r.Clock.Since(start).Seconds())
 	return d, err
 }
 
-func (r *Reviewer) review(ctx context.Context, namespace string, labels map[string]string, containers []workload.Container, dryRun bool) (Decision, error) {
-	if namespace == "kube-system" || slices.Contains(r.ExemptNamespaces, namespace) || r.State.OptedOut(ctx, namespace) {
+func (r *Reviewer) review(ctx context.Context, req Request) (Decision, error) {
+	if req.Namespace == "" {
+		return Decision{}, fmt.Errorf("%w: the request names no namespace", ErrBadRequest)
+	}
+	if req.Namespace == "kube-system" || slices.Contains(r.ExemptNamespaces, req.Namespace) ||
+		(req.Endpoint == EndpointValidate && r.State.OptedOut(ctx, req.Namespace)) {
 		return Decision{Allowed: true, Exempt: true}, nil
 	}
-	d, err := Decide(ctx, r.State, namespace, labels, containers, r.Clock.Now())
+	if owner, ok := r.judgedOwner(ctx, req); ok {
+		return Decision{Allowed: true, Warnings: []string{fmt.Sprintf(
+			"ImageGuard: not judged again: made by the cluster's controllers for %s, which runs the same images and was judged when it was created or changed",
+			owner)}}, nil
+	}
+	d, err := Decide(ctx, r.State, req, r.Clock.Now())
 	if err != nil {
 		return d, err
 	}
-	if len(d.Unscanned) > 0 && r.Queue != nil && !dryRun {
-		r.Queue.QueueScans(namespace, d.Unscanned)
+	// Only an admitted request starts scans, or one refused for nothing but waiting for them: a
+	// refused request must not make ImageGuard pull from whatever host it names.
+	if len(d.Unscanned) > 0 && r.Queue != nil && !req.DryRun && (d.Allowed || d.OnlyUnscanned) {
+		r.Queue.QueueScans(req.Namespace, d.Unscanned)
 	}
 	return d, nil
+}
+
+// failed answers an internal error as the failure policy says.
+func (r *Reviewer) failed(err error) Decision {
+	if r.FailurePolicy == FailureIgnore {
+		return Decision{Allowed: true, Warnings: []string{fmt.Sprintf(
+			"ImageGuard could not evaluate the image policies (%v); admitted, as its failure policy is Ignore", err)}}
+	}
+	return Decision{Message: fmt.Sprintf("denied by ImageGuard: the image policies could not be evaluated (%v); refused, as its failure policy is Fail", err)}
+}
+
+// ownedKinds are, for each kind the cluster's controllers make, the kinds of controlling owner
+// whose pod template ImageGuard judged: a ReplicaSet's Deployment, a Job's CronJob, a pod's
+// ReplicaSet, StatefulSet, DaemonSet or Job.
+var ownedKinds = map[schema.GroupKind][]schema.GroupKind{
+	{Kind: "Pod"}: {
+		{Group: "apps", Kind: "ReplicaSet"}, {Group: "apps", Kind: "StatefulSet"},
+		{Group: "apps", Kind: "DaemonSet"}, {Group: "batch", Kind: "Job"},
+	},
+	{Group: "apps", Kind: "ReplicaSet"}: {{Group: "apps", Kind: "Deployment"}},
+	{Group: "batch", Kind: "Job"}:       {{Group: "batch", Kind: "CronJob"}},
+}
+
+// judgedOwner reports whether req creates an object for its controlling owner: the user is one of
+// the cluster's controllers, the owner is of a kind judged at its template, it exists (by UID),
+// and its template runs exactly the request's containers. It returns the owner's name. Anything
+// else (another user, other images, an owner that does not exist) is judged as it is.
+func (r *Reviewer) judgedOwner(ctx context.Context, req Request) (string, bool) {
+	if req.Object == nil || r.Owners == nil || !slices.Contains(r.ControllerUsers, req.User) {
+		return "", false
+	}
+	ref := metav1.GetControllerOf(req.Object)
+	if ref == nil {
+		return "", false
+	}
+	gv, err := schema.ParseGroupVersion(ref.APIVersion)
+	if err != nil {
+		return "", false
+	}
+	ownerKind := schema.GroupKind{Group: gv.Group, Kind: ref.Kind}
+	if !slices.Contains(ownedKinds[req.ObjectKind], ownerKind) {
+		return "", false
+	}
+	kind, ok := workload.KindOf(ownerKind.Group, ownerKind.Kind)
+	if !ok {
+		return "", false
+	}
+	owner := kind.New()
+	key := client.ObjectKey{Namespace: req.Namespace, Name: ref.Name}
+	err = r.Owners.Get(ctx, key, owner)
+	if apierrors.IsNotFound(err) && r.LiveOwners != nil {
+		err = r.LiveOwners.Get(ctx, key, owner)
+	}
+	if err != nil || owner.GetUID() != ref.UID {
+		return "", false
+	}
+	if !slices.Equal(workload.Containers(kind.PodSpec(owner)), req.Containers) {
+		return "", false
+	}
+	return ref.Kind + "/" + ref.Name, true
 }

@@ -2,6 +2,7 @@ package admission
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -9,32 +10,48 @@ import (
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/imageguard/imageguard/internal/imageref"
 	"github.com/imageguard/imageguard/internal/policy"
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/workload"
 )
 
-// Resolver turns a tag into the digest it points at now.
+// Resolver turns a tag into the digest it points at now, with the credentials of keychain.
 type Resolver interface {
-	ResolveDigest(ctx context.Context, ref string) (string, error)
+	ResolveDigest(ctx context.Context, ref string, keychain authn.Keychain) (string, error)
 }
 
 // CacheState is the State of a running manager: policies and reports come from the Gatherer, over
-// the informer cache (never the API server), and tags are resolved to digests through a cache with
-// a short timeout. A report is found by digest in the request's namespace, then in any namespace
-// (a digest's findings are the same everywhere), then, when the registry cannot say, by the tag
-// the pod controller last saw.
+// the informer cache (never the API server); tags are resolved to digests through a cache, in
+// parallel, within the request's context: anonymously first, and with the pull secrets of the pod
+// spec (read by name, uncached) only when the registry refuses an anonymous caller. A registry
+// that timed out is not asked again for a while, and the lookups in flight are bounded, so that a
+// flood of requests naming hung registries costs neither connections without end nor the
+// controller's API budget. A report is found by digest in the request's namespace, then in any
+// namespace (a digest's findings are the same everywhere).
 type CacheState struct {
 	Gatherer *workload.Gatherer
 	// Reader reads namespaces (the opt-out label), from the cache.
 	Reader client.Reader
-	// Resolver looks tags up; nil never resolves (tags are then found by the reports' tags only).
+	// Secrets reads service accounts and pull secrets by name: uncached.
+	Secrets client.Reader
+	// Resolver looks tags up; nil never resolves (tag references are then unscanned).
 	Resolver Resolver
-	// ResolveTimeout bounds one tag lookup on the request path (default 2s).
-	ResolveTimeout time.Duration
-	// Digests keeps tag lookups; nil looks every tag up again.
+	// Digests keeps tag lookups per namespace; nil looks every tag up again.
 	Digests *registry.DigestCache
+	// MaxLookups bounds the registry lookups in flight (default 64); a tag beyond it is unscanned.
+	MaxLookups int
+	// HungFor is how long a registry that timed out is not asked again (default 30s).
+	HungFor time.Duration
 	Clock   clock.PassiveClock
+
+	once     sync.Once
+	inflight chan struct{}
+	mu       sync.Mutex
+	hung     map[string]time.Time // registry host -> when it may be asked again
 }
 
 var _ State = (*CacheState)(nil)
@@ -63,38 +80,121 @@ func (s *CacheState) OptedOut(ctx context.Context, namespace string) bool {
 	return ns.Labels[OptOutLabel] == "disabled"
 }
 
-// Report returns the image's digest (empty when unknown) and its report.
-func (s *CacheState) Report(ctx context.Context, namespace string, img policy.Image) (string, *policy.Report) {
-	if img.Digest == "" {
-		img.Digest = s.resolve(ctx, img.Reference())
+// Reports returns the digests and reports of images (see State). Lookups run in parallel and end
+// with ctx: an image whose digest is not known by then has no report.
+func (s *CacheState) Reports(ctx context.Context, namespace string, spec *corev1.PodSpec, images []policy.Image, resolve []bool) ([]string, []*policy.Report, []*policy.Report) {
+	digests := make([]string, len(images))
+	type answer struct {
+		i      int
+		digest string
 	}
-	return img.Digest, s.Gatherer.Report(ctx, namespace, img)
+	answers := make(chan answer, len(images)) // buffered: a lookup ending after ctx never blocks
+	pending := 0
+	keychain := workload.LazyKeychain(func() (authn.Keychain, error) {
+		return workload.Keychain(ctx, s.Secrets, namespace, spec)
+	})
+	for i, img := range images {
+		digests[i] = img.Digest
+		if img.Digest != "" || !resolve[i] || s.Resolver == nil {
+			continue
+		}
+		pending++
+		go func(i int, ref string) {
+			lookup := func() (string, error) { return s.lookup(ctx, ref, keychain) }
+			var digest string
+			var err error
+			if s.Digests == nil {
+				digest, err = lookup()
+			} else {
+				// Per namespace: credentials differ from one to the next.
+				digest, err = s.Digests.Resolve(namespace+"/"+ref, s.Clock.Now(), lookup)
+			}
+			if err != nil {
+				digest = ""
+			}
+			answers <- answer{i, digest}
+		}(i, img.Reference())
+	}
+collect:
+	for ; pending > 0; pending-- {
+		select {
+		case a := <-answers:
+			digests[a.i] = a.digest
+		case <-ctx.Done():
+			break collect // the rest is unscanned
+		}
+	}
+	// Reports are read from memory even when the budget is spent: a known finding must never be
+	// lost to the clock.
+	cache := context.WithoutCancel(ctx)
+	reports := make([]*policy.Report, len(images))
+	lastKnown := make([]*policy.Report, len(images))
+	for i, img := range images {
+		if digests[i] == "" {
+			lastKnown[i] = s.Gatherer.Report(cache, namespace, img) // by the tag the pod controller saw
+			continue
+		}
+		img.Digest = digests[i]
+		reports[i] = s.Gatherer.Report(cache, namespace, img)
+	}
+	return digests, reports, lastKnown
 }
 
-// resolve returns the digest ref's tag points at, from the cache or the registry; "" when it
-// cannot be told in time.
-func (s *CacheState) resolve(ctx context.Context, ref string) string {
-	if s.Resolver == nil {
-		return ""
+// errNotAsked is a lookup ImageGuard did not make: its registry timed out a moment ago, or too
+// many lookups are in flight.
+var errNotAsked = registry.Errorf(registry.KindUnavailable, "registry not asked: it timed out recently, or too many lookups are in flight")
+
+// lookup resolves ref anonymously, and with keychain when the registry refuses an anonymous
+// caller; a registry that times out is marked hung for HungFor.
+func (s *CacheState) lookup(ctx context.Context, ref string, keychain authn.Keychain) (string, error) {
+	s.once.Do(func() {
+		if s.MaxLookups <= 0 {
+			s.MaxLookups = 64
+		}
+		if s.HungFor <= 0 {
+			s.HungFor = 30 * time.Second
+		}
+		s.inflight = make(chan struct{}, s.MaxLookups)
+		s.hung = map[string]time.Time{}
+	})
+	host := registryHost(ref)
+	s.mu.Lock()
+	until, hung := s.hung[host]
+	s.mu.Unlock()
+	if hung && s.Clock.Now().Before(until) {
+		return "", errNotAsked
 	}
-	timeout := s.ResolveTimeout
-	if timeout == 0 {
-		timeout = 2 * time.Second
+	select {
+	case s.inflight <- struct{}{}:
+		defer func() { <-s.inflight }()
+	default:
+		return "", errNotAsked
 	}
-	lookup := func() (string, error) {
-		ctx, cancel := context.WithTimeout(ctx, timeout)
-		defer cancel()
-		return s.Resolver.ResolveDigest(ctx, ref)
+	digest, err := s.Resolver.ResolveDigest(ctx, ref, nil)
+	if registry.KindOf(err) == registry.KindUnauthorized {
+		digest, err = s.Resolver.ResolveDigest(ctx, ref, keychain)
 	}
-	var digest string
-	var err error
-	if s.Digests == nil {
-		digest, err = lookup()
-	} else {
-		digest, err = s.Digests.Resolve(ref, s.Clock.Now(), lookup)
+	if registry.KindOf(err) == registry.KindTimeout {
+		now := s.Clock.Now()
+		s.mu.Lock()
+		if len(s.hung) >= 1024 { // hosts a caller names are many: keep only those still hung
+			for h, until := range s.hung {
+				if !now.Before(until) {
+					delete(s.hung, h)
+				}
+			}
+		}
+		s.hung[host] = now.Add(s.HungFor)
+		s.mu.Unlock()
 	}
+	return digest, err
+}
+
+// registryHost is ref's registry host, canonical; "" when ref does not parse.
+func registryHost(ref string) string {
+	r, err := name.ParseReference(ref)
 	if err != nil {
 		return ""
 	}
-	return digest
+	return imageref.CanonicalHost(r.Context().RegistryStr())
 }

@@ -8,8 +8,11 @@ import (
 	"slices"
 
 	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/imageguard/imageguard/internal/workload"
@@ -46,22 +49,26 @@ func (v *WorkloadValidator) Handle(ctx context.Context, req admission.Request) a
 	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
 		return admission.Allowed("")
 	}
-	labels, containers, err := v.workload(req.Kind, req.Object)
+	obj, spec, err := v.decode(req.Kind, req.Object)
 	if err != nil {
 		return admission.Errored(http.StatusBadRequest, err)
 	}
-	if containers == nil {
+	if obj == nil {
 		return admission.Allowed("not a workload ImageGuard checks")
 	}
+	containers := workload.Containers(spec)
 	if req.Operation == admissionv1.Update && len(req.OldObject.Raw) > 0 {
-		if _, old, err := v.workload(req.Kind, req.OldObject); err == nil && slices.Equal(old, containers) {
+		if _, old, err := v.decode(req.Kind, req.OldObject); err == nil && old != nil && slices.Equal(workload.Containers(old), containers) {
 			return admission.Allowed("images unchanged")
 		}
 	}
-	dryRun := req.DryRun != nil && *req.DryRun
-	d, err := v.Reviewer.Review(ctx, EndpointValidate, req.Namespace, labels, containers, dryRun)
+	d, err := v.Reviewer.Review(ctx, Request{
+		Endpoint: EndpointValidate, Namespace: req.Namespace, Labels: obj.GetLabels(), Containers: containers,
+		PodSpec: spec, User: req.UserInfo.Username, Object: obj,
+		ObjectKind: schema.GroupKind{Group: req.Kind.Group, Kind: req.Kind.Kind}, DryRun: req.DryRun != nil && *req.DryRun,
+	})
 	if err != nil {
-		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("evaluating image policies: %w", err))
+		return admission.Errored(http.StatusBadRequest, err)
 	}
 	resp := admission.Allowed("")
 	if !d.Allowed {
@@ -74,9 +81,9 @@ func (v *WorkloadValidator) Handle(ctx context.Context, req admission.Request) a
 	return resp
 }
 
-// workload decodes obj of kind and returns its labels and the containers of its pod (template);
-// nil containers for a kind it does not check.
-func (v *WorkloadValidator) workload(kind metav1.GroupVersionKind, obj runtime.RawExtension) (map[string]string, []workload.Container, error) {
+// decode decodes obj of kind and returns it and its pod (template) spec; nil for a kind it does
+// not check.
+func (v *WorkloadValidator) decode(kind metav1.GroupVersionKind, obj runtime.RawExtension) (client.Object, *corev1.PodSpec, error) {
 	k, ok := workload.KindOf(kind.Group, kind.Kind)
 	if !ok {
 		return nil, nil, nil
@@ -85,5 +92,5 @@ func (v *WorkloadValidator) workload(kind metav1.GroupVersionKind, obj runtime.R
 	if err := v.Decoder.DecodeRaw(obj, target); err != nil {
 		return nil, nil, fmt.Errorf("decoding the %s: %w", kind.Kind, err)
 	}
-	return target.GetLabels(), workload.Containers(k.PodSpec(target)), nil
+	return target, k.PodSpec(target), nil
 }

@@ -68,10 +68,14 @@ func init() {
 		AdmissionDecisions, AdmissionDuration)
 }
 
+// dbAge is the gauge RegisterDBAge registered last.
+var dbAge prometheus.Collector
+
 // RegisterDBAge exposes the build time of the vulnerability DB in use, read from info at scrape
-// time (0 before any DB is loaded).
+// time (0 before any DB is loaded). Registering again (a manager made anew in the same process)
+// replaces the earlier one.
 func RegisterDBAge(info func() (time.Time, bool)) error {
-	return ctrlmetrics.Registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	gauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "imageguard_vulnerability_db_updated_timestamp_seconds",
 		Help: "When the vulnerability DB in use was built, in seconds since the epoch.",
 	}, func() float64 {
@@ -80,7 +84,12 @@ func RegisterDBAge(info func() (time.Time, bool)) error {
 			return 0
 		}
 		return float64(t.Unix())
-	}))
+	})
+	if dbAge != nil {
+		ctrlmetrics.Registry.Unregister(dbAge)
+	}
+	dbAge = gauge
+	return ctrlmetrics.Registry.Register(gauge)
 }
 
 // Observe records one scan step of kind that took since start and ended with result.

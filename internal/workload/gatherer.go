@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -64,6 +65,9 @@ func (w Workload) Key() string { return w.Namespace + "/" + w.Kind + "/" + w.Nam
 type Gatherer struct {
 	reader   client.Reader
 	verifier policy.SignatureVerifier
+	// live reads a namespace the cache does not show yet (one made a moment ago, in the same
+	// kubectl apply as its workloads); nil: the cache only.
+	live client.Reader
 
 	mu        sync.Mutex
 	compiled  map[types.UID]*Policy
@@ -74,6 +78,13 @@ type Gatherer struct {
 // registered); verifier checks signatures (nil: signature rules are not evaluable).
 func NewGatherer(reader client.Reader, verifier policy.SignatureVerifier) *Gatherer {
 	return &Gatherer{reader: reader, verifier: verifier, compiled: map[types.UID]*Policy{}, sweepSize: 64}
+}
+
+// ReadNamespacesLive makes the Gatherer read a namespace from live (the API server) when the cache
+// does not have it yet, rather than fail.
+func (g *Gatherer) ReadNamespacesLive(live client.Reader) *Gatherer {
+	g.live = live
+	return g
 }
 
 // Policy is an ImagePolicy or ClusterImagePolicy compiled for judging.
@@ -273,7 +284,11 @@ func (g *Gatherer) PoliciesFor(ctx context.Context, namespace string) ([]*Policy
 		}
 		if c.namespaces != nil && !c.namespaces.Empty() && nsLabels == nil {
 			ns := &corev1.Namespace{}
-			if err := g.reader.Get(ctx, client.ObjectKey{Name: namespace}, ns); err != nil {
+			err := g.reader.Get(ctx, client.ObjectKey{Name: namespace}, ns)
+			if apierrors.IsNotFound(err) && g.live != nil {
+				err = g.live.Get(ctx, client.ObjectKey{Name: namespace}, ns)
+			}
+			if err != nil {
 				return nil, fmt.Errorf("reading namespace %s: %w", namespace, err)
 			}
 			nsLabels = ns.Labels

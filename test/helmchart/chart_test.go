@@ -41,6 +41,9 @@ var allOptional = []string{
 	"--set", "metrics.serviceMonitor.enabled=true", "--set", "networkPolicy.enabled=true",
 	"--set", "podDisruptionBudget.enabled=true", "--set", "controller.dbPath=/db",
 	"--set", "controller.insecureRegistries={registry.internal:5000}", "--set", "admission.certManager.enabled=true",
+	"--set", "admission.clientCA.configMap=apiserver-client-ca", "--set", "admission.decisionBudget=2500ms",
+	"--set", "metrics.readers[0].name=prometheus", "--set", "metrics.readers[0].namespace=monitoring",
+	"--set", "networkPolicy.webhookFrom[0].ipBlock.cidr=10.0.0.0/24",
 }
 
 func TestMain(m *testing.M) {
@@ -107,17 +110,21 @@ func TestTemplate(t *testing.T) {
 		kinds map[string]int
 	}{
 		"default values": {kinds: map[string]int{
-			"CustomResourceDefinition": 3, "ServiceAccount": 1, "ClusterRole": 2, "ClusterRoleBinding": 2,
+			// The manager's, the webhook certificate keeper's, and who may read the metrics.
+			"CustomResourceDefinition": 3, "ServiceAccount": 1, "ClusterRole": 3, "ClusterRoleBinding": 2,
 			"Role": 2, "RoleBinding": 2, "Deployment": 1, "Service": 2, "ValidatingWebhookConfiguration": 1,
 		}},
 		"every optional feature": {args: allOptional, kinds: map[string]int{
 			"CustomResourceDefinition": 5, "ServiceMonitor": 1, "PodDisruptionBudget": 1,
 			"PersistentVolumeClaim": 1, "NetworkPolicy": 1, "Deployment": 1,
 			// cert-manager issues the webhook certificate: ImageGuard needs no Secret rights.
-			"Issuer": 1, "Certificate": 1, "ClusterRole": 1, "Role": 1, "ValidatingWebhookConfiguration": 1,
+			"Issuer": 1, "Certificate": 1, "ClusterRole": 2, "ClusterRoleBinding": 2, "Role": 1, "ValidatingWebhookConfiguration": 1,
 		}},
 		"admission off": {args: []string{"--set", "admission.enabled=false"}, kinds: map[string]int{
-			"ClusterRole": 1, "Role": 1, "Service": 1, "ValidatingWebhookConfiguration": 0,
+			"ClusterRole": 2, "Role": 1, "Service": 1, "ValidatingWebhookConfiguration": 0,
+		}},
+		"metrics over plain HTTP": {args: []string{"--set", "metrics.secure=false"}, kinds: map[string]int{
+			"ClusterRole": 2, "ClusterRoleBinding": 2,
 		}},
 	}
 	for name, tt := range tests {
@@ -141,7 +148,14 @@ func TestTemplate(t *testing.T) {
 	docs := documents(t, runHelm(t, append([]string{"template", "ig", chart}, allOptional...)...))
 	d := &appsv1.Deployment{}
 	g.Expect(yaml.Unmarshal(docs["Deployment"][0], d)).To(Succeed())
-	g.Expect(d.Spec.Template.Spec.Containers[0].Args).To(ContainElements("--leader-elect=true", "--db-path=/db", "--insecure-registries=registry.internal:5000"))
+	g.Expect(d.Spec.Template.Spec.Containers[0].Args).To(ContainElements("--leader-elect=true", "--db-path=/db", "--insecure-registries=registry.internal:5000",
+		"--webhook-client-ca=/var/run/imageguard/client-ca/ca.crt", "--admission-decision-budget=2500ms",
+		"--admission-failure-policy=Ignore", "--metrics-secure=true", "--enable-http2=false"))
+	monitor := string(docs["ServiceMonitor"][0])
+	g.Expect(monitor).To(ContainSubstring("scheme: https"))
+	g.Expect(monitor).To(ContainSubstring("bearerTokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token"))
+	policy := string(docs["NetworkPolicy"][0])
+	g.Expect(policy).To(ContainSubstring("cidr: 10.0.0.0/24"))
 }
 
 // TestWebhookRulesMatchTheMarkers checks that the chart registers the webhooks controller-gen
@@ -168,6 +182,11 @@ func TestWebhookRulesMatchTheMarkers(t *testing.T) {
 		g.Expect(c.AdmissionReviewVersions).To(Equal(w.AdmissionReviewVersions))
 		g.Expect(*c.FailurePolicy).To(Equal(admissionregistrationv1.Fail))
 		g.Expect(*c.TimeoutSeconds).To(Equal(int32(3)))
+		// The controller answers its own errors as the API server would, within a budget that
+		// leaves time to answer.
+		d := &appsv1.Deployment{}
+		g.Expect(yaml.Unmarshal(docs["Deployment"][0], d)).To(Succeed())
+		g.Expect(d.Spec.Template.Spec.Containers[0].Args).To(ContainElements("--admission-failure-policy=Fail", "--admission-decision-budget=1s"))
 		g.Expect(c.NamespaceSelector.MatchExpressions).To(ContainElement(metav1.LabelSelectorRequirement{
 			Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"kube-system", "imageguard", "monitoring"},
 		}))
