@@ -40,7 +40,7 @@ kubectl="$assets/kubectl"
 export KUBECONFIG=$demo/kubeconfig
 rm -f "$KUBECONFIG"
 
-echo "demo: starting a local control plane (etcd, kube-apiserver) with the ImageGuard CRDs"
+echo "demo: starting a local control plane (etcd, kube-apiserver, kube-controller-manager) with the ImageGuard CRDs"
 go build -o bin/localcluster ./hack/localcluster
 KUBEBUILDER_ASSETS=$assets nohup bin/localcluster --write-kubeconfig "$KUBECONFIG" >"$demo/localcluster.log" 2>&1 &
 echo $! >"$demo/localcluster.pid"
@@ -68,7 +68,7 @@ rm -rf "$demo/cache" "$demo/webhook-certs"
 sed "s|REGISTRY|$registry|g" config/demo/admission.yaml | "$kubectl" apply -f -
 nohup bin/imageguard controller --kubeconfig "$KUBECONFIG" --cache-dir "$demo/cache" \
   --db-repository "$registry/aquasecurity/trivy-db:2" --insecure-registries "$registry" --db-check-interval 5s \
-  --metrics-bind-address 127.0.0.1:18080 --health-probe-bind-address 127.0.0.1:18081 \
+  --metrics-bind-address 127.0.0.1:18443 --health-probe-bind-address 127.0.0.1:18081 \
   --webhook-port 19443 --webhook-cert-dir "$demo/webhook-certs" --webhook-cert-secret imageguard-webhook-tls \
   --webhook-cert-namespace imageguard-system --webhook-cert-hosts 127.0.0.1 --webhook-configurations imageguard-demo \
   >"$demo/controller.log" 2>&1 &
@@ -128,6 +128,15 @@ for d in "untrusted docker.io/library/nginx:1.27" "web $registry/demo/web:1.0" "
   echo "\$ kubectl apply -n demo-enforce (Deployment $1, image $2)"
   deployment "$1" "$2" | "$kubectl" apply -f - 2>&1 | sed 's/^/  /' || true
 done
+echo
+echo "demo: the controller manager makes the admitted Deployment's pods; scaling it is never refused"
+"$kubectl" scale deployment/api -n demo-enforce --replicas=3 | sed 's/^/  /'
+for _ in $(seq 1 60); do
+  [ "$("$kubectl" get pods -n demo-enforce -l app=api --no-headers 2>/dev/null | wc -l)" -ge 3 ] && break
+  sleep 1
+done
+echo "\$ kubectl get pods -n demo-enforce"
+"$kubectl" get pods -n demo-enforce
 echo
 echo "The cluster keeps running. To use it:"
 echo "  export KUBECONFIG=$KUBECONFIG PATH=$assets:\$PATH"

@@ -1,5 +1,6 @@
-// Command localcluster runs a local control plane (etcd and kube-apiserver from
-// hack/control-plane.sh, with the ImageGuard CRDs installed) until it is stopped, for `make demo`.
+// Command localcluster runs a local control plane (etcd, kube-apiserver and kube-controller-manager
+// from hack/control-plane.sh, with the ImageGuard CRDs installed) until it is stopped, for
+// `make demo`: Deployments make their ReplicaSets and pods for real (no kubelet runs them).
 // It writes an admin kubeconfig to --write-kubeconfig and removes it on exit.
 package main
 
@@ -17,7 +18,7 @@ func main() {
 	kubeconfig := flag.String("write-kubeconfig", ".demo/kubeconfig", "Where to write the admin kubeconfig.")
 	flag.Parse()
 
-	env, err := testenv.Start(testenv.Options{})
+	env, err := testenv.Start(testenv.Options{ControllerManager: true})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "localcluster: %v\n", err)
 		os.Exit(1)
