@@ -172,9 +172,7 @@ func TestOwnersOutsideTheTableAreJudgedThroughTheirPods(t *testing.T) {
 	ns := "owners"
 	namespace(g, ns)
 	ref, imageID, digest := testsuite.Push(t, reg, "owners/canary", testsuite.Image(t.Name()))
-	marker := must(testutil.LayerFromFiles(map[string][]byte{"etc/test-id": []byte(t.Name() + "-clean")}))
-	cleanBase := must(must(testutil.AlpineImage("3.22.1", nil)).Layers())
-	cleanRef, cleanID, cleanDigest := testsuite.Push(t, reg, "owners/clean", must(testutil.ImageFromLayers(testutil.LinuxAMD64, append(cleanBase, marker)...)))
+	cleanRef, cleanID, cleanDigest := testsuite.Push(t, reg, "owners/clean", testsuite.ImageOf(t.Name()+"-clean"))
 	labels := map[string]string{"app": "canary"}
 	rs := &appsv1.ReplicaSet{
 		ObjectMeta: metav1.ObjectMeta{Name: "canary-6f7d", Namespace: ns, Labels: labels, OwnerReferences: []metav1.OwnerReference{{

@@ -122,18 +122,7 @@ func TestHungRegistriesAreUnscannedWithinTheBudget(t *testing.T) {
 	g := NewWithT(t)
 	critical := scannedReport("shop", "known", "registry.example.com/known", digest, nil, 1)
 	lastSeen := scannedReport("shop", "last-seen", "hung-tagged.example.com/app", "sha256:"+strings.Repeat("7", 64), []string{"1"}, 2)
-	c := fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(critical, lastSeen).
-		WithIndex(&securityv1alpha1.ImageScanReport{}, workload.IndexReportDigest, func(o client.Object) []string {
-			return []string{o.(*securityv1alpha1.ImageScanReport).Spec.Digest}
-		}).
-		WithIndex(&securityv1alpha1.ImageScanReport{}, workload.IndexReportTag, func(o client.Object) []string {
-			r := o.(*securityv1alpha1.ImageScanReport)
-			var out []string
-			for _, tag := range r.Spec.Tags {
-				out = append(out, r.Spec.Image+":"+tag)
-			}
-			return out
-		}).Build()
+	c := indexedClient(critical, lastSeen)
 	resolver := &hungResolver{}
 	s := &CacheState{
 		Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: c, Resolver: resolver,
@@ -240,9 +229,7 @@ func TestPullSecretsOnlyWhenTheRegistryAsks(t *testing.T) {
 			return c.Get(ctx, key, obj, opts...)
 		},
 	}).Build()
-	c := fake.NewClientBuilder().WithScheme(scheme.New()).
-		WithIndex(&securityv1alpha1.ImageScanReport{}, workload.IndexReportDigest, func(client.Object) []string { return nil }).
-		WithIndex(&securityv1alpha1.ImageScanReport{}, workload.IndexReportTag, func(client.Object) []string { return nil }).Build()
+	c := indexedClient()
 	resolver := &privateResolver{}
 	s := &CacheState{Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: secrets, Resolver: resolver, Clock: clocktesting.NewFakePassiveClock(now)}
 	images := []policy.Image{{Repository: "public.example.com/app", Tag: "1"}}
@@ -256,4 +243,13 @@ func TestPullSecretsOnlyWhenTheRegistryAsks(t *testing.T) {
 	g.Expect(digests).To(Equal([]string{digest}))
 	g.Expect(reads.Load()).To(BeEquivalentTo(1), "the default service account, read once")
 	g.Expect(resolver.calls.Load()).To(BeEquivalentTo(3))
+}
+
+// indexedClient is a fake cache holding objs, with the report indexes the Gatherer reads.
+func indexedClient(objs ...client.Object) client.Client {
+	b := fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(objs...)
+	for name, index := range workload.ReportIndexes {
+		b = b.WithIndex(&securityv1alpha1.ImageScanReport{}, name, index)
+	}
+	return b.Build()
 }

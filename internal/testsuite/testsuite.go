@@ -40,10 +40,14 @@ import (
 // Image builds an Alpine image with the base vulnerable packages (libcrypto3 of openssl, busybox),
 // extra packages, and a file that makes its digest unique to id.
 func Image(id string, extra ...testutil.APKPackage) v1.Image {
-	pkgs := append([]testutil.APKPackage{
+	return ImageOf(id, append([]testutil.APKPackage{
 		{Name: "libcrypto3", Version: "3.5.1-r0", Origin: "openssl"},
 		{Name: "busybox", Version: "1.37.0-r18"},
-	}, extra...)
+	}, extra...)...)
+}
+
+// ImageOf builds an Alpine image with pkgs only, and a file that makes its digest unique to id.
+func ImageOf(id string, pkgs ...testutil.APKPackage) v1.Image {
 	base, err := testutil.AlpineImage("3.22.1", pkgs)
 	if err != nil {
 		panic(err)

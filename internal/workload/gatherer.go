@@ -28,22 +28,29 @@ const (
 	IndexReportTag = "imageguard.spec.imageTag"
 )
 
-// IndexReports registers the field indexes the Gatherer reads, on the manager's cache.
-func IndexReports(ctx context.Context, indexer client.FieldIndexer) error {
-	report := &securityv1alpha1.ImageScanReport{}
-	if err := indexer.IndexField(ctx, report, IndexReportDigest, func(obj client.Object) []string {
+// ReportIndexes are the field indexes of ImageScanReports the Gatherer reads, by name.
+var ReportIndexes = map[string]client.IndexerFunc{
+	IndexReportDigest: func(obj client.Object) []string {
 		return []string{obj.(*securityv1alpha1.ImageScanReport).Spec.Digest}
-	}); err != nil {
-		return err
-	}
-	return indexer.IndexField(ctx, report, IndexReportTag, func(obj client.Object) []string {
+	},
+	IndexReportTag: func(obj client.Object) []string {
 		r := obj.(*securityv1alpha1.ImageScanReport)
 		out := make([]string, 0, len(r.Spec.Tags))
 		for _, tag := range r.Spec.Tags {
 			out = append(out, r.Spec.Image+":"+tag)
 		}
 		return out
-	})
+	},
+}
+
+// IndexReports registers ReportIndexes on the manager's cache.
+func IndexReports(ctx context.Context, indexer client.FieldIndexer) error {
+	for name, index := range ReportIndexes {
+		if err := indexer.IndexField(ctx, &securityv1alpha1.ImageScanReport{}, name, index); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Workload is a top-level workload and the containers it runs.

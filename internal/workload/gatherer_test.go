@@ -44,18 +44,11 @@ func meta(name string, owners ...metav1.OwnerReference) metav1.ObjectMeta {
 }
 
 func newClient(objs ...client.Object) client.Client {
-	return fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(objs...).
-		WithIndex(&securityv1alpha1.ImageScanReport{}, IndexReportDigest, func(o client.Object) []string {
-			return []string{o.(*securityv1alpha1.ImageScanReport).Spec.Digest}
-		}).
-		WithIndex(&securityv1alpha1.ImageScanReport{}, IndexReportTag, func(o client.Object) []string {
-			r := o.(*securityv1alpha1.ImageScanReport)
-			var out []string
-			for _, tag := range r.Spec.Tags {
-				out = append(out, r.Spec.Image+":"+tag)
-			}
-			return out
-		}).Build()
+	b := fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(objs...)
+	for name, index := range ReportIndexes {
+		b = b.WithIndex(&securityv1alpha1.ImageScanReport{}, name, index)
+	}
+	return b.Build()
 }
 
 func TestWorkloads(t *testing.T) {

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	. "github.com/onsi/gomega"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -28,28 +27,6 @@ import (
 	"github.com/imageguard/imageguard/internal/testsuite"
 	"github.com/imageguard/imageguard/internal/testutil"
 )
-
-// cleanImage is an Alpine image with no finding in the base DB: only pkg, and a file that makes
-// its digest unique to id.
-func cleanImage(id, pkg string) v1.Image {
-	base, err := testutil.AlpineImage("3.22.1", []testutil.APKPackage{{Name: pkg, Version: "1.0.0-r0"}})
-	if err != nil {
-		panic(err)
-	}
-	layers, err := base.Layers()
-	if err != nil {
-		panic(err)
-	}
-	marker, err := testutil.LayerFromFiles(map[string][]byte{"etc/test-id": []byte(id)})
-	if err != nil {
-		panic(err)
-	}
-	img, err := testutil.ImageFromLayers(testutil.LinuxAMD64, append(layers, marker)...)
-	if err != nil {
-		panic(err)
-	}
-	return img
-}
 
 // podsOf lists the live pods of ns that owner controls.
 func podsOf(g Gomega, ns string, owner k8stypes.UID) []corev1.Pod {
@@ -76,7 +53,7 @@ func TestControllersKeepRunningWhatWasAdmitted(t *testing.T) {
 		Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)},
 		OnUnscanned:     securityv1alpha1.UnscannedDeny,
 	})
-	ref, _, digest := testsuite.Push(t, suite.Registry, "keep/web", cleanImage(t.Name(), "scaleme"))
+	ref, _, digest := testsuite.Push(t, suite.Registry, "keep/web", testsuite.ImageOf(t.Name(), testutil.APKPackage{Name: "scaleme", Version: "1.0.0-r0"}))
 	deployment := fmt.Sprintf(`apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web, namespace: %[1]s}
