@@ -33,6 +33,10 @@ type AdmissionOptions struct {
 	ScanQueueCapacity int
 }
 
+// Admission reads, uncached and by name, the revision a StatefulSet pod names, when its images are
+// not the template's (a partitioned rolling update).
+// +kubebuilder:rbac:groups=apps,resources=controllerrevisions,verbs=get
+
 // setupAdmission serves the validating webhook (admission.ValidatePath) and the ImagePolicyWebhook
 // backend (admission.ImagePolicyPath) on the manager's webhook server, deciding from the
 // gatherer over the manager's cache.
@@ -66,7 +70,10 @@ func setupAdmission(mgr ctrl.Manager, gatherer *workload.Gatherer, clk clock.Pas
 		Budget: opts.Budget, FailurePolicy: opts.FailurePolicy, ControllerUsers: opts.ControllerUsers, Clock: clk,
 	}
 	server := mgr.GetWebhookServer()
-	server.Register(admission.ValidatePath, &webhook.Admission{Handler: admission.NewWorkloadValidator(reviewer, mgr.GetScheme())})
+	server.Register(admission.ValidatePath, &admission.OversizeGuard{
+		Next:     &webhook.Admission{Handler: admission.NewWorkloadValidator(reviewer, mgr.GetScheme())},
+		Reviewer: reviewer,
+	})
 	server.Register(admission.ImagePolicyPath, &admission.ImageReviewHandler{Reviewer: reviewer})
 	return nil
 }

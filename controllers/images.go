@@ -15,8 +15,8 @@ type podContainer struct {
 	ImageID string
 }
 
-// podContainers lists every container of pod, init and ephemeral ones included, with the image
-// ID the kubelet reported for it.
+// podContainers lists every image of pod (init, ephemeral containers and image volumes included),
+// with the image ID the kubelet reported for each container.
 func podContainers(pod *corev1.Pod) []podContainer {
 	ids := map[string]string{}
 	for _, statuses := range [][]corev1.ContainerStatus{
@@ -29,7 +29,11 @@ func podContainers(pod *corev1.Pod) []podContainer {
 	containers := workload.Containers(&pod.Spec)
 	out := make([]podContainer, 0, len(containers))
 	for _, c := range containers {
-		out = append(out, podContainer{Container: c, ImageID: ids[c.Name]})
+		pc := podContainer{Container: c}
+		if c.Type != workload.ImageVolume { // statuses are a container's, a volume may share its name
+			pc.ImageID = ids[c.Name]
+		}
+		out = append(out, pc)
 	}
 	return out
 }

@@ -98,8 +98,8 @@ func CacheOptions() cache.Options {
 	}
 }
 
-// TrimPod keeps of a pod its identity, owners, images, image IDs, pull secrets, service account
-// and phase.
+// TrimPod keeps of a pod its identity, owners, images (image volumes too), image IDs, pull
+// secrets, service account and phase.
 func TrimPod(obj any) (any, error) {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -128,6 +128,9 @@ func TrimPod(obj any) (any, error) {
 		case workload.EphemeralContainer:
 			trimmed.Spec.EphemeralContainers = append(trimmed.Spec.EphemeralContainers,
 				corev1.EphemeralContainer{EphemeralContainerCommon: corev1.EphemeralContainerCommon(kept)})
+		case workload.ImageVolume:
+			trimmed.Spec.Volumes = append(trimmed.Spec.Volumes, corev1.Volume{Name: c.Name,
+				VolumeSource: corev1.VolumeSource{Image: &corev1.ImageVolumeSource{Reference: c.Image}}})
 		}
 	}
 	trim := func(in []corev1.ContainerStatus) []corev1.ContainerStatus {

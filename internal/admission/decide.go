@@ -23,7 +23,9 @@ import (
 // State is the view admission decides from: the policies that apply to a namespace and workload
 // labels, and the reports of images.
 type State interface {
-	Policies(ctx context.Context, namespace string, labels map[string]string) ([]*workload.Policy, error)
+	// Policies returns the valid policies that apply in namespace to a workload with any of the
+	// label sets (its own labels, its pods' labels); without any, every policy of the namespace.
+	Policies(ctx context.Context, namespace string, labelSets ...map[string]string) ([]*workload.Policy, error)
 	// Reports returns, for each image, its digest (empty when it cannot be told before ctx ends)
 	// and its scan report as seen from namespace (nil when it was never scanned). Images whose
 	// digest must be looked up (resolve true) are looked up in parallel with the pull secrets of
@@ -58,7 +60,7 @@ type Decision struct {
 // digests of tag references are looked up, only for images a policy judges by report, and the
 // whole chain decides. ctx bounds the lookups.
 func Decide(ctx context.Context, state State, req Request, now time.Time) (Decision, error) {
-	policies, err := state.Policies(ctx, req.Namespace, req.Labels)
+	policies, err := state.Policies(ctx, req.Namespace, req.Labels, req.PodLabels)
 	if err != nil {
 		return Decision{}, err
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	imagepolicyv1alpha1 "k8s.io/api/imagepolicy/v1alpha1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/imageguard/imageguard/internal/workload"
 )
@@ -14,8 +15,9 @@ import (
 // ImagePolicyPath is where the manager's webhook server serves ImageReviewHandler.
 const ImagePolicyPath = "/imagepolicy"
 
-// MaxRequestBytes bounds a review request body.
-const MaxRequestBytes = 1 << 20
+// MaxRequestBytes bounds a review request body (an ImageReview names images and annotations
+// only: thousands of containers fit).
+const MaxRequestBytes = 4 << 20
 
 // ImageReviewHandler serves Kubernetes' ImagePolicyWebhook backend protocol: it answers an
 // ImageReview (imagepolicy.k8s.io/v1alpha1) with status.allowed, reason and audit annotations.
@@ -36,7 +38,14 @@ func (h *ImageReviewHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(body) > MaxRequestBytes {
-		httpError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the request is larger than %d bytes", MaxRequestBytes))
+		// An answer the plugin reads, refusing: its defaultAllow must not decide what ImageGuard
+		// could not read.
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(imagepolicyv1alpha1.ImageReview{
+			TypeMeta: metav1.TypeMeta{APIVersion: imagepolicyv1alpha1.SchemeGroupVersion.String(), Kind: "ImageReview"},
+			Status: imagepolicyv1alpha1.ImageReviewStatus{Reason: fmt.Sprintf(
+				"denied by ImageGuard: the request is larger than the %d bytes it reads", MaxRequestBytes)},
+		})
 		return
 	}
 	review := &imagepolicyv1alpha1.ImageReview{}
@@ -54,7 +63,11 @@ func (h *ImageReviewHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// The ImageReview carries no labels, no user and no owner: label selectors of policies see an
 	// unlabelled workload, and a pod made by a controller is judged like any other.
-	decision, err := h.Reviewer.Review(r.Context(), Request{Endpoint: EndpointImagePolicy, Namespace: review.Spec.Namespace, Containers: containers})
+	// Nor does it say whether the request is a dry run, or whether the pod will be created at all:
+	// nothing is queued from here (the validating webhook and the pod controller start scans).
+	decision, err := h.Reviewer.Review(r.Context(), Request{
+		Endpoint: EndpointImagePolicy, Namespace: review.Spec.Namespace, Labels: map[string]string{}, Containers: containers, DryRun: true,
+	})
 	if err != nil {
 		httpError(w, http.StatusBadRequest, err.Error())
 		return

@@ -182,7 +182,7 @@ type stateWithPolicies struct {
 	policies []*workload.Policy
 }
 
-func (s *stateWithPolicies) Policies(context.Context, string, map[string]string) ([]*workload.Policy, error) {
+func (s *stateWithPolicies) Policies(context.Context, string, ...map[string]string) ([]*workload.Policy, error) {
 	return s.policies, nil
 }
 

@@ -2,11 +2,14 @@ package admission
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -14,6 +17,7 @@ import (
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/metrics"
 	"github.com/imageguard/imageguard/internal/policy"
 	"github.com/imageguard/imageguard/internal/workload"
@@ -64,10 +68,11 @@ type ScanQueue interface {
 
 // Request is what an endpoint asks the Reviewer.
 type Request struct {
-	Endpoint   string
-	Namespace  string
-	Labels     map[string]string
-	Containers []workload.Container
+	Endpoint  string
+	Namespace string
+	// Labels are the object's own; PodLabels those of its pods (its template's).
+	Labels, PodLabels map[string]string
+	Containers        []workload.Container
 	// PodSpec is the pod (template) spec, whose pull secrets tag lookups use; nil for ImageReview.
 	PodSpec *corev1.PodSpec
 	// User made the request and Object is what it creates (the validating webhook only): a
@@ -155,6 +160,41 @@ func (r *Reviewer) review(ctx context.Context, req Request) (Decision, error) {
 	return d, nil
 }
 
+// policiesAdded reports whether a policy applies in namespace to the label sets of after that did
+// not apply to those of before (an error counts as yes: the update is then judged).
+func (r *Reviewer) policiesAdded(ctx context.Context, namespace string, sets [2][]map[string]string) bool {
+	if slices.EqualFunc(sets[0], sets[1], maps.Equal) {
+		return false
+	}
+	before, err := r.State.Policies(ctx, namespace, sets[0]...)
+	if err != nil {
+		return true
+	}
+	after, err := r.State.Policies(ctx, namespace, sets[1]...)
+	if err != nil {
+		return true
+	}
+	for _, p := range after {
+		if !slices.ContainsFunc(before, func(q *workload.Policy) bool { return q.Ref == p.Ref }) {
+			return true
+		}
+	}
+	return false
+}
+
+// enforces reports whether a policy with enforcement Enforce applies in namespace (to any
+// workload), unless the namespace is exempt; an error counts as yes.
+func (r *Reviewer) enforces(ctx context.Context, namespace string) bool {
+	if namespace == "kube-system" || slices.Contains(r.ExemptNamespaces, namespace) || r.State.OptedOut(ctx, namespace) {
+		return false
+	}
+	policies, err := r.State.Policies(ctx, namespace)
+	if err != nil {
+		return true
+	}
+	return slices.ContainsFunc(policies, func(p *workload.Policy) bool { return p.Enforcement == securityv1alpha1.EnforcementEnforce })
+}
+
 // failed answers an internal error as the failure policy says.
 func (r *Reviewer) failed(err error) Decision {
 	if r.FailurePolicy == FailureIgnore {
@@ -209,8 +249,36 @@ func (r *Reviewer) judgedOwner(ctx context.Context, req Request) (string, bool) 
 	if err != nil || owner.GetUID() != ref.UID {
 		return "", false
 	}
-	if !slices.Equal(workload.Containers(kind.PodSpec(owner)), req.Containers) {
+	if !slices.Equal(workload.Containers(kind.PodSpec(owner)), req.Containers) && !r.revisionRuns(ctx, req, owner) {
 		return "", false
 	}
 	return ref.Kind + "/" + ref.Name, true
+}
+
+// revisionRuns reports whether req, a pod of a StatefulSet, runs exactly the containers of the
+// StatefulSet's revision its controller-revision-hash label names: during a partitioned rolling
+// update, the pods below the partition are made from the current revision, not the template.
+func (r *Reviewer) revisionRuns(ctx context.Context, req Request, owner client.Object) bool {
+	sts, ok := owner.(*appsv1.StatefulSet)
+	name := req.Object.GetLabels()[appsv1.ControllerRevisionHashLabelKey]
+	if !ok || name == "" || r.LiveOwners == nil {
+		return false
+	}
+	rev := &appsv1.ControllerRevision{}
+	if err := r.LiveOwners.Get(ctx, client.ObjectKey{Namespace: req.Namespace, Name: name}, rev); err != nil {
+		return false
+	}
+	if ref := metav1.GetControllerOf(rev); ref == nil || ref.UID != sts.UID {
+		return false
+	}
+	// A StatefulSet's revision holds the patch of its spec.template.
+	var patch struct {
+		Spec struct {
+			Template corev1.PodTemplateSpec `json:"template"`
+		} `json:"spec"`
+	}
+	if err := json.Unmarshal(rev.Data.Raw, &patch); err != nil {
+		return false
+	}
+	return slices.Equal(workload.Containers(&patch.Spec.Template.Spec), req.Containers)
 }

@@ -2,6 +2,7 @@ package admission
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -42,7 +43,8 @@ type CacheState struct {
 	Resolver Resolver
 	// Digests keeps tag lookups per namespace; nil looks every tag up again.
 	Digests *registry.DigestCache
-	// MaxLookups bounds the registry lookups in flight (default 64); a tag beyond it is unscanned.
+	// MaxLookups bounds the registry lookups in flight (default 64), and a quarter of them the
+	// lookups of one namespace, so that no namespace starves the others; a tag beyond is unscanned.
 	MaxLookups int
 	// HungFor is how long a registry that timed out is not asked again (default 30s).
 	HungFor time.Duration
@@ -52,19 +54,25 @@ type CacheState struct {
 	inflight chan struct{}
 	mu       sync.Mutex
 	hung     map[string]time.Time // registry host -> when it may be asked again
+	perNS    map[string]int       // namespace -> lookups in flight
 }
+
+// maxReferenceLength bounds the references looked up: longer ones are unscanned (go-containerregistry
+// takes hosts of any length; what is kept of a lookup is as long as its reference).
+const maxReferenceLength = 1024
 
 var _ State = (*CacheState)(nil)
 
-// Policies returns the valid policies that apply in namespace to a workload with these labels.
-func (s *CacheState) Policies(ctx context.Context, namespace string, workloadLabels map[string]string) ([]*workload.Policy, error) {
+// Policies returns the valid policies that apply in namespace to a workload with any of the
+// label sets.
+func (s *CacheState) Policies(ctx context.Context, namespace string, labelSets ...map[string]string) ([]*workload.Policy, error) {
 	all, err := s.Gatherer.PoliciesFor(ctx, namespace)
-	if err != nil {
-		return nil, err
+	if err != nil || len(labelSets) == 0 {
+		return all, err
 	}
 	out := all[:0]
 	for _, p := range all {
-		if p.SelectsLabels(workloadLabels) {
+		if p.SelectsLabels(labelSets...) {
 			out = append(out, p)
 		}
 	}
@@ -100,7 +108,7 @@ func (s *CacheState) Reports(ctx context.Context, namespace string, spec *corev1
 		}
 		pending++
 		go func(i int, ref string) {
-			lookup := func() (string, error) { return s.lookup(ctx, ref, keychain) }
+			lookup := func() (string, error) { return s.lookup(ctx, namespace, ref, keychain) }
 			var digest string
 			var err error
 			if s.Digests == nil {
@@ -131,7 +139,7 @@ collect:
 	lastKnown := make([]*policy.Report, len(images))
 	for i, img := range images {
 		if digests[i] == "" {
-			lastKnown[i] = s.Gatherer.Report(cache, namespace, img) // by the tag the pod controller saw
+			lastKnown[i] = s.Gatherer.LastKnown(cache, namespace, img) // by the tag the pod controller saw
 			continue
 		}
 		img.Digest = digests[i]
@@ -140,13 +148,13 @@ collect:
 	return digests, reports, lastKnown
 }
 
-// errNotAsked is a lookup ImageGuard did not make: its registry timed out a moment ago, or too
-// many lookups are in flight.
-var errNotAsked = registry.Errorf(registry.KindUnavailable, "registry not asked: it timed out recently, or too many lookups are in flight")
+// errNotAsked is a lookup ImageGuard did not make: its registry timed out a moment ago, too many
+// lookups are in flight, or the reference is too long. It is not kept as an answer.
+var errNotAsked = fmt.Errorf("registry not asked (it timed out recently, too many lookups are in flight, or the reference is too long): %w", registry.ErrNotAsked)
 
 // lookup resolves ref anonymously, and with keychain when the registry refuses an anonymous
 // caller; a registry that times out is marked hung for HungFor.
-func (s *CacheState) lookup(ctx context.Context, ref string, keychain authn.Keychain) (string, error) {
+func (s *CacheState) lookup(ctx context.Context, namespace, ref string, keychain authn.Keychain) (string, error) {
 	s.once.Do(func() {
 		if s.MaxLookups <= 0 {
 			s.MaxLookups = 64
@@ -156,7 +164,11 @@ func (s *CacheState) lookup(ctx context.Context, ref string, keychain authn.Keyc
 		}
 		s.inflight = make(chan struct{}, s.MaxLookups)
 		s.hung = map[string]time.Time{}
+		s.perNS = map[string]int{}
 	})
+	if len(ref) > maxReferenceLength {
+		return "", errNotAsked
+	}
 	host := registryHost(ref)
 	s.mu.Lock()
 	until, hung := s.hung[host]
@@ -164,6 +176,20 @@ func (s *CacheState) lookup(ctx context.Context, ref string, keychain authn.Keyc
 	if hung && s.Clock.Now().Before(until) {
 		return "", errNotAsked
 	}
+	s.mu.Lock()
+	if s.perNS[namespace] >= max(1, s.MaxLookups/4) {
+		s.mu.Unlock()
+		return "", errNotAsked
+	}
+	s.perNS[namespace]++
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		if s.perNS[namespace]--; s.perNS[namespace] == 0 {
+			delete(s.perNS, namespace)
+		}
+		s.mu.Unlock()
+	}()
 	select {
 	case s.inflight <- struct{}{}:
 		defer func() { <-s.inflight }()

@@ -1,17 +1,20 @@
 package admission
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 
 	admissionv1 "k8s.io/api/admission/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -49,21 +52,25 @@ func (v *WorkloadValidator) Handle(ctx context.Context, req admission.Request) a
 	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
 		return admission.Allowed("")
 	}
-	obj, spec, err := v.decode(req.Kind, req.Object)
+	kind, obj, err := v.decode(req.Kind, req.Object)
 	if err != nil {
 		return admission.Errored(http.StatusBadRequest, err)
 	}
 	if obj == nil {
 		return admission.Allowed("not a workload ImageGuard checks")
 	}
+	spec := kind.PodSpec(obj)
 	containers := workload.Containers(spec)
 	if req.Operation == admissionv1.Update && len(req.OldObject.Raw) > 0 {
-		if _, old, err := v.decode(req.Kind, req.OldObject); err == nil && old != nil && slices.Equal(workload.Containers(old), containers) {
+		// Unchanged images are not judged again, unless new labels bring the workload under a
+		// policy that did not apply to it.
+		if _, old, err := v.decode(req.Kind, req.OldObject); err == nil && old != nil && slices.Equal(workload.Containers(kind.PodSpec(old)), containers) &&
+			!v.Reviewer.policiesAdded(ctx, req.Namespace, [2][]map[string]string{{old.GetLabels(), kind.PodLabels(old)}, {obj.GetLabels(), kind.PodLabels(obj)}}) {
 			return admission.Allowed("images unchanged")
 		}
 	}
 	d, err := v.Reviewer.Review(ctx, Request{
-		Endpoint: EndpointValidate, Namespace: req.Namespace, Labels: obj.GetLabels(), Containers: containers,
+		Endpoint: EndpointValidate, Namespace: req.Namespace, Labels: obj.GetLabels(), PodLabels: kind.PodLabels(obj), Containers: containers,
 		PodSpec: spec, User: req.UserInfo.Username, Object: obj,
 		ObjectKind: schema.GroupKind{Group: req.Kind.Group, Kind: req.Kind.Kind}, DryRun: req.DryRun != nil && *req.DryRun,
 	})
@@ -81,16 +88,111 @@ func (v *WorkloadValidator) Handle(ctx context.Context, req admission.Request) a
 	return resp
 }
 
-// decode decodes obj of kind and returns it and its pod (template) spec; nil for a kind it does
-// not check.
-func (v *WorkloadValidator) decode(kind metav1.GroupVersionKind, obj runtime.RawExtension) (client.Object, *corev1.PodSpec, error) {
+// decode decodes obj of kind and returns its kind of the table and the object; nil for a kind it
+// does not check.
+func (v *WorkloadValidator) decode(kind metav1.GroupVersionKind, obj runtime.RawExtension) (workload.Kind, client.Object, error) {
 	k, ok := workload.KindOf(kind.Group, kind.Kind)
 	if !ok {
-		return nil, nil, nil
+		return workload.Kind{}, nil, nil
 	}
 	target := k.New()
 	if err := v.Decoder.DecodeRaw(obj, target); err != nil {
-		return nil, nil, fmt.Errorf("decoding the %s: %w", kind.Kind, err)
+		return k, nil, fmt.Errorf("decoding the %s: %w", kind.Kind, err)
 	}
-	return target, k.PodSpec(target), nil
+	return k, target, nil
+}
+
+// MaxReviewBytes is the largest AdmissionReview ImageGuard reads, as controller-runtime's
+// admission handler does.
+const MaxReviewBytes = 7 << 20
+
+// OversizeGuard serves Next, and answers itself an AdmissionReview too large to read: one the API
+// server can make from a legal object (its JSON escapes some bytes six times over). Left to Next,
+// its answer would name no request UID, the API server would count the call as failed, and
+// failurePolicy: Ignore would admit the object unjudged. Too large, it is refused in a namespace
+// where a policy enforces, and admitted with a Warning elsewhere.
+type OversizeGuard struct {
+	Next     http.Handler
+	Reviewer *Reviewer
+}
+
+func (g *OversizeGuard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength >= 0 && r.ContentLength <= MaxReviewBytes {
+		g.Next.ServeHTTP(w, r)
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxReviewBytes+1))
+	if err != nil {
+		http.Error(w, "reading the request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if len(body) <= MaxReviewBytes {
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		g.Next.ServeHTTP(w, r)
+		return
+	}
+	uid, namespace := reviewHead(body)
+	resp := admissionv1.AdmissionResponse{UID: types.UID(uid), Allowed: true}
+	msg := fmt.Sprintf("the admission request is larger than the %d bytes ImageGuard reads", MaxReviewBytes)
+	if g.Reviewer.enforces(r.Context(), namespace) {
+		resp.Allowed = false
+		resp.Result = &metav1.Status{Code: http.StatusRequestEntityTooLarge, Message: "denied by ImageGuard: " + msg + ", and an image policy enforces in " + namespace}
+	} else {
+		resp.Warnings = []string{"ImageGuard: " + msg + "; not judged (no image policy enforces in " + namespace + ")"}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: admissionv1.SchemeGroupVersion.String(), Kind: "AdmissionReview"},
+		Response: &resp,
+	})
+}
+
+// reviewHead reads request.uid and request.namespace from the start of an AdmissionReview, where
+// the API server writes them, before the object; "" for what it does not find there.
+func reviewHead(body []byte) (uid, namespace string) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return "", ""
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return uid, namespace
+		}
+		if key != "request" {
+			var skip json.RawMessage
+			if dec.Decode(&skip) != nil {
+				return uid, namespace
+			}
+			continue
+		}
+		if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+			return uid, namespace
+		}
+		for dec.More() {
+			k, err := dec.Token()
+			if err != nil {
+				return uid, namespace
+			}
+			switch k {
+			case "uid":
+				if dec.Decode(&uid) != nil {
+					return uid, namespace
+				}
+			case "namespace":
+				if dec.Decode(&namespace) != nil {
+					return uid, namespace
+				}
+			case "object", "oldObject":
+				return uid, namespace // the rest is the large part
+			default:
+				var skip json.RawMessage
+				if dec.Decode(&skip) != nil {
+					return uid, namespace
+				}
+			}
+		}
+		return uid, namespace
+	}
+	return uid, namespace
 }

@@ -4,7 +4,11 @@
 // registries) can be got around by another spelling of the same image.
 package imageref
 
-import "strings"
+import (
+	"net"
+	"strconv"
+	"strings"
+)
 
 // DockerHub is the canonical host of Docker Hub images.
 const DockerHub = "docker.io"
@@ -15,14 +19,36 @@ var dockerHubAliases = map[string]bool{
 }
 
 // CanonicalHost returns the one spelling of a registry host: lower case (hosts are
-// case-insensitive), without the default HTTPS port, and docker.io for every name of Docker Hub.
+// case-insensitive), its port as the number it dials (":05000" is ":5000"), without the default
+// HTTPS port 443, an IPv6 address in its shortest form, and docker.io for every name of Docker Hub.
 func CanonicalHost(host string) string {
 	host = strings.ToLower(host)
-	host = strings.TrimSuffix(host, ":443")
-	if dockerHubAliases[host] {
+	name, port := host, ""
+	if h, p, err := net.SplitHostPort(host); err == nil {
+		name, port = h, p
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		name = host[1 : len(host)-1]
+	}
+	if n, err := strconv.Atoi(port); err == nil && n >= 0 && port != "" {
+		port = strconv.Itoa(n)
+	}
+	if port == "443" {
+		port = ""
+	}
+	ipv6 := false
+	if ip := net.ParseIP(name); ip != nil && strings.Contains(name, ":") {
+		name, ipv6 = ip.String(), true
+	}
+	if dockerHubAliases[name] && port == "" {
 		return DockerHub
 	}
-	return host
+	switch {
+	case port != "":
+		return net.JoinHostPort(name, port)
+	case ipv6:
+		return "[" + name + "]"
+	}
+	return name
 }
 
 // CanonicalRepository returns the one spelling of host/path: the canonical host, and Docker Hub's

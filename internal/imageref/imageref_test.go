@@ -12,6 +12,12 @@ func TestCanonicalRepository(t *testing.T) {
 		"docker hub's v2 host": {"registry-1.docker.io", "nginx", "docker.io/library/nginx"},
 		"docker hub's web":     {"Registry.Hub.Docker.com:443", "bitnami/redis", "docker.io/bitnami/redis"},
 		"a look-alike":         {"docker.io.evil.io", "nginx", "docker.io.evil.io/nginx"},
+		"a padded port":        {"registry.example.com:05000", "app", "registry.example.com:5000/app"},
+		"a padded 443":         {"registry.example.com:0443", "app", "registry.example.com/app"},
+		"docker hub, padded":   {"index.docker.io:00443", "nginx", "docker.io/library/nginx"},
+		"IPv6, long":           {"[0:0:0:0:0:0:0:1]:5000", "app", "[::1]:5000/app"},
+		"IPv6 without port":    {"[::1]", "app", "[::1]/app"},
+		"IPv6, 443":            {"[::1]:443", "app", "[::1]/app"},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -27,6 +27,9 @@ func CompileGlob(pattern string) (Glob, error) {
 	if pattern == "" {
 		return Glob{}, fmt.Errorf("empty glob")
 	}
+	if strings.Trim(pattern, "*") == "" && pattern != "**" {
+		return Glob{}, fmt.Errorf("glob %q matches no image: a '*' never crosses a '/'; write ** for every image", pattern)
+	}
 	original := pattern
 	pattern = canonicalGlob(pattern)
 	var b strings.Builder

@@ -276,13 +276,14 @@ func TestParseImage(t *testing.T) {
 		want    Image
 		wantErr bool
 	}{
-		"docker hub short":    {image: "nginx", want: Image{Repository: "docker.io/library/nginx", Tag: "latest"}},
-		"an upper-case host":  {image: "REGISTRY.Example.COM/team/app:1.2", want: Image{Repository: "registry.example.com/team/app", Tag: "1.2"}},
-		"the default port":    {image: "registry.example.com:443/app:1", want: Image{Repository: "registry.example.com/app", Tag: "1"}},
-		"docker hub's alias":  {image: "registry-1.docker.io/nginx:1.27", want: Image{Repository: "docker.io/library/nginx", Tag: "1.27"}},
-		"a tag":               {image: "registry.example.com:5000/team/app:1.2", want: Image{Repository: "registry.example.com:5000/team/app", Tag: "1.2"}},
-		"a digest":            {image: "registry.example.com/app@" + digest, want: Image{Repository: "registry.example.com/app", Digest: digest}},
-		"a tag and a digest":  {image: "registry.example.com/app:1.2@" + digest, want: Image{Repository: "registry.example.com/app", Tag: "1.2", Digest: digest}},
+		"docker hub short":   {image: "nginx", want: Image{Repository: "docker.io/library/nginx", Tag: "latest"}},
+		"an upper-case host": {image: "REGISTRY.Example.COM/team/app:1.2", want: Image{Repository: "registry.example.com/team/app", Tag: "1.2"}},
+		"the default port":   {image: "registry.example.com:443/app:1", want: Image{Repository: "registry.example.com/app", Tag: "1"}},
+		"docker hub's alias": {image: "registry-1.docker.io/nginx:1.27", want: Image{Repository: "docker.io/library/nginx", Tag: "1.27"}},
+		"a tag":              {image: "registry.example.com:5000/team/app:1.2", want: Image{Repository: "registry.example.com:5000/team/app", Tag: "1.2"}},
+		"a digest":           {image: "registry.example.com/app@" + digest, want: Image{Repository: "registry.example.com/app", Digest: digest}},
+		// The runtime pulls the digest and ignores the tag: so does a policy.
+		"a tag and a digest":  {image: "registry.example.com/app:1.2@" + digest, want: Image{Repository: "registry.example.com/app", Digest: digest}},
 		"a malformed one":     {image: "UPPER/Case::", wantErr: true},
 		"a port, no tag, dig": {image: "localhost:5000/app@" + digest, want: Image{Repository: "localhost:5000/app", Digest: digest}},
 	}
@@ -327,6 +328,20 @@ func TestSpellingsOfOneImageMatchOneGlob(t *testing.T) {
 		{"docker.io/library/nginx:1.*", "NGINX:1.27", false}, // a repository is never upper case
 		{"docker.io/library/nginx:1.*", "nginx:1.27", true},
 		{"*.example.com/**", "REGISTRY.EXAMPLE.COM/app:1", true},
+		// Ports as the runtime dials them.
+		{"registry.example.com/**", "registry.example.com:0443/app:1", true},
+		{"docker.io/**", "index.docker.io:0443/library/nginx:1", true},
+		{"registry.example.com:5000/**", "registry.example.com:05000/app:1", true},
+		{"registry.example.com:5000/**", "registry.example.com:5001/app:1", false},
+		// Globs in the short Docker Hub spelling of pod specs.
+		{"bitnami/*", "bitnami/redis:7", true},
+		{"bitnami/**", "docker.io/bitnami/redis:7", true},
+		{"library/nginx", "nginx:1.27", true},
+		{"nginx", "docker.io/library/nginx:1.27", true},
+		{"nginx:1.*", "nginx:1.27", true},
+		{"nginx", "registry.example.com/nginx:1", false},
+		{"localhost/**", "localhost/app:1", true},
+		{"**", "registry.example.com/any/thing:1", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.glob+" "+tt.image, func(t *testing.T) {
@@ -372,4 +387,30 @@ func TestKnownFindingsOutliveAFailedRescan(t *testing.T) {
 	g.Expect(r.ScannedAt).To(Equal(scannedAt.Time))
 	// Never scanned: no report to judge.
 	g.Expect(ReportOf(&securityv1alpha1.ImageScanReport{})).To(BeNil())
+}
+
+// TestATagBesideADigestIsNotTrusted: in repo:tag@digest the digest is what runs; an exception
+// granted to a tag line never covers a digest the tag did not name.
+func TestATagBesideADigestIsNotTrusted(t *testing.T) {
+	g := NewWithT(t)
+	img, err := ParseImage("registry.example.com/app:1.4@" + digest)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(img.Tag).To(BeEmpty())
+	img.Report = scanned(img.Repository, vuln("CVE-1", securityv1alpha1.SeverityCritical, "")).Report
+	rules := securityv1alpha1.PolicyRules{
+		Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)},
+		Exceptions: []securityv1alpha1.VulnerabilityException{{
+			ID: "CVE-1", Images: []string{"registry.example.com/app:1.*"}, Expires: metav1.NewTime(now.Add(time.Hour)), Reason: "r",
+		}},
+	}
+	g.Expect(evaluate(t, rules, img, now).Compliant()).To(BeFalse())
+}
+
+// TestAGlobMatchingNothingIsRefused: "*" never crosses '/', so it can match no image; a policy
+// written with it is invalid, not silently empty.
+func TestAGlobMatchingNothingIsRefused(t *testing.T) {
+	for _, glob := range []string{"*", "***"} {
+		_, err := CompileGlob(glob)
+		NewWithT(t).Expect(err).To(MatchError(ContainSubstring("matches no image")))
+	}
 }

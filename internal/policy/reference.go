@@ -13,8 +13,9 @@ import (
 // spelling of one image is one Repository ("nginx", "docker.io/nginx",
 // "registry-1.docker.io/library/nginx" are docker.io/library/nginx, with tag latest;
 // "REGISTRY.example.com:443/app" is registry.example.com/app), so that policies, exceptions, report
-// names and report specs see one image whatever the spelling. registry/app:1.2@sha256:... keeps
-// its tag.
+// names and report specs see one image whatever the spelling. A tag beside a digest
+// (registry/app:1.2@sha256:...) is dropped: the runtime pulls the digest and ignores the tag, so a
+// tag there says nothing a policy may trust.
 func ParseImage(ref string) (Image, error) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
@@ -26,31 +27,37 @@ func ParseImage(ref string) (Image, error) {
 		img.Tag = r.TagStr()
 	case name.Digest:
 		img.Digest = r.DigestStr()
-		left := ref[:strings.LastIndex(ref, "@")]
-		if strings.LastIndex(left, ":") > strings.LastIndex(left, "/") {
-			if t, err := name.NewTag(left); err == nil {
-				img.Tag = t.TagStr()
-			}
-		}
 	}
 	return img, nil
 }
 
-// canonicalGlob spells a glob's host as images are spelt (see ParseImage): lower case, and, for a
-// host without wildcards, without the default port and with Docker Hub's one name; a Docker Hub
-// glob of one path element ("docker.io/nginx", "docker.io/*") names official images, under
-// library/.
+// canonicalGlob spells a glob as ParseImage spells images: a first path element that is not a
+// host (no '.' or ':', not localhost) is a Docker Hub name, as the runtime reads it ("bitnami/*" is
+// docker.io/bitnami/*, "nginx" is docker.io/library/nginx); a host is lower case and, without
+// wildcards, spelt canonically (its port as a number, no :443, Docker Hub's one name); a Docker
+// Hub glob of one path element names official images, under library/ (unless it crosses '/').
 func canonicalGlob(pattern string) string {
-	host, path, hasPath := strings.Cut(pattern, "/")
-	host = strings.ToLower(host)
-	switch {
-	case !hasPath:
+	if pattern == "**" {
 		return pattern
-	case strings.Contains(host, "*"):
-		return host + "/" + path
-	case strings.Contains(path, "**"):
-		// It crosses '/': library/ is one of the paths it already matches.
-		return imageref.CanonicalHost(host) + "/" + path
 	}
-	return imageref.CanonicalRepository(host, path)
+	first, rest, hasRest := strings.Cut(pattern, "/")
+	if !hasRest || !isHost(first) {
+		// One element ("nginx", "nginx:1.*") or a path without host ("bitnami/*"): Docker Hub.
+		first, rest = imageref.DockerHub, pattern
+	}
+	host := strings.ToLower(first)
+	switch {
+	case strings.Contains(host, "*"):
+		return host + "/" + rest
+	case strings.Contains(rest, "**"):
+		// It crosses '/': library/ is one of the paths it already matches.
+		return imageref.CanonicalHost(host) + "/" + rest
+	}
+	return imageref.CanonicalRepository(host, rest)
+}
+
+// isHost reports whether a reference's first path element names a registry, as go-containerregistry
+// and the runtime decide: it has a '.' or a ':', or is localhost.
+func isHost(element string) bool {
+	return strings.ContainsAny(element, ".:") || element == "localhost"
 }

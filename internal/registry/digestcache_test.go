@@ -44,4 +44,19 @@ func TestDigestCache(t *testing.T) {
 		_, _ = c.Resolve(fmt.Sprintf("churn:%d", i), now.Add(time.Duration(i)*time.Second), answer("sha256:e", nil))
 	}
 	g.Expect(len(c.entries)).To(BeNumerically("<", 2*300+1024), "only about TTL's worth (300 s) of entries is live")
+
+	// Never more than MaxEntries, however many live references callers name.
+	small := &DigestCache{TTL: time.Hour, FailureTTL: time.Hour, MaxEntries: 100}
+	for i := range 5000 {
+		_, _ = small.Resolve(fmt.Sprintf("flood:%d", i), now, answer("", down))
+	}
+	g.Expect(len(small.entries)).To(BeNumerically("<=", 100))
+
+	// A lookup that asked no registry is no answer: nothing is kept.
+	lookups = 0
+	_, err = c.Resolve("skipped:1", now, answer("", fmt.Errorf("slots full: %w", ErrNotAsked)))
+	g.Expect(err).To(MatchError(ErrNotAsked))
+	d, _ = c.Resolve("skipped:1", now, answer("sha256:f", nil))
+	g.Expect(d).To(Equal("sha256:f"))
+	g.Expect(lookups).To(Equal(2))
 }

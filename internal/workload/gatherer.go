@@ -56,9 +56,11 @@ func IndexReports(ctx context.Context, indexer client.FieldIndexer) error {
 // Workload is a top-level workload and the containers it runs.
 type Workload struct {
 	Owner
-	Namespace  string
-	Labels     map[string]string
-	Containers []Container
+	Namespace string
+	// Labels are the workload's own; PodLabels those its pods carry (its pod template's). A
+	// policy's match.selector applies when it selects either.
+	Labels, PodLabels map[string]string
+	Containers        []Container
 	// Object is the workload for Events: the object itself, or for an owner of a kind outside the
 	// table (known from its pods only), its metadata.
 	Object client.Object
@@ -229,9 +231,18 @@ func (p *Policy) SelectsNamespace(nsLabels map[string]string) bool {
 	return p.namespaces == nil || p.namespaces.Matches(labels.Set(nsLabels))
 }
 
-// SelectsLabels reports whether the policy's match.selector selects a workload with these labels.
-func (p *Policy) SelectsLabels(workloadLabels map[string]string) bool {
-	return p.selector == nil || p.selector.Matches(labels.Set(workloadLabels))
+// SelectsLabels reports whether the policy's match.selector selects any of these label sets (a
+// workload's own labels, its pods' labels).
+func (p *Policy) SelectsLabels(sets ...map[string]string) bool {
+	if p.selector == nil {
+		return true
+	}
+	for _, set := range sets {
+		if p.selector.Matches(labels.Set(set)) {
+			return true
+		}
+	}
+	return false
 }
 
 // MatchImages returns the images the policy's match.images select (all when it has none).
@@ -251,7 +262,7 @@ func (p *Policy) MatchImages(images []policy.Image) []policy.Image {
 // Matches reports whether the policy applies to w: its selector picks w's labels and one of w's
 // images matches match.images.
 func (p *Policy) Matches(w Workload) bool {
-	if !p.SelectsLabels(w.Labels) {
+	if !p.SelectsLabels(w.Labels, w.PodLabels) {
 		return false
 	}
 	if len(p.images) == 0 {
@@ -368,7 +379,8 @@ func (g *Gatherer) Workloads(ctx context.Context, namespace string) ([]Workload,
 			if !kind.RollsUp || metav1.GetControllerOf(obj) == nil {
 				out = append(out, Workload{
 					Owner:     Owner{APIVersion: kind.GVK.GroupVersion().String(), Kind: kind.GVK.Kind, Name: obj.GetName(), UID: obj.GetUID()},
-					Namespace: namespace, Labels: obj.GetLabels(), Containers: Containers(kind.PodSpec(obj)), Object: obj,
+					Namespace: namespace, Labels: obj.GetLabels(), PodLabels: kind.PodLabels(obj),
+					Containers: Containers(kind.PodSpec(obj)), Object: obj,
 				})
 				return nil
 			}
@@ -390,7 +402,7 @@ func (g *Gatherer) Workloads(ctx context.Context, namespace string) ([]Workload,
 					ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: owner.Name, UID: owner.UID},
 				}
 				owners[owner.UID] = len(out)
-				out = append(out, Workload{Owner: owner, Namespace: namespace, Labels: pod.Labels, Object: meta})
+				out = append(out, Workload{Owner: owner, Namespace: namespace, Labels: pod.Labels, PodLabels: pod.Labels, Object: meta})
 				i = len(out) - 1
 			}
 			// The owner runs what any of its pods runs (during a rollout, two versions).
@@ -443,6 +455,20 @@ func (g *Gatherer) Report(ctx context.Context, namespace string, img policy.Imag
 		return nil
 	}
 	return policy.ReportOf(g.find(ctx, IndexReportTag, img.Repository+":"+img.Tag, namespace, newestCreated))
+}
+
+// LastKnown returns, for a tag whose digest cannot be told now, the report of the digest the tag
+// named last: in namespace, else in any namespace (the newest report of that repository and tag).
+// Its findings may only refuse: the tag may name another digest now.
+func (g *Gatherer) LastKnown(ctx context.Context, namespace string, img policy.Image) *policy.Report {
+	if img.Tag == "" {
+		return nil
+	}
+	key := img.Repository + ":" + img.Tag
+	if rep := policy.ReportOf(g.find(ctx, IndexReportTag, key, namespace, newestCreated)); rep != nil {
+		return rep
+	}
+	return policy.ReportOf(g.find(ctx, IndexReportTag, key, "", newestCreated))
 }
 
 // newestScan prefers a's scan to b's when it is newer; an unscanned report is never preferred.

@@ -76,6 +76,10 @@ func TestWorkloads(t *testing.T) {
 			InitContainers:      []corev1.Container{{Name: "init", Image: "r.example.com/init:1"}},
 			Containers:          []corev1.Container{{Name: "app", Image: "r.example.com/app:1"}},
 			EphemeralContainers: []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "dbg", Image: "r.example.com/dbg:1"}}},
+			Volumes: []corev1.Volume{
+				{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+				{Name: "models", VolumeSource: corev1.VolumeSource{Image: &corev1.ImageVolumeSource{Reference: "r.example.com/models:1"}}},
+			},
 		}},
 	)
 	ws, err := NewGatherer(c, nil).Workloads(context.Background(), "shop")
@@ -98,7 +102,7 @@ func TestWorkloads(t *testing.T) {
 		"shop/Job/once":          {"regular:r.example.com/once:1"},
 		"shop/Rollout/canary":    {"regular:r.example.com/canary:1", "regular:r.example.com/canary:2"},
 		"shop/TaskRun/build":     {"regular:r.example.com/kaniko:1"},
-		"shop/Pod/debug":         {"init:r.example.com/init:1", "regular:r.example.com/app:1", "ephemeral:r.example.com/dbg:1"},
+		"shop/Pod/debug":         {"init:r.example.com/init:1", "regular:r.example.com/app:1", "ephemeral:r.example.com/dbg:1", "volume:r.example.com/models:1"},
 	}))
 	for _, w := range ws {
 		if w.Kind == "Rollout" {

@@ -20,39 +20,54 @@ type Kind struct {
 	// New returns an empty object of the kind; NewList an empty list.
 	New     func() client.Object
 	NewList func() client.ObjectList
-	// PodSpec reaches the pod spec of an object of the kind: its own, or its pod template's.
-	PodSpec func(client.Object) *corev1.PodSpec
+	// Template reaches the pod template of an object of the kind; nil for a Pod, which is its own.
+	Template func(client.Object) *corev1.PodTemplateSpec
 	// RollsUp is true when an object of the kind that has a controller is judged through it: a
 	// Deployment's ReplicaSet, a CronJob's Job, a controller's Pod. Such objects are the steps
 	// walked from a pod to its top owner.
 	RollsUp bool
 }
 
+// PodSpec reaches the pod spec of obj: its own, or its pod template's.
+func (k Kind) PodSpec(obj client.Object) *corev1.PodSpec {
+	if k.Template == nil {
+		return &obj.(*corev1.Pod).Spec
+	}
+	return &k.Template(obj).Spec
+}
+
+// PodLabels returns the labels obj's pods carry: its own for a Pod, else its template's.
+func (k Kind) PodLabels(obj client.Object) map[string]string {
+	if k.Template == nil {
+		return obj.GetLabels()
+	}
+	return k.Template(obj).Labels
+}
+
 // Kinds is the table of the kinds ImageGuard judges, pods last.
 var Kinds = []Kind{
 	{GVK: appsv1.SchemeGroupVersion.WithKind("Deployment"),
 		New: func() client.Object { return &appsv1.Deployment{} }, NewList: func() client.ObjectList { return &appsv1.DeploymentList{} },
-		PodSpec: func(o client.Object) *corev1.PodSpec { return &o.(*appsv1.Deployment).Spec.Template.Spec }},
+		Template: func(o client.Object) *corev1.PodTemplateSpec { return &o.(*appsv1.Deployment).Spec.Template }},
 	{GVK: appsv1.SchemeGroupVersion.WithKind("StatefulSet"),
 		New: func() client.Object { return &appsv1.StatefulSet{} }, NewList: func() client.ObjectList { return &appsv1.StatefulSetList{} },
-		PodSpec: func(o client.Object) *corev1.PodSpec { return &o.(*appsv1.StatefulSet).Spec.Template.Spec }},
+		Template: func(o client.Object) *corev1.PodTemplateSpec { return &o.(*appsv1.StatefulSet).Spec.Template }},
 	{GVK: appsv1.SchemeGroupVersion.WithKind("DaemonSet"),
 		New: func() client.Object { return &appsv1.DaemonSet{} }, NewList: func() client.ObjectList { return &appsv1.DaemonSetList{} },
-		PodSpec: func(o client.Object) *corev1.PodSpec { return &o.(*appsv1.DaemonSet).Spec.Template.Spec }},
+		Template: func(o client.Object) *corev1.PodTemplateSpec { return &o.(*appsv1.DaemonSet).Spec.Template }},
 	{GVK: appsv1.SchemeGroupVersion.WithKind("ReplicaSet"), RollsUp: true,
 		New: func() client.Object { return &appsv1.ReplicaSet{} }, NewList: func() client.ObjectList { return &appsv1.ReplicaSetList{} },
-		PodSpec: func(o client.Object) *corev1.PodSpec { return &o.(*appsv1.ReplicaSet).Spec.Template.Spec }},
+		Template: func(o client.Object) *corev1.PodTemplateSpec { return &o.(*appsv1.ReplicaSet).Spec.Template }},
 	{GVK: batchv1.SchemeGroupVersion.WithKind("CronJob"),
 		New: func() client.Object { return &batchv1.CronJob{} }, NewList: func() client.ObjectList { return &batchv1.CronJobList{} },
-		PodSpec: func(o client.Object) *corev1.PodSpec {
-			return &o.(*batchv1.CronJob).Spec.JobTemplate.Spec.Template.Spec
+		Template: func(o client.Object) *corev1.PodTemplateSpec {
+			return &o.(*batchv1.CronJob).Spec.JobTemplate.Spec.Template
 		}},
 	{GVK: batchv1.SchemeGroupVersion.WithKind("Job"), RollsUp: true,
 		New: func() client.Object { return &batchv1.Job{} }, NewList: func() client.ObjectList { return &batchv1.JobList{} },
-		PodSpec: func(o client.Object) *corev1.PodSpec { return &o.(*batchv1.Job).Spec.Template.Spec }},
+		Template: func(o client.Object) *corev1.PodTemplateSpec { return &o.(*batchv1.Job).Spec.Template }},
 	{GVK: corev1.SchemeGroupVersion.WithKind("Pod"), RollsUp: true,
-		New: func() client.Object { return &corev1.Pod{} }, NewList: func() client.ObjectList { return &corev1.PodList{} },
-		PodSpec: func(o client.Object) *corev1.PodSpec { return &o.(*corev1.Pod).Spec }},
+		New: func() client.Object { return &corev1.Pod{} }, NewList: func() client.ObjectList { return &corev1.PodList{} }},
 }
 
 // KindOf returns the kind of group and kind in the table.
@@ -77,23 +92,28 @@ func Objects() []client.Object {
 // ContainerType says in which list of a pod spec a container is.
 type ContainerType string
 
-// The container lists of a pod spec.
+// The lists of a pod spec that name images.
 const (
 	InitContainer      ContainerType = "init"
 	RegularContainer   ContainerType = "regular"
 	EphemeralContainer ContainerType = "ephemeral"
+	// ImageVolume is a volume whose content is an image (spec.volumes[].image): its files are in
+	// the pod as surely as a container's, so it is judged like one.
+	ImageVolume ContainerType = "volume"
 )
 
-// Container is one container of a pod spec and the image it runs.
+// Container is one container of a pod spec and the image it runs; for an ImageVolume, the
+// volume's name and image.
 type Container struct {
 	Name  string
 	Image string
 	Type  ContainerType
 }
 
-// Containers lists every container of spec: init, regular, then ephemeral ones.
+// Containers lists every image spec runs: init, regular and ephemeral containers, then image
+// volumes.
 func Containers(spec *corev1.PodSpec) []Container {
-	out := make([]Container, 0, len(spec.InitContainers)+len(spec.Containers)+len(spec.EphemeralContainers))
+	out := make([]Container, 0, len(spec.InitContainers)+len(spec.Containers)+len(spec.EphemeralContainers)+len(spec.Volumes))
 	for _, c := range spec.InitContainers {
 		out = append(out, Container{Name: c.Name, Image: c.Image, Type: InitContainer})
 	}
@@ -102,6 +122,11 @@ func Containers(spec *corev1.PodSpec) []Container {
 	}
 	for _, c := range spec.EphemeralContainers {
 		out = append(out, Container{Name: c.Name, Image: c.Image, Type: EphemeralContainer})
+	}
+	for _, v := range spec.Volumes {
+		if v.Image != nil {
+			out = append(out, Container{Name: v.Name, Image: v.Image.Reference, Type: ImageVolume})
+		}
 	}
 	return out
 }

@@ -13,15 +13,27 @@ import (
 	"github.com/imageguard/imageguard/internal/registry"
 )
 
+// MaxPullSecrets bounds the pull secrets read for one pod spec and its service account: each is an
+// API request, and the names are the pod's author's to choose.
+const MaxPullSecrets = 16
+
 // PullSecrets returns the docker config Secrets a pod spec in namespace and its service account
 // name (a nil spec: the namespace's default service account), read by name with reader, which must
-// be uncached: ImageGuard never lists or watches Secrets.
+// be uncached: ImageGuard never lists or watches Secrets. The first MaxPullSecrets names are read,
+// the pod's own first.
 func PullSecrets(ctx context.Context, reader client.Reader, namespace string, spec *corev1.PodSpec) ([]corev1.Secret, error) {
+	var order []string
 	names := map[string]bool{}
+	add := func(name string) {
+		if !names[name] && len(order) < MaxPullSecrets {
+			names[name] = true
+			order = append(order, name)
+		}
+	}
 	saName := "default"
 	if spec != nil {
 		for _, ref := range spec.ImagePullSecrets {
-			names[ref.Name] = true
+			add(ref.Name)
 		}
 		if spec.ServiceAccountName != "" {
 			saName = spec.ServiceAccountName
@@ -32,13 +44,13 @@ func PullSecrets(ctx context.Context, reader client.Reader, namespace string, sp
 	switch {
 	case err == nil:
 		for _, ref := range sa.ImagePullSecrets {
-			names[ref.Name] = true
+			add(ref.Name)
 		}
 	case !apierrors.IsNotFound(err):
 		return nil, fmt.Errorf("reading service account %s/%s: %w", namespace, saName, err)
 	}
 	var secrets []corev1.Secret
-	for n := range names {
+	for _, n := range order {
 		s := corev1.Secret{}
 		err := reader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: n}, &s)
 		if apierrors.IsNotFound(err) {

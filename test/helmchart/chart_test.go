@@ -186,7 +186,7 @@ func TestWebhookRulesMatchTheMarkers(t *testing.T) {
 		// leaves time to answer.
 		d := &appsv1.Deployment{}
 		g.Expect(yaml.Unmarshal(docs["Deployment"][0], d)).To(Succeed())
-		g.Expect(d.Spec.Template.Spec.Containers[0].Args).To(ContainElements("--admission-failure-policy=Fail", "--admission-decision-budget=1s"))
+		g.Expect(d.Spec.Template.Spec.Containers[0].Args).To(ContainElements("--admission-failure-policy=Fail", "--admission-decision-budget=1000ms"))
 		g.Expect(c.NamespaceSelector.MatchExpressions).To(ContainElement(metav1.LabelSelectorRequirement{
 			Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"kube-system", "imageguard", "monitoring"},
 		}))
