@@ -26,9 +26,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/client/fake"
-	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
@@ -91,13 +88,9 @@ func TestAttackImageVolumesAreJudged(t *testing.T) {
 	g.Expect(resp.Allowed).To(BeFalse(), "a pod mounting evil.io/payload:1 was admitted under registries.allowed [registry.example.com/**]")
 }
 
-// 2. Policies select a workload by the labels of the object admitted: a Deployment's own
-// metadata.labels. Its pods carry the template's labels. A Deployment without the label whose
-// template has it is judged without the policy; the ReplicaSet and pods the controllers make from
-// it, which carry the label, are "not judged again".
-func TestAttackLabelScopedPolicySeesThePodsLabels(t *testing.T) {
-	g := NewWithT(t)
-	prodOnly := &securityv1alpha1.ImagePolicy{
+// prodOnlyPolicy enforces trusted registries on the workloads of namespace shop labelled tier=prod.
+func prodOnlyPolicy() *securityv1alpha1.ImagePolicy {
+	return &securityv1alpha1.ImagePolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: "prod-trusted", Namespace: "shop", UID: "pol-uid", Generation: 1},
 		Spec: securityv1alpha1.ImagePolicySpec{
 			Enforcement: securityv1alpha1.EnforcementEnforce,
@@ -105,6 +98,15 @@ func TestAttackLabelScopedPolicySeesThePodsLabels(t *testing.T) {
 			Rules:       securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/**"}}},
 		},
 	}
+}
+
+// 2. Policies select a workload by the labels of the object admitted: a Deployment's own
+// metadata.labels. Its pods carry the template's labels. A Deployment without the label whose
+// template has it is judged without the policy; the ReplicaSet and pods the controllers make from
+// it, which carry the label, are "not judged again".
+func TestAttackLabelScopedPolicySeesThePodsLabels(t *testing.T) {
+	g := NewWithT(t)
+	prodOnly := prodOnlyPolicy()
 	template := corev1.PodTemplateSpec{
 		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"tier": "prod", "app": "web"}},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "evil.io/web:1"}}},
@@ -162,14 +164,7 @@ func TestAttackLabelScopedPolicySeesThePodsLabels(t *testing.T) {
 // images, so it is "images unchanged" and never judged by the policy it now falls under.
 func TestAttackRelabelIntoScopeIsJudged(t *testing.T) {
 	g := NewWithT(t)
-	prodOnly := &securityv1alpha1.ImagePolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "prod-trusted", Namespace: "shop", UID: "pol-uid", Generation: 1},
-		Spec: securityv1alpha1.ImagePolicySpec{
-			Enforcement: securityv1alpha1.EnforcementEnforce,
-			Match:       securityv1alpha1.ImageMatch{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"tier": "prod"}}},
-			Rules:       securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/**"}}},
-		},
-	}
+	prodOnly := prodOnlyPolicy()
 	c := indexedClient(prodOnly)
 	reviewer := &Reviewer{
 		State: &CacheState{Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: c, Clock: clocktesting.NewFakePassiveClock(now)},
@@ -306,12 +301,7 @@ func TestAttackDigestCacheIsBounded(t *testing.T) {
 func TestAttackPullSecretNamesAreBounded(t *testing.T) {
 	g := NewWithT(t)
 	var reads atomic.Int32
-	secrets := fake.NewClientBuilder().WithScheme(scheme.New()).WithInterceptorFuncs(interceptor.Funcs{
-		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
-			reads.Add(1)
-			return c.Get(ctx, key, obj, opts...)
-		},
-	}).Build()
+	secrets := countingReads(&reads)
 	c := indexedClient()
 	s := &CacheState{Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: secrets, Resolver: &privateResolver{}, Clock: clocktesting.NewFakePassiveClock(now)}
 	spec := &corev1.PodSpec{}

@@ -102,35 +102,8 @@ func freePort(t *testing.T) int {
 // the API server's client certificate is required.
 func TestImagePolicyWebhookPlugin(t *testing.T) {
 	g := NewWithT(t)
-	dir := t.TempDir()
-	port := freePort(t)
-	clientCerts, err := testutil.NewClientCerts(dir, "kube-apiserver")
-	g.Expect(err).NotTo(HaveOccurred())
-	env, err := testenv.Start(testenv.Options{APIServerArgs: map[string]string{
-		"enable-admission-plugins":      "ImagePolicyWebhook",
-		"admission-control-config-file": imagePolicyBackend(t, dir, port, clientCerts),
-	}})
-	g.Expect(err).NotTo(HaveOccurred())
-	defer func() { _ = env.Stop() }()
-
-	requireClientCert, err := webhookcert.RequireClientCert(clientCerts.CAFile)
-	g.Expect(err).NotTo(HaveOccurred())
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		Scheme:  scheme.New(),
-		Metrics: metricsserver.Options{BindAddress: "0"},
-		WebhookServer: webhook.NewServer(webhook.Options{Host: "127.0.0.1", Port: port, CertDir: filepath.Join(dir, "certs"),
-			TLSOpts: []func(*tls.Config){requireClientCert}}),
-	})
-	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(workload.IndexReports(context.Background(), mgr.GetFieldIndexer())).To(Succeed())
-	reviewer := &admission.Reviewer{Clock: clock.RealClock{}, State: &admission.CacheState{
-		Gatherer: workload.NewGatherer(mgr.GetCache(), nil), Reader: mgr.GetCache(), Clock: clock.RealClock{},
-	}}
-	mgr.GetWebhookServer().Register(admission.ImagePolicyPath, &admission.ImageReviewHandler{Reviewer: reviewer})
-	mgrCtx, stopImageGuard := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(mgrCtx) }()
-	defer stopImageGuard()
+	stack := startImagePolicyStack(t, nil)
+	env, dir, port := stack.env, stack.dir, stack.port
 	ctx := context.Background()
 
 	c := env.Client
@@ -168,10 +141,58 @@ func TestImagePolicyWebhookPlugin(t *testing.T) {
 	g.Expect(err).To(MatchError(ContainSubstring("certificate required")))
 
 	// ImageGuard down: defaultAllow (false here) decides.
-	stopImageGuard()
-	g.Expect(<-done).To(Succeed())
+	stack.stop()
+	g.Expect(<-stack.done).To(Succeed())
 	g.Eventually(func() error {
 		return c.Create(ctx, pod("while-down-"+strconv.FormatInt(time.Now().UnixNano(), 36), "registry.example.com/team/app:2"))
 	}).WithTimeout(30 * time.Second).Should(MatchError(And(
 		ContainSubstring("is forbidden"), ContainSubstring("connection refused"))))
+}
+
+// imagePolicyStack is a kube-apiserver whose ImagePolicyWebhook plugin calls a manager serving
+// /imagepolicy as the controller does with --webhook-client-ca: the API server's client
+// certificate is required.
+type imagePolicyStack struct {
+	env  *testenv.Env
+	dir  string
+	port int
+	// stop stops the manager; done receives what its Start returned.
+	stop context.CancelFunc
+	done chan error
+}
+
+// startImagePolicyStack starts the stack; queue (nil queues nothing) is told of unscanned images.
+// Both are stopped when the test ends.
+func startImagePolicyStack(t *testing.T, queue admission.ScanQueue) *imagePolicyStack {
+	t.Helper()
+	g := NewWithT(t)
+	dir := t.TempDir()
+	port := freePort(t)
+	clientCerts, err := testutil.NewClientCerts(dir, "kube-apiserver")
+	g.Expect(err).NotTo(HaveOccurred())
+	env, err := testenv.Start(testenv.Options{APIServerArgs: map[string]string{
+		"enable-admission-plugins":      "ImagePolicyWebhook",
+		"admission-control-config-file": imagePolicyBackend(t, dir, port, clientCerts),
+	}})
+	g.Expect(err).NotTo(HaveOccurred())
+	t.Cleanup(func() { _ = env.Stop() })
+	requireClientCert, err := webhookcert.RequireClientCert(clientCerts.CAFile)
+	g.Expect(err).NotTo(HaveOccurred())
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+		Scheme:  scheme.New(),
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		WebhookServer: webhook.NewServer(webhook.Options{Host: "127.0.0.1", Port: port, CertDir: filepath.Join(dir, "certs"),
+			TLSOpts: []func(*tls.Config){requireClientCert}}),
+	})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(workload.IndexReports(context.Background(), mgr.GetFieldIndexer())).To(Succeed())
+	reviewer := &admission.Reviewer{Clock: clock.RealClock{}, Queue: queue, State: &admission.CacheState{
+		Gatherer: workload.NewGatherer(mgr.GetCache(), nil), Reader: mgr.GetCache(), Clock: clock.RealClock{},
+	}}
+	mgr.GetWebhookServer().Register(admission.ImagePolicyPath, &admission.ImageReviewHandler{Reviewer: reviewer})
+	ctx, stop := context.WithCancel(context.Background())
+	stack := &imagePolicyStack{env: env, dir: dir, port: port, stop: stop, done: make(chan error, 1)}
+	go func() { stack.done <- mgr.Start(ctx) }()
+	t.Cleanup(stop)
+	return stack
 }

@@ -223,12 +223,7 @@ func (p *privateResolver) ResolveDigest(_ context.Context, ref string, keychain 
 func TestPullSecretsOnlyWhenTheRegistryAsks(t *testing.T) {
 	g := NewWithT(t)
 	var reads atomic.Int32
-	secrets := fake.NewClientBuilder().WithScheme(scheme.New()).WithInterceptorFuncs(interceptor.Funcs{
-		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
-			reads.Add(1)
-			return c.Get(ctx, key, obj, opts...)
-		},
-	}).Build()
+	secrets := countingReads(&reads)
 	c := indexedClient()
 	resolver := &privateResolver{}
 	s := &CacheState{Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: secrets, Resolver: resolver, Clock: clocktesting.NewFakePassiveClock(now)}
@@ -252,4 +247,14 @@ func indexedClient(objs ...client.Object) client.Client {
 		b = b.WithIndex(&securityv1alpha1.ImageScanReport{}, name, index)
 	}
 	return b.Build()
+}
+
+// countingReads is an empty client for Secrets and service accounts that counts its Gets.
+func countingReads(reads *atomic.Int32) client.Client {
+	return fake.NewClientBuilder().WithScheme(scheme.New()).WithInterceptorFuncs(interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+			reads.Add(1)
+			return c.Get(ctx, key, obj, opts...)
+		},
+	}).Build()
 }
