@@ -274,7 +274,14 @@ func TestDBUpdateRematchesWithoutPulling(t *testing.T) {
 	createPod(g, "update", "a", refA, idA)
 	createPod(g, "update", "b", refB, idB)
 	readyReport(g, "update", "update/with-zlib", digestA)
-	before := readyReport(g, "update", "update/without", digestB)
+	readyReport(g, "update", "update/without", digestB)
+	// Ready may be written before the pod controller's status.workloads (when the scan wins the
+	// race with the pod controller's first status write): wait for both.
+	var before *securityv1alpha1.ImageScanReport
+	g.Eventually(func(g Gomega) {
+		before = report(g, "update", "update/without", digestB)
+		g.Expect(before.Status.Workloads).NotTo(BeEmpty())
+	}).WithTimeout(timeout).Should(Succeed())
 	analyses := scan.Analyses()
 
 	reg.PublishDB(t, dbRepo, "2", dbSpec(zlibAdvisory))
