@@ -64,6 +64,8 @@ type ImageScanReportReconciler struct {
 	RescanInterval time.Duration
 	// Concurrency is the number of reports reconciled at once.
 	Concurrency int
+	// Timeout bounds one reconcile, a scan included; 0 means none.
+	Timeout time.Duration
 	// ExcludedNamespaces are not scanned, nor namespaces labelled imageguard.dev/exclude=true.
 	ExcludedNamespaces []string
 	Clock              clock.PassiveClock
@@ -299,6 +301,6 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&securityv1alpha1.ImageScanReport{}).
 		WatchesRawSource(source.Channel(r.DB.Subscribe(), allReports)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: r.Concurrency}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.Concurrency, ReconciliationTimeout: r.Timeout}).
 		Complete(r)
 }

@@ -17,9 +17,11 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/policy"
@@ -46,8 +48,13 @@ type PodReconciler struct {
 	// Inventories tells whether a digest was analysed already; nil: never.
 	Inventories interface{ Analysed(digest string) bool }
 	Clock       clock.PassiveClock
+	// Concurrency is how many namespaces are reconciled at once, so that one slow namespace
+	// never holds the others; 0 means 1.
+	Concurrency int
+	// Timeout bounds one reconcile; 0 means none.
+	Timeout time.Duration
 
-	resolved registry.DigestCache // namespace/image -> digest
+	lookups *tagLookups
 }
 
 // ExcludeLabel on a namespace opts it out of scanning.
@@ -76,17 +83,27 @@ func (r *PodReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if err := r.Client.List(ctx, pods, client.InNamespace(req.Name)); err != nil {
 		return ctrl.Result{}, err
 	}
-	desired, resolveErr := r.desiredReports(ctx, pods.Items)
+	uses, gatherErr := r.imageUses(ctx, pods.Items)
+	pending, lookupErr := r.lookUpTags(uses)
+	desired := group(uses)
 	ensureErr := r.ensureReports(ctx, req.Name, desired)
-	// Unused reports are collected even when some image failed: desired holds every digest in use.
-	requeue, err := r.collectGarbage(ctx, req.Name, desired)
-	if err != nil {
-		return ctrl.Result{}, err
+	// Unused reports are collected even when some image failed (desired holds every digest in
+	// use), not while a tag is being looked up: its report would be marked unused meanwhile.
+	var requeue time.Duration
+	if !pending {
+		var err error
+		if requeue, err = r.collectGarbage(ctx, req.Name, desired); err != nil {
+			return ctrl.Result{}, err
+		}
 	}
-	if err := errors.Join(resolveErr, ensureErr); err != nil {
+	if err := errors.Join(gatherErr, lookupErr, ensureErr); err != nil {
 		// Retried with backoff; the reports of every other image are in place already.
 		log.Info("Some images have no current report yet", "error", err.Error())
 		return ctrl.Result{}, err
+	}
+	if pending {
+		// The end of each lookup queues the namespace; this is the safety net.
+		requeue = minPositive(requeue, r.lookups.Timeout)
 	}
 	return ctrl.Result{RequeueAfter: requeue}, nil
 }
@@ -110,10 +127,21 @@ type workloadRef struct {
 	Name string
 }
 
-// desiredReports groups the containers of pods by digest. Images that cannot be resolved are
-// left out and reported in the error, so one bad image does not hold back the others.
-func (r *PodReconciler) desiredReports(ctx context.Context, pods []corev1.Pod) (map[string]*desiredReport, error) {
-	desired := map[string]*desiredReport{}
+// imageUse is one container (or image volume) of a pod: its image and, once known, its digest.
+type imageUse struct {
+	pod    *corev1.Pod
+	owner  workloadRef
+	name   string
+	image  string
+	img    policy.Image
+	digest string
+}
+
+// imageUses lists the images the pods run, with the digest the kubelet reported or the reference
+// names. Pods that cannot be attributed and malformed references are left out and reported in
+// the error, so one bad pod does not hold back the others.
+func (r *PodReconciler) imageUses(ctx context.Context, pods []corev1.Pod) ([]*imageUse, error) {
+	var uses []*imageUse
 	var errs []error
 	for i := range pods {
 		pod := &pods[i]
@@ -125,7 +153,6 @@ func (r *PodReconciler) desiredReports(ctx context.Context, pods []corev1.Pod) (
 			errs = append(errs, err)
 			continue
 		}
-		owner := workloadRef{Kind: top.Kind, Name: top.Name}
 		for _, c := range podContainers(pod) {
 			img, err := policy.ParseImage(c.Image)
 			if err != nil {
@@ -136,43 +163,71 @@ func (r *PodReconciler) desiredReports(ctx context.Context, pods []corev1.Pod) (
 			if digest == "" {
 				digest = img.Digest
 			}
-			if digest == "" {
-				digest, err = r.resolve(ctx, pod, c.Image)
-				if err != nil {
-					errs = append(errs, fmt.Errorf("pod %s container %s: %w", pod.Name, c.Name, err))
-					continue
-				}
-			}
-			d := desired[digest]
-			if d == nil {
-				d = &desiredReport{repository: img.Repository, digest: digest, tags: map[string]bool{}, workloads: map[workloadRef]map[string]bool{}}
-				desired[digest] = d
-			}
-			// One digest under several repositories (a mirror): report the first in sort order.
-			if img.Repository < d.repository {
-				d.repository = img.Repository
-			}
-			if img.Tag != "" {
-				d.tags[img.Tag] = true
-			}
-			if d.workloads[owner] == nil {
-				d.workloads[owner] = map[string]bool{}
-			}
-			d.workloads[owner][c.Name] = true
+			uses = append(uses, &imageUse{pod: pod, owner: workloadRef{Kind: top.Kind, Name: top.Name}, name: c.Name, image: c.Image, img: img, digest: digest})
 		}
 	}
-	return desired, errors.Join(errs...)
+	return uses, errors.Join(errs...)
 }
 
-// resolve looks a tag up in the registry with the pod's pull secrets, reusing a recent answer.
-func (r *PodReconciler) resolve(ctx context.Context, pod *corev1.Pod, image string) (string, error) {
-	return r.resolved.Resolve(pod.Namespace+"/"+image, r.Clock.Now(), func() (string, error) {
-		keychain, err := workload.Keychain(ctx, r.APIReader, pod.Namespace, &pod.Spec)
-		if err != nil {
-			return "", err
+// lookUpTags gives the uses without a digest the digest of their tag, as tagLookups knows it:
+// no reconcile waits on a registry. It reports whether some lookup is still running; uses whose
+// lookup failed keep no digest and are reported in the error.
+func (r *PodReconciler) lookUpTags(uses []*imageUse) (pending bool, err error) {
+	var errs []error
+	for _, u := range uses {
+		if u.digest != "" {
+			continue
 		}
-		return r.Registry.ResolveDigest(ctx, image, keychain)
-	})
+		digest, running, err := r.lookups.Digest(u.pod, u.image)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("pod %s container %s: %w", u.pod.Name, u.name, err))
+		case running:
+			pending = true
+		default:
+			u.digest = digest
+		}
+	}
+	return pending, errors.Join(errs...)
+}
+
+// group collects the uses with a digest into one desired report per digest.
+func group(uses []*imageUse) map[string]*desiredReport {
+	desired := map[string]*desiredReport{}
+	for _, u := range uses {
+		if u.digest == "" {
+			continue
+		}
+		d := desired[u.digest]
+		if d == nil {
+			d = &desiredReport{repository: u.img.Repository, digest: u.digest, tags: map[string]bool{}, workloads: map[workloadRef]map[string]bool{}}
+			desired[u.digest] = d
+		}
+		// One digest under several repositories (a mirror): report the first in sort order.
+		if u.img.Repository < d.repository {
+			d.repository = u.img.Repository
+		}
+		if u.img.Tag != "" {
+			d.tags[u.img.Tag] = true
+		}
+		if d.workloads[u.owner] == nil {
+			d.workloads[u.owner] = map[string]bool{}
+		}
+		d.workloads[u.owner][u.name] = true
+	}
+	return desired
+}
+
+// lookupSlots bounds the tag lookups that run at once.
+const lookupSlots = 16
+
+// lookUp resolves image in namespace with the pull secrets of spec.
+func (r *PodReconciler) lookUp(ctx context.Context, namespace string, spec *corev1.PodSpec, image string) (string, error) {
+	keychain, err := workload.Keychain(ctx, r.APIReader, namespace, spec)
+	if err != nil {
+		return "", err
+	}
+	return r.Registry.ResolveDigest(ctx, image, keychain)
 }
 
 // spec and workloads of a desired report, in the order the API keeps them.
@@ -309,8 +364,12 @@ func (r *PodReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
-	// Failures are not kept: the workqueue retries them with backoff.
-	r.resolved.TTL = r.ResolveTTL
+	r.lookups = newTagLookups(lookupSlots, r.lookUp)
+	r.lookups.TTL, r.lookups.Clock = r.ResolveTTL, r.Clock
+	if r.Registry != nil {
+		// A lookup is a few requests (ping, token, HEAD), each within the registry timeout.
+		r.lookups.Timeout = 3 * r.Registry.Timeout()
+	}
 	toNamespace := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: obj.GetNamespace()}}}
 	})
@@ -320,5 +379,9 @@ func (r *PodReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// Only a report's creation, deletion or spec change concerns its namespace's pods; the
 		// report controller's status writes do not.
 		Watches(&securityv1alpha1.ImageScanReport{}, toNamespace, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		WatchesRawSource(source.Channel(r.lookups.Events(), handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: obj.GetName()}}}
+		}))).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.Concurrency, ReconciliationTimeout: r.Timeout}).
 		Complete(r)
 }

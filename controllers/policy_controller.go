@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
@@ -36,6 +37,8 @@ type PolicyReconciler struct {
 	Recorder      recorder.EventRecorder
 	ClusterScoped bool
 	Clock         clock.PassiveClock
+	// Timeout bounds one reconcile; 0 means none.
+	Timeout time.Duration
 
 	mu sync.Mutex
 	// verdicts holds, per policy Ref, each matched workload's last verdict (true: compliant), for
@@ -269,7 +272,8 @@ func (r *PolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.ClusterScoped {
 		forObj, name = &securityv1alpha1.ClusterImagePolicy{}, "clusterimagepolicy"
 	}
-	b := ctrl.NewControllerManagedBy(mgr).Named(name).For(forObj)
+	b := ctrl.NewControllerManagedBy(mgr).Named(name).For(forObj).
+		WithOptions(controller.Options{ReconciliationTimeout: r.Timeout})
 	for _, obj := range append(workload.Objects(), &securityv1alpha1.ImageScanReport{}) {
 		b = b.Watches(obj, toPolicies)
 	}

@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -33,6 +34,8 @@ type PolicyReportReconciler struct {
 	Client   client.Client
 	Gatherer *workload.Gatherer
 	Clock    clock.PassiveClock
+	// Timeout bounds one reconcile; 0 means none.
+	Timeout time.Duration
 }
 
 // +kubebuilder:rbac:groups=wgpolicyk8s.io,resources=policyreports,verbs=get;list;watch;create;update;patch;delete
@@ -227,6 +230,7 @@ func (r *PolicyReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	})
 	b := ctrl.NewControllerManagedBy(mgr).Named("policyreport").
 		For(&corev1.Namespace{}).
+		WithOptions(controller.Options{ReconciliationTimeout: r.Timeout}).
 		Watches(&securityv1alpha1.ClusterImagePolicy{}, allNamespaces)
 	for _, obj := range append(workload.Objects(), &securityv1alpha1.ImagePolicy{}, &securityv1alpha1.ImageScanReport{}) {
 		b = b.Watches(obj, toNamespace)

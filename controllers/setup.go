@@ -26,17 +26,37 @@ type Options struct {
 	ReportRetention    time.Duration
 	RescanInterval     time.Duration
 	ExcludedNamespaces []string
+	// PodConcurrency is how many namespaces the pod controller reconciles at once; 0 means
+	// DefaultPodConcurrency.
+	PodConcurrency int
+	// ReconcileTimeout bounds one reconcile of every controller but the report controller, whose
+	// bound is ScanTimeout plus ReconcileTimeout; 0 means DefaultReconcileTimeout.
+	ReconcileTimeout time.Duration
+	// ScanTimeout is the scanner's bound of one analysis.
+	ScanTimeout time.Duration
 	// Admission, when set, also serves the admission endpoints.
 	Admission *AdmissionOptions
 	// Clock is the time every reconciler and admission reads; nil is the real clock.
 	Clock clock.PassiveClock
 }
 
+// DefaultPodConcurrency is how many namespaces the pod controller reconciles at once.
+const DefaultPodConcurrency = 4
+
+// DefaultReconcileTimeout bounds one reconcile (plus the scan timeout for reports).
+const DefaultReconcileTimeout = 2 * time.Minute
+
 // Setup adds ImageGuard's reconcilers (and, with opts.Admission, the admission endpoints) to mgr.
 // They share one Gatherer over the manager's cache.
 func Setup(mgr ctrl.Manager, opts Options) error {
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
+	}
+	if opts.PodConcurrency <= 0 {
+		opts.PodConcurrency = DefaultPodConcurrency
+	}
+	if opts.ReconcileTimeout <= 0 {
+		opts.ReconcileTimeout = DefaultReconcileTimeout
 	}
 	if err := workload.IndexReports(context.Background(), mgr.GetFieldIndexer()); err != nil {
 		return err
@@ -45,7 +65,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	pods := &PodReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Registry: opts.Registry,
 		Retention: opts.ReportRetention, ExcludedNamespaces: opts.ExcludedNamespaces, Clock: opts.Clock,
-		Inventories: opts.Scanner,
+		Inventories: opts.Scanner, Concurrency: opts.PodConcurrency, Timeout: opts.ReconcileTimeout,
 	}
 	if err := pods.SetupWithManager(mgr); err != nil {
 		return err
@@ -55,6 +75,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		Recorder: mgr.GetEventRecorder("imageguard"), MaxBytes: opts.ReportMaxBytes,
 		RescanInterval: opts.RescanInterval, Concurrency: opts.ScanConcurrency,
 		ExcludedNamespaces: opts.ExcludedNamespaces, Clock: opts.Clock,
+		Timeout: opts.ScanTimeout + opts.ReconcileTimeout,
 	}
 	if err := reports.SetupWithManager(mgr); err != nil {
 		return err
@@ -62,7 +83,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	for _, clusterScoped := range []bool{false, true} {
 		policies := &PolicyReconciler{
 			Client: mgr.GetClient(), Gatherer: gatherer, Recorder: mgr.GetEventRecorder("imageguard"),
-			ClusterScoped: clusterScoped, Clock: opts.Clock,
+			ClusterScoped: clusterScoped, Clock: opts.Clock, Timeout: opts.ReconcileTimeout,
 		}
 		if err := policies.SetupWithManager(mgr); err != nil {
 			return err
@@ -70,7 +91,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	}
 	// PolicyReports are written only where their CRD is installed (the chart can install it).
 	if policyReportsServed(mgr) {
-		if err := (&PolicyReportReconciler{Client: mgr.GetClient(), Gatherer: gatherer, Clock: opts.Clock}).SetupWithManager(mgr); err != nil {
+		if err := (&PolicyReportReconciler{Client: mgr.GetClient(), Gatherer: gatherer, Clock: opts.Clock, Timeout: opts.ReconcileTimeout}).SetupWithManager(mgr); err != nil {
 			return err
 		}
 	} else {

@@ -25,7 +25,6 @@ import (
 
 	"github.com/imageguard/imageguard/controllers"
 	"github.com/imageguard/imageguard/internal/admission"
-	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
 	"github.com/imageguard/imageguard/internal/scheme"
 	"github.com/imageguard/imageguard/internal/vulndb"
@@ -36,6 +35,8 @@ import (
 // feature behind it exists.
 type controllerOptions struct {
 	ScanConcurrency    int
+	PodConcurrency     int
+	ReconcileTimeout   time.Duration
 	ScanTimeout        time.Duration
 	ReportMaxBytes     int
 	ReportRetention    time.Duration
@@ -100,8 +101,14 @@ func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
 	o.DB.bindFlags(fs)
 	fs.DurationVar(&o.DB.CheckInterval, "db-check-interval", time.Hour,
 		"How often the DB repositories are checked for a new DB (one manifest request when unchanged).")
+	fs.DurationVar(&o.DB.CheckTimeout, "db-check-timeout", vulndb.DefaultCheckTimeout,
+		"Time limit of one check for a new DB, its download included; the current DB keeps serving when it passes.")
 	o.Registry.bindFlags(fs)
 	fs.IntVar(&o.ScanConcurrency, "scan-concurrency", 2, "Reports scanned at once.")
+	fs.IntVar(&o.PodConcurrency, "pod-concurrency", controllers.DefaultPodConcurrency,
+		"Namespaces whose pods are reconciled at once (their tags looked up, their reports created), so that one slow registry never holds the rest.")
+	fs.DurationVar(&o.ReconcileTimeout, "reconcile-timeout", controllers.DefaultReconcileTimeout,
+		"Time limit of one reconcile; a report's reconcile has --scan-timeout more.")
 	fs.DurationVar(&o.ScanTimeout, "scan-timeout", 10*time.Minute, "Time limit of one image analysis, from the first registry request to the kept inventory.")
 	fs.IntVar(&o.ReportMaxBytes, "report-max-bytes", 512<<10, "Largest encoded size of an ImageScanReport; the vulnerability list is cut, highest severity kept, to fit.")
 	fs.DurationVar(&o.ReportRetention, "report-retention", time.Hour, "How long a report no pod uses any more is kept; 0 deletes it at once.")
@@ -165,10 +172,11 @@ func parseControllerFlags(args []string, output io.Writer) (*controllerOptions, 
 
 // setUpControllers adds the DB manager, the scanner and the reconcilers to mgr.
 func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
-	reg := registry.NewClient(registry.Options{InsecureHosts: opts.Registry.InsecureRegistries})
+	reg := opts.Registry.client()
 	db, err := vulndb.New(vulndb.Options{
 		Repositories:  opts.DB.Repositories,
 		CheckInterval: opts.DB.CheckInterval,
+		CheckTimeout:  opts.DB.CheckTimeout,
 		LocalPath:     opts.DB.Path,
 		CacheDir:      opts.CacheDir,
 		Registry:      reg,
@@ -195,6 +203,7 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 	return controllers.Setup(mgr, controllers.Options{
 		Registry: reg, Scanner: s, DB: db,
 		ScanConcurrency: opts.ScanConcurrency, ReportMaxBytes: opts.ReportMaxBytes,
+		PodConcurrency: opts.PodConcurrency, ReconcileTimeout: opts.ReconcileTimeout, ScanTimeout: opts.ScanTimeout,
 		ReportRetention: opts.ReportRetention, RescanInterval: opts.RescanInterval,
 		ExcludedNamespaces: opts.ExcludedNamespaces, Admission: admissionOpts,
 	})

@@ -27,6 +27,7 @@ import (
 type dbOptions struct {
 	Repositories  []string
 	CheckInterval time.Duration
+	CheckTimeout  time.Duration
 	Path          string
 }
 
@@ -40,11 +41,19 @@ func (o *dbOptions) bindFlags(fs *pflag.FlagSet) {
 // registryOptions are the registry flags shared by the controller and scan commands.
 type registryOptions struct {
 	InsecureRegistries []string
+	Timeout            time.Duration
 }
 
 func (o *registryOptions) bindFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.InsecureRegistries, "insecure-registries", nil,
 		"Registry hosts (host or host:port, comma list) reached over plain HTTP or without verifying TLS certificates.")
+	fs.DurationVar(&o.Timeout, "registry-timeout", registry.DefaultTimeout,
+		"Deadline of a registry connection, TLS handshake, wait for an answer's headers, whole request other than a blob download, and wait for a blob's next bytes.")
+}
+
+// client returns the registry client of these options.
+func (o *registryOptions) client() *registry.Client {
+	return registry.NewClient(registry.Options{InsecureHosts: o.InsecureRegistries, Timeout: o.Timeout})
 }
 
 // scanOptions are the flags of `imageguard scan`.
@@ -131,7 +140,7 @@ type scanDB struct {
 }
 
 func scanImage(ctx context.Context, opts *scanOptions) (*scanReport, error) {
-	client := registry.NewClient(registry.Options{InsecureHosts: opts.Registry.InsecureRegistries})
+	client := opts.Registry.client()
 	ref, err := client.ParseReference(opts.Image)
 	if err != nil {
 		return nil, err

@@ -28,9 +28,17 @@ type Options struct {
 	Platform *v1.Platform
 	// UserAgent is sent with every request.
 	UserAgent string
+	// Timeout is the deadline of a connection attempt, a TLS handshake, the wait for a
+	// response's headers, a whole request that is not a blob download, and the wait for a
+	// blob's next bytes; 0 means DefaultTimeout.
+	Timeout time.Duration
+	// MaxResponseBytes bounds every answer that is not a blob (manifests, indexes, tokens);
+	// 0 means DefaultMaxResponseBytes.
+	MaxResponseBytes int64
 }
 
-// Client reaches registries with one shared HTTP transport.
+// Client reaches registries with one shared HTTP transport, whose every request has deadlines
+// and a size bound (see boundedTransport).
 type Client struct {
 	opts      Options
 	transport http.RoundTripper
@@ -39,14 +47,30 @@ type Client struct {
 
 // NewClient returns a Client for opts.
 func NewClient(opts Options) *Client {
-	base := remote.DefaultTransport.(*http.Transport).Clone()
-	insecure := base.Clone()
-	insecure.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // only for hosts the operator listed
 	if opts.UserAgent == "" {
 		opts.UserAgent = "imageguard"
 	}
-	return &Client{opts: opts, transport: base, insecure: insecure}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.MaxResponseBytes <= 0 {
+		opts.MaxResponseBytes = DefaultMaxResponseBytes
+	}
+	base := remote.DefaultTransport.(*http.Transport).Clone()
+	base.DialContext = dialer(opts.Timeout).DialContext
+	base.TLSHandshakeTimeout = opts.Timeout
+	base.ResponseHeaderTimeout = opts.Timeout
+	insecure := base.Clone()
+	insecure.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // only for hosts the operator listed
+	limits := &rateLimits{}
+	bound := func(rt http.RoundTripper) http.RoundTripper {
+		return &boundedTransport{base: rt, timeout: opts.Timeout, maxBytes: opts.MaxResponseBytes, limits: limits, now: time.Now}
+	}
+	return &Client{opts: opts, transport: bound(base), insecure: bound(insecure)}
 }
+
+// Timeout returns the deadline of one registry request (see Options.Timeout).
+func (c *Client) Timeout() time.Duration { return c.opts.Timeout }
 
 // Platform returns the platform images are resolved for.
 func (c *Client) Platform() v1.Platform {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
@@ -32,6 +33,9 @@ const (
 type Error struct {
 	Kind Kind
 	Err  error
+	// RetryAfter, when set, is how long the registry asked to wait before the next request
+	// (Retry-After of a 429 answer).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("%s: %v", e.Kind, e.Err) }
@@ -81,6 +85,15 @@ func KindOf(err error) Kind {
 		}
 	}
 	return KindUnavailable
+}
+
+// RetryAfter returns how long the registry asked to wait before err's request is tried again.
+func RetryAfter(err error) (time.Duration, bool) {
+	var typed *Error
+	if errors.As(err, &typed) && typed.RetryAfter > 0 {
+		return typed.RetryAfter, true
+	}
+	return 0, false
 }
 
 // Classify wraps err in an Error of its kind; nil stays nil and typed errors stay as they are.

@@ -216,7 +216,7 @@ func (s *Suite) startImageGuard() error {
 		return err
 	}
 	o := opts.Controllers
-	o.Registry, o.Scanner, o.DB = client, s.Scanner, s.DB
+	o.Registry, o.Scanner, o.DB, o.ScanTimeout = client, s.Scanner, s.DB, time.Minute
 	if o.Admission != nil {
 		a := *o.Admission
 		a.Registry = client

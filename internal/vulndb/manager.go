@@ -28,6 +28,9 @@ import (
 // DefaultRepositories are the public DB repositories, tried in order.
 var DefaultRepositories = []string{"mirror.gcr.io/aquasec/trivy-db:2", "ghcr.io/aquasecurity/trivy-db:2"}
 
+// DefaultCheckTimeout bounds one check for a new DB, its download included.
+const DefaultCheckTimeout = 15 * time.Minute
+
 // ErrNoDB is returned by View before any DB was loaded.
 var ErrNoDB = errors.New("no vulnerability DB is loaded yet")
 
@@ -37,6 +40,8 @@ type Options struct {
 	Repositories []string
 	// CheckInterval is how often the repositories are checked for a new DB.
 	CheckInterval time.Duration
+	// CheckTimeout bounds one check, a download included; 0 means DefaultCheckTimeout.
+	CheckTimeout time.Duration
 	// LocalPath is a folder holding trivy.db and metadata.json; when set the Manager serves it
 	// and never downloads.
 	LocalPath string
@@ -76,6 +81,9 @@ func New(opts Options) (*Manager, error) {
 	}
 	if opts.MaxBytes <= 0 {
 		opts.MaxBytes = 8 << 30
+	}
+	if opts.CheckTimeout <= 0 {
+		opts.CheckTimeout = DefaultCheckTimeout
 	}
 	if opts.Registry == nil {
 		opts.Registry = registry.NewClient(registry.Options{})
@@ -154,9 +162,11 @@ func (m *Manager) Start(ctx context.Context) error {
 		log.Info("No usable downloaded DB in the cache; downloading", "reason", err.Error())
 	}
 	for {
-		if _, err := m.Check(ctx); err != nil && ctx.Err() == nil {
+		cctx, cancel := context.WithTimeout(ctx, m.opts.CheckTimeout)
+		if _, err := m.Check(cctx); err != nil && ctx.Err() == nil {
 			log.Error(err, "Checking for a new vulnerability DB failed; the current DB keeps serving")
 		}
+		cancel()
 		// Jitter spreads the checks of many clusters behind one mirror.
 		wait := m.opts.CheckInterval + time.Duration(rand.Int64N(int64(m.opts.CheckInterval/10)+1))
 		select {
