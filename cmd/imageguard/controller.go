@@ -7,10 +7,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/KimMachineGun/automemlimit/memlimit"
+	"github.com/go-logr/logr"
 
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/rest"
@@ -46,6 +51,8 @@ type controllerOptions struct {
 	KubeAPIBurst       int
 	DB                 dbOptions
 	Registry           registryOptions
+	Limits             limitOptions
+	MemoryLimitRatio   float64
 	CacheDir           string
 	MetricsAddr        string
 	MetricsSecure      bool
@@ -104,6 +111,9 @@ func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.DB.CheckTimeout, "db-check-timeout", vulndb.DefaultCheckTimeout,
 		"Time limit of one check for a new DB, its download included; the current DB keeps serving when it passes.")
 	o.Registry.bindFlags(fs)
+	o.Limits.bindFlags(fs)
+	fs.Float64Var(&o.MemoryLimitRatio, "memory-limit-ratio", 0.9,
+		"Fraction of the container's memory limit, read from its cgroup, set as the Go runtime's soft memory limit (GOMEMLIMIT, when set, wins); 0 leaves it alone.")
 	fs.IntVar(&o.ScanConcurrency, "scan-concurrency", 2, "Reports scanned at once.")
 	fs.IntVar(&o.PodConcurrency, "pod-concurrency", controllers.DefaultPodConcurrency,
 		"Namespaces whose pods are reconciled at once (their tags looked up, their reports created), so that one slow registry never holds the rest.")
@@ -156,6 +166,9 @@ func parseControllerFlags(args []string, output io.Writer) (*controllerOptions, 
 	if p := admission.FailurePolicy(opts.Webhook.FailurePolicy); p != admission.FailureIgnore && p != admission.FailureFail {
 		return nil, fmt.Errorf("--admission-failure-policy must be %s or %s, not %q", admission.FailureIgnore, admission.FailureFail, p)
 	}
+	if opts.MemoryLimitRatio < 0 || opts.MemoryLimitRatio > 1 {
+		return nil, errors.New("--memory-limit-ratio must be between 0 and 1")
+	}
 	if opts.Webhook.DecisionBudget <= 0 {
 		return nil, errors.New("--admission-decision-budget must be positive")
 	}
@@ -180,6 +193,7 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 		LocalPath:     opts.DB.Path,
 		CacheDir:      opts.CacheDir,
 		Registry:      reg,
+		MaxBytes:      opts.Limits.DBBytes,
 		Log:           ctrl.Log.WithName("vulndb"),
 	})
 	if err != nil {
@@ -188,7 +202,7 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 	if err := mgr.Add(db); err != nil {
 		return err
 	}
-	s, err := scanner.New(scanner.Options{CacheDir: opts.CacheDir, Timeout: opts.ScanTimeout}, reg, db)
+	s, err := scanner.New(scanner.Options{CacheDir: opts.CacheDir, Timeout: opts.ScanTimeout, Limits: opts.Limits.Image}, reg, db)
 	if err != nil {
 		return err
 	}
@@ -228,6 +242,23 @@ func webhookCertificates(restConfig *rest.Config, opts *controllerOptions) (*web
 	})
 }
 
+// setMemoryLimit sets the Go runtime's soft memory limit to ratio of the cgroup's, so the
+// collector works harder near the limit instead of the kernel killing the process.
+func setMemoryLimit(log logr.Logger, ratio float64) {
+	if ratio == 0 {
+		return
+	}
+	limit, err := memlimit.Set(memlimit.WithRatio(ratio), memlimit.WithProvider(memlimit.FromCgroup),
+		memlimit.WithLogger(slog.New(logr.ToSlogHandler(log.WithName("memlimit")))))
+	if err != nil {
+		log.Info("No cgroup memory limit found; the Go runtime's soft memory limit is left as it is", "reason", err.Error())
+		return
+	}
+	if limit != math.MaxInt64 {
+		log.Info("Set the Go runtime's soft memory limit from the cgroup's", "bytes", limit, "ratio", ratio)
+	}
+}
+
 // The metrics endpoint asks the API server who calls and whether they may get /metrics.
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
@@ -243,6 +274,7 @@ func runController(args []string, stderr io.Writer) int {
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts.Zap)))
 	log := ctrl.Log.WithName("setup")
+	setMemoryLimit(log, opts.MemoryLimitRatio)
 
 	restConfig, err := ctrl.GetConfig()
 	if err != nil {

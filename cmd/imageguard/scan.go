@@ -56,10 +56,35 @@ func (o *registryOptions) client() *registry.Client {
 	return registry.NewClient(registry.Options{InsecureHosts: o.InsecureRegistries, Timeout: o.Timeout})
 }
 
+// limitOptions are the bounds of one analysis and of the DB, shared by the controller and scan
+// commands. A zero value takes the default; a negative one turns the check off.
+type limitOptions struct {
+	Image   scanner.Limits
+	DBBytes int64
+}
+
+func (o *limitOptions) bindFlags(fs *pflag.FlagSet) {
+	d := scanner.DefaultLimits
+	fs.Int64Var(&o.Image.MaxCompressedBytes, "max-image-bytes", d.MaxCompressedBytes,
+		"Largest sum of an image's compressed layer sizes, as its manifest declares them: the cache disk one analysis uses.")
+	fs.Int64Var(&o.Image.MaxUncompressedBytes, "max-layer-bytes", d.MaxUncompressedBytes, "Largest expanded size of one layer.")
+	fs.IntVar(&o.Image.MaxLayers, "max-layers", d.MaxLayers, "Most layers of one image.")
+	fs.IntVar(&o.Image.MaxFiles, "max-files", d.MaxFiles, "Most files in one layer.")
+	fs.Int64Var(&o.Image.MaxConfigBytes, "max-config-bytes", d.MaxConfigBytes,
+		"Largest image config blob, checked from the manifest before it is read into memory.")
+	fs.Int64Var(&o.Image.MaxPackageDBBytes, "max-package-db-bytes", d.MaxPackageDBBytes,
+		"Largest package database or manifest parsed into memory (apk, dpkg, rpm, package.json, Python METADATA, gemspec), checked from its tar header.")
+	fs.IntVar(&o.Image.MaxPackages, "max-packages", d.MaxPackages, "Most packages in one image's inventory.")
+	fs.Int64Var(&o.Image.MaxInventoryBytes, "max-inventory-bytes", d.MaxInventoryBytes, "Largest encoded inventory kept for one image.")
+	fs.Int64Var(&o.DBBytes, "db-max-bytes", vulndb.DefaultMaxBytes,
+		"Largest vulnerability DB artifact, compressed and expanded; the cache holds two during a swap.")
+}
+
 // scanOptions are the flags of `imageguard scan`.
 type scanOptions struct {
 	DB       dbOptions
 	Registry registryOptions
+	Limits   limitOptions
 	CacheDir string
 	Output   string
 	Timeout  time.Duration
@@ -83,6 +108,7 @@ func parseScanFlags(args []string, output io.Writer) (*scanOptions, error) {
 	}
 	opts.DB.bindFlags(fs)
 	opts.Registry.bindFlags(fs)
+	opts.Limits.bindFlags(fs)
 	fs.StringVar(&opts.CacheDir, "cache-dir", defaultCacheDir(), "Folder for the downloaded DB and the kept image inventories.")
 	fs.StringVarP(&opts.Output, "output", "o", "table", "Output format: table or json.")
 	fs.DurationVar(&opts.Timeout, "scan-timeout", 10*time.Minute, "Time limit of the image analysis.")
@@ -157,6 +183,7 @@ func scanImage(ctx context.Context, opts *scanOptions) (*scanReport, error) {
 		CacheDir:     opts.CacheDir,
 		Registry:     client,
 		Keychain:     keychain,
+		MaxBytes:     opts.Limits.DBBytes,
 		Log:          logr.Discard(),
 	})
 	if err != nil {
@@ -170,7 +197,7 @@ func scanImage(ctx context.Context, opts *scanOptions) (*scanReport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading the vulnerability DB: %w", err)
 	}
-	s, err := scanner.New(scanner.Options{CacheDir: opts.CacheDir, Timeout: opts.Timeout}, client, db)
+	s, err := scanner.New(scanner.Options{CacheDir: opts.CacheDir, Timeout: opts.Timeout, Limits: opts.Limits.Image}, client, db)
 	if err != nil {
 		return nil, err
 	}

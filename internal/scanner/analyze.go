@@ -92,6 +92,9 @@ func (s *Scanner) analyze(ctx context.Context, ref ImageRef) (*Inventory, error)
 		return nil, s.scanError(ctx, err)
 	}
 	inv := newInventory(ref, s.trivyVersion, detail)
+	if limit := s.opts.Limits.MaxPackages; limit > 0 && inv.PackageCount() > limit {
+		return nil, registry.Errorf(registry.KindUnsupported, "the image has %d packages, more than the limit of %d (--max-packages)", inv.PackageCount(), limit)
+	}
 	inv.AnalyzedAt = started.UTC().Truncate(time.Second)
 	return inv, nil
 }

@@ -18,10 +18,14 @@ import (
 	"github.com/imageguard/imageguard/internal/registry"
 )
 
-// Limits bound what one analysis may pull and expand, so that a huge or hostile image ends with
-// an UnsupportedImage error instead of filling the disk, the memory or a worker's time.
+// Limits bound what one analysis may pull, expand and keep, so that a huge or hostile image ends
+// with an UnsupportedImage error naming the limit instead of filling the disk or the memory.
+// Each is checked before the bytes it bounds are read: sizes from the manifest's descriptors,
+// files from their tar headers. A zero field takes its DefaultLimits value; a negative one turns
+// the check off.
 type Limits struct {
-	// MaxCompressedBytes bounds the sum of the compressed layer sizes the manifest declares.
+	// MaxCompressedBytes bounds the sum of the compressed layer sizes the manifest declares: the
+	// disk one analysis uses under the cache folder.
 	MaxCompressedBytes int64
 	// MaxUncompressedBytes bounds the expanded size of each layer (decompression bombs).
 	MaxUncompressedBytes int64
@@ -29,15 +33,79 @@ type Limits struct {
 	MaxLayers int
 	// MaxFiles bounds the number of entries in each layer.
 	MaxFiles int
+	// MaxConfigBytes bounds the image config blob, which is read whole into memory.
+	MaxConfigBytes int64
+	// MaxPackageDBBytes bounds each package database and manifest Trivy parses into memory
+	// (apk, dpkg and rpm databases, package.json, Python METADATA, gemspecs): what it finds in
+	// them is kept in memory, so a compressible one would expand without bound.
+	MaxPackageDBBytes int64
+	// MaxPackages bounds the packages of one inventory.
+	MaxPackages int
+	// MaxInventoryBytes bounds the encoded size of one kept inventory.
+	MaxInventoryBytes int64
 }
 
-// DefaultLimits suit real images: 4 GiB pulled, 8 GiB expanded per layer, 256 layers, a million
-// files per layer.
+// DefaultLimits suit real images: 2 GiB pulled, 8 GiB expanded per layer, 256 layers, a million
+// files per layer, an 8 MiB config, 64 MiB package databases, 100,000 packages and a 64 MiB
+// inventory. docs/operations.md gives the arithmetic that sizes them to the pod.
 var DefaultLimits = Limits{
-	MaxCompressedBytes:   4 << 30,
+	MaxCompressedBytes:   2 << 30,
 	MaxUncompressedBytes: 8 << 30,
 	MaxLayers:            256,
 	MaxFiles:             1 << 20,
+	MaxConfigBytes:       8 << 20,
+	MaxPackageDBBytes:    64 << 20,
+	MaxPackages:          100_000,
+	MaxInventoryBytes:    64 << 20,
+}
+
+// withDefaults returns l with each zero field set to its default and each negative one to 0 (no
+// bound).
+func (l Limits) withDefaults() Limits {
+	pick64 := func(v, d int64) int64 {
+		switch {
+		case v == 0:
+			return d
+		case v < 0:
+			return 0
+		}
+		return v
+	}
+	pick := func(v, d int) int { return int(pick64(int64(v), int64(d))) }
+	d := DefaultLimits
+	return Limits{
+		MaxCompressedBytes:   pick64(l.MaxCompressedBytes, d.MaxCompressedBytes),
+		MaxUncompressedBytes: pick64(l.MaxUncompressedBytes, d.MaxUncompressedBytes),
+		MaxLayers:            pick(l.MaxLayers, d.MaxLayers),
+		MaxFiles:             pick(l.MaxFiles, d.MaxFiles),
+		MaxConfigBytes:       pick64(l.MaxConfigBytes, d.MaxConfigBytes),
+		MaxPackageDBBytes:    pick64(l.MaxPackageDBBytes, d.MaxPackageDBBytes),
+		MaxPackages:          pick(l.MaxPackages, d.MaxPackages),
+		MaxInventoryBytes:    pick64(l.MaxInventoryBytes, d.MaxInventoryBytes),
+	}
+}
+
+// isPackageDB reports whether Trivy's analyzers parse the file at name (cleaned, without a
+// leading "/") into packages held in memory.
+func isPackageDB(name string) bool {
+	switch name {
+	case "lib/apk/db/installed", "var/lib/dpkg/status", "var/lib/dpkg/available",
+		"var/lib/rpm/Packages", "var/lib/rpm/Packages.db", "var/lib/rpm/rpmdb.sqlite",
+		"usr/lib/sysimage/rpm/Packages", "usr/lib/sysimage/rpm/Packages.db", "usr/lib/sysimage/rpm/rpmdb.sqlite":
+		return true
+	}
+	if strings.HasPrefix(name, "var/lib/dpkg/status.d/") {
+		return true
+	}
+	base := path.Base(name)
+	switch {
+	case base == "package.json", base == "METADATA", base == "PKG-INFO",
+		strings.HasSuffix(base, ".gemspec"), strings.HasSuffix(base, ".deps.json"):
+		return true
+	case path.Base(path.Dir(name)) == "conda-meta" && strings.HasSuffix(base, ".json"):
+		return true
+	}
+	return false
 }
 
 // fetchedImage is a remote image whose layers were downloaded once into a private folder and
@@ -87,12 +155,18 @@ func fetchImage(ctx context.Context, img v1.Image, dir string, limits Limits) (*
 	if err != nil {
 		return nil, registry.Classify(fmt.Errorf("reading the manifest: %w", err))
 	}
+	// The config is read whole: its declared size is checked first (go-containerregistry reads
+	// no more than it declares).
+	if limits.MaxConfigBytes > 0 && manifest.Config.Size > limits.MaxConfigBytes {
+		return nil, registry.Errorf(registry.KindUnsupported, "the image config is %d bytes, more than the limit of %d (--max-config-bytes)",
+			manifest.Config.Size, limits.MaxConfigBytes)
+	}
 	config, err := img.ConfigFile()
 	if err != nil {
 		return nil, registry.Classify(fmt.Errorf("reading the image config: %w", err))
 	}
 	if n := len(manifest.Layers); limits.MaxLayers > 0 && n > limits.MaxLayers {
-		return nil, registry.Errorf(registry.KindUnsupported, "the image has %d layers, more than the limit of %d", n, limits.MaxLayers)
+		return nil, registry.Errorf(registry.KindUnsupported, "the image has %d layers, more than the limit of %d (--max-layers)", n, limits.MaxLayers)
 	}
 	if len(config.RootFS.DiffIDs) != len(manifest.Layers) {
 		return nil, registry.Errorf(registry.KindUnsupported, "the config lists %d layers but the manifest %d",
@@ -106,7 +180,7 @@ func fetchImage(ctx context.Context, img v1.Image, dir string, limits Limits) (*
 		total += l.Size
 	}
 	if limits.MaxCompressedBytes > 0 && total > limits.MaxCompressedBytes {
-		return nil, registry.Errorf(registry.KindUnsupported, "the image's layers are %d bytes compressed, more than the limit of %d",
+		return nil, registry.Errorf(registry.KindUnsupported, "the image's layers are %d bytes compressed, more than the limit of %d (--max-image-bytes)",
 			total, limits.MaxCompressedBytes)
 	}
 
@@ -194,11 +268,17 @@ func checkLayer(ctx context.Context, layer v1.Layer, digest v1.Hash, limits Limi
 	for files := 0; ; files++ {
 		hdr, err := tr.Next()
 		if err == nil && limits.MaxFiles > 0 && files >= limits.MaxFiles {
-			return registry.Errorf(registry.KindUnsupported, "layer %s has more than %d files", digest, limits.MaxFiles)
+			return registry.Errorf(registry.KindUnsupported, "layer %s has more than %d files (--max-files)", digest, limits.MaxFiles)
 		}
 		if err == nil {
 			if escapes(hdr.Name) || (hdr.Typeflag == tar.TypeLink && escapes(hdr.Linkname)) {
 				return registry.Errorf(registry.KindUnsupported, "layer %s has an entry %q that leaves the image root", digest, hdr.Name)
+			}
+			// From the header, before its content is read.
+			if name := path.Clean(strings.TrimLeft(hdr.Name, "/")); limits.MaxPackageDBBytes > 0 && hdr.Typeflag == tar.TypeReg &&
+				hdr.Size > limits.MaxPackageDBBytes && isPackageDB(name) {
+				return registry.Errorf(registry.KindUnsupported, "layer %s has a package database %s of %d bytes, more than the limit of %d (--max-package-db-bytes)",
+					digest, name, hdr.Size, limits.MaxPackageDBBytes)
 			}
 			_, err = io.Copy(io.Discard, tr)
 		}
@@ -210,7 +290,7 @@ func checkLayer(ctx context.Context, layer v1.Layer, digest v1.Hash, limits Limi
 		case ctx.Err() != nil:
 			return registry.Errorf(registry.KindTimeout, "reading layer %s: %v", digest, ctx.Err())
 		case errors.Is(err, errTooLarge):
-			return registry.Errorf(registry.KindUnsupported, "layer %s expands to more than %d bytes", digest, limits.MaxUncompressedBytes)
+			return registry.Errorf(registry.KindUnsupported, "layer %s expands to more than %d bytes (--max-layer-bytes)", digest, limits.MaxUncompressedBytes)
 		default:
 			return registry.Errorf(registry.KindUnsupported, "layer %s is not a valid tar stream: %v", digest, err)
 		}

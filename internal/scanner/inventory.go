@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
+
+	"github.com/imageguard/imageguard/internal/registry"
 )
 
 // Inventory is what an analysis keeps of an image: its OS and packages, without per-file lists.
@@ -72,6 +75,8 @@ var digestPattern = regexp.MustCompile(`^sha256:[a-f0-9]{64}$`)
 // analyzers may find other packages.
 type Store struct {
 	dir string
+	// MaxBytes bounds an inventory's encoded size; 0: no bound.
+	MaxBytes int64
 }
 
 // NewStore returns a Store under cacheDir for inventories of trivyVersion.
@@ -144,8 +149,11 @@ func (s *Store) Put(inv *Inventory) error {
 	}
 	defer os.Remove(tmp.Name())
 	zw := gzip.NewWriter(tmp)
-	if err := json.NewEncoder(zw).Encode(inv); err != nil {
+	if err := json.NewEncoder(&boundedWriter{w: zw, max: s.MaxBytes}).Encode(inv); err != nil {
 		tmp.Close()
+		if errors.Is(err, errTooLarge) {
+			return registry.Errorf(registry.KindUnsupported, "the image's inventory is more than %d bytes encoded (--max-inventory-bytes)", s.MaxBytes)
+		}
 		return err
 	}
 	if err := zw.Close(); err != nil {
@@ -160,4 +168,19 @@ func (s *Store) Put(inv *Inventory) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), p)
+}
+
+// boundedWriter fails with errTooLarge once more than max bytes would be written (max 0: no
+// bound).
+type boundedWriter struct {
+	w            io.Writer
+	max, written int64
+}
+
+func (b *boundedWriter) Write(p []byte) (int, error) {
+	if b.max > 0 && b.written+int64(len(p)) > b.max {
+		return 0, errTooLarge
+	}
+	b.written += int64(len(p))
+	return b.w.Write(p)
 }

@@ -51,9 +51,7 @@ func New(opts Options, client *registry.Client, db DB) (*Scanner, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 10 * time.Minute
 	}
-	if opts.Limits == (Limits{}) {
-		opts.Limits = DefaultLimits
-	}
+	opts.Limits = opts.Limits.withDefaults()
 	if opts.TempDir == "" {
 		opts.TempDir = filepath.Join(opts.CacheDir, "tmp")
 	}
@@ -69,6 +67,7 @@ func New(opts Options, client *registry.Client, db DB) (*Scanner, error) {
 	if err != nil {
 		return nil, err
 	}
+	store.MaxBytes = opts.Limits.MaxInventoryBytes
 	return &Scanner{
 		opts: opts, registry: client, store: store, db: db,
 		matcher: newMatcher(), trivyVersion: version,

@@ -354,33 +354,44 @@ const bombChunk = 4 << 20
 // DecompressionBombLayer returns a layer whose tar holds one file, BombFile, of uncompressed zero
 // bytes, while the gzip blob stays about uncompressed/1000 bytes. Nothing is ever expanded in
 // memory: the blob is a concatenation of gzip members (valid per RFC 1952, read by Go's
-// compress/gzip) — the tar header, one precompressed chunk of zeros repeated, and the remainder —
+// compress/gzip) — the tar header, one precompressed chunk repeated, and the remainder —
 // streamed on demand. The diff ID is computed lazily by hashing the stream, only if asked for
 // (ImageFromLayers and pushing do ask, reading the layer does not).
 func DecompressionBombLayer(uncompressed int64) v1.Layer {
-	if uncompressed < 0 {
-		panic("testutil: negative bomb size")
+	return CompressibleFileLayer(BombFile, uncompressed, []byte{0})
+}
+
+// CompressibleFileLayer is DecompressionBombLayer with its one file at name, its content
+// pattern repeated to size bytes (a hostile package database: `Package: p` stanzas over and
+// over). len(pattern) must divide 4 MiB.
+func CompressibleFileLayer(name string, size int64, pattern []byte) v1.Layer {
+	if size < 0 || len(pattern) == 0 || bombChunk%len(pattern) != 0 {
+		panic("testutil: a negative size, or a pattern whose length does not divide 4 MiB")
 	}
 	var hdr bytes.Buffer
 	tw := tar.NewWriter(&hdr)
 	if err := tw.WriteHeader(&tar.Header{
-		Name: BombFile, Typeflag: tar.TypeReg, Mode: 0o644, Size: uncompressed, ModTime: fixtureTime,
+		Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: size, ModTime: fixtureTime,
 	}); err != nil {
 		panic(fmt.Sprintf("testutil: bomb header: %v", err))
 	}
-	// Everything after the header is zeros: the file, its padding to 512 bytes and the 1024-byte
-	// end-of-archive marker that tw.Close would write.
-	zeros := uncompressed + (512-uncompressed%512)%512 + 1024
+	chunk := bytes.Repeat(pattern, bombChunk/len(pattern))
+	// After the file: zeros, its padding to 512 bytes and the 1024-byte end-of-archive marker
+	// that tw.Close would write.
+	rest := size % bombChunk
+	pad := (512-size%512)%512 + 1024
 	l := &bombLayer{
 		tarHeader: hdr.Bytes(),
-		zeros:     zeros,
+		pattern:   pattern,
+		size:      size,
+		pad:       pad,
 		head:      gzipMember(hdr.Bytes()),
-		chunk:     gzipMember(make([]byte, bombChunk)),
-		chunks:    zeros / bombChunk,
-		tail:      gzipMember(make([]byte, zeros%bombChunk)),
+		chunk:     gzipMember(chunk),
+		chunks:    size / bombChunk,
+		tail:      gzipMember(append(append([]byte{}, chunk[:rest]...), make([]byte, pad)...)),
 	}
 	var err error
-	if l.digest, l.size, err = v1.SHA256(l.compressed()); err != nil {
+	if l.digest, l.blobSize, err = v1.SHA256(l.compressed()); err != nil {
 		panic(fmt.Sprintf("testutil: bomb digest: %v", err))
 	}
 	return l
@@ -394,16 +405,17 @@ func gzipMember(data []byte) []byte {
 	return buf.Bytes()
 }
 
-// bombLayer implements v1.Layer for DecompressionBombLayer.
+// bombLayer implements v1.Layer for CompressibleFileLayer.
 type bombLayer struct {
 	tarHeader []byte
-	zeros     int64
+	pattern   []byte
+	size, pad int64
 
 	head, chunk, tail []byte
 	chunks            int64
 
-	digest v1.Hash
-	size   int64
+	digest   v1.Hash
+	blobSize int64
 
 	diffIDOnce sync.Once
 	diffID     v1.Hash
@@ -415,7 +427,8 @@ func (l *bombLayer) compressed() io.Reader {
 }
 
 func (l *bombLayer) uncompressed() io.Reader {
-	return io.MultiReader(bytes.NewReader(l.tarHeader), io.LimitReader(zeroReader{}, l.zeros))
+	content := io.LimitReader(&repeatReader{b: l.pattern, n: (l.size + int64(len(l.pattern)) - 1) / int64(len(l.pattern))}, l.size)
+	return io.MultiReader(bytes.NewReader(l.tarHeader), content, io.LimitReader(zeroReader{}, l.pad))
 }
 
 func (l *bombLayer) Digest() (v1.Hash, error) { return l.digest, nil }
@@ -436,7 +449,7 @@ func (l *bombLayer) Compressed() (io.ReadCloser, error) { return io.NopCloser(l.
 
 func (l *bombLayer) Uncompressed() (io.ReadCloser, error) { return io.NopCloser(l.uncompressed()), nil }
 
-func (l *bombLayer) Size() (int64, error) { return l.size, nil }
+func (l *bombLayer) Size() (int64, error) { return l.blobSize, nil }
 
 func (l *bombLayer) MediaType() (types.MediaType, error) { return types.OCILayer, nil }
 

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -31,6 +32,10 @@ var DefaultRepositories = []string{"mirror.gcr.io/aquasec/trivy-db:2", "ghcr.io/
 // DefaultCheckTimeout bounds one check for a new DB, its download included.
 const DefaultCheckTimeout = 15 * time.Minute
 
+// DefaultMaxBytes bounds the DB artifact, compressed and expanded (Trivy's DB expands to about
+// 1 GiB today).
+const DefaultMaxBytes = 2 << 30
+
 // ErrNoDB is returned by View before any DB was loaded.
 var ErrNoDB = errors.New("no vulnerability DB is loaded yet")
 
@@ -50,7 +55,8 @@ type Options struct {
 	// Registry reaches the repositories; Keychain has their credentials (nil: anonymous).
 	Registry *registry.Client
 	Keychain authn.Keychain
-	// MaxBytes bounds the compressed and the expanded DB; 0 means 8 GiB.
+	// MaxBytes bounds the compressed and the expanded DB; 0 means DefaultMaxBytes, negative no
+	// bound. The cache holds two DBs during a swap.
 	MaxBytes int64
 	// Log receives what the Manager does; it never holds credentials.
 	Log logr.Logger
@@ -79,8 +85,11 @@ func New(opts Options) (*Manager, error) {
 	if opts.CheckInterval <= 0 {
 		opts.CheckInterval = time.Hour
 	}
-	if opts.MaxBytes <= 0 {
-		opts.MaxBytes = 8 << 30
+	switch {
+	case opts.MaxBytes == 0:
+		opts.MaxBytes = DefaultMaxBytes
+	case opts.MaxBytes < 0:
+		opts.MaxBytes = math.MaxInt64
 	}
 	if opts.CheckTimeout <= 0 {
 		opts.CheckTimeout = DefaultCheckTimeout

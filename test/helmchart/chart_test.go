@@ -19,6 +19,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -37,7 +38,7 @@ var (
 
 // allOptional turns on every optional feature of the chart.
 var allOptional = []string{
-	"--set", "replicas=2", "--set", "policyReportCRDs.install=true", "--set", "persistence.enabled=true",
+	"--set", "replicas=2", "--set", "policyReportCRDs.install=true",
 	"--set", "metrics.serviceMonitor.enabled=true", "--set", "networkPolicy.enabled=true",
 	"--set", "podDisruptionBudget.enabled=true", "--set", "controller.dbPath=/db",
 	"--set", "controller.insecureRegistries={registry.internal:5000}", "--set", "admission.certManager.enabled=true",
@@ -116,9 +117,12 @@ func TestTemplate(t *testing.T) {
 		}},
 		"every optional feature": {args: allOptional, kinds: map[string]int{
 			"CustomResourceDefinition": 5, "ServiceMonitor": 1, "PodDisruptionBudget": 1,
-			"PersistentVolumeClaim": 1, "NetworkPolicy": 1, "Deployment": 1,
+			"PersistentVolumeClaim": 0, "NetworkPolicy": 1, "Deployment": 1,
 			// cert-manager issues the webhook certificate: ImageGuard needs no Secret rights.
 			"Issuer": 1, "Certificate": 1, "ClusterRole": 2, "ClusterRoleBinding": 2, "Role": 1, "ValidatingWebhookConfiguration": 1,
+		}},
+		"persistence, one replica": {args: []string{"--set", "persistence.enabled=true"}, kinds: map[string]int{
+			"PersistentVolumeClaim": 1, "Deployment": 1, "PodDisruptionBudget": 0,
 		}},
 		"admission off": {args: []string{"--set", "admission.enabled=false"}, kinds: map[string]int{
 			"ClusterRole": 2, "Role": 1, "Service": 1, "ValidatingWebhookConfiguration": 0,
@@ -221,6 +225,49 @@ func TestSchemaCoversEveryValue(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	g.Expect(err).To(HaveOccurred())
 	g.Expect(string(out)).To(ContainSubstring("scanConcurrency"))
+
+	// Two replicas would both write one ReadWriteOnce volume.
+	out, err = exec.Command(helm, "template", "ig", chart, "--set", "persistence.enabled=true", "--set", "replicas=2").CombinedOutput()
+	g.Expect(err).To(HaveOccurred())
+	g.Expect(string(out)).To(ContainSubstring("replicas"))
+}
+
+// TestDefaultsFitTheirVolumeAndMemory checks the arithmetic docs/operations.md gives: the cache
+// holds two DBs (during a swap), one image per concurrent analysis and 2 GiB of inventories and
+// Trivy's temporary files; the memory of the concurrent analyses stays under the Go soft limit.
+func TestDefaultsFitTheirVolumeAndMemory(t *testing.T) {
+	g := NewWithT(t)
+	var values struct {
+		Controller struct {
+			ScanConcurrency int64 `json:"scanConcurrency"`
+			Limits          struct {
+				MaxImageBytes, MaxConfigBytes, MaxPackageDBBytes, DBMaxBytes int64
+				MemoryLimitRatio                                             float64
+			} `json:"limits"`
+		} `json:"controller"`
+		Resources struct {
+			Limits struct{ Memory resource.Quantity } `json:"limits"`
+		} `json:"resources"`
+		Persistence struct {
+			Size, EmptyDirSizeLimit resource.Quantity
+		} `json:"persistence"`
+	}
+	raw, err := os.ReadFile(filepath.Join(chart, "values.yaml"))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(yaml.Unmarshal(raw, &values)).To(Succeed())
+	c, l := values.Controller, values.Controller.Limits
+	g.Expect(c.ScanConcurrency).To(BeNumerically(">", 0))
+	for _, v := range []int64{l.MaxImageBytes, l.MaxConfigBytes, l.MaxPackageDBBytes, l.DBMaxBytes} {
+		g.Expect(v).To(BeNumerically(">", 0))
+	}
+	g.Expect(l.MemoryLimitRatio).To(BeNumerically(">", 0))
+
+	cache := 2*l.DBMaxBytes + c.ScanConcurrency*l.MaxImageBytes + 2<<30
+	g.Expect(values.Persistence.EmptyDirSizeLimit.Value()).To(BeNumerically(">=", cache), "emptyDirSizeLimit")
+	g.Expect(values.Persistence.Size.Value()).To(BeNumerically(">=", cache), "persistence.size")
+
+	memory := c.ScanConcurrency*(l.MaxConfigBytes+3*l.MaxPackageDBBytes+100<<20) + 256<<20
+	g.Expect(float64(memory)).To(BeNumerically("<=", l.MemoryLimitRatio*float64(values.Resources.Limits.Memory.Value())), "resources.limits.memory")
 }
 
 func TestInstallUpgradeUninstall(t *testing.T) {

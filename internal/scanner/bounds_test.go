@@ -1,0 +1,220 @@
+package scanner_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	. "github.com/onsi/gomega"
+
+	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/scanner"
+	"github.com/imageguard/imageguard/internal/testutil"
+)
+
+// heapBound is the memory limit the hostile images are scanned under: a quarter of the chart's
+// default pod limit.
+const heapBound = 256 << 20
+
+// lazyBlob is a blob the registry serves generated on the fly (so that the test process never
+// holds it), with its real digest.
+type lazyBlob struct {
+	size   int64
+	open   func() io.Reader
+	digest v1.Hash
+}
+
+func newLazyBlob(size int64, open func() io.Reader) *lazyBlob {
+	h := sha256.New()
+	if _, err := io.Copy(h, open()); err != nil {
+		panic(err)
+	}
+	return &lazyBlob{size: size, open: open, digest: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}}
+}
+
+// bigConfig is an image config of size bytes: a valid one whose comment is padded with "A"s.
+func bigConfig(size int64, diffIDs []v1.Hash) *lazyBlob {
+	ids, _ := json.Marshal(diffIDs)
+	prefix := fmt.Sprintf(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":%s},"comment":"`, ids)
+	suffix := `"}`
+	padding := size - int64(len(prefix)+len(suffix))
+	return newLazyBlob(size, func() io.Reader {
+		return io.MultiReader(strings.NewReader(prefix), io.LimitReader(repeatByte('A'), padding), strings.NewReader(suffix))
+	})
+}
+
+type repeatByte byte
+
+func (b repeatByte) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(b)
+	}
+	return len(p), nil
+}
+
+// rawManifest is a manifest to put as it is.
+type rawManifest struct{ raw []byte }
+
+func (m rawManifest) RawManifest() ([]byte, error)        { return m.raw, nil }
+func (m rawManifest) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
+
+// peakHeap samples the heap's live objects every millisecond until stop is called, and returns
+// the highest value seen.
+func peakHeap() (stop func() uint64) {
+	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	var peak atomic.Uint64
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			metrics.Read(sample)
+			if v := sample[0].Value.Uint64(); v > peak.Load() {
+				peak.Store(v)
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	})
+	return func() uint64 {
+		close(done)
+		wg.Wait()
+		return peak.Load()
+	}
+}
+
+// TestHostileImagesStayUnderTheHeapBound scans, under a 256 MiB memory limit, an image with a
+// 512 MiB config, one with a 1 GiB (compressible) package database and one declaring a 5 GiB
+// layer. Each ends as UnsupportedImage naming the limit, before the bytes it bounds are read,
+// and the heap stays under the bound throughout.
+func TestHostileImagesStayUnderTheHeapBound(t *testing.T) {
+	g := NewWithT(t)
+	var lazyMu sync.Mutex
+	lazy := map[string]*lazyBlob{}
+	var lazyServed atomic.Int64
+	serveLazy := testutil.WithHandlerWrapper(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			lazyMu.Lock()
+			b := lazy[r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]]
+			lazyMu.Unlock()
+			if b == nil || !strings.Contains(r.URL.Path, "/blobs/") {
+				next.ServeHTTP(w, r)
+				return
+			}
+			w.Header().Set("Content-Length", fmt.Sprint(b.size))
+			w.Header().Set("Docker-Content-Digest", b.digest.String())
+			n, _ := io.Copy(w, b.open())
+			lazyServed.Add(n)
+		})
+	})
+	f := newFixture(t, serveLazy)
+	base := alpineImage(t)
+	baseLayers := must(base.Layers())
+	baseManifest := must(base.Manifest())
+	baseDiffIDs := must(base.ConfigFile()).RootFS.DiffIDs
+
+	// putManifest pushes a manifest of config and layers (the base's, then extra).
+	putManifest := func(repo string, config v1.Descriptor, extra ...v1.Descriptor) scanner.ImageRef {
+		m := &v1.Manifest{SchemaVersion: 2, MediaType: types.OCIManifestSchema1, Config: config,
+			Layers: append(append([]v1.Descriptor{}, baseManifest.Layers...), extra...)}
+		raw := must(json.Marshal(m))
+		ref := must(name.ParseReference(f.reg.Host()+"/"+repo+":1", name.Insecure))
+		// The base's layers are in repo too.
+		for _, l := range baseLayers {
+			g.Expect(remote.WriteLayer(ref.Context(), l)).To(Succeed())
+		}
+		g.Expect(remote.Put(ref, rawManifest{raw})).To(Succeed())
+		d, _, _ := v1.SHA256(bytes.NewReader(raw))
+		return scanner.ImageRef{Repository: f.reg.Host() + "/" + repo, Digest: d.String()}
+	}
+
+	// 1. A 512 MiB config, served lazily.
+	config := bigConfig(512<<20, baseDiffIDs)
+	lazy[config.digest.String()] = config
+	bigConfigRef := putManifest("hostile/big-config", v1.Descriptor{MediaType: types.OCIConfigJSON, Size: config.size, Digest: config.digest})
+
+	// 2. A 1 GiB dpkg status of the same stanza over and over: 1 MiB compressed.
+	head := "Package: p\nStatus: install ok installed\nVersion: 1.0\nDescription: "
+	stanza := []byte(head + strings.Repeat("x", 128-len(head)-2) + "\n\n")
+	dbRef := f.push(t, "hostile/package-db", must(testutil.ImageFromLayers(testutil.LinuxAMD64,
+		append(baseLayers, testutil.CompressibleFileLayer("var/lib/dpkg/status", 1<<30, stanza))...)))
+
+	// 3. A layer declared 5 GiB (never uploaded: it must not be asked for).
+	smallConfig := must(json.Marshal(map[string]any{"architecture": "amd64", "os": "linux",
+		"rootfs": map[string]any{"type": "layers", "diff_ids": append(append([]v1.Hash{}, baseDiffIDs...), v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("5", 64)})}}))
+	configLayer := static.NewLayer(smallConfig, types.OCIConfigJSON)
+	g.Expect(remote.WriteLayer(must(name.NewRepository(f.reg.Host()+"/hostile/huge-layer", name.Insecure)), configLayer)).To(Succeed())
+	hugeRef := putManifest("hostile/huge-layer",
+		v1.Descriptor{MediaType: types.OCIConfigJSON, Size: int64(len(smallConfig)), Digest: must(configLayer.Digest())},
+		v1.Descriptor{MediaType: types.OCILayer, Size: 5 << 30, Digest: v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("6", 64)}})
+
+	s := f.newScanner(t, scanner.Options{CacheDir: t.TempDir(), Timeout: time.Minute})
+	old := debug.SetMemoryLimit(heapBound)
+	defer debug.SetMemoryLimit(old)
+	runtime.GC()
+	f.reg.ResetCounts()
+	stop := peakHeap()
+	for _, tt := range []struct {
+		ref  scanner.ImageRef
+		want string
+	}{
+		{bigConfigRef, fmt.Sprintf("the image config is %d bytes, more than the limit of %d (--max-config-bytes)", 512<<20, scanner.DefaultLimits.MaxConfigBytes)},
+		{dbRef, fmt.Sprintf("a package database var/lib/dpkg/status of %d bytes, more than the limit of %d (--max-package-db-bytes)", 1<<30, scanner.DefaultLimits.MaxPackageDBBytes)},
+		{hugeRef, fmt.Sprintf("more than the limit of %d (--max-image-bytes)", scanner.DefaultLimits.MaxCompressedBytes)},
+	} {
+		_, _, err := s.Scan(testContext(t), tt.ref)
+		g.Expect(registry.KindOf(err)).To(Equal(registry.KindUnsupported), "%s: %v", tt.ref.Repository, err)
+		g.Expect(err).To(MatchError(ContainSubstring(tt.want)), tt.ref.Repository)
+	}
+	peak := stop()
+	t.Logf("peak heap while scanning the three images: %.1f MiB (bound %d MiB); lazy blob bytes served: %d",
+		float64(peak)/(1<<20), heapBound>>20, lazyServed.Load())
+	g.Expect(peak).To(BeNumerically("<", heapBound))
+	// The config was never asked for, nor the 5 GiB layer: only the package database's small
+	// blob and the base layers were read.
+	g.Expect(lazyServed.Load()).To(BeZero())
+	g.Expect(f.reg.Counts().BlobGETs).To(BeNumerically("<=", 2*len(baseLayers)+2))
+}
+
+// TestInventoryBounds checks the caps on what is kept of an image: an image with more packages
+// than --max-packages, or whose inventory encodes past --max-inventory-bytes, is refused with an
+// UnsupportedImage error naming the flag, and nothing is kept for it.
+func TestInventoryBounds(t *testing.T) {
+	f := newFixture(t)
+	ref := f.push(t, "bounds/alpine", alpineImage(t))
+	for _, tt := range []struct {
+		limits scanner.Limits
+		want   string
+	}{
+		{scanner.Limits{MaxPackages: 1}, "more than the limit of 1 (--max-packages)"},
+		{scanner.Limits{MaxInventoryBytes: 64}, "more than 64 bytes encoded (--max-inventory-bytes)"},
+	} {
+		g := NewWithT(t)
+		cache := t.TempDir()
+		s := f.newScanner(t, scanner.Options{CacheDir: cache, Limits: tt.limits})
+		_, _, err := s.Scan(context.Background(), ref)
+		g.Expect(registry.KindOf(err)).To(Equal(registry.KindUnsupported), "%v", err)
+		g.Expect(err).To(MatchError(ContainSubstring(tt.want)))
+		g.Expect(s.Analysed(ref.Digest)).To(BeFalse())
+	}
+}
