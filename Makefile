@@ -62,7 +62,11 @@ control-plane: ## Build (once) the test etcd, kube-apiserver and kubectl; prints
 
 .PHONY: test
 test: manifests generate $(HELM) ## Run every test against a real control plane.
-	KUBEBUILDER_ASSETS="$$($(CONTROL_PLANE))" HELM=$(HELM) go test ./... -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS)
+	@rm -f $(LOCALBIN)/fault-table.txt
+	KUBEBUILDER_ASSETS="$$($(CONTROL_PLANE))" HELM=$(HELM) FAULT_TABLE=$(LOCALBIN)/fault-table.txt \
+		go test ./... -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS); status=$$?; \
+		echo "== fault suite (test/faults)"; cat $(LOCALBIN)/fault-table.txt 2>/dev/null || echo "(the fault suite did not run)"; \
+		exit $$status
 
 .PHONY: verify
 verify: manifests generate chart-crds fmt vet ## Fail when generated files are stale, code is unformatted or vet complains.

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	. "github.com/onsi/gomega"
 	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 	appsv1 "k8s.io/api/apps/v1"
@@ -299,7 +301,7 @@ func TestDBUpdateRematchesWithoutPulling(t *testing.T) {
 	g.Expect(scan.Analyses()).To(Equal(analyses))
 	// The report whose findings did not change was not written.
 	after := report(g, "update", "update/without", digestB)
-	g.Expect(after.ResourceVersion).To(Equal(before.ResourceVersion))
+	g.Expect(after.ResourceVersion).To(Equal(before.ResourceVersion), "written: %s", cmp.Diff(before, after))
 
 	// An Event on the changed report tells its new counts, with the condition's reason.
 	nameA := controllers.ReportName(reg.Host()+"/update/with-zlib", digestA)

@@ -119,8 +119,18 @@ func (r *ImageScanReportReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	res, analyzedAt, err := r.scan(ctx, report)
 	if err != nil {
-		if setScanFailed(report, err) {
-			err = reconcile.TerminalError(err)
+		terminal := setScanFailed(report, err)
+		// A registry's Retry-After, or the end of a crashed digest's wait, says when to try again.
+		if wait, ok := registry.RetryAfter(err); ok && wait > 0 {
+			return r.finish(ctx, before, report, ctrl.Result{RequeueAfter: wait}, nil)
+		}
+		if terminal {
+			// Tried again at the rescan interval, or at once when the spec or the DB changes.
+			_, werr := r.finish(ctx, before, report, ctrl.Result{}, nil)
+			if werr != nil {
+				return ctrl.Result{}, werr
+			}
+			return ctrl.Result{RequeueAfter: r.jitter(r.RescanInterval)}, nil
 		}
 		return r.finish(ctx, before, report, ctrl.Result{}, err)
 	}

@@ -2,7 +2,11 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
 	"sort"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -24,8 +28,24 @@ import (
 	"github.com/imageguard/imageguard/internal/workload"
 )
 
-// PolicyReportName is the name of the PolicyReport ImageGuard keeps in each namespace.
+// PolicyReportName is the name of the first PolicyReport ImageGuard keeps in each namespace; the
+// results that do not fit in it go to imageguard-2, imageguard-3, and so on.
 const PolicyReportName = "imageguard"
+
+// DefaultPolicyReportMaxBytes bounds the encoded results of one PolicyReport, well under etcd's
+// 1.5 MiB object limit.
+const DefaultPolicyReportMaxBytes = 512 << 10
+
+// managedByLabel marks the PolicyReports ImageGuard writes, so stale parts can be found.
+var managedByLabel = map[string]string{"app.kubernetes.io/managed-by": "imageguard"}
+
+// policyReportName is the name of the namespace's part-th PolicyReport (from 1).
+func policyReportName(part int) string {
+	if part == 1 {
+		return PolicyReportName
+	}
+	return fmt.Sprintf("%s-%d", PolicyReportName, part)
+}
 
 // PolicyReportReconciler keeps one wgpolicyk8s.io PolicyReport per namespace: a result per
 // workload, policy and rule, for Policy Reporter and other dashboards. All results concern
@@ -36,6 +56,9 @@ type PolicyReportReconciler struct {
 	Clock    clock.PassiveClock
 	// Timeout bounds one reconcile; 0 means none.
 	Timeout time.Duration
+	// MaxBytes bounds the encoded results of one PolicyReport; 0 means
+	// DefaultPolicyReportMaxBytes.
+	MaxBytes int
 }
 
 // +kubebuilder:rbac:groups=wgpolicyk8s.io,resources=policyreports,verbs=get;list;watch;create;update;patch;delete
@@ -53,7 +76,7 @@ func (r *PolicyReportReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if err := r.write(ctx, ns.Name, results); err != nil {
+	if err := r.writeAll(ctx, ns.Name, results); err != nil {
 		return ctrl.Result{}, err
 	}
 	if next.IsZero() {
@@ -147,20 +170,66 @@ func ruleResults(policyName string, w workload.Workload, v policy.Verdict, stamp
 	return out
 }
 
-// write creates, updates or deletes the namespace's report; an unchanged one (timestamps aside)
-// is not written.
-func (r *PolicyReportReconciler) write(ctx context.Context, namespace string, results []wgpolicyv1alpha2.PolicyReportResult) error {
+// writeAll writes results across as many PolicyReports as their size needs, in order, and
+// deletes the parts no longer needed.
+func (r *PolicyReportReconciler) writeAll(ctx context.Context, namespace string, results []wgpolicyv1alpha2.PolicyReportResult) error {
+	maxBytes := r.MaxBytes
+	if maxBytes <= 0 {
+		maxBytes = DefaultPolicyReportMaxBytes
+	}
+	parts := splitResults(results, maxBytes)
+	for i, part := range parts {
+		if err := r.write(ctx, namespace, policyReportName(i+1), part); err != nil {
+			return err
+		}
+	}
+	// Parts beyond those written are stale.
+	kept := map[string]bool{}
+	for i := range parts {
+		kept[policyReportName(i+1)] = true
+	}
+	list := &wgpolicyv1alpha2.PolicyReportList{}
+	if err := r.Client.List(ctx, list, client.InNamespace(namespace), client.MatchingLabels(managedByLabel)); err != nil {
+		return err
+	}
+	for i := range list.Items {
+		if rep := &list.Items[i]; !kept[rep.Name] && strings.HasPrefix(rep.Name, PolicyReportName) {
+			if err := r.Client.Delete(ctx, rep); client.IgnoreNotFound(err) != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// splitResults cuts results, in order, into parts whose encoded results are at most maxBytes
+// each (a result larger than that alone makes a part). No results make no part.
+func splitResults(results []wgpolicyv1alpha2.PolicyReportResult, maxBytes int) [][]wgpolicyv1alpha2.PolicyReportResult {
+	var parts [][]wgpolicyv1alpha2.PolicyReportResult
+	start, size := 0, 0
+	for i := range results {
+		raw, _ := json.Marshal(&results[i])
+		n := len(raw) + 1
+		if size+n > maxBytes && i > start {
+			parts = append(parts, results[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(results) {
+		parts = append(parts, results[start:])
+	}
+	return parts
+}
+
+// write creates or updates the PolicyReport name with results; an unchanged one (timestamps
+// aside) is not written.
+func (r *PolicyReportReconciler) write(ctx context.Context, namespace, name string, results []wgpolicyv1alpha2.PolicyReportResult) error {
 	report := &wgpolicyv1alpha2.PolicyReport{}
-	err := r.Client.Get(ctx, client.ObjectKey{Namespace: namespace, Name: PolicyReportName}, report)
+	err := r.Client.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, report)
 	exists := err == nil
 	if err != nil && !apierrors.IsNotFound(err) {
 		return err
-	}
-	if len(results) == 0 {
-		if exists {
-			return client.IgnoreNotFound(r.Client.Delete(ctx, report))
-		}
-		return nil
 	}
 	summary := wgpolicyv1alpha2.PolicyReportSummary{}
 	for _, res := range results {
@@ -182,8 +251,7 @@ func (r *PolicyReportReconciler) write(ctx context.Context, namespace string, re
 	}
 	if !exists {
 		report = &wgpolicyv1alpha2.PolicyReport{ObjectMeta: metav1.ObjectMeta{
-			Name: PolicyReportName, Namespace: namespace,
-			Labels: map[string]string{"app.kubernetes.io/managed-by": "imageguard"},
+			Name: name, Namespace: namespace, Labels: maps.Clone(managedByLabel),
 		}, Summary: summary, Results: results}
 		return r.Client.Create(ctx, report)
 	}

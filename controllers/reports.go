@@ -176,8 +176,9 @@ func setDatabaseUnavailable(report *securityv1alpha1.ImageScanReport) {
 }
 
 // setScanFailed records a failed scan: Scanned and Ready False with the cause as reason, earlier
-// findings kept. An image that can never be scanned is Stalled; anything else is Reconciling,
-// retried with backoff. It reports whether the failure is terminal.
+// findings kept. An image that can never be scanned, or whose analyses crashed the controller, is
+// Stalled; anything else is Reconciling, retried with backoff. It reports whether the failure is
+// terminal (not retried before the rescan interval).
 func setScanFailed(report *securityv1alpha1.ImageScanReport, err error) bool {
 	kind := registry.KindOf(err)
 	reason := string(kind)
@@ -186,7 +187,7 @@ func setScanFailed(report *securityv1alpha1.ImageScanReport, err error) bool {
 	}
 	setCondition(report, securityv1alpha1.ConditionScanned, metav1.ConditionFalse, reason, err.Error())
 	setCondition(report, securityv1alpha1.ConditionReady, metav1.ConditionFalse, reason, err.Error())
-	if kind == registry.KindUnsupported {
+	if kind == registry.KindUnsupported || kind == registry.KindAnalysisCrashed {
 		setCondition(report, securityv1alpha1.ConditionStalled, metav1.ConditionTrue, reason, err.Error())
 		removeCondition(report, securityv1alpha1.ConditionReconciling)
 		return true

@@ -53,6 +53,10 @@ const (
 	// layers, a decompression bomb, paths escaping the layer root, an unknown media type.
 	ReasonUnsupportedImage = "UnsupportedImage"
 
+	// ReasonAnalysisCrashed says analyses of the image stopped the controller (killed, out of
+	// memory) twice; it is not analysed again before the rescan interval.
+	ReasonAnalysisCrashed = "AnalysisCrashed"
+
 	// ReasonDatabaseUnavailable says no vulnerability DB has been loaded yet.
 	ReasonDatabaseUnavailable = "DatabaseUnavailable"
 )

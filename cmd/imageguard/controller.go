@@ -202,8 +202,14 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 	if err := mgr.Add(db); err != nil {
 		return err
 	}
-	s, err := scanner.New(scanner.Options{CacheDir: opts.CacheDir, Timeout: opts.ScanTimeout, Limits: opts.Limits.Image}, reg, db)
+	s, err := scanner.New(scanner.Options{
+		CacheDir: opts.CacheDir, Timeout: opts.ScanTimeout, Limits: opts.Limits.Image, CrashRetryAfter: opts.RescanInterval,
+	}, reg, db)
 	if err != nil {
+		return err
+	}
+	// On an orderly shutdown the analyses it interrupts are not counted as crashes.
+	if err := mgr.Add(stopOnShutdown(s.Stop)); err != nil {
 		return err
 	}
 	var admissionOpts *controllers.AdmissionOptions
@@ -222,6 +228,17 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 		ExcludedNamespaces: opts.ExcludedNamespaces, Admission: admissionOpts,
 	})
 }
+
+// stopOnShutdown is a Runnable, on every replica, that calls stop when the manager stops.
+type stopOnShutdown func()
+
+func (f stopOnShutdown) Start(ctx context.Context) error {
+	<-ctx.Done()
+	f()
+	return nil
+}
+
+func (stopOnShutdown) NeedLeaderElection() bool { return false }
 
 // webhookCertificates returns the keeper of self-managed webhook certificates; nil when they come
 // from elsewhere (cert-manager, or files you mount).

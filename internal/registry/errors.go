@@ -26,6 +26,9 @@ const (
 	KindRateLimited  Kind = "RateLimited"
 	KindUnsupported  Kind = "UnsupportedImage"
 	KindUnavailable  Kind = "RegistryUnavailable"
+	// KindAnalysisCrashed says analyses of the image took the controller down (killed, out of
+	// memory) too often; it is not tried again before the rescan interval.
+	KindAnalysisCrashed Kind = "AnalysisCrashed"
 )
 
 // Error is a registry or image error with its cause. Its message never holds credentials:
@@ -87,7 +90,8 @@ func KindOf(err error) Kind {
 	return KindUnavailable
 }
 
-// RetryAfter returns how long the registry asked to wait before err's request is tried again.
+// RetryAfter returns how long to wait before err's request is tried again: what a registry asked
+// for (Retry-After), or what is left of a crashed digest's wait.
 func RetryAfter(err error) (time.Duration, bool) {
 	var typed *Error
 	if errors.As(err, &typed) && typed.RetryAfter > 0 {

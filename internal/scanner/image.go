@@ -3,6 +3,8 @@ package scanner
 import (
 	"archive/tar"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -232,6 +234,11 @@ func download(ctx context.Context, img v1.Image, desc v1.Descriptor, path string
 	}
 	rc, err := layer.Compressed()
 	if err != nil {
+		// go-containerregistry compares the blob's Content-Length with the manifest's size; its
+		// error is not typed.
+		if strings.Contains(err.Error(), "does not match expected size") {
+			return registry.Errorf(registry.KindUnsupported, "layer %s: the registry serves a blob of another size than the manifest declares: %v", desc.Digest, err)
+		}
 		return registry.Classify(fmt.Errorf("fetching layer %s: %w", desc.Digest, err))
 	}
 	defer rc.Close()
@@ -239,13 +246,19 @@ func download(ctx context.Context, img v1.Image, desc v1.Descriptor, path string
 	if err != nil {
 		return err
 	}
-	n, err := io.Copy(out, &ctxReader{ctx: ctx, r: io.LimitReader(rc, desc.Size+1)})
+	// Hashed here too, so that a blob whose bytes do not match the manifest's digest is told
+	// apart from a broken download (go-containerregistry's own check fails with an untyped error).
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(out, h), &ctxReader{ctx: ctx, r: io.LimitReader(rc, desc.Size+1)})
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return registry.Errorf(registry.KindTimeout, "fetching layer %s: %v", desc.Digest, ctx.Err())
+		}
+		if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); n == desc.Size && desc.Digest.Algorithm == "sha256" && got != desc.Digest.String() {
+			return registry.Errorf(registry.KindUnsupported, "layer %s: the registry serves a blob of digest %s, not the manifest's", desc.Digest, got)
 		}
 		return registry.Classify(fmt.Errorf("fetching layer %s: %w", desc.Digest, err))
 	}

@@ -14,6 +14,7 @@ import (
 
 	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
 
+	"github.com/imageguard/imageguard/internal/durable"
 	"github.com/imageguard/imageguard/internal/registry"
 )
 
@@ -85,6 +86,10 @@ func NewStore(cacheDir, trivyVersion string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("creating the inventory cache: %w", err)
 	}
+	// What a crash left of an inventory being written.
+	if _, err := durable.RemoveTemporary(dir); err != nil {
+		return nil, fmt.Errorf("cleaning the inventory cache: %w", err)
+	}
 	return &Store{dir: dir}, nil
 }
 
@@ -136,38 +141,24 @@ func (s *Store) Has(digest string) bool {
 	return err == nil
 }
 
-// Put writes inv atomically: a temporary file renamed into place, so a crash never leaves a
+// Put writes inv durably (internal/durable), so a crash or a power cut never leaves a
 // half-written inventory.
 func (s *Store) Put(inv *Inventory) error {
 	p, err := s.path(inv.Digest)
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(s.dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	zw := gzip.NewWriter(tmp)
-	if err := json.NewEncoder(&boundedWriter{w: zw, max: s.MaxBytes}).Encode(inv); err != nil {
-		tmp.Close()
-		if errors.Is(err, errTooLarge) {
-			return registry.Errorf(registry.KindUnsupported, "the image's inventory is more than %d bytes encoded (--max-inventory-bytes)", s.MaxBytes)
+	err = durable.Write(p, 0o640, func(w io.Writer) error {
+		zw := gzip.NewWriter(w)
+		if err := json.NewEncoder(&boundedWriter{w: zw, max: s.MaxBytes}).Encode(inv); err != nil {
+			return err
 		}
-		return err
+		return zw.Close()
+	})
+	if errors.Is(err, errTooLarge) {
+		return registry.Errorf(registry.KindUnsupported, "the image's inventory is more than %d bytes encoded (--max-inventory-bytes)", s.MaxBytes)
 	}
-	if err := zw.Close(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), p)
+	return err
 }
 
 // boundedWriter fails with errTooLarge once more than max bytes would be written (max 0: no

@@ -29,6 +29,9 @@ type Options struct {
 	Timeout time.Duration
 	// Limits bound what an analysis pulls and expands.
 	Limits Limits
+	// CrashRetryAfter is how long a digest whose analyses took the process down CrashLimit times
+	// is refused (AnalysisCrashed) before one more try; 0 means 24 hours.
+	CrashRetryAfter time.Duration
 }
 
 // Scanner analyses each digest once and matches kept inventories against the DB.
@@ -40,6 +43,7 @@ type Scanner struct {
 	matcher      *matcher
 	trivyVersion string
 	flights      singleflight.Group
+	marks        *crashMarks
 	analyses     atomic.Int64
 }
 
@@ -68,8 +72,15 @@ func New(opts Options, client *registry.Client, db DB) (*Scanner, error) {
 		return nil, err
 	}
 	store.MaxBytes = opts.Limits.MaxInventoryBytes
+	if opts.CrashRetryAfter <= 0 {
+		opts.CrashRetryAfter = 24 * time.Hour
+	}
+	marks, err := newCrashMarks(opts.CacheDir, opts.CrashRetryAfter)
+	if err != nil {
+		return nil, err
+	}
 	return &Scanner{
-		opts: opts, registry: client, store: store, db: db,
+		opts: opts, registry: client, store: store, db: db, marks: marks,
 		matcher: newMatcher(), trivyVersion: version,
 	}, nil
 }
@@ -110,6 +121,12 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 		if inv, err := s.store.Get(ref.Digest); err != nil || inv != nil {
 			return inv, err
 		}
+		// Marked in the cache first, so that if it takes the process down the next start knows.
+		end, err := s.marks.begin(ref.Digest)
+		if err != nil {
+			return nil, err
+		}
+		defer end()
 		// The analysis is shared: one caller giving up must not cancel it for the others.
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
 		defer cancel()
@@ -133,6 +150,13 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 		return res.Val.(*Inventory), !res.Shared, nil
 	}
 }
+
+// Crashes returns how many analyses of digest started and never ended: the process died during
+// them.
+func (s *Scanner) Crashes(digest string) int { return s.marks.Crashes(digest) }
+
+// Stop is called on an orderly shutdown: the analyses it interrupts are not counted as crashes.
+func (s *Scanner) Stop() { s.marks.forgetInFlight() }
 
 // Match matches inv against the current DB; it makes no registry request.
 func (s *Scanner) Match(ctx context.Context, inv *Inventory) (*Result, error) {

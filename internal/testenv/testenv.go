@@ -43,6 +43,8 @@ type Env struct {
 	controllerManager *exec.Cmd
 	// controllerManagerDone is closed when the controller manager exited.
 	controllerManagerDone chan struct{}
+	// apiServerCertDir is the API server's certificate folder when it is restartable.
+	apiServerCertDir string
 }
 
 // Options tune the control plane.
@@ -60,6 +62,10 @@ type Options struct {
 	// collector and the service account controller), each controller as its own service account,
 	// as clusters run it.
 	ControllerManager bool
+	// RestartableAPIServer keeps the API server's certificates in a folder of the test's, so that
+	// RestartAPIServer brings it back on the same port and etcd with the same certificates, and
+	// clients keep working.
+	RestartableAPIServer bool
 }
 
 // controllers are the kube-controller-manager controllers a test cluster runs: those that make
@@ -163,6 +169,15 @@ func Start(opts Options) (*Env, error) {
 	}
 	environment.WebhookInstallOptions.ValidatingWebhooks = opts.ValidatingWebhooks
 	apiServer := environment.ControlPlane.GetAPIServer()
+	var certDir string
+	if opts.RestartableAPIServer {
+		if certDir, err = os.MkdirTemp("", "imageguard-apiserver-"); err != nil {
+			return nil, err
+		}
+		apiServer.CertDir = certDir
+		// It is stopped while clients hold watches open: do not wait a minute for them.
+		environment.ControlPlaneStopTimeout = 15 * time.Second
+	}
 	for name, value := range opts.APIServerArgs {
 		apiServer.Configure().Set(name, value)
 	}
@@ -170,7 +185,7 @@ func Start(opts Options) (*Env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("starting the control plane from %s: %w", assets, err)
 	}
-	env := &Env{Environment: environment, Config: cfg}
+	env := &Env{Environment: environment, Config: cfg, apiServerCertDir: certDir}
 	if err := env.setUp(); err != nil {
 		_ = environment.Stop()
 		return nil, err
@@ -270,6 +285,28 @@ func (e *Env) setUp() error {
 	}
 }
 
+// StopAPIServer stops the API server; etcd keeps running. Needs Options.RestartableAPIServer.
+func (e *Env) StopAPIServer() error {
+	if e.apiServerCertDir == "" {
+		return errors.New("the API server was not started restartable")
+	}
+	err := e.Environment.ControlPlane.GetAPIServer().Stop()
+	// Past StopTimeout it was killed, which is what a crashed API server does anyway.
+	if err != nil && strings.Contains(err.Error(), "timeout waiting for process") {
+		return nil
+	}
+	return err
+}
+
+// StartAPIServer starts the API server StopAPIServer stopped, on the same port, etcd and
+// certificates, and waits until it serves.
+func (e *Env) StartAPIServer() error {
+	if e.apiServerCertDir == "" {
+		return errors.New("the API server was not started restartable")
+	}
+	return e.Environment.ControlPlane.GetAPIServer().Start()
+}
+
 // KubectlCmd returns a kubectl command against the control plane.
 func (e *Env) KubectlCmd(ctx context.Context, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, e.Kubectl, append([]string{"--kubeconfig", e.Kubeconfig}, args...)...)
@@ -303,6 +340,9 @@ func (e *Env) Stop() error {
 	err := e.Environment.Stop()
 	if e.dir != "" {
 		_ = os.RemoveAll(e.dir)
+	}
+	if e.apiServerCertDir != "" {
+		_ = os.RemoveAll(e.apiServerCertDir)
 	}
 	return err
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"time"
@@ -76,7 +77,7 @@ func (m *Manager) download(ctx context.Context, repo, digest, dir string) error 
 	}
 	defer rc.Close()
 	// go-containerregistry verifies the layer's digest once it was read to its end.
-	if err := untarDB(io.LimitReader(rc, desc.Size+1), dir, m.opts.MaxBytes); err != nil {
+	if err := untarDB(io.LimitReader(rc, min(desc.Size, math.MaxInt64-1)+1), dir, m.opts.MaxBytes); err != nil {
 		if ctx.Err() != nil {
 			return registry.Errorf(registry.KindTimeout, "downloading the DB: %v", ctx.Err())
 		}
@@ -134,7 +135,10 @@ func writeLimited(path string, r io.Reader, maxBytes int64) error {
 	if err != nil {
 		return err
 	}
-	n, err := io.Copy(f, io.LimitReader(r, maxBytes+1))
+	n, err := io.Copy(f, io.LimitReader(r, min(maxBytes, math.MaxInt64-1)+1))
+	if err == nil {
+		err = f.Sync()
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

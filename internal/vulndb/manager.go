@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -22,6 +23,7 @@ import (
 
 	trivydb "github.com/aquasecurity/trivy/pkg/db"
 
+	"github.com/imageguard/imageguard/internal/durable"
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
 )
@@ -167,6 +169,9 @@ func (m *Manager) Start(ctx context.Context) error {
 		<-ctx.Done()
 		return m.Close()
 	}
+	if err := m.cleanLeftovers(); err != nil {
+		log.Error(err, "Cleaning what an interrupted download or swap left in the cache")
+	}
 	if err := m.loadCached(); err != nil {
 		log.Info("No usable downloaded DB in the cache; downloading", "reason", err.Error())
 	}
@@ -215,6 +220,40 @@ func (m *Manager) LoadLocal() error {
 		return m.setErr(err)
 	}
 	return m.swap(m.opts.LocalPath, "", scanner.DBInfo{UpdatedAt: meta.UpdatedAt, Digest: digest})
+}
+
+// cleanLeftovers removes what a process that died during a download or a swap left under db/:
+// download folders, and the old DB moved aside, which is put back when the new one never made
+// it into place or does not verify. Only one process writes the cache (the chart refuses a
+// shared volume), so nothing here is another's work in progress.
+func (m *Manager) cleanLeftovers() error {
+	root := filepath.Join(m.opts.CacheDir, "db")
+	entries, err := os.ReadDir(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".download-") {
+			m.opts.Log.Info("Removing an interrupted DB download", "folder", e.Name())
+			errs = append(errs, os.RemoveAll(filepath.Join(root, e.Name())))
+		}
+	}
+	current := m.currentDir()
+	old := current + ".old"
+	if _, err := os.Stat(old); err == nil {
+		if _, cerr := verifyDir(current); cerr != nil {
+			m.opts.Log.Info("Putting back the DB an interrupted swap moved aside", "reason", cerr.Error())
+			errs = append(errs, os.RemoveAll(current), durable.Rename(old, current))
+		} else {
+			errs = append(errs, os.RemoveAll(old))
+		}
+	}
+	errs = append(errs, durable.SyncDir(root))
+	return errors.Join(errs...)
 }
 
 // loadCached serves the DB a previous run downloaded.
@@ -272,7 +311,8 @@ func (m *Manager) checkRepository(ctx context.Context, repo string) (bool, error
 	if err != nil {
 		return false, fmt.Errorf("the downloaded DB %s: %w", digest, err)
 	}
-	if err := os.WriteFile(filepath.Join(staging, digestFile), []byte(digest+"\n"), 0o640); err != nil {
+	// Every file and the folder are on disk before the folder is renamed into place.
+	if err := durable.WriteFile(filepath.Join(staging, digestFile), []byte(digest+"\n"), 0o640); err != nil {
 		return false, err
 	}
 	if err := m.swap(staging, m.currentDir(), scanner.DBInfo{UpdatedAt: meta.UpdatedAt, Digest: digest}); err != nil {
@@ -296,11 +336,11 @@ func (m *Manager) swap(src, dst string, info scanner.DBInfo) error {
 		if _, err := os.Stat(dst); err == nil {
 			old = dst + ".old"
 			_ = os.RemoveAll(old)
-			if err := os.Rename(dst, old); err != nil {
+			if err := durable.Rename(dst, old); err != nil {
 				return m.reopenLocked(fmt.Errorf("moving the old DB aside: %w", err))
 			}
 		}
-		if err := os.Rename(src, dst); err != nil {
+		if err := durable.Rename(src, dst); err != nil {
 			m.restoreLocked(old, dst)
 			return m.reopenLocked(fmt.Errorf("moving the new DB into place: %w", err))
 		}
@@ -324,7 +364,7 @@ func (m *Manager) swap(src, dst string, info scanner.DBInfo) error {
 
 func (m *Manager) restoreLocked(old, dst string) {
 	if old != "" {
-		_ = os.Rename(old, dst)
+		_ = durable.Rename(old, dst)
 	}
 }
 

@@ -285,3 +285,55 @@ func TestARestartServesTheDownloadedDB(t *testing.T) {
 	cancel()
 	g.Eventually(done).Should(Receive(BeNil()))
 }
+
+// TestARestartCleansAnInterruptedSwap starts on the leftovers of processes that died during a
+// download and between the two renames of a swap: the download folder is removed and the old DB,
+// moved aside, is put back and served while the registry is down.
+func TestARestartCleansAnInterruptedSwap(t *testing.T) {
+	g := NewWithT(t)
+	reg := testutil.NewRegistry(t)
+	client := registry.NewClient(registry.Options{InsecureHosts: []string{reg.Host()}})
+	digest := reg.PublishDB(t, "aquasecurity/trivy-db", "2", spec(t, dbV1))
+	cache := t.TempDir()
+	opts := vulndb.Options{
+		Repositories: []string{reg.Host() + "/aquasecurity/trivy-db:2"},
+		CacheDir:     cache, Registry: client, Log: logr.Discard(),
+	}
+	first := must(vulndb.New(opts))
+	g.Expect(first.Check(context.Background())).To(BeTrue())
+	g.Expect(first.Close()).To(Succeed())
+
+	// The state a SIGKILL leaves: a half download, and the current DB moved aside.
+	dbDir := filepath.Join(cache, "db")
+	g.Expect(os.MkdirAll(filepath.Join(dbDir, ".download-123", "x"), 0o750)).To(Succeed())
+	g.Expect(os.Rename(filepath.Join(dbDir, "current"), filepath.Join(dbDir, "current.old"))).To(Succeed())
+
+	reg.SetFault(testutil.StatusFault(http.StatusServiceUnavailable))
+	second := must(vulndb.New(opts))
+	t.Cleanup(func() { _ = second.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- second.Start(ctx) }()
+	g.Eventually(func() bool { _, ok := second.Info(); return ok }).Should(BeTrue())
+	info, _ := second.Info()
+	g.Expect(info.Digest).To(Equal(digest.String()))
+	cancel()
+	g.Eventually(done).Should(Receive(BeNil()))
+	entries := must(os.ReadDir(dbDir))
+	names := []string{}
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	g.Expect(names).To(ConsistOf("current"))
+
+	// A swap that finished but left the old DB aside: the old one is removed.
+	g.Expect(os.MkdirAll(filepath.Join(dbDir, "current.old"), 0o750)).To(Succeed())
+	third := must(vulndb.New(opts))
+	t.Cleanup(func() { _ = third.Close() })
+	ctx, cancel = context.WithCancel(context.Background())
+	go func() { done <- third.Start(ctx) }()
+	g.Eventually(func() bool { _, ok := third.Info(); return ok }).Should(BeTrue())
+	cancel()
+	g.Eventually(done).Should(Receive(BeNil()))
+	g.Expect(filepath.Join(dbDir, "current.old")).NotTo(BeADirectory())
+}
