@@ -114,7 +114,7 @@ func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
 	o.Limits.bindFlags(fs)
 	fs.Float64Var(&o.MemoryLimitRatio, "memory-limit-ratio", 0.9,
 		"Fraction of the container's memory limit, read from its cgroup, set as the Go runtime's soft memory limit (GOMEMLIMIT, when set, wins); 0 leaves it alone.")
-	fs.IntVar(&o.ScanConcurrency, "scan-concurrency", 2, "Reports scanned at once.")
+	fs.IntVar(&o.ScanConcurrency, "scan-concurrency", 2, "Reports scanned at once, and image analyses running at once.")
 	fs.IntVar(&o.PodConcurrency, "pod-concurrency", controllers.DefaultPodConcurrency,
 		"Namespaces whose pods are reconciled at once (their tags looked up, their reports created), so that one slow registry never holds the rest.")
 	fs.DurationVar(&o.ReconcileTimeout, "reconcile-timeout", controllers.DefaultReconcileTimeout,
@@ -204,6 +204,7 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 	}
 	s, err := scanner.New(scanner.Options{
 		CacheDir: opts.CacheDir, Timeout: opts.ScanTimeout, Limits: opts.Limits.Image, CrashRetryAfter: opts.RescanInterval,
+		Concurrency: opts.ScanConcurrency,
 	}, reg, db)
 	if err != nil {
 		return err

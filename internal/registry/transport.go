@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -65,7 +66,7 @@ func (t *boundedTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		// registry costs one timeout per request, not three.
 		var netErr net.Error
 		if req.Context().Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout()) {
-			return nil, &Error{Kind: KindTimeout, Err: fmt.Errorf("%s %s: no answer within %s", req.Method, req.URL.Redacted(), t.timeout)}
+			return nil, &Error{Kind: KindTimeout, Err: fmt.Errorf("%s %s: no answer within %s", req.Method, safeURL(req.URL), t.timeout)}
 		}
 		return nil, err
 	}
@@ -78,9 +79,9 @@ func (t *boundedTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		_ = resp.Body.Close()
 		cancel()
 		return nil, &Error{Kind: KindUnsupported, Err: fmt.Errorf("the answer to %s %s is %d bytes, more than the limit of %d",
-			req.Method, req.URL.Redacted(), resp.ContentLength, t.maxBytes)}
+			req.Method, safeURL(req.URL), resp.ContentLength, t.maxBytes)}
 	}
-	body := &boundedBody{rc: resp.Body, cancel: cancel, url: req.URL.Redacted()}
+	body := &boundedBody{rc: resp.Body, cancel: cancel, url: safeURL(req.URL)}
 	if blob {
 		body.idle = t.timeout
 		body.timer = time.AfterFunc(t.timeout, func() { body.stalled.Store(true); cancel() })
@@ -91,9 +92,26 @@ func (t *boundedTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	return resp, nil
 }
 
-// isBlobDownload reports whether req reads a blob (a layer, a config, a DB artifact).
+// safeURL is u for messages: without user information or query, where presigned storage URLs
+// carry their signatures.
+func safeURL(u *url.URL) string {
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+}
+
+// isBlobDownload reports whether req reads a blob (a layer, a config, a DB artifact), itself or
+// as the redirect of one: ECR, Quay and Artifact Registry send blob downloads on to storage URLs
+// without /blobs/ in their path.
 func isBlobDownload(req *http.Request) bool {
-	return req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") && !strings.Contains(req.URL.Path, "/blobs/uploads")
+	for r, hops := req, 0; r != nil && hops <= 10; hops++ {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") && !strings.Contains(r.URL.Path, "/blobs/uploads") {
+			return true
+		}
+		if r.Response == nil {
+			return false
+		}
+		r = r.Response.Request
+	}
+	return false
 }
 
 // parseRetryAfter reads a Retry-After header (seconds or an HTTP date), capped at maxRetryAfter.

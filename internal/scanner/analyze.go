@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -105,9 +106,11 @@ func (s *Scanner) inspect(ctx context.Context, img ftypes.Image) (ftypes.Artifac
 	blobs := cache.NewMemoryCache()
 	art, err := imageartifact.NewArtifact(img, blobs, artifact.Option{
 		DisabledAnalyzers: disabledAnalyzers(),
-		Parallel:          2,
-		NoProgress:        true,
-		Offline:           true,
+		// One layer at a time: Trivy holds each file an analyzer reads in memory when it is
+		// under 100 MB, so what one analysis holds is bounded by about two such files.
+		Parallel:   1,
+		NoProgress: true,
+		Offline:    true,
 	})
 	if err != nil {
 		return ftypes.ArtifactDetail{}, fmt.Errorf("preparing Trivy's analyzers: %w", err)
@@ -116,6 +119,10 @@ func (s *Scanner) inspect(ctx context.Context, img ftypes.Image) (ftypes.Artifac
 	if err != nil {
 		if ctx.Err() != nil {
 			return ftypes.ArtifactDetail{}, fmt.Errorf("analysing the image: %w", err)
+		}
+		// A full cache volume is ours to fix, not the image's.
+		if errors.Is(err, syscall.ENOSPC) {
+			return ftypes.ArtifactDetail{}, registry.Errorf(registry.KindUnavailable, "analysing the image: the cache volume is full: %v", err)
 		}
 		return ftypes.ArtifactDetail{}, registry.Errorf(registry.KindUnsupported, "analysing the image: %v", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mathrand "math/rand/v2"
 	"net/http"
 	"runtime"
 	"runtime/debug"
@@ -104,8 +105,8 @@ func peakHeap() (stop func() uint64) {
 }
 
 // TestHostileImagesStayUnderTheHeapBound scans, under a 256 MiB memory limit, an image with a
-// 512 MiB config, one with a 1 GiB (compressible) package database and one declaring a 5 GiB
-// layer. Each ends as UnsupportedImage naming the limit, before the bytes it bounds are read,
+// 512 MiB config, one with a 1 GiB (compressible) package database, one declaring a 5 GiB
+// layer, one with a 48 MiB Cargo.lock of 786,432 packages and one whose config has no size. Each ends as UnsupportedImage naming the limit, before the bytes it bounds are read,
 // and the heap stays under the bound throughout.
 func TestHostileImagesStayUnderTheHeapBound(t *testing.T) {
 	g := NewWithT(t)
@@ -168,6 +169,18 @@ func TestHostileImagesStayUnderTheHeapBound(t *testing.T) {
 		v1.Descriptor{MediaType: types.OCIConfigJSON, Size: int64(len(smallConfig)), Digest: must(configLayer.Digest())},
 		v1.Descriptor{MediaType: types.OCILayer, Size: 5 << 30, Digest: v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("6", 64)}})
 
+	// 4. A 48 MiB Cargo.lock of 786,432 tiny packages: about 50 KB compressed, 2 GiB of heap
+	// once Trivy parsed it.
+	entry := "[[package]]\nname = \"a\"\nversion = \"1.0.0\"\n"
+	entry += strings.Repeat("#", 63-len(entry)) + "\n"
+	cargoRef := f.push(t, "hostile/cargo", must(testutil.ImageFromLayers(testutil.LinuxAMD64,
+		append(baseLayers, testutil.CompressibleFileLayer("app/Cargo.lock", 48<<20, []byte(entry)))...)))
+
+	// 5. A config of unknown size (-1), which go-containerregistry would read whole.
+	unsized := bigConfig(512<<20, baseDiffIDs)
+	lazy[unsized.digest.String()] = unsized
+	unsizedRef := putManifest("hostile/unsized-config", v1.Descriptor{MediaType: types.OCIConfigJSON, Size: -1, Digest: unsized.digest})
+
 	s := f.newScanner(t, scanner.Options{CacheDir: t.TempDir(), Timeout: time.Minute})
 	old := debug.SetMemoryLimit(heapBound)
 	defer debug.SetMemoryLimit(old)
@@ -181,19 +194,21 @@ func TestHostileImagesStayUnderTheHeapBound(t *testing.T) {
 		{bigConfigRef, fmt.Sprintf("the image config is %d bytes, more than the limit of %d (--max-config-bytes)", 512<<20, scanner.DefaultLimits.MaxConfigBytes)},
 		{dbRef, fmt.Sprintf("a package database var/lib/dpkg/status of %d bytes, more than the limit of %d (--max-package-db-bytes)", 1<<30, scanner.DefaultLimits.MaxPackageDBBytes)},
 		{hugeRef, fmt.Sprintf("more than the limit of %d (--max-image-bytes)", scanner.DefaultLimits.MaxCompressedBytes)},
+		{cargoRef, fmt.Sprintf("(app/Cargo.lock among them), more than the limit of %d (--max-packages)", scanner.DefaultLimits.MaxPackages)},
+		{unsizedRef, "the image config has no size in the manifest (-1)"},
 	} {
 		_, _, err := s.Scan(testContext(t), tt.ref)
 		g.Expect(registry.KindOf(err)).To(Equal(registry.KindUnsupported), "%s: %v", tt.ref.Repository, err)
 		g.Expect(err).To(MatchError(ContainSubstring(tt.want)), tt.ref.Repository)
 	}
 	peak := stop()
-	t.Logf("peak heap while scanning the three images: %.1f MiB (bound %d MiB); lazy blob bytes served: %d",
+	t.Logf("peak heap while scanning the five images: %.1f MiB (bound %d MiB); lazy blob bytes served: %d",
 		float64(peak)/(1<<20), heapBound>>20, lazyServed.Load())
 	g.Expect(peak).To(BeNumerically("<", heapBound))
 	// The config was never asked for, nor the 5 GiB layer: only the package database's small
 	// blob and the base layers were read.
 	g.Expect(lazyServed.Load()).To(BeZero())
-	g.Expect(f.reg.Counts().BlobGETs).To(BeNumerically("<=", 2*len(baseLayers)+2))
+	g.Expect(f.reg.Counts().BlobGETs).To(BeNumerically("<=", 3*len(baseLayers)+4))
 }
 
 // TestInventoryBounds checks the caps on what is kept of an image: an image with more packages
@@ -217,4 +232,41 @@ func TestInventoryBounds(t *testing.T) {
 		g.Expect(err).To(MatchError(ContainSubstring(tt.want)))
 		g.Expect(s.Analysed(ref.Digest)).To(BeFalse())
 	}
+}
+
+// TestRedirectedBlobsAreBlobs serves every layer through a redirect to a storage URL without
+// /blobs/ in its path, as ECR, Quay and Artifact Registry do: a layer larger than the bound on
+// answers other than blobs (4 MiB) is still analysed.
+func TestRedirectedBlobsAreBlobs(t *testing.T) {
+	g := NewWithT(t)
+	var redirected atomic.Int64
+	storage := testutil.WithHandlerWrapper(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if rest, ok := strings.CutPrefix(r.URL.Path, "/storage/"); ok {
+				r2 := r.Clone(r.Context())
+				r2.URL.Path = "/v2/" + strings.Replace(rest, "/objects/", "/blobs/", 1)
+				next.ServeHTTP(w, r2)
+				return
+			}
+			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") && r.URL.Query().Get("served") == "" {
+				redirected.Add(1)
+				http.Redirect(w, r, "/storage/"+strings.Replace(strings.TrimPrefix(r.URL.Path, "/v2/"), "/blobs/", "/objects/", 1)+"?served=1", http.StatusTemporaryRedirect)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	f := newFixture(t, storage)
+	base := alpineImage(t)
+	// Incompressible bytes, so the layer blob itself is over 4 MiB.
+	random := make([]byte, 6<<20)
+	_, _ = mathrand.NewChaCha8([32]byte{1}).Read(random)
+	layer := must(testutil.LayerFromFiles(map[string][]byte{"srv/random.bin": random}))
+	img := must(testutil.ImageFromLayers(testutil.LinuxAMD64, append(must(base.Layers()), layer)...))
+	ref := f.push(t, "redirected/app", img)
+	s := f.newScanner(t, scanner.Options{CacheDir: t.TempDir()})
+	_, _, err := s.Scan(context.Background(), ref)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(redirected.Load()).To(BeNumerically(">=", 3))
+	g.Expect(must(layer.Size())).To(BeNumerically(">", 4<<20))
 }

@@ -1,12 +1,15 @@
 package scanner
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 
 	"github.com/imageguard/imageguard/internal/durable"
 	"github.com/imageguard/imageguard/internal/registry"
@@ -21,16 +24,29 @@ const CrashLimit = 2
 // when an analysis starts is one the process died with. A digest with marks is a suspect and is
 // analysed alone, so that when it takes the process down again no other digest is marked with
 // it; after CrashLimit marks it is refused until retryAfter has passed since its last attempt.
+// The slots also bound the analyses running at once, whatever their callers do meanwhile.
 type crashMarks struct {
 	dir        string
 	retryAfter time.Duration
 	now        func() time.Time
 
-	// exclusive is held for reading by every analysis and for writing by a suspect's.
-	exclusive sync.RWMutex
-	mu        sync.Mutex
-	// inFlight holds the mark each running analysis found, to put back on an orderly shutdown.
-	inFlight map[string]crashMark
+	// slots bounds the analyses running at once: one takes a slot, a suspect's takes them all.
+	slots    *semaphore.Weighted
+	capacity int64
+	stopped  bool
+	mu       sync.Mutex
+	// inFlight holds the mark each running analysis found, to put back on an orderly shutdown,
+	// and when it started.
+	inFlight map[string]running
+	// stuckAfter: an analysis still running that long after it started is stuck (it passed its
+	// deadline without ending), and counts as a crash even on an orderly shutdown; 0: never.
+	stuckAfter time.Duration
+}
+
+// running is an analysis in flight.
+type running struct {
+	prev    crashMark
+	started time.Time
 }
 
 // crashMark is the content of a mark file.
@@ -41,7 +57,7 @@ type crashMark struct {
 	LastStart time.Time `json:"lastStart"`
 }
 
-func newCrashMarks(cacheDir string, retryAfter time.Duration) (*crashMarks, error) {
+func newCrashMarks(cacheDir string, retryAfter time.Duration, concurrency int) (*crashMarks, error) {
 	dir := filepath.Join(cacheDir, "analysing")
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("creating the analysis marks folder: %w", err)
@@ -49,7 +65,9 @@ func newCrashMarks(cacheDir string, retryAfter time.Duration) (*crashMarks, erro
 	if _, err := durable.RemoveTemporary(dir); err != nil {
 		return nil, err
 	}
-	return &crashMarks{dir: dir, retryAfter: retryAfter, now: time.Now, inFlight: map[string]crashMark{}}, nil
+	capacity := int64(max(1, concurrency))
+	return &crashMarks{dir: dir, retryAfter: retryAfter, now: time.Now, inFlight: map[string]running{},
+		slots: semaphore.NewWeighted(capacity), capacity: capacity}, nil
 }
 
 func (c *crashMarks) path(digest string) (string, error) {
@@ -80,10 +98,11 @@ func (c *crashMarks) read(digest string) crashMark {
 // Crashes returns how many analyses of digest died with the process.
 func (c *crashMarks) Crashes(digest string) int { return c.read(digest).Attempts }
 
-// begin marks digest as being analysed and returns the function that ends the analysis. It
-// refuses with an AnalysisCrashed error, and writes nothing, when the digest's analyses died
-// CrashLimit times and the last started less than retryAfter ago.
-func (c *crashMarks) begin(digest string) (end func(), err error) {
+// begin waits for a slot (all of them for a suspect) until ctx ends, marks digest as being
+// analysed and returns the function that ends the analysis. It refuses with an AnalysisCrashed
+// error, and writes nothing, when the digest's analyses died CrashLimit times and the last
+// started less than retryAfter ago; and after forgetInFlight (the process is stopping).
+func (c *crashMarks) begin(ctx context.Context, digest string) (end func(), err error) {
 	p, err := c.path(digest)
 	if err != nil {
 		return nil, err
@@ -99,18 +118,20 @@ func (c *crashMarks) begin(digest string) (end func(), err error) {
 			}
 		}
 	}
-	suspect := prev.Attempts > 0
-	if suspect {
-		c.exclusive.Lock()
-	} else {
-		c.exclusive.RLock()
+	weight := int64(1)
+	if prev.Attempts > 0 {
+		weight = c.capacity
 	}
-	unlock := func() {
-		if suspect {
-			c.exclusive.Unlock()
-		} else {
-			c.exclusive.RUnlock()
-		}
+	if err := c.slots.Acquire(ctx, weight); err != nil {
+		return nil, registry.Errorf(registry.KindTimeout, "waiting for an analysis slot for %s: %v", digest, err)
+	}
+	unlock := func() { c.slots.Release(weight) }
+	c.mu.Lock()
+	stopped := c.stopped
+	c.mu.Unlock()
+	if stopped {
+		unlock()
+		return nil, registry.Errorf(registry.KindUnavailable, "the controller is stopping: the analysis of %s is left to the next start", digest)
 	}
 	raw, _ := json.Marshal(crashMark{Attempts: prev.Attempts + 1, LastStart: now.UTC()})
 	if err := durable.WriteFile(p, raw, 0o640); err != nil {
@@ -118,7 +139,7 @@ func (c *crashMarks) begin(digest string) (end func(), err error) {
 		return nil, fmt.Errorf("marking the analysis of %s: %w", digest, err)
 	}
 	c.mu.Lock()
-	c.inFlight[digest] = prev
+	c.inFlight[digest] = running{prev: prev, started: now}
 	c.mu.Unlock()
 	return func() {
 		c.mu.Lock()
@@ -134,11 +155,16 @@ func (c *crashMarks) begin(digest string) (end func(), err error) {
 }
 
 // forgetInFlight puts back the marks the running analyses found: on an orderly shutdown they
-// are interrupted, not crashed.
+// are interrupted, not crashed; except those stuck past their deadline.
 func (c *crashMarks) forgetInFlight() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for digest, prev := range c.inFlight {
+	c.stopped = true
+	for digest, r := range c.inFlight {
+		prev := r.prev
+		if c.stuckAfter > 0 && c.now().Sub(r.started) > c.stuckAfter {
+			continue // its mark, written when it started, stays: stuck counts as crashed
+		}
 		p, err := c.path(digest)
 		if err != nil {
 			continue

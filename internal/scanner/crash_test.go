@@ -1,6 +1,7 @@
 package scanner
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +23,7 @@ func TestCrashMarks(t *testing.T) {
 	cache := t.TempDir()
 	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	start := func() *crashMarks {
-		c, err := newCrashMarks(cache, time.Hour)
+		c, err := newCrashMarks(cache, time.Hour, 2)
 		g.Expect(err).NotTo(HaveOccurred())
 		c.now = func() time.Time { return now }
 		return c
@@ -30,7 +31,7 @@ func TestCrashMarks(t *testing.T) {
 
 	// An analysis that ends, whatever its result, leaves no mark.
 	c := start()
-	end, err := c.begin(digestB)
+	end, err := c.begin(context.Background(), digestB)
 	g.Expect(err).NotTo(HaveOccurred())
 	end()
 	g.Expect(c.Crashes(digestB)).To(BeZero())
@@ -39,12 +40,12 @@ func TestCrashMarks(t *testing.T) {
 	for i := 1; i <= CrashLimit; i++ {
 		c = start()
 		g.Expect(c.Crashes(digestA)).To(Equal(i - 1))
-		_, err := c.begin(digestA)
+		_, err := c.begin(context.Background(), digestA)
 		g.Expect(err).NotTo(HaveOccurred())
 	}
 	// The third start refuses it, saying when it is tried again, and writes nothing.
 	c = start()
-	_, err = c.begin(digestA)
+	_, err = c.begin(context.Background(), digestA)
 	g.Expect(registry.KindOf(err)).To(Equal(registry.KindAnalysisCrashed))
 	g.Expect(err).To(MatchError(ContainSubstring("stopped the controller 2 times")))
 	wait, ok := registry.RetryAfter(err)
@@ -52,13 +53,13 @@ func TestCrashMarks(t *testing.T) {
 	g.Expect(wait).To(Equal(time.Hour))
 	g.Expect(c.Crashes(digestA)).To(Equal(CrashLimit))
 	// Other digests are unaffected.
-	end, err = c.begin(digestB)
+	end, err = c.begin(context.Background(), digestB)
 	g.Expect(err).NotTo(HaveOccurred())
 	end()
 
 	// After the retry interval it is tried once more, and a success clears it.
 	now = now.Add(time.Hour)
-	end, err = c.begin(digestA)
+	end, err = c.begin(context.Background(), digestA)
 	g.Expect(err).NotTo(HaveOccurred())
 	end()
 	g.Expect(c.Crashes(digestA)).To(BeZero())
@@ -69,18 +70,18 @@ func TestCrashMarks(t *testing.T) {
 func TestSuspectRunsAlone(t *testing.T) {
 	g := NewWithT(t)
 	cache := t.TempDir()
-	c, err := newCrashMarks(cache, time.Hour)
+	c, err := newCrashMarks(cache, time.Hour, 2)
 	g.Expect(err).NotTo(HaveOccurred())
-	_, err = c.begin(digestA) // the process "dies" here
+	_, err = c.begin(context.Background(), digestA) // the process "dies" here
 	g.Expect(err).NotTo(HaveOccurred())
 
-	c, err = newCrashMarks(cache, time.Hour)
+	c, err = newCrashMarks(cache, time.Hour, 2)
 	g.Expect(err).NotTo(HaveOccurred())
-	endB, err := c.begin(digestB)
+	endB, err := c.begin(context.Background(), digestB)
 	g.Expect(err).NotTo(HaveOccurred())
 	started := make(chan func())
 	go func() {
-		end, _ := c.begin(digestA)
+		end, _ := c.begin(context.Background(), digestA)
 		started <- end
 	}()
 	g.Consistently(started, 200*time.Millisecond).ShouldNot(Receive())
@@ -97,19 +98,40 @@ func TestSuspectRunsAlone(t *testing.T) {
 func TestOrderlyShutdownIsNoCrash(t *testing.T) {
 	g := NewWithT(t)
 	cache := t.TempDir()
-	c, err := newCrashMarks(cache, time.Hour)
+	c, err := newCrashMarks(cache, time.Hour, 2)
 	g.Expect(err).NotTo(HaveOccurred())
-	_, err = c.begin(digestA)
+	_, err = c.begin(context.Background(), digestA)
 	g.Expect(err).NotTo(HaveOccurred())
 	c.forgetInFlight()
 	g.Expect(c.Crashes(digestA)).To(BeZero())
+	// A stopping process starts no analysis.
+	_, err = c.begin(context.Background(), digestB)
+	g.Expect(err).To(MatchError(ContainSubstring("stopping")))
+	g.Expect(c.Crashes(digestB)).To(BeZero())
 
-	_, _ = c.begin(digestA) // a crash
-	c, _ = newCrashMarks(cache, time.Hour)
-	end, err := c.begin(digestA)
+	c, _ = newCrashMarks(cache, time.Hour, 2)
+	_, _ = c.begin(context.Background(), digestA) // a crash
+	c, _ = newCrashMarks(cache, time.Hour, 2)
+	end, err := c.begin(context.Background(), digestA)
 	g.Expect(err).NotTo(HaveOccurred())
 	c.forgetInFlight()
 	g.Expect(c.Crashes(digestA)).To(Equal(1))
 	end() // the interrupted analysis ends later: the mark put back stays
+	g.Expect(c.Crashes(digestA)).To(Equal(1))
+}
+
+// TestAStuckAnalysisCountsAsACrash checks that an analysis still running past its deadline keeps
+// its mark on an orderly shutdown: a digest that hangs the analysis reaches AnalysisCrashed too.
+func TestAStuckAnalysisCountsAsACrash(t *testing.T) {
+	g := NewWithT(t)
+	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	c, err := newCrashMarks(t.TempDir(), time.Hour, 2)
+	g.Expect(err).NotTo(HaveOccurred())
+	c.now = func() time.Time { return now }
+	c.stuckAfter = 11 * time.Minute
+	_, err = c.begin(context.Background(), digestA)
+	g.Expect(err).NotTo(HaveOccurred())
+	now = now.Add(12 * time.Minute)
+	c.forgetInFlight()
 	g.Expect(c.Crashes(digestA)).To(Equal(1))
 }

@@ -41,14 +41,16 @@ type Limits struct {
 	// (apk, dpkg and rpm databases, package.json, Python METADATA, gemspecs): what it finds in
 	// them is kept in memory, so a compressible one would expand without bound.
 	MaxPackageDBBytes int64
-	// MaxPackages bounds the packages of one inventory.
+	// MaxPackages bounds the packages of one image: estimated from its package files before Trivy
+	// parses them (Trivy's parsers keep every package, about 2.6 KiB of heap each), and counted
+	// in the inventory after.
 	MaxPackages int
 	// MaxInventoryBytes bounds the encoded size of one kept inventory.
 	MaxInventoryBytes int64
 }
 
 // DefaultLimits suit real images: 2 GiB pulled, 8 GiB expanded per layer, 256 layers, a million
-// files per layer, an 8 MiB config, 64 MiB package databases, 100,000 packages and a 64 MiB
+// files per layer, an 8 MiB config, 64 MiB package databases, 50,000 packages and a 64 MiB
 // inventory. docs/operations.md gives the arithmetic that sizes them to the pod.
 var DefaultLimits = Limits{
 	MaxCompressedBytes:   2 << 30,
@@ -57,7 +59,7 @@ var DefaultLimits = Limits{
 	MaxFiles:             1 << 20,
 	MaxConfigBytes:       8 << 20,
 	MaxPackageDBBytes:    64 << 20,
-	MaxPackages:          100_000,
+	MaxPackages:          50_000,
 	MaxInventoryBytes:    64 << 20,
 }
 
@@ -85,29 +87,6 @@ func (l Limits) withDefaults() Limits {
 		MaxPackages:          pick(l.MaxPackages, d.MaxPackages),
 		MaxInventoryBytes:    pick64(l.MaxInventoryBytes, d.MaxInventoryBytes),
 	}
-}
-
-// isPackageDB reports whether Trivy's analyzers parse the file at name (cleaned, without a
-// leading "/") into packages held in memory.
-func isPackageDB(name string) bool {
-	switch name {
-	case "lib/apk/db/installed", "var/lib/dpkg/status", "var/lib/dpkg/available",
-		"var/lib/rpm/Packages", "var/lib/rpm/Packages.db", "var/lib/rpm/rpmdb.sqlite",
-		"usr/lib/sysimage/rpm/Packages", "usr/lib/sysimage/rpm/Packages.db", "usr/lib/sysimage/rpm/rpmdb.sqlite":
-		return true
-	}
-	if strings.HasPrefix(name, "var/lib/dpkg/status.d/") {
-		return true
-	}
-	base := path.Base(name)
-	switch {
-	case base == "package.json", base == "METADATA", base == "PKG-INFO",
-		strings.HasSuffix(base, ".gemspec"), strings.HasSuffix(base, ".deps.json"):
-		return true
-	case path.Base(path.Dir(name)) == "conda-meta" && strings.HasSuffix(base, ".json"):
-		return true
-	}
-	return false
 }
 
 // fetchedImage is a remote image whose layers were downloaded once into a private folder and
@@ -159,6 +138,10 @@ func fetchImage(ctx context.Context, img v1.Image, dir string, limits Limits) (*
 	}
 	// The config is read whole: its declared size is checked first (go-containerregistry reads
 	// no more than it declares).
+	// go-containerregistry reads a config of unknown size (-1) whole: a size is required.
+	if manifest.Config.Size <= 0 {
+		return nil, registry.Errorf(registry.KindUnsupported, "the image config has no size in the manifest (%d)", manifest.Config.Size)
+	}
 	if limits.MaxConfigBytes > 0 && manifest.Config.Size > limits.MaxConfigBytes {
 		return nil, registry.Errorf(registry.KindUnsupported, "the image config is %d bytes, more than the limit of %d (--max-config-bytes)",
 			manifest.Config.Size, limits.MaxConfigBytes)
@@ -186,6 +169,7 @@ func fetchImage(ctx context.Context, img v1.Image, dir string, limits Limits) (*
 			total, limits.MaxCompressedBytes)
 	}
 
+	budget := &packageBudget{}
 	f := &fetchedImage{Image: img, byDiff: map[v1.Hash]v1.Layer{}, byDig: map[v1.Hash]v1.Layer{}}
 	for i, desc := range manifest.Layers {
 		if !isLayerMediaType(desc.MediaType) {
@@ -205,7 +189,7 @@ func fetchImage(ctx context.Context, img v1.Image, dir string, limits Limits) (*
 		if err != nil {
 			return nil, err
 		}
-		if err := checkLayer(ctx, layer, desc.Digest, limits); err != nil {
+		if err := checkLayer(ctx, layer, desc.Digest, limits, budget); err != nil {
 			return nil, err
 		}
 		f.layers = append(f.layers, layer)
@@ -268,9 +252,18 @@ func download(ctx context.Context, img v1.Image, desc v1.Descriptor, path string
 	return nil
 }
 
-// checkLayer reads a layer's tar stream once: it must expand to no more than the limit, hold no
-// more entries than the limit, and no path may climb out of the root.
-func checkLayer(ctx context.Context, layer v1.Layer, digest v1.Hash, limits Limits) error {
+// packageBudget adds up, over an image's layers, the packages its package files hold.
+type packageBudget struct{ packages int64 }
+
+// checkLayer reads a layer's tar stream once, before Trivy does: it must expand to no more than
+// the limit, hold no more entries than the limit, no sparse file, and no path that climbs out
+// of the root; each file an analyzer parses into packages must be under the package database
+// limit, and the packages they hold, counted into budget, under the package limit.
+func checkLayer(ctx context.Context, layer v1.Layer, digest v1.Hash, limits Limits, budget *packageBudget) error {
+	oracle, err := packageFileOracle()
+	if err != nil {
+		return fmt.Errorf("preparing Trivy's analyzers: %w", err)
+	}
 	rc, err := layer.Uncompressed()
 	if err != nil {
 		return registry.Errorf(registry.KindUnsupported, "layer %s cannot be decompressed: %v", digest, err)
@@ -287,13 +280,33 @@ func checkLayer(ctx context.Context, layer v1.Layer, digest v1.Hash, limits Limi
 			if escapes(hdr.Name) || (hdr.Typeflag == tar.TypeLink && escapes(hdr.Linkname)) {
 				return registry.Errorf(registry.KindUnsupported, "layer %s has an entry %q that leaves the image root", digest, hdr.Name)
 			}
-			// From the header, before its content is read.
-			if name := path.Clean(strings.TrimLeft(hdr.Name, "/")); limits.MaxPackageDBBytes > 0 && hdr.Typeflag == tar.TypeReg &&
-				hdr.Size > limits.MaxPackageDBBytes && isPackageDB(name) {
-				return registry.Errorf(registry.KindUnsupported, "layer %s has a package database %s of %d bytes, more than the limit of %d (--max-package-db-bytes)",
-					digest, name, hdr.Size, limits.MaxPackageDBBytes)
+			if isSparse(hdr) {
+				return registry.Errorf(registry.KindUnsupported, "layer %s has a sparse file %q, which is refused: its holes expand without bound", digest, hdr.Name)
 			}
-			_, err = io.Copy(io.Discard, tr)
+			name := path.Clean(strings.TrimLeft(hdr.Name, "/"))
+			if limits.MaxUncompressedBytes > 0 && hdr.Size > limits.MaxUncompressedBytes {
+				return registry.Errorf(registry.KindUnsupported, "layer %s has a file %q of %d bytes: the layer expands to more than %d bytes (--max-layer-bytes)",
+					digest, hdr.Name, hdr.Size, limits.MaxUncompressedBytes)
+			}
+			// Every byte of a file's content is paid by a byte of the stream, except in a sparse
+			// file (the tar reader makes its holes of nothing): one is refused a MiB in.
+			content := &streamPaid{stream: lr, start: lr.read}
+			if hdr.Typeflag != tar.TypeReg || !oracle.wanted(name, hdr) {
+				_, err = io.Copy(content, tr)
+			} else {
+				// From the header, before its content is read.
+				if limits.MaxPackageDBBytes > 0 && hdr.Size > limits.MaxPackageDBBytes {
+					return registry.Errorf(registry.KindUnsupported, "layer %s has a package database %s of %d bytes, more than the limit of %d (--max-package-db-bytes)",
+						digest, name, hdr.Size, limits.MaxPackageDBBytes)
+				}
+				counter := newPackageCounter(name)
+				_, err = io.Copy(io.MultiWriter(content, counter), tr)
+				budget.packages += counter.packages()
+				if limits.MaxPackages > 0 && budget.packages > int64(limits.MaxPackages) {
+					return registry.Errorf(registry.KindUnsupported, "the image's package files hold about %d packages or more (%s among them), more than the limit of %d (--max-packages)",
+						budget.packages, name, limits.MaxPackages)
+				}
+			}
 		}
 		switch {
 		case errors.Is(err, io.EOF):
@@ -302,6 +315,8 @@ func checkLayer(ctx context.Context, layer v1.Layer, digest v1.Hash, limits Limi
 			continue
 		case ctx.Err() != nil:
 			return registry.Errorf(registry.KindTimeout, "reading layer %s: %v", digest, ctx.Err())
+		case errors.Is(err, errSparse):
+			return registry.Errorf(registry.KindUnsupported, "layer %s has a sparse file, which is refused: its holes expand without reading the stream", digest)
 		case errors.Is(err, errTooLarge):
 			return registry.Errorf(registry.KindUnsupported, "layer %s expands to more than %d bytes (--max-layer-bytes)", digest, limits.MaxUncompressedBytes)
 		default:
@@ -319,16 +334,38 @@ func escapes(name string) bool {
 
 var errTooLarge = errors.New("stream exceeds its size limit")
 
+var errSparse = errors.New("a file's content is not in the stream")
+
+// streamPaid fails with errSparse once the content written to it is more than a MiB ahead of the
+// bytes read from stream since start.
+type streamPaid struct {
+	stream  *limitedReader
+	start   int64
+	written int64
+}
+
+func (s *streamPaid) Write(p []byte) (int, error) {
+	s.written += int64(len(p))
+	if s.written > s.stream.read-s.start+1<<20 {
+		return 0, errSparse
+	}
+	return len(p), nil
+}
+
 // limitedReader fails with errTooLarge once more than limit bytes were read (limit 0: no bound).
 type limitedReader struct {
 	r     io.Reader
 	left  int64
 	limit int64
+	// read counts the bytes read.
+	read int64
 }
 
 func (l *limitedReader) Read(p []byte) (int, error) {
 	if l.limit <= 0 {
-		return l.r.Read(p)
+		n, err := l.r.Read(p)
+		l.read += int64(n)
+		return n, err
 	}
 	if l.left < 0 {
 		return 0, errTooLarge
@@ -338,6 +375,7 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	}
 	n, err := l.r.Read(p)
 	l.left -= int64(n)
+	l.read += int64(n)
 	if l.left < 0 {
 		return n, errTooLarge
 	}

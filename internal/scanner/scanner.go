@@ -29,6 +29,9 @@ type Options struct {
 	Timeout time.Duration
 	// Limits bound what an analysis pulls and expands.
 	Limits Limits
+	// Concurrency bounds the analyses running at once (the controller's --scan-concurrency); 0
+	// means 2.
+	Concurrency int
 	// CrashRetryAfter is how long a digest whose analyses took the process down CrashLimit times
 	// is refused (AnalysisCrashed) before one more try; 0 means 24 hours.
 	CrashRetryAfter time.Duration
@@ -72,13 +75,18 @@ func New(opts Options, client *registry.Client, db DB) (*Scanner, error) {
 		return nil, err
 	}
 	store.MaxBytes = opts.Limits.MaxInventoryBytes
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 2
+	}
 	if opts.CrashRetryAfter <= 0 {
 		opts.CrashRetryAfter = 24 * time.Hour
 	}
-	marks, err := newCrashMarks(opts.CacheDir, opts.CrashRetryAfter)
+	marks, err := newCrashMarks(opts.CacheDir, opts.CrashRetryAfter, opts.Concurrency)
 	if err != nil {
 		return nil, err
 	}
+	// A minute past its deadline, an analysis that has not ended is stuck.
+	marks.stuckAfter = opts.Timeout + time.Minute
 	return &Scanner{
 		opts: opts, registry: client, store: store, db: db, marks: marks,
 		matcher: newMatcher(), trivyVersion: version,
@@ -116,20 +124,31 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 	if inv, err := s.store.Get(ref.Digest); err != nil || inv != nil {
 		return inv, false, err
 	}
-	ch := s.flights.DoChan(ref.Digest, func() (any, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, false, registry.Errorf(registry.KindTimeout, "not analysing %s: %v", ref, err)
+	}
+	ch := s.flights.DoChan(ref.Digest, func() (_ any, err error) {
 		// Another flight may have just finished and kept it.
 		if inv, err := s.store.Get(ref.Digest); err != nil || inv != nil {
 			return inv, err
 		}
+		// The analysis is shared: one caller giving up must not cancel it for the others.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
+		defer cancel()
 		// Marked in the cache first, so that if it takes the process down the next start knows.
-		end, err := s.marks.begin(ref.Digest)
+		end, err := s.marks.begin(actx, ref.Digest)
 		if err != nil {
 			return nil, err
 		}
 		defer end()
-		// The analysis is shared: one caller giving up must not cancel it for the others.
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
-		defer cancel()
+		// A panic in our part of the analysis ends it, not the process (singleflight would
+		// re-raise it where nothing recovers); one in Trivy's own goroutines is what the marks
+		// are for.
+		defer func() {
+			if p := recover(); p != nil {
+				err = registry.Errorf(registry.KindUnsupported, "the analysis of %s failed: %v", ref, p)
+			}
+		}()
 		s.analyses.Add(1)
 		inv, err := s.analyze(actx, ref)
 		if err != nil {

@@ -153,7 +153,13 @@ func writeLimited(path string, r io.Reader, maxBytes int64) error {
 
 // verifyDir checks that dir holds a DB this Trivy can read: metadata of schema version 2 and a
 // BoltDB with the buckets detection reads.
-func verifyDir(dir string) (*Metadata, error) {
+func verifyDir(dir string) (_ *Metadata, err error) {
+	// bbolt panics on some corrupt pages: a bad DB is an error, not a crash.
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%s is corrupt: %v", dbFile, p)
+		}
+	}()
 	raw, err := os.ReadFile(filepath.Join(dir, metadataFile))
 	if err != nil {
 		return nil, err

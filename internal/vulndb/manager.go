@@ -6,6 +6,7 @@ package vulndb
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -206,6 +207,42 @@ func (m *Manager) setErr(err error) error {
 	return err
 }
 
+// downloadMark is the content of db/downloading: the DB being downloaded, and how many
+// processes started it without ending.
+type downloadMark struct {
+	Digest    string    `json:"digest"`
+	Attempts  int       `json:"attempts"`
+	LastStart time.Time `json:"lastStart"`
+}
+
+// DownloadCrashLimit is how many downloads of one DB digest may die with the process before it
+// is skipped for DownloadRetryAfter (the DB in use keeps serving).
+const (
+	DownloadCrashLimit = 2
+	DownloadRetryAfter = 24 * time.Hour
+)
+
+// beginDownload marks digest's download and returns what ends it. It refuses a digest whose
+// downloads died with the process DownloadCrashLimit times in the last DownloadRetryAfter.
+func (m *Manager) beginDownload(digest string) (func(), error) {
+	p := filepath.Join(m.opts.CacheDir, "db", "downloading")
+	var prev downloadMark
+	if raw, err := os.ReadFile(p); err == nil && json.Unmarshal(raw, &prev) == nil && prev.Digest == digest {
+		if until := prev.LastStart.Add(DownloadRetryAfter); prev.Attempts >= DownloadCrashLimit && time.Now().Before(until) {
+			return nil, &registry.Error{Kind: registry.KindAnalysisCrashed, RetryAfter: time.Until(until),
+				Err: fmt.Errorf("downloading or opening the DB %s stopped the controller %d times; it is tried again after %s",
+					digest, prev.Attempts, until.UTC().Format(time.RFC3339))}
+		}
+	} else {
+		prev = downloadMark{Digest: digest}
+	}
+	raw, _ := json.Marshal(downloadMark{Digest: digest, Attempts: prev.Attempts + 1, LastStart: time.Now().UTC()})
+	if err := durable.WriteFile(p, raw, 0o640); err != nil {
+		return nil, err
+	}
+	return func() { _ = durable.Remove(p) }, nil
+}
+
 // currentDir is where the downloaded DB in use lives.
 func (m *Manager) currentDir() string { return filepath.Join(m.opts.CacheDir, "db", "current") }
 
@@ -299,6 +336,13 @@ func (m *Manager) checkRepository(ctx context.Context, repo string) (bool, error
 	if err := os.MkdirAll(filepath.Join(m.opts.CacheDir, "db"), 0o750); err != nil {
 		return false, err
 	}
+	// Marked first, so that a DB whose download or opening takes the process down is not
+	// downloaded again at every start.
+	end, err := m.beginDownload(digest)
+	if err != nil {
+		return false, err
+	}
+	defer end()
 	staging, err := os.MkdirTemp(filepath.Join(m.opts.CacheDir, "db"), ".download-")
 	if err != nil {
 		return false, err

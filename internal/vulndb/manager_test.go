@@ -3,9 +3,11 @@ package vulndb_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -336,4 +338,34 @@ func TestARestartCleansAnInterruptedSwap(t *testing.T) {
 	cancel()
 	g.Eventually(done).Should(Receive(BeNil()))
 	g.Expect(filepath.Join(dbDir, "current.old")).NotTo(BeADirectory())
+}
+
+// TestADBThatCrashedTwiceIsSkipped starts where two processes died downloading the same DB
+// digest: the third does not download it again, says why, and the DB in use keeps serving.
+func TestADBThatCrashedTwiceIsSkipped(t *testing.T) {
+	g := NewWithT(t)
+	reg := testutil.NewRegistry(t)
+	client := registry.NewClient(registry.Options{InsecureHosts: []string{reg.Host()}})
+	first := reg.PublishDB(t, "aquasecurity/trivy-db", "2", spec(t, dbV1))
+	cache := t.TempDir()
+	opts := vulndb.Options{Repositories: []string{reg.Host() + "/aquasecurity/trivy-db:2"}, CacheDir: cache, Registry: client, Log: logr.Discard()}
+	db := must(vulndb.New(opts))
+	t.Cleanup(func() { _ = db.Close() })
+	g.Expect(db.Check(context.Background())).To(BeTrue())
+
+	next := reg.PublishDB(t, "aquasecurity/trivy-db", "2", spec(t, dbV2))
+	mark := fmt.Sprintf(`{"digest":%q,"attempts":2,"lastStart":%q}`, next.String(), time.Now().UTC().Format(time.RFC3339))
+	g.Expect(os.WriteFile(filepath.Join(cache, "db", "downloading"), []byte(mark), 0o600)).To(Succeed())
+	reg.ResetCounts()
+	_, err := db.Check(context.Background())
+	g.Expect(registry.KindOf(err)).To(Equal(registry.KindAnalysisCrashed), "%v", err)
+	g.Expect(err).To(MatchError(ContainSubstring("stopped the controller 2 times")))
+	g.Expect(reg.Counts().BlobGETs).To(BeZero())
+	info, _ := db.Info()
+	g.Expect(info.Digest).To(Equal(first.String()))
+
+	// Once per crash otherwise: a mark of one attempt is retried, and cleared by the download.
+	g.Expect(os.WriteFile(filepath.Join(cache, "db", "downloading"), []byte(strings.Replace(mark, `"attempts":2`, `"attempts":1`, 1)), 0o600)).To(Succeed())
+	g.Expect(db.Check(context.Background())).To(BeTrue())
+	g.Expect(filepath.Join(cache, "db", "downloading")).NotTo(BeAnExistingFile())
 }

@@ -241,8 +241,8 @@ func TestDefaultsFitTheirVolumeAndMemory(t *testing.T) {
 		Controller struct {
 			ScanConcurrency int64 `json:"scanConcurrency"`
 			Limits          struct {
-				MaxImageBytes, MaxConfigBytes, MaxPackageDBBytes, DBMaxBytes int64
-				MemoryLimitRatio                                             float64
+				MaxImageBytes, MaxConfigBytes, MaxPackageDBBytes, MaxPackages, DBMaxBytes int64
+				MemoryLimitRatio                                                          float64
 			} `json:"limits"`
 		} `json:"controller"`
 		Resources struct {
@@ -257,7 +257,7 @@ func TestDefaultsFitTheirVolumeAndMemory(t *testing.T) {
 	g.Expect(yaml.Unmarshal(raw, &values)).To(Succeed())
 	c, l := values.Controller, values.Controller.Limits
 	g.Expect(c.ScanConcurrency).To(BeNumerically(">", 0))
-	for _, v := range []int64{l.MaxImageBytes, l.MaxConfigBytes, l.MaxPackageDBBytes, l.DBMaxBytes} {
+	for _, v := range []int64{l.MaxImageBytes, l.MaxConfigBytes, l.MaxPackageDBBytes, l.MaxPackages, l.DBMaxBytes} {
 		g.Expect(v).To(BeNumerically(">", 0))
 	}
 	g.Expect(l.MemoryLimitRatio).To(BeNumerically(">", 0))
@@ -266,7 +266,9 @@ func TestDefaultsFitTheirVolumeAndMemory(t *testing.T) {
 	g.Expect(values.Persistence.EmptyDirSizeLimit.Value()).To(BeNumerically(">=", cache), "emptyDirSizeLimit")
 	g.Expect(values.Persistence.Size.Value()).To(BeNumerically(">=", cache), "persistence.size")
 
-	memory := c.ScanConcurrency*(l.MaxConfigBytes+3*l.MaxPackageDBBytes+100<<20) + 256<<20
+	// Per analysis: the config, two files Trivy holds in memory (under 100 MB each, one layer at a
+	// time) and the packages its parsers keep (about 2.6 KiB each).
+	memory := c.ScanConcurrency*(l.MaxConfigBytes+200<<20+l.MaxPackages*2662) + 256<<20
 	g.Expect(float64(memory)).To(BeNumerically("<=", l.MemoryLimitRatio*float64(values.Resources.Limits.Memory.Value())), "resources.limits.memory")
 }
 
