@@ -18,7 +18,10 @@ import (
 	"github.com/aquasecurity/trivy-db/pkg/metadata"
 	dbtypes "github.com/aquasecurity/trivy-db/pkg/types"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	bolt "go.etcd.io/bbolt"
 	"sigs.k8s.io/yaml"
@@ -380,6 +383,18 @@ func DBArchive(dir string) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// OneLayerArtifact is an artifact of Trivy DB's config media type with one layer of the given
+// bytes and media type, for tests of artifacts that are not a DB: corrupt, truncated, mistyped.
+func OneLayerArtifact(layer []byte, mediaType types.MediaType) (v1.Image, error) {
+	img, err := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1), mutate.Addendum{
+		Layer: static.NewLayer(layer, mediaType),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return mutate.ConfigMediaType(img, DBConfigMediaType), nil
 }
 
 // DBArtifact wraps a DBArchive in the OCI artifact Trivy downloads: an OCI manifest with config

@@ -13,9 +13,6 @@ import (
 
 	"github.com/go-logr/logr"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	. "github.com/onsi/gomega"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -153,13 +150,7 @@ func TestRematchAfterASwapNeedsNoRegistry(t *testing.T) {
 
 // artifact returns a one-layer artifact with the given layer bytes and media type.
 func artifact(t *testing.T, layer []byte, mediaType types.MediaType) v1.Image {
-	img, err := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1), mutate.Addendum{
-		Layer: static.NewLayer(layer, mediaType),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return mutate.ConfigMediaType(img, testutil.DBConfigMediaType)
+	return must(testutil.OneLayerArtifact(layer, mediaType))
 }
 
 func TestOldDBKeepsServingWhenTheNewOneIsBad(t *testing.T) {
@@ -276,16 +267,10 @@ func TestARestartServesTheDownloadedDB(t *testing.T) {
 
 	// The registry is gone; the cached DB serves at once.
 	reg.SetFault(testutil.StatusFault(http.StatusServiceUnavailable))
-	second := must(vulndb.New(opts))
-	t.Cleanup(func() { _ = second.Close() })
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- second.Start(ctx) }()
-	g.Eventually(func() bool { _, ok := second.Info(); return ok }).Should(BeTrue())
+	second, stop := startUntilServing(t, opts)
 	info, _ := second.Info()
 	g.Expect(info.Digest).To(Equal(digest.String()))
-	cancel()
-	g.Eventually(done).Should(Receive(BeNil()))
+	stop()
 }
 
 // TestARestartCleansAnInterruptedSwap starts on the leftovers of processes that died during a
@@ -311,16 +296,10 @@ func TestARestartCleansAnInterruptedSwap(t *testing.T) {
 	g.Expect(os.Rename(filepath.Join(dbDir, "current"), filepath.Join(dbDir, "current.old"))).To(Succeed())
 
 	reg.SetFault(testutil.StatusFault(http.StatusServiceUnavailable))
-	second := must(vulndb.New(opts))
-	t.Cleanup(func() { _ = second.Close() })
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- second.Start(ctx) }()
-	g.Eventually(func() bool { _, ok := second.Info(); return ok }).Should(BeTrue())
+	second, stop := startUntilServing(t, opts)
 	info, _ := second.Info()
 	g.Expect(info.Digest).To(Equal(digest.String()))
-	cancel()
-	g.Eventually(done).Should(Receive(BeNil()))
+	stop()
 	entries := must(os.ReadDir(dbDir))
 	names := []string{}
 	for _, e := range entries {
@@ -330,13 +309,8 @@ func TestARestartCleansAnInterruptedSwap(t *testing.T) {
 
 	// A swap that finished but left the old DB aside: the old one is removed.
 	g.Expect(os.MkdirAll(filepath.Join(dbDir, "current.old"), 0o750)).To(Succeed())
-	third := must(vulndb.New(opts))
-	t.Cleanup(func() { _ = third.Close() })
-	ctx, cancel = context.WithCancel(context.Background())
-	go func() { done <- third.Start(ctx) }()
-	g.Eventually(func() bool { _, ok := third.Info(); return ok }).Should(BeTrue())
-	cancel()
-	g.Eventually(done).Should(Receive(BeNil()))
+	_, stop = startUntilServing(t, opts)
+	stop()
 	g.Expect(filepath.Join(dbDir, "current.old")).NotTo(BeADirectory())
 }
 
@@ -368,4 +342,20 @@ func TestADBThatCrashedTwiceIsSkipped(t *testing.T) {
 	g.Expect(os.WriteFile(filepath.Join(cache, "db", "downloading"), []byte(strings.Replace(mark, `"attempts":2`, `"attempts":1`, 1)), 0o600)).To(Succeed())
 	g.Expect(db.Check(context.Background())).To(BeTrue())
 	g.Expect(filepath.Join(cache, "db", "downloading")).NotTo(BeAnExistingFile())
+}
+
+// startUntilServing starts a Manager of opts as the controller does and waits until it serves a
+// DB; stop ends it and checks that Start returned no error.
+func startUntilServing(t *testing.T, opts vulndb.Options) (*vulndb.Manager, func()) {
+	g := NewWithT(t)
+	m := must(vulndb.New(opts))
+	t.Cleanup(func() { _ = m.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Start(ctx) }()
+	g.Eventually(func() bool { _, ok := m.Info(); return ok }).Should(BeTrue())
+	return m, func() {
+		cancel()
+		g.Eventually(done).Should(Receive(BeNil()))
+	}
 }

@@ -27,9 +27,6 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	. "github.com/onsi/gomega"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -488,13 +485,11 @@ func (l lyingImage) Size() (int64, error) { return int64(len(l.raw)), nil }
 
 // dbArtifact is a one-layer artifact with the given layer bytes and media type.
 func dbArtifact(t *testing.T, layer []byte, mediaType types.MediaType) v1.Image {
-	img, err := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1), mutate.Addendum{
-		Layer: static.NewLayer(layer, mediaType),
-	})
+	img, err := testutil.OneLayerArtifact(layer, mediaType)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return mutate.ConfigMediaType(img, testutil.DBConfigMediaType)
+	return img
 }
 
 func dbSpec(t *testing.T, extra string) *testutil.DBSpec {
