@@ -70,10 +70,13 @@ func setupAdmission(mgr ctrl.Manager, gatherer *workload.Gatherer, clk clock.Pas
 		Budget: opts.Budget, FailurePolicy: opts.FailurePolicy, ControllerUsers: opts.ControllerUsers, Clock: clk,
 	}
 	server := mgr.GetWebhookServer()
-	server.Register(admission.ValidatePath, &admission.OversizeGuard{
+	// Past the decision budget and the 2 s the API server leaves on top, nobody waits for the
+	// answer: a request still being read then is cut.
+	readDeadline := max(opts.Budget+2*time.Second, 5*time.Second)
+	server.Register(admission.ValidatePath, admission.ReadDeadline(&admission.OversizeGuard{
 		Next:     &webhook.Admission{Handler: admission.NewWorkloadValidator(reviewer, mgr.GetScheme())},
 		Reviewer: reviewer,
-	})
-	server.Register(admission.ImagePolicyPath, &admission.ImageReviewHandler{Reviewer: reviewer})
+	}, readDeadline))
+	server.Register(admission.ImagePolicyPath, admission.ReadDeadline(&admission.ImageReviewHandler{Reviewer: reviewer}, readDeadline))
 	return nil
 }

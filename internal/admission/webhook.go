@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -195,4 +196,14 @@ func reviewHead(body []byte) (uid, namespace string) {
 		return uid, namespace
 	}
 	return uid, namespace
+}
+
+// ReadDeadline serves next with a deadline on reading the request, headers and body: a caller that
+// sends its body slowly (slowloris) holds a connection no longer than d. controller-runtime's
+// server bounds the headers only.
+func ReadDeadline(next http.Handler, d time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(d))
+		next.ServeHTTP(w, r)
+	})
 }
