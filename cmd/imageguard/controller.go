@@ -53,6 +53,7 @@ type controllerOptions struct {
 	Registry           registryOptions
 	Limits             limitOptions
 	MemoryLimitRatio   float64
+	AnalysisMemory     int64
 	CacheDir           string
 	MetricsAddr        string
 	MetricsSecure      bool
@@ -112,8 +113,10 @@ func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
 		"Time limit of one check for a new DB, its download included; the current DB keeps serving when it passes.")
 	o.Registry.bindFlags(fs)
 	o.Limits.bindFlags(fs)
+	fs.Int64Var(&o.AnalysisMemory, "analysis-memory-bytes", 512<<20,
+		"Resident memory of the worker process each analysis runs in; past it the worker is stopped and the image is UnsupportedImage. -1 analyses in the controller's own process.")
 	fs.Float64Var(&o.MemoryLimitRatio, "memory-limit-ratio", 0.9,
-		"Fraction of the container's memory limit, read from its cgroup, set as the Go runtime's soft memory limit (GOMEMLIMIT, when set, wins); 0 leaves it alone.")
+		"Fraction of the container's memory limit, read from its cgroup, less what the analysis workers may take (--scan-concurrency x --analysis-memory-bytes), set as the Go runtime's soft memory limit (GOMEMLIMIT, when set, wins); 0 leaves it alone.")
 	fs.IntVar(&o.ScanConcurrency, "scan-concurrency", 2, "Reports scanned at once, and image analyses running at once.")
 	fs.IntVar(&o.PodConcurrency, "pod-concurrency", controllers.DefaultPodConcurrency,
 		"Namespaces whose pods are reconciled at once (their tags looked up, their reports created), so that one slow registry never holds the rest.")
@@ -166,6 +169,9 @@ func parseControllerFlags(args []string, output io.Writer) (*controllerOptions, 
 	if p := admission.FailurePolicy(opts.Webhook.FailurePolicy); p != admission.FailureIgnore && p != admission.FailureFail {
 		return nil, fmt.Errorf("--admission-failure-policy must be %s or %s, not %q", admission.FailureIgnore, admission.FailureFail, p)
 	}
+	if opts.AnalysisMemory == 0 {
+		opts.AnalysisMemory = 512 << 20
+	}
 	if opts.MemoryLimitRatio < 0 || opts.MemoryLimitRatio > 1 {
 		return nil, errors.New("--memory-limit-ratio must be between 0 and 1")
 	}
@@ -202,7 +208,11 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 	if err := mgr.Add(db); err != nil {
 		return err
 	}
-	s, err := scanner.New(scanner.Options{
+	worker, err := analysisWorker(opts)
+	if err != nil {
+		return err
+	}
+	s, err := scanner.New(scanner.Options{Worker: worker,
 		CacheDir: opts.CacheDir, Timeout: opts.ScanTimeout, Limits: opts.Limits.Image, CrashRetryAfter: opts.RescanInterval,
 		Concurrency: opts.ScanConcurrency,
 	}, reg, db)
@@ -228,6 +238,27 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 		ReportRetention: opts.ReportRetention, RescanInterval: opts.RescanInterval,
 		ExcludedNamespaces: opts.ExcludedNamespaces, Admission: admissionOpts,
 	})
+}
+
+// workersReserve is the memory the analysis workers may take at once.
+func workersReserve(opts *controllerOptions) uint64 {
+	if opts.AnalysisMemory <= 0 {
+		return 0
+	}
+	return uint64(max(opts.ScanConcurrency, 1)) * uint64(opts.AnalysisMemory)
+}
+
+// analysisWorker returns how analyses run: in a worker process of this binary, unless
+// --analysis-memory-bytes is negative.
+func analysisWorker(opts *controllerOptions) (*scanner.WorkerOptions, error) {
+	if opts.AnalysisMemory < 0 {
+		return nil, nil
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("finding this binary to run analysis workers: %w", err)
+	}
+	return &scanner.WorkerOptions{Command: []string{self, "analyze-worker"}, MemoryBytes: opts.AnalysisMemory}, nil
 }
 
 // stopOnShutdown is a Runnable, on every replica, that calls stop when the manager stops.
@@ -262,11 +293,22 @@ func webhookCertificates(restConfig *rest.Config, opts *controllerOptions) (*web
 
 // setMemoryLimit sets the Go runtime's soft memory limit to ratio of the cgroup's, so the
 // collector works harder near the limit instead of the kernel killing the process.
-func setMemoryLimit(log logr.Logger, ratio float64) {
+func setMemoryLimit(log logr.Logger, ratio float64, reserve uint64) {
 	if ratio == 0 {
 		return
 	}
-	limit, err := memlimit.Set(memlimit.WithRatio(ratio), memlimit.WithProvider(memlimit.FromCgroup),
+	// The workers share the container's cgroup: what they may take is not the controller's.
+	provider := func() (uint64, error) {
+		limit, err := memlimit.FromCgroup()
+		if err != nil {
+			return 0, err
+		}
+		if limit <= reserve+64<<20 {
+			return 64 << 20, nil
+		}
+		return limit - reserve, nil
+	}
+	limit, err := memlimit.Set(memlimit.WithRatio(ratio), memlimit.WithProvider(provider),
 		memlimit.WithLogger(slog.New(logr.ToSlogHandler(log.WithName("memlimit")))))
 	if err != nil {
 		log.Info("No cgroup memory limit found; the Go runtime's soft memory limit is left as it is", "reason", err.Error())
@@ -292,7 +334,7 @@ func runController(args []string, stderr io.Writer) int {
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts.Zap)))
 	log := ctrl.Log.WithName("setup")
-	setMemoryLimit(log, opts.MemoryLimitRatio)
+	setMemoryLimit(log, opts.MemoryLimitRatio, workersReserve(opts))
 
 	restConfig, err := ctrl.GetConfig()
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/imageguard/imageguard/internal/scanner"
 )
 
 const usage = `imageguard keeps every image running in a cluster scanned for vulnerabilities and held to policy.
@@ -34,6 +36,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runController(args, stderr)
 	case "scan":
 		return runScan(args, stdout, stderr)
+	case "analyze-worker":
+		// Not for users: the controller runs one per analysis (scanner.WorkerOptions).
+		return scanner.RunWorker(os.Stdin, stdout)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -72,6 +72,9 @@ func NewClient(opts Options) *Client {
 // Timeout returns the deadline of one registry request (see Options.Timeout).
 func (c *Client) Timeout() time.Duration { return c.opts.Timeout }
 
+// Options returns the options the Client was made with, for a worker process to make its twin.
+func (c *Client) Options() Options { return c.opts }
+
 // Platform returns the platform images are resolved for.
 func (c *Client) Platform() v1.Platform {
 	if c.opts.Platform != nil {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -98,21 +99,21 @@ func safeURL(u *url.URL) string {
 	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
 }
 
-// isBlobDownload reports whether req reads a blob (a layer, a config, a DB artifact), itself or
-// as the redirect of one: ECR, Quay and Artifact Registry send blob downloads on to storage URLs
-// without /blobs/ in their path.
+// isBlobDownload reports whether req reads a blob (a layer, a config, a DB artifact): whether
+// the first request of its redirect chain is GET /v2/<name>/blobs/<algorithm>:<hex>. A redirect
+// keeps it one: ECR, Quay and Artifact Registry send blob downloads on to storage URLs. Decided
+// from the first request only, so that neither a repository named like a blob path nor a
+// redirect to one lifts the bound on other answers.
 func isBlobDownload(req *http.Request) bool {
-	for r, hops := req, 0; r != nil && hops <= 10; hops++ {
-		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") && !strings.Contains(r.URL.Path, "/blobs/uploads") {
-			return true
-		}
-		if r.Response == nil {
-			return false
-		}
-		r = r.Response.Request
+	first := req
+	for hops := 0; first.Response != nil && first.Response.Request != nil && hops < 20; hops++ {
+		first = first.Response.Request
 	}
-	return false
+	return first.Method == http.MethodGet && blobPath.MatchString(first.URL.Path)
 }
+
+// blobPath is the path of a blob download; the repository name may hold slashes.
+var blobPath = regexp.MustCompile(`^/v2/.+/blobs/[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$`)
 
 // parseRetryAfter reads a Retry-After header (seconds or an HTTP date), capped at maxRetryAfter.
 func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {

@@ -126,19 +126,19 @@ func (c *crashMarks) begin(ctx context.Context, digest string) (end func(), err 
 		return nil, registry.Errorf(registry.KindTimeout, "waiting for an analysis slot for %s: %v", digest, err)
 	}
 	unlock := func() { c.slots.Release(weight) }
+	// Held from the check to the record, so that forgetInFlight sees every mark written.
 	c.mu.Lock()
-	stopped := c.stopped
-	c.mu.Unlock()
-	if stopped {
+	if c.stopped {
+		c.mu.Unlock()
 		unlock()
 		return nil, registry.Errorf(registry.KindUnavailable, "the controller is stopping: the analysis of %s is left to the next start", digest)
 	}
 	raw, _ := json.Marshal(crashMark{Attempts: prev.Attempts + 1, LastStart: now.UTC()})
 	if err := durable.WriteFile(p, raw, 0o640); err != nil {
+		c.mu.Unlock()
 		unlock()
 		return nil, fmt.Errorf("marking the analysis of %s: %w", digest, err)
 	}
-	c.mu.Lock()
 	c.inFlight[digest] = running{prev: prev, started: now}
 	c.mu.Unlock()
 	return func() {

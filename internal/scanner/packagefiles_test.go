@@ -28,7 +28,7 @@ func TestPackageCounterCountsEntriesAcrossWrites(t *testing.T) {
 	_, _ = c.Write([]byte(`{"name":"x","dependencies":{"a":"1"},"scripts":{}}`))
 	g.Expect(c.packages()).To(BeEquivalentTo(1))
 	c = newPackageCounter("var/lib/rpm/rpmdb.sqlite")
-	_, _ = c.Write(make([]byte, 10<<10))
+	_, _ = c.Write(make([]byte, 160<<10))
 	g.Expect(c.packages()).To(BeEquivalentTo(10))
 }
 

@@ -29,6 +29,8 @@ type Options struct {
 	Timeout time.Duration
 	// Limits bound what an analysis pulls and expands.
 	Limits Limits
+	// Worker, when set, runs each analysis in a child process whose memory is bounded.
+	Worker *WorkerOptions
 	// Concurrency bounds the analyses running at once (the controller's --scan-concurrency); 0
 	// means 2.
 	Concurrency int
@@ -132,15 +134,18 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 		if inv, err := s.store.Get(ref.Digest); err != nil || inv != nil {
 			return inv, err
 		}
-		// The analysis is shared: one caller giving up must not cancel it for the others.
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
-		defer cancel()
+		// The analysis is shared: one caller giving up must not cancel it for the others. Its
+		// wait for a slot is bounded on its own, and its time limit starts once it has one.
+		wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
+		defer wcancel()
 		// Marked in the cache first, so that if it takes the process down the next start knows.
-		end, err := s.marks.begin(actx, ref.Digest)
+		end, err := s.marks.begin(wctx, ref.Digest)
 		if err != nil {
 			return nil, err
 		}
 		defer end()
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
+		defer cancel()
 		// A panic in our part of the analysis ends it, not the process (singleflight would
 		// re-raise it where nothing recovers); one in Trivy's own goroutines is what the marks
 		// are for.
@@ -150,7 +155,12 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 			}
 		}()
 		s.analyses.Add(1)
-		inv, err := s.analyze(actx, ref)
+		var inv *Inventory
+		if s.opts.Worker != nil {
+			inv, err = s.analyzeInWorker(actx, ref)
+		} else {
+			inv, err = s.analyze(actx, ref)
+		}
 		if err != nil {
 			return nil, err
 		}

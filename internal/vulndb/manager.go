@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -207,7 +208,10 @@ func (m *Manager) setErr(err error) error {
 	return err
 }
 
-// downloadMark is the content of db/downloading: the DB being downloaded, and how many
+// digestPattern is a DB artifact digest.
+var digestPattern = regexp.MustCompile(`^sha256:[a-f0-9]{64}$`)
+
+// downloadMark is the content of db/downloading-<digest>: the DB being downloaded, and how many
 // processes started it without ending.
 type downloadMark struct {
 	Digest    string    `json:"digest"`
@@ -225,7 +229,11 @@ const (
 // beginDownload marks digest's download and returns what ends it. It refuses a digest whose
 // downloads died with the process DownloadCrashLimit times in the last DownloadRetryAfter.
 func (m *Manager) beginDownload(digest string) (func(), error) {
-	p := filepath.Join(m.opts.CacheDir, "db", "downloading")
+	// One mark per digest, so that another repository's DB does not erase this one's history.
+	p := filepath.Join(m.opts.CacheDir, "db", "downloading-"+strings.TrimPrefix(digest, "sha256:"))
+	if !digestPattern.MatchString(digest) {
+		return nil, fmt.Errorf("malformed DB digest %q", digest)
+	}
 	var prev downloadMark
 	if raw, err := os.ReadFile(p); err == nil && json.Unmarshal(raw, &prev) == nil && prev.Digest == digest {
 		if until := prev.LastStart.Add(DownloadRetryAfter); prev.Attempts >= DownloadCrashLimit && time.Now().Before(until) {

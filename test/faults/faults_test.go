@@ -856,6 +856,36 @@ func TestFaults(t *testing.T) {
 		restarted.stop()
 	})
 
+	t.Run("an image that exhausts its analysis worker's memory", func(t *testing.T) {
+		g := NewWithT(t)
+		const ns, repo = "fault-memory", "faults/cargo-bomb"
+		got := ""
+		before := pullsOfKept()
+		record(t, "an image whose parsing takes 2 GiB (estimate off)", "UnsupportedImage naming --analysis-memory-bytes; controller runs on", &got, func() int { return rt.pulls(repo) })
+		// A 48 MiB Cargo.lock of 786,432 packages, 50 KB compressed; the package estimate that would
+		// refuse it first is turned off, so the worker's bound is what holds.
+		entry := "[[package]]\nname = \"a\"\nversion = \"1.0.0\"\n"
+		entry += strings.Repeat("#", 63-len(entry)) + "\n"
+		base, err := testsuite.Image(repo).Layers()
+		g.Expect(err).NotTo(HaveOccurred())
+		img, err := testutil.ImageFromLayers(testutil.LinuxAMD64, append(base, testutil.CompressibleFileLayer("app/Cargo.lock", 48<<20, []byte(entry)))...)
+		g.Expect(err).NotTo(HaveOccurred())
+		_, _, digest := testsuite.Push(t, reg, repo, img)
+		p := startController(t, reg, cache, "--rescan-interval=1h", "--max-packages=-1", "--analysis-memory-bytes=268435456")
+		createNamespace(g, ns)
+		createPod(g, ns, "app", reg.Host()+"/"+repo+"@"+digest)
+		r := waitScanFailed(g, ns, digest, securityv1alpha1.ReasonUnsupportedImage)
+		g.Expect(meta.FindStatusCondition(r.Status.Conditions, securityv1alpha1.ConditionScanned).Message).To(ContainSubstring("(--analysis-memory-bytes)"))
+		_, got = scanned(r)
+		g.Expect(p.exited()).To(BeFalse())
+		for _, k := range keep {
+			waitReady(g, k.ns, k.digest)
+		}
+		g.Expect(pullsOfKept()).To(Equal(before))
+		got += " naming --analysis-memory-bytes; controller runs on"
+		p.stop()
+	})
+
 	t.Run("two replicas: the follower serves admission, then takes over", func(t *testing.T) {
 		g := NewWithT(t)
 		ctx := context.Background()

@@ -234,15 +234,15 @@ func TestSchemaCoversEveryValue(t *testing.T) {
 
 // TestDefaultsFitTheirVolumeAndMemory checks the arithmetic docs/operations.md gives: the cache
 // holds two DBs (during a swap), one image per concurrent analysis and 2 GiB of inventories and
-// Trivy's temporary files; the memory of the concurrent analyses stays under the Go soft limit.
+// Trivy's temporary files; the analysis workers and the controller fit the memory limit.
 func TestDefaultsFitTheirVolumeAndMemory(t *testing.T) {
 	g := NewWithT(t)
 	var values struct {
 		Controller struct {
 			ScanConcurrency int64 `json:"scanConcurrency"`
 			Limits          struct {
-				MaxImageBytes, MaxConfigBytes, MaxPackageDBBytes, MaxPackages, DBMaxBytes int64
-				MemoryLimitRatio                                                          float64
+				MaxImageBytes, MaxConfigBytes, MaxPackageDBBytes, MaxPackages, DBMaxBytes, AnalysisMemoryBytes int64
+				MemoryLimitRatio                                                                               float64
 			} `json:"limits"`
 		} `json:"controller"`
 		Resources struct {
@@ -257,7 +257,7 @@ func TestDefaultsFitTheirVolumeAndMemory(t *testing.T) {
 	g.Expect(yaml.Unmarshal(raw, &values)).To(Succeed())
 	c, l := values.Controller, values.Controller.Limits
 	g.Expect(c.ScanConcurrency).To(BeNumerically(">", 0))
-	for _, v := range []int64{l.MaxImageBytes, l.MaxConfigBytes, l.MaxPackageDBBytes, l.MaxPackages, l.DBMaxBytes} {
+	for _, v := range []int64{l.MaxImageBytes, l.MaxConfigBytes, l.MaxPackageDBBytes, l.MaxPackages, l.DBMaxBytes, l.AnalysisMemoryBytes} {
 		g.Expect(v).To(BeNumerically(">", 0))
 	}
 	g.Expect(l.MemoryLimitRatio).To(BeNumerically(">", 0))
@@ -266,10 +266,10 @@ func TestDefaultsFitTheirVolumeAndMemory(t *testing.T) {
 	g.Expect(values.Persistence.EmptyDirSizeLimit.Value()).To(BeNumerically(">=", cache), "emptyDirSizeLimit")
 	g.Expect(values.Persistence.Size.Value()).To(BeNumerically(">=", cache), "persistence.size")
 
-	// Per analysis: the config, two files Trivy holds in memory (under 100 MB each, one layer at a
-	// time) and the packages its parsers keep (about 2.6 KiB each).
-	memory := c.ScanConcurrency*(l.MaxConfigBytes+200<<20+l.MaxPackages*2662) + 256<<20
-	g.Expect(float64(memory)).To(BeNumerically("<=", l.MemoryLimitRatio*float64(values.Resources.Limits.Memory.Value())), "resources.limits.memory")
+	// Each analysis runs in a worker bounded by analysisMemoryBytes; the controller keeps 256 MiB
+	// for its caches, admission and the DB's pages.
+	memory := c.ScanConcurrency*l.AnalysisMemoryBytes + 256<<20
+	g.Expect(memory).To(BeNumerically("<=", values.Resources.Limits.Memory.Value()), "resources.limits.memory")
 }
 
 func TestInstallUpgradeUninstall(t *testing.T) {

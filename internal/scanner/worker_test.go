@@ -1,0 +1,82 @@
+package scanner_test
+
+import (
+	"context"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	. "github.com/onsi/gomega"
+
+	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/scanner"
+	"github.com/imageguard/imageguard/internal/testutil"
+)
+
+// TestMain makes this test binary an analysis worker when it is started as one.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "analyze-worker" {
+		os.Exit(scanner.RunWorker(os.Stdin, os.Stdout))
+	}
+	os.Exit(m.Run())
+}
+
+func workerOptions(memory int64) *scanner.WorkerOptions {
+	return &scanner.WorkerOptions{Command: []string{os.Args[0], "analyze-worker"}, MemoryBytes: memory}
+}
+
+type basicKeychain struct{ user, password string }
+
+func (k basicKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
+	return &authn.Basic{Username: k.user, Password: k.password}, nil
+}
+
+// TestAWorkerFindsWhatTheControllerFinds analyses the same image, behind basic auth, in a worker
+// process and in process: the inventories are the same.
+func TestAWorkerFindsWhatTheControllerFinds(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t, testutil.WithBasicAuth("puller", "s3cret"))
+	ref := f.push(t, "worker/alpine", alpineImage(t))
+	ref.Keychain = basicKeychain{"puller", "s3cret"}
+	inProcess, _, err := f.newScanner(t, scanner.Options{CacheDir: t.TempDir()}).Inventory(context.Background(), ref)
+	g.Expect(err).NotTo(HaveOccurred())
+	s := f.newScanner(t, scanner.Options{CacheDir: t.TempDir(), Worker: workerOptions(512 << 20)})
+	inWorker, analysed, err := s.Inventory(context.Background(), ref)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(analysed).To(BeTrue())
+	g.Expect(inWorker.Packages).To(Equal(inProcess.Packages))
+	g.Expect(inWorker.OS).To(Equal(inProcess.OS))
+	g.Expect(inWorker.PackageCount()).To(BeNumerically(">", 0))
+
+	// Without the credentials, the worker's error keeps its kind.
+	ref.Keychain = nil
+	ref.Digest = strings.Replace(ref.Digest, ref.Digest[len(ref.Digest)-4:], "0000", 1)
+	_, _, err = s.Inventory(context.Background(), ref)
+	g.Expect(registry.KindOf(err)).To(Equal(registry.KindUnauthorized), "%v", err)
+}
+
+// TestAWorkerPastItsMemoryIsStopped gives a worker a 48 MiB Cargo.lock of 786,432 packages (2 GiB
+// of heap in Trivy's parser) with the package estimate turned off: the worker is stopped at its
+// 256 MiB bound and the analysis ends as UnsupportedImage naming the flag, while this process's
+// heap stays small.
+func TestAWorkerPastItsMemoryIsStopped(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t)
+	base := alpineImage(t)
+	entry := "[[package]]\nname = \"a\"\nversion = \"1.0.0\"\n"
+	entry += strings.Repeat("#", 63-len(entry)) + "\n"
+	ref := f.push(t, "worker/cargo", must(testutil.ImageFromLayers(testutil.LinuxAMD64,
+		append(must(base.Layers()), testutil.CompressibleFileLayer("app/Cargo.lock", 48<<20, []byte(entry)))...)))
+	s := f.newScanner(t, scanner.Options{CacheDir: t.TempDir(), Limits: scanner.Limits{MaxPackages: -1}, Worker: workerOptions(256 << 20)})
+	runtime.GC() // what earlier tests left is not this one's
+	stop := peakHeap()
+	_, _, err := s.Inventory(context.Background(), ref)
+	peak := stop()
+	g.Expect(registry.KindOf(err)).To(Equal(registry.KindUnsupported), "%v", err)
+	g.Expect(err).To(MatchError(ContainSubstring("more than 268435456 bytes of memory, and was stopped (--analysis-memory-bytes)")))
+	t.Logf("controller's peak heap while its worker was stopped: %.1f MiB", float64(peak)/(1<<20))
+	g.Expect(peak).To(BeNumerically("<", 64<<20))
+	g.Expect(s.Analysed(ref.Digest)).To(BeFalse())
+}
