@@ -254,9 +254,13 @@ func analysisWorker(opts *controllerOptions) (*scanner.WorkerOptions, error) {
 	if opts.AnalysisMemory < 0 {
 		return nil, nil
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("finding this binary to run analysis workers: %w", err)
+	// /proc/self/exe is this very binary even when an upgrade replaced the file on disk, so a
+	// worker runs the same Trivy; elsewhere, the path it was started from.
+	self := "/proc/self/exe"
+	if _, err := os.Stat(self); err != nil {
+		if self, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("finding this binary to run analysis workers: %w", err)
+		}
 	}
 	return &scanner.WorkerOptions{Command: []string{self, "analyze-worker"}, MemoryBytes: opts.AnalysisMemory}, nil
 }

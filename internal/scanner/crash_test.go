@@ -135,3 +135,18 @@ func TestAStuckAnalysisCountsAsACrash(t *testing.T) {
 	c.forgetInFlight()
 	g.Expect(c.Crashes(digestA)).To(Equal(1))
 }
+
+func TestOutOfMemoryIsSeenAcrossWrites(t *testing.T) {
+	g := NewWithT(t)
+	for _, split := range []int{1, 5, 13, 40} {
+		o := &outOfMemory{}
+		out := "goroutine 1 [running]:\nfatal error: runtime: out of memory\n\nruntime stack:"
+		for i := 0; i < len(out); i += split {
+			_, _ = o.Write([]byte(out[i:min(i+split, len(out))]))
+		}
+		g.Expect(o.seen).To(BeTrue(), "split %d", split)
+	}
+	o := &outOfMemory{}
+	_, _ = o.Write([]byte("analyze-worker: reading the request: EOF\n"))
+	g.Expect(o.seen).To(BeFalse())
+}

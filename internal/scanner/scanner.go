@@ -7,11 +7,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	trivylog "github.com/aquasecurity/trivy/pkg/log"
 
 	"golang.org/x/sync/singleflight"
 
@@ -61,6 +65,7 @@ func New(opts Options, client *registry.Client, db DB) (*Scanner, error) {
 		opts.Timeout = 10 * time.Minute
 	}
 	opts.Limits = opts.Limits.withDefaults()
+	quietTrivyLogs()
 	if opts.TempDir == "" {
 		opts.TempDir = filepath.Join(opts.CacheDir, "tmp")
 	}
@@ -93,6 +98,17 @@ func New(opts Options, client *registry.Client, db DB) (*Scanner, error) {
 		opts: opts, registry: client, store: store, db: db, marks: marks,
 		matcher: newMatcher(), trivyVersion: version,
 	}, nil
+}
+
+var quietOnce sync.Once
+
+// quietTrivyLogs replaces the log handler Trivy installs at init, which keeps every record, at
+// every level, in a slice for ever (and is not safe for concurrent use), with one that prints
+// its warnings and errors.
+func quietTrivyLogs() {
+	quietOnce.Do(func() {
+		slog.SetDefault(trivylog.New(trivylog.NewHandler(os.Stderr, &trivylog.Options{Level: slog.LevelWarn})))
+	})
 }
 
 // TrivyVersion returns the version of the Trivy library linked in, from the build info.

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -69,8 +70,15 @@ func RunWorker(in io.Reader, out io.Writer) int {
 		fmt.Fprintf(os.Stderr, "analyze-worker: reading the request: %v\n", err)
 		return 2
 	}
+	quietTrivyLogs()
+	// If the container runs out of memory, the kernel is to take a worker, not the controller.
+	_ = os.WriteFile("/proc/self/oom_score_adj", []byte("1000"), 0)
 	if req.MemoryBytes > 0 {
-		// The collector works hard before the watchdog's bound is reached.
+		// A hard cap first; the collector works hard well before it is reached.
+		if err := limitMemory(req.MemoryBytes); err != nil {
+			fmt.Fprintf(os.Stderr, "analyze-worker: limiting memory: %v\n", err)
+			return 2
+		}
 		debug.SetMemoryLimit(req.MemoryBytes * 8 / 10)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), req.Timeout)
@@ -106,9 +114,15 @@ func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { r
 // analyzeInWorker runs ref's analysis in a worker process.
 func (s *Scanner) analyzeInWorker(ctx context.Context, ref ImageRef) (*Inventory, error) {
 	w := s.opts.Worker
+	// The worker's folder is made and removed here: a worker that is killed cleans nothing.
+	dir, err := os.MkdirTemp(s.opts.TempDir, "worker-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
 	req := workerRequest{
 		Repository: ref.Repository, Digest: ref.Digest, Registry: s.registry.Options(), Limits: s.opts.Limits,
-		TempDir: s.opts.TempDir, Timeout: s.opts.Timeout, MemoryBytes: w.MemoryBytes,
+		TempDir: dir, Timeout: s.opts.Timeout, MemoryBytes: w.MemoryBytes,
 	}
 	if ref.Keychain != nil {
 		parsed, err := s.registry.ParseReference(ref.String())
@@ -131,11 +145,18 @@ func (s *Scanner) analyzeInWorker(ctx context.Context, ref ImageRef) (*Inventory
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.CommandContext(ctx, w.Command[0], w.Command[1:]...)
+	// The worker's own deadline ends it first, with a typed error; this one is for a worker
+	// that does not end.
+	wctx, cancel := context.WithTimeout(ctx, s.opts.Timeout+15*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(wctx, w.Command[0], w.Command[1:]...)
 	cmd.Stdin = bytes.NewReader(stdin)
-	stdout := &cappedBuffer{max: s.opts.Limits.MaxInventoryBytes + 1<<20}
-	stderr := &cappedBuffer{max: 16 << 10, keepTail: true}
-	cmd.Stdout, cmd.Stderr = stdout, stderr
+	cmd.Env = workerEnv(dir)
+	maxAnswer := s.opts.Limits.MaxInventoryBytes + 1<<20
+	stdout := &cappedWriter{max: maxAnswer}
+	stderr := &cappedWriter{max: 16 << 10, keepTail: true}
+	oom := &outOfMemory{}
+	cmd.Stdout, cmd.Stderr = stdout, io.MultiWriter(stderr, oom)
 	cmd.WaitDelay = 5 * time.Second
 	dieWithParent(cmd)
 
@@ -151,24 +172,113 @@ func (s *Scanner) analyzeInWorker(ctx context.Context, ref ImageRef) (*Inventory
 	err = cmd.Wait()
 	close(done)
 	switch {
-	case exceeded.Load():
+	case exceeded.Load(), err != nil && oom.seen:
 		return nil, registry.Errorf(registry.KindUnsupported, "the analysis of %s took more than %d bytes of memory, and was stopped (--analysis-memory-bytes)", ref, w.MemoryBytes)
-	case ctx.Err() != nil:
+	case err != nil && wctx.Err() != nil:
 		return nil, registry.Errorf(registry.KindTimeout, "the analysis of %s did not finish within its time limit", ref)
+	case err != nil && killed(err):
+		// Not by us, and not out of its own bound: the kernel's OOM killer may have chosen it for
+		// another's excess. Retried, not blamed on the image.
+		return nil, registry.Errorf(registry.KindUnavailable, "the analysis worker of %s was killed (%v)", ref, err)
 	case err != nil:
-		return nil, registry.Errorf(registry.KindUnsupported, "the analysis worker of %s failed (%v): %s", ref, err, lastLine(stderr.String()))
+		return nil, registry.Errorf(registry.KindUnsupported, "the analysis worker of %s failed (%v): %s", ref, err, failureLine(stderr.String()))
+	}
+	if stdout.truncated {
+		return nil, registry.Errorf(registry.KindUnsupported, "the image's inventory is more than %d bytes encoded (--max-inventory-bytes)", s.opts.Limits.MaxInventoryBytes)
 	}
 	var answer workerAnswer
 	if err := json.Unmarshal(stdout.Bytes(), &answer); err != nil {
 		return nil, fmt.Errorf("reading the analysis worker's answer: %w", err)
 	}
-	if answer.Error != nil {
-		return nil, &registry.Error{Kind: answer.Error.Kind, RetryAfter: answer.Error.RetryAfter, Err: errors.New(answer.Error.Message)}
+	if e := answer.Error; e != nil {
+		kind := e.Kind
+		if !knownKinds[kind] {
+			kind = registry.KindUnavailable
+		}
+		return nil, &registry.Error{Kind: kind, RetryAfter: min(max(e.RetryAfter, 0), 24*time.Hour), Err: errors.New(bounded(e.Message, 4<<10))}
 	}
 	if answer.Inventory == nil || answer.Inventory.Digest != ref.Digest {
 		return nil, errors.New("the analysis worker answered no inventory of the digest asked for")
 	}
 	return answer.Inventory, nil
+}
+
+var knownKinds = map[registry.Kind]bool{
+	registry.KindUnauthorized: true, registry.KindNotFound: true, registry.KindTimeout: true, registry.KindRateLimited: true,
+	registry.KindUnsupported: true, registry.KindUnavailable: true,
+}
+
+// killed reports whether err says the process ended by SIGKILL.
+func killed(err error) bool {
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) {
+		return false
+	}
+	ws, ok := exit.Sys().(interface{ Signal() syscall.Signal })
+	return ok && ws.Signal() == syscall.SIGKILL
+}
+
+// workerEnv is the worker's environment: what reaching registries needs (proxies, CA files),
+// and its own temporary folder; none of the controller's other variables.
+func workerEnv(tmp string) []string {
+	env := []string{"TMPDIR=" + tmp}
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		switch strings.ToUpper(name) {
+		case "PATH", "HOME", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR", "GODEBUG":
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// failureLine picks from a worker's output the line that says why it failed (a panic or a fatal
+// error rather than the last frame of a stack), bounded and printable.
+func failureLine(out string) string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	pick := lines[len(lines)-1]
+	for _, l := range lines {
+		if strings.HasPrefix(l, "panic: ") || strings.HasPrefix(l, "fatal error: ") || strings.HasPrefix(l, "analyze-worker: ") {
+			pick = l
+			break
+		}
+	}
+	return bounded(strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, pick), 512)
+}
+
+func bounded(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// outOfMemory notes whether the Go runtime's "runtime: out of memory" passed through it (it
+// starts a long goroutine dump, so the tail of the output may not hold it).
+type outOfMemory struct {
+	last []byte
+	seen bool
+}
+
+// outOfMemoryLines are how the Go runtime says it hit the worker's cap: "fatal error: runtime: out
+// of memory", "fatal error: out of memory allocating heap arena metadata", "runtime: mmap: cannot
+// allocate memory".
+var outOfMemoryLines = [][]byte{[]byte("out of memory"), []byte("cannot allocate memory")}
+
+func (o *outOfMemory) Write(p []byte) (int, error) {
+	if !o.seen {
+		joined := append(o.last, p...)
+		for _, l := range outOfMemoryLines {
+			o.seen = o.seen || bytes.Contains(joined, l)
+		}
+		o.last = append(o.last[:0], joined[max(0, len(joined)-32):]...)
+	}
+	return len(p), nil
 }
 
 // watchMemory kills p once its resident memory passes limit, until done is closed.
@@ -192,48 +302,55 @@ func watchMemory(p *os.Process, limit int64, exceeded *atomic.Bool, done <-chan 
 	}
 }
 
-// residentBytes reads VmRSS of process pid from /proc.
+// residentBytes reads the anonymous and shared-memory resident bytes of process pid from /proc:
+// what the worker itself allocated, not the pages of the binary it shares with the controller.
 func residentBytes(pid int) (int64, bool) {
 	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0, false
 	}
+	var total int64
+	found := false
 	for line := range strings.SplitSeq(string(raw), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb << 10, err == nil
+		for _, key := range []string{"RssAnon:", "RssShmem:"} {
+			if rest, ok := strings.CutPrefix(line, key); ok {
+				kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+				if err == nil {
+					total += kb << 10
+					found = true
+				}
+			}
 		}
 	}
-	return 0, false
+	return total, found
 }
 
-// cappedBuffer keeps at most max bytes: the first ones, or the last with keepTail.
-type cappedBuffer struct {
-	bytes.Buffer
-	max      int64
-	keepTail bool
+// cappedWriter keeps at most max bytes: the first ones (truncated says some were dropped), or
+// the last with keepTail. It embeds no buffer, so that io.Copy cannot go round Write through a
+// ReadFrom.
+type cappedWriter struct {
+	buf       bytes.Buffer
+	max       int64
+	keepTail  bool
+	truncated bool
 }
 
-func (b *cappedBuffer) Write(p []byte) (int, error) {
+func (b *cappedWriter) Write(p []byte) (int, error) {
 	n := len(p)
 	if b.keepTail {
-		_, _ = b.Buffer.Write(p)
-		if over := int64(b.Len()) - b.max; over > 0 {
-			b.Next(int(over))
+		_, _ = b.buf.Write(p)
+		if over := int64(b.buf.Len()) - b.max; over > 0 {
+			b.buf.Next(int(over))
 		}
 		return n, nil
 	}
-	if room := b.max - int64(b.Len()); room < int64(len(p)) {
+	if room := b.max - int64(b.buf.Len()); room < int64(len(p)) {
 		p = p[:max(room, 0)]
+		b.truncated = true
 	}
-	_, _ = b.Buffer.Write(p)
+	_, _ = b.buf.Write(p)
 	return n, nil
 }
 
-func lastLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		return s[i+1:]
-	}
-	return s
-}
+func (b *cappedWriter) Bytes() []byte  { return b.buf.Bytes() }
+func (b *cappedWriter) String() string { return b.buf.String() }
