@@ -167,12 +167,17 @@ func (s *Scanner) analyzeInWorker(ctx context.Context, ref ImageRef) (*Inventory
 		return nil, fmt.Errorf("starting an analysis worker: %w", err)
 	}
 	var exceeded atomic.Bool
+	var peak atomic.Int64
 	done := make(chan struct{})
-	go watchMemory(cmd.Process, w.MemoryBytes, &exceeded, done)
+	go watchMemory(cmd.Process, w.MemoryBytes, &exceeded, &peak, done)
 	err = cmd.Wait()
 	close(done)
+	// At its cap the Go runtime fails in more than one way (out of memory, or a fault in the
+	// runtime itself when a mapping is refused): a worker that dies by a Go fatal error (exit 2)
+	// after using half its bound is taken as having hit it.
+	nearCap := w.MemoryBytes > 0 && peak.Load() > w.MemoryBytes/2 && exitCode(err) == 2
 	switch {
-	case exceeded.Load(), err != nil && oom.seen:
+	case exceeded.Load(), err != nil && (oom.seen || nearCap):
 		return nil, registry.Errorf(registry.KindUnsupported, "the analysis of %s took more than %d bytes of memory, and was stopped (--analysis-memory-bytes)", ref, w.MemoryBytes)
 	case err != nil && wctx.Err() != nil:
 		return nil, registry.Errorf(registry.KindTimeout, "the analysis of %s did not finish within its time limit", ref)
@@ -206,6 +211,15 @@ func (s *Scanner) analyzeInWorker(ctx context.Context, ref ImageRef) (*Inventory
 var knownKinds = map[registry.Kind]bool{
 	registry.KindUnauthorized: true, registry.KindNotFound: true, registry.KindTimeout: true, registry.KindRateLimited: true,
 	registry.KindUnsupported: true, registry.KindUnavailable: true,
+}
+
+// exitCode is the exit status err reports, or -1.
+func exitCode(err error) int {
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return exit.ExitCode()
+	}
+	return -1
 }
 
 // killed reports whether err says the process ended by SIGKILL.
@@ -281,8 +295,9 @@ func (o *outOfMemory) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// watchMemory kills p once its resident memory passes limit, until done is closed.
-func watchMemory(p *os.Process, limit int64, exceeded *atomic.Bool, done <-chan struct{}) {
+// watchMemory kills p once its resident memory passes limit, until done is closed; peak is the
+// highest it saw.
+func watchMemory(p *os.Process, limit int64, exceeded *atomic.Bool, peak *atomic.Int64, done <-chan struct{}) {
 	if limit <= 0 {
 		return
 	}
@@ -294,7 +309,11 @@ func watchMemory(p *os.Process, limit int64, exceeded *atomic.Bool, done <-chan 
 			return
 		case <-tick.C:
 		}
-		if rss, ok := residentBytes(p.Pid); ok && rss > limit {
+		rss, ok := residentBytes(p.Pid)
+		if ok && rss > peak.Load() {
+			peak.Store(rss)
+		}
+		if ok && rss > limit {
 			exceeded.Store(true)
 			_ = p.Kill()
 			return
