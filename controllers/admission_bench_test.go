@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"slices"
@@ -92,34 +91,12 @@ func BenchmarkAdmissionLoadHungRegistry(b *testing.B) {
 		Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)},
 		OnUnscanned:     securityv1alpha1.UnscannedDeny,
 	})
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	g.Expect(err).NotTo(HaveOccurred())
-	var mu sync.Mutex
-	var held []net.Conn
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			held = append(held, c) // never read from, never answered
-			mu.Unlock()
-		}
-	}()
-	defer func() {
-		_ = l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range held {
-			_ = c.Close()
-		}
-	}()
+	hung := silentRegistry(b)
 	client := webhookClient(b)
 	url := suite.WebhookURL(admission.ValidatePath)
 	for b.Loop() {
 		openLoad(b, client, url, duration, rate, func(i int) ([]byte, bool) {
-			return review(b, ns, fmt.Sprintf("%s/team/app-%d:1", l.Addr(), i)), false
+			return review(b, ns, fmt.Sprintf("%s/team/app-%d:1", hung, i)), false
 		})
 	}
 }

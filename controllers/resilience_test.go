@@ -16,7 +16,7 @@ import (
 
 // silentRegistry accepts connections and never answers, the registry that hung the pod
 // controller for ever.
-func silentRegistry(t *testing.T) string {
+func silentRegistry(t testing.TB) string {
 	t.Helper()
 	l := must(net.Listen("tcp", "127.0.0.1:0"))
 	var mu sync.Mutex

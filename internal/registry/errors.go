@@ -31,6 +31,16 @@ const (
 	KindAnalysisCrashed Kind = "AnalysisCrashed"
 )
 
+// Known reports whether k is one of the kinds above: a kind read from elsewhere (an analysis
+// worker's answer) becomes a condition reason only if it is.
+func Known(k Kind) bool {
+	switch k {
+	case KindUnauthorized, KindNotFound, KindTimeout, KindRateLimited, KindUnsupported, KindUnavailable, KindAnalysisCrashed:
+		return true
+	}
+	return false
+}
+
 // Error is a registry or image error with its cause. Its message never holds credentials:
 // go-containerregistry's errors name the URL and the registry's own message only.
 type Error struct {

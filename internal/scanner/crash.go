@@ -3,6 +3,7 @@ package scanner
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -45,16 +46,49 @@ type crashMarks struct {
 
 // running is an analysis in flight.
 type running struct {
-	prev    crashMark
+	prev    CrashMark
 	started time.Time
 }
 
-// crashMark is the content of a mark file.
-type crashMark struct {
-	// Attempts is the number of analyses of the digest that started and have not ended.
+// CrashMark is the content of a mark file: written before work that may take the process down
+// (an analysis here, a DB download in vulndb), removed when it ends.
+type CrashMark struct {
+	// Attempts is the number of times the work started and did not end.
 	Attempts int `json:"attempts"`
 	// LastStart is when the last of them started.
 	LastStart time.Time `json:"lastStart"`
+}
+
+var errMalformedMark = errors.New("malformed mark")
+
+// ReadCrashMark reads the mark at path: an error wrapping fs.ErrNotExist when there is none, and
+// errMalformedMark for one that does not decode.
+func ReadCrashMark(path string) (CrashMark, error) {
+	var m CrashMark
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return m, err
+	}
+	if err := json.Unmarshal(raw, &m); err != nil || m.Attempts < 0 {
+		return CrashMark{}, fmt.Errorf("%s: %w", path, errMalformedMark)
+	}
+	return m, nil
+}
+
+// WriteCrashMark writes m at path durably.
+func WriteCrashMark(path string, m CrashMark) error {
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return durable.WriteFile(path, raw, 0o640)
+}
+
+// RefusedUntil says until when work with this mark is refused: once it died limit times, for
+// retryAfter after its last start.
+func (m CrashMark) RefusedUntil(limit int, retryAfter time.Duration, now time.Time) (time.Time, bool) {
+	until := m.LastStart.Add(retryAfter)
+	return until, m.Attempts >= limit && now.Before(until)
 }
 
 func newCrashMarks(cacheDir string, retryAfter time.Duration, concurrency int) (*crashMarks, error) {
@@ -71,26 +105,26 @@ func newCrashMarks(cacheDir string, retryAfter time.Duration, concurrency int) (
 }
 
 func (c *crashMarks) path(digest string) (string, error) {
-	if !digestPattern.MatchString(digest) {
-		return "", fmt.Errorf("malformed digest %q", digest)
+	name, err := DigestFileName(digest)
+	if err != nil {
+		return "", err
 	}
-	return filepath.Join(c.dir, "sha256-"+digest[len("sha256:"):]), nil
+	return filepath.Join(c.dir, name), nil
 }
 
-// read returns digest's mark; a missing or unreadable one is no mark.
-func (c *crashMarks) read(digest string) crashMark {
-	var m crashMark
+// read returns digest's mark; a missing or unreadable one is no mark, a malformed one (marks are
+// written durably, so never half) counts as one attempt.
+func (c *crashMarks) read(digest string) CrashMark {
 	p, err := c.path(digest)
 	if err != nil {
-		return m
+		return CrashMark{}
 	}
-	raw, err := os.ReadFile(p)
-	if err != nil {
-		return m
-	}
-	if json.Unmarshal(raw, &m) != nil || m.Attempts < 0 {
-		// Written durably, so never half; anything else counts as one attempt.
-		return crashMark{Attempts: 1}
+	m, err := ReadCrashMark(p)
+	switch {
+	case errors.Is(err, errMalformedMark):
+		return CrashMark{Attempts: 1}
+	case err != nil:
+		return CrashMark{}
 	}
 	return m
 }
@@ -109,13 +143,11 @@ func (c *crashMarks) begin(ctx context.Context, digest string) (end func(), err 
 	}
 	prev := c.read(digest)
 	now := c.now()
-	if prev.Attempts >= CrashLimit {
-		if wait := prev.LastStart.Add(c.retryAfter).Sub(now); wait > 0 {
-			return nil, &registry.Error{
-				Kind: registry.KindAnalysisCrashed, RetryAfter: wait,
-				Err: fmt.Errorf("the analysis of %s stopped the controller %d times (killed or out of memory); it is tried again after %s",
-					digest, prev.Attempts, prev.LastStart.Add(c.retryAfter).UTC().Format(time.RFC3339)),
-			}
+	if until, refused := prev.RefusedUntil(CrashLimit, c.retryAfter, now); refused {
+		return nil, &registry.Error{
+			Kind: registry.KindAnalysisCrashed, RetryAfter: until.Sub(now),
+			Err: fmt.Errorf("the analysis of %s stopped the controller %d times (killed or out of memory); it is tried again after %s",
+				digest, prev.Attempts, until.UTC().Format(time.RFC3339)),
 		}
 	}
 	weight := int64(1)
@@ -133,8 +165,7 @@ func (c *crashMarks) begin(ctx context.Context, digest string) (end func(), err 
 		unlock()
 		return nil, registry.Errorf(registry.KindUnavailable, "the controller is stopping: the analysis of %s is left to the next start", digest)
 	}
-	raw, _ := json.Marshal(crashMark{Attempts: prev.Attempts + 1, LastStart: now.UTC()})
-	if err := durable.WriteFile(p, raw, 0o640); err != nil {
+	if err := WriteCrashMark(p, CrashMark{Attempts: prev.Attempts + 1, LastStart: now.UTC()}); err != nil {
 		c.mu.Unlock()
 		unlock()
 		return nil, fmt.Errorf("marking the analysis of %s: %w", digest, err)
@@ -173,8 +204,7 @@ func (c *crashMarks) forgetInFlight() {
 			_ = durable.Remove(p)
 			continue
 		}
-		raw, _ := json.Marshal(prev)
-		_ = durable.WriteFile(p, raw, 0o640)
+		_ = WriteCrashMark(p, prev)
 	}
 	clear(c.inFlight)
 }

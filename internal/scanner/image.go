@@ -136,9 +136,8 @@ func fetchImage(ctx context.Context, img v1.Image, dir string, limits Limits) (*
 	if err != nil {
 		return nil, registry.Classify(fmt.Errorf("reading the manifest: %w", err))
 	}
-	// The config is read whole: its declared size is checked first (go-containerregistry reads
-	// no more than it declares).
-	// go-containerregistry reads a config of unknown size (-1) whole: a size is required.
+	// The config is read whole: its declared size is checked first. go-containerregistry reads no
+	// more than a config declares, but all of one of unknown size (-1): a size is required.
 	if manifest.Config.Size <= 0 {
 		return nil, registry.Errorf(registry.KindUnsupported, "the image config has no size in the manifest (%d)", manifest.Config.Size)
 	}

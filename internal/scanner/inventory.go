@@ -71,6 +71,15 @@ func (inv *Inventory) PackageCount() int {
 
 var digestPattern = regexp.MustCompile(`^sha256:[a-f0-9]{64}$`)
 
+// DigestFileName returns the file name of what the cache keeps of digest ("sha256-<hex>"), and an
+// error for a digest that is not sha256:<64 hex>, so no name can climb out of its folder.
+func DigestFileName(digest string) (string, error) {
+	if !digestPattern.MatchString(digest) {
+		return "", fmt.Errorf("malformed digest %q", digest)
+	}
+	return "sha256-" + digest[len("sha256:"):], nil
+}
+
 // Store keeps inventories on disk at <dir>/inventory/<trivy-version>/<digest>.json.gz, so that a
 // restart does not pull images again. An analysis by another Trivy version is not reused: its
 // analyzers may find other packages.
@@ -99,10 +108,11 @@ var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9._-]`)
 func sanitize(s string) string { return unsafeChars.ReplaceAllString(s, "_") }
 
 func (s *Store) path(digest string) (string, error) {
-	if !digestPattern.MatchString(digest) {
-		return "", fmt.Errorf("malformed digest %q", digest)
+	name, err := DigestFileName(digest)
+	if err != nil {
+		return "", err
 	}
-	return filepath.Join(s.dir, "sha256-"+digest[len("sha256:"):]+".json.gz"), nil
+	return filepath.Join(s.dir, name+".json.gz"), nil
 }
 
 // Get returns the kept inventory of digest, or nil when there is none. A corrupt file counts as

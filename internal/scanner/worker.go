@@ -197,7 +197,7 @@ func (s *Scanner) analyzeInWorker(ctx context.Context, ref ImageRef) (*Inventory
 	}
 	if e := answer.Error; e != nil {
 		kind := e.Kind
-		if !knownKinds[kind] {
+		if !registry.Known(kind) {
 			kind = registry.KindUnavailable
 		}
 		return nil, &registry.Error{Kind: kind, RetryAfter: min(max(e.RetryAfter, 0), 24*time.Hour), Err: errors.New(bounded(e.Message, 4<<10))}
@@ -206,11 +206,6 @@ func (s *Scanner) analyzeInWorker(ctx context.Context, ref ImageRef) (*Inventory
 		return nil, errors.New("the analysis worker answered no inventory of the digest asked for")
 	}
 	return answer.Inventory, nil
-}
-
-var knownKinds = map[registry.Kind]bool{
-	registry.KindUnauthorized: true, registry.KindNotFound: true, registry.KindTimeout: true, registry.KindRateLimited: true,
-	registry.KindUnsupported: true, registry.KindUnavailable: true,
 }
 
 // exitCode is the exit status err reports, or -1.

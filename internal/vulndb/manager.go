@@ -6,7 +6,6 @@ package vulndb
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,7 +13,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -208,17 +206,6 @@ func (m *Manager) setErr(err error) error {
 	return err
 }
 
-// digestPattern is a DB artifact digest.
-var digestPattern = regexp.MustCompile(`^sha256:[a-f0-9]{64}$`)
-
-// downloadMark is the content of db/downloading-<digest>: the DB being downloaded, and how many
-// processes started it without ending.
-type downloadMark struct {
-	Digest    string    `json:"digest"`
-	Attempts  int       `json:"attempts"`
-	LastStart time.Time `json:"lastStart"`
-}
-
 // DownloadCrashLimit is how many downloads of one DB digest may die with the process before it
 // is skipped for DownloadRetryAfter (the DB in use keeps serving).
 const (
@@ -226,26 +213,25 @@ const (
 	DownloadRetryAfter = 24 * time.Hour
 )
 
-// beginDownload marks digest's download and returns what ends it. It refuses a digest whose
-// downloads died with the process DownloadCrashLimit times in the last DownloadRetryAfter.
+// beginDownload marks digest's download (a scanner.CrashMark) and returns what ends it. It
+// refuses a digest whose downloads died with the process DownloadCrashLimit times in the last
+// DownloadRetryAfter.
 func (m *Manager) beginDownload(digest string) (func(), error) {
 	// One mark per digest, so that another repository's DB does not erase this one's history.
-	p := filepath.Join(m.opts.CacheDir, "db", "downloading-"+strings.TrimPrefix(digest, "sha256:"))
-	if !digestPattern.MatchString(digest) {
-		return nil, fmt.Errorf("malformed DB digest %q", digest)
+	name, err := scanner.DigestFileName(digest)
+	if err != nil {
+		return nil, fmt.Errorf("the DB artifact: %w", err)
 	}
-	var prev downloadMark
-	if raw, err := os.ReadFile(p); err == nil && json.Unmarshal(raw, &prev) == nil && prev.Digest == digest {
-		if until := prev.LastStart.Add(DownloadRetryAfter); prev.Attempts >= DownloadCrashLimit && time.Now().Before(until) {
-			return nil, &registry.Error{Kind: registry.KindAnalysisCrashed, RetryAfter: time.Until(until),
-				Err: fmt.Errorf("downloading or opening the DB %s stopped the controller %d times; it is tried again after %s",
-					digest, prev.Attempts, until.UTC().Format(time.RFC3339))}
-		}
-	} else {
-		prev = downloadMark{Digest: digest}
+	p := filepath.Join(m.opts.CacheDir, "db", "downloading-"+name)
+	// A missing or unreadable mark is no mark.
+	prev, _ := scanner.ReadCrashMark(p)
+	now := time.Now()
+	if until, refused := prev.RefusedUntil(DownloadCrashLimit, DownloadRetryAfter, now); refused {
+		return nil, &registry.Error{Kind: registry.KindAnalysisCrashed, RetryAfter: until.Sub(now),
+			Err: fmt.Errorf("downloading or opening the DB %s stopped the controller %d times; it is tried again after %s",
+				digest, prev.Attempts, until.UTC().Format(time.RFC3339))}
 	}
-	raw, _ := json.Marshal(downloadMark{Digest: digest, Attempts: prev.Attempts + 1, LastStart: time.Now().UTC()})
-	if err := durable.WriteFile(p, raw, 0o640); err != nil {
+	if err := scanner.WriteCrashMark(p, scanner.CrashMark{Attempts: prev.Attempts + 1, LastStart: now.UTC()}); err != nil {
 		return nil, err
 	}
 	return func() { _ = durable.Remove(p) }, nil

@@ -329,7 +329,7 @@ func TestADBThatCrashedTwiceIsSkipped(t *testing.T) {
 
 	next := reg.PublishDB(t, "aquasecurity/trivy-db", "2", spec(t, dbV2))
 	mark := fmt.Sprintf(`{"digest":%q,"attempts":2,"lastStart":%q}`, next.String(), time.Now().UTC().Format(time.RFC3339))
-	g.Expect(os.WriteFile(filepath.Join(cache, "db", "downloading-"+strings.TrimPrefix(next.String(), "sha256:")), []byte(mark), 0o600)).To(Succeed())
+	g.Expect(os.WriteFile(filepath.Join(cache, "db", "downloading-"+must(scanner.DigestFileName(next.String()))), []byte(mark), 0o600)).To(Succeed())
 	reg.ResetCounts()
 	_, err := db.Check(context.Background())
 	g.Expect(registry.KindOf(err)).To(Equal(registry.KindAnalysisCrashed), "%v", err)
@@ -339,9 +339,9 @@ func TestADBThatCrashedTwiceIsSkipped(t *testing.T) {
 	g.Expect(info.Digest).To(Equal(first.String()))
 
 	// Once per crash otherwise: a mark of one attempt is retried, and cleared by the download.
-	g.Expect(os.WriteFile(filepath.Join(cache, "db", "downloading-"+strings.TrimPrefix(next.String(), "sha256:")), []byte(strings.Replace(mark, `"attempts":2`, `"attempts":1`, 1)), 0o600)).To(Succeed())
+	g.Expect(os.WriteFile(filepath.Join(cache, "db", "downloading-"+must(scanner.DigestFileName(next.String()))), []byte(strings.Replace(mark, `"attempts":2`, `"attempts":1`, 1)), 0o600)).To(Succeed())
 	g.Expect(db.Check(context.Background())).To(BeTrue())
-	g.Expect(filepath.Join(cache, "db", "downloading-"+strings.TrimPrefix(next.String(), "sha256:"))).NotTo(BeAnExistingFile())
+	g.Expect(filepath.Join(cache, "db", "downloading-"+must(scanner.DigestFileName(next.String())))).NotTo(BeAnExistingFile())
 }
 
 // startUntilServing starts a Manager of opts as the controller does and waits until it serves a
