@@ -186,6 +186,54 @@ func TestAttackRelabelIntoScopeIsJudged(t *testing.T) {
 	g.Expect(updated.Allowed).To(BeFalse(), "relabelled tier=dev -> tier=prod: %v", updated.Result)
 }
 
+// A relabelled workload whose images did not change is judged only by the policies its new labels
+// bring it under: a policy that applied before already judged it (or was made after it, and
+// chose, by judging updates only, not to stop what runs).
+func TestRelabelIsJudgedOnlyByTheAddedPolicies(t *testing.T) {
+	g := NewWithT(t)
+	everywhere := &securityv1alpha1.ImagePolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "trusted", Namespace: "shop", UID: "all-uid", Generation: 1},
+		Spec: securityv1alpha1.ImagePolicySpec{Enforcement: securityv1alpha1.EnforcementEnforce,
+			Rules: securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/**"}}}},
+	}
+	pinned := &securityv1alpha1.ImagePolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "prod-pinned", Namespace: "shop", UID: "prod-uid", Generation: 1},
+		Spec: securityv1alpha1.ImagePolicySpec{Enforcement: securityv1alpha1.EnforcementEnforce,
+			Match: securityv1alpha1.ImageMatch{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"tier": "prod"}}},
+			Rules: securityv1alpha1.PolicyRules{Tags: &securityv1alpha1.TagRule{DisallowLatest: true}}},
+	}
+	c := indexedClient(everywhere, pinned)
+	reviewer := &Reviewer{
+		State: &CacheState{Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: c, Clock: clocktesting.NewFakePassiveClock(now)},
+		Clock: clocktesting.NewFakePassiveClock(now),
+	}
+	h := &webhook.Admission{Handler: NewWorkloadValidator(reviewer, scheme.New())}
+	mk := func(tier, image string) []byte {
+		labels := map[string]string{"tier": tier}
+		return mustJSON(t, &appsv1.Deployment{TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
+			ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", Labels: labels},
+			Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: image}}}}}})
+	}
+	kind := metav1.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}
+	update := func(old, new []byte) *admissionv1.AdmissionResponse {
+		return validate(t, h, &admissionv1.AdmissionRequest{Kind: kind, Namespace: "shop", Operation: admissionv1.Update,
+			Object: k8sruntime.RawExtension{Raw: new}, OldObject: k8sruntime.RawExtension{Raw: old}})
+	}
+	// evil.io/web:1 breaks ImagePolicy/shop/trusted, which applied before: only prod-pinned judges.
+	resp := update(mk("dev", "evil.io/web:1"), mk("prod", "evil.io/web:1"))
+	g.Expect(resp.Allowed).To(BeTrue(), "%v", resp.Result)
+	// evil.io/web (latest) breaks prod-pinned, which it now falls under: refused, by it alone.
+	resp = update(mk("dev", "evil.io/web"), mk("prod", "evil.io/web"))
+	g.Expect(resp.Allowed).To(BeFalse())
+	g.Expect(resp.Result.Message).To(ContainSubstring("ImagePolicy/shop/prod-pinned: evil.io/web:latest: tags"))
+	g.Expect(resp.Result.Message).NotTo(ContainSubstring("ImagePolicy/shop/trusted"))
+	// A changed image is judged by every policy.
+	resp = update(mk("prod", "registry.example.com/web:1"), mk("prod", "evil.io/web"))
+	g.Expect(resp.Result.Message).To(ContainSubstring("ImagePolicy/shop/trusted"))
+	g.Expect(resp.Result.Message).To(ContainSubstring("ImagePolicy/shop/prod-pinned"))
+}
+
 func userInfo(name string) authenticationv1.UserInfo {
 	return authenticationv1.UserInfo{Username: name}
 }
@@ -259,7 +307,7 @@ func (r *tableResolver) ResolveDigest(ctx context.Context, ref string, _ authn.K
 
 // 4. The digest cache is keyed by namespace and reference and has no size bound: a caller that
 // names distinct tags keeps everything it named for 30 s (failures) or 5 min (answers). A
-// reference may be long (a repository of 255 characters, a tag of 128, a host of any length).
+// reference may be long (a name of 255 characters, a tag of 128).
 func TestAttackDigestCacheIsBounded(t *testing.T) {
 	g := NewWithT(t)
 	c := indexedClient()
@@ -271,7 +319,14 @@ func TestAttackDigestCacheIsBounded(t *testing.T) {
 	r := &Reviewer{State: &stateWithPolicies{CacheState: s, policies: []*workload.Policy{
 		compiled(t, "ClusterImagePolicy/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, rules)}},
 		Budget: 3 * time.Second, Clock: clk}
-	host := strings.Repeat("a", 60) + "." + strings.Repeat("b", 8000) + ".example.com" // 8 KB host: url.Parse accepts it
+	// An 8 KB host (url.Parse accepts it) is refused as malformed: no runtime pulls it.
+	long := strings.Repeat("a", 60) + "." + strings.Repeat("b", 8000) + ".example.com"
+	d, err := r.Review(context.Background(), Request{Endpoint: EndpointValidate, Namespace: "attacker",
+		Containers: []workload.Container{{Name: "c", Image: long + "/app:1", Type: workload.RegularContainer}}, DryRun: true})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(d.Allowed).To(BeFalse())
+	g.Expect(d.Message).To(ContainSubstring("malformed image reference"))
+	host := strings.Repeat("a", 60) + "." + strings.Repeat("b", 170) + ".example.com" // the longest name the grammar takes
 	var before runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)

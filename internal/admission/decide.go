@@ -9,6 +9,7 @@ package admission
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -63,6 +64,9 @@ func Decide(ctx context.Context, state State, req Request, now time.Time) (Decis
 	policies, err := state.Policies(ctx, req.Namespace, req.Labels, req.PodLabels)
 	if err != nil {
 		return Decision{}, err
+	}
+	if len(req.OnlyPolicies) > 0 && !slices.Equal(req.OnlyPolicies, allPolicies) {
+		policies = slices.DeleteFunc(slices.Clone(policies), func(p *workload.Policy) bool { return !slices.Contains(req.OnlyPolicies, p.Ref) })
 	}
 	images := make([]policy.Image, 0, len(req.Containers))
 	for _, c := range req.Containers {

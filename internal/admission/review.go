@@ -81,6 +81,9 @@ type Request struct {
 	Object     client.Object
 	ObjectKind schema.GroupKind
 	DryRun     bool
+	// OnlyPolicies, when set, are the Refs of the only policies that judge the request (an update
+	// whose new labels bring unchanged images under them); "*" is every policy.
+	OnlyPolicies []string
 }
 
 // Reviewer is what both endpoints share: exemptions, objects made by the cluster's controllers,
@@ -160,27 +163,32 @@ func (r *Reviewer) review(ctx context.Context, req Request) (Decision, error) {
 	return d, nil
 }
 
-// policiesAdded reports whether a policy applies in namespace to the label sets of after that did
-// not apply to those of before (an error counts as yes: the update is then judged).
-func (r *Reviewer) policiesAdded(ctx context.Context, namespace string, sets [2][]map[string]string) bool {
+// policiesAdded returns the Refs of the policies that apply in namespace to the label sets of
+// after and did not apply to those of before. An error returns allPolicies: the update is then
+// judged by every policy.
+func (r *Reviewer) policiesAdded(ctx context.Context, namespace string, sets [2][]map[string]string) []string {
 	if slices.EqualFunc(sets[0], sets[1], maps.Equal) {
-		return false
+		return nil
 	}
 	before, err := r.State.Policies(ctx, namespace, sets[0]...)
 	if err != nil {
-		return true
+		return allPolicies
 	}
 	after, err := r.State.Policies(ctx, namespace, sets[1]...)
 	if err != nil {
-		return true
+		return allPolicies
 	}
+	var added []string
 	for _, p := range after {
 		if !slices.ContainsFunc(before, func(q *workload.Policy) bool { return q.Ref == p.Ref }) {
-			return true
+			added = append(added, p.Ref)
 		}
 	}
-	return false
+	return added
 }
+
+// allPolicies as Request.OnlyPolicies judges by every policy.
+var allPolicies = []string{"*"}
 
 // enforces reports whether a policy with enforcement Enforce applies in namespace (to any
 // workload), unless the namespace is exempt; an error counts as yes.

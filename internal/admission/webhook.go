@@ -62,18 +62,22 @@ func (v *WorkloadValidator) Handle(ctx context.Context, req admission.Request) a
 	}
 	spec := kind.PodSpec(obj)
 	containers := workload.Containers(spec)
+	var only []string
 	if req.Operation == admissionv1.Update && len(req.OldObject.Raw) > 0 {
-		// Unchanged images are not judged again, unless new labels bring the workload under a
-		// policy that did not apply to it.
-		if _, old, err := v.decode(req.Kind, req.OldObject); err == nil && old != nil && slices.Equal(workload.Containers(kind.PodSpec(old)), containers) &&
-			!v.Reviewer.policiesAdded(ctx, req.Namespace, [2][]map[string]string{{old.GetLabels(), kind.PodLabels(old)}, {obj.GetLabels(), kind.PodLabels(obj)}}) {
-			return admission.Allowed("images unchanged")
+		// Unchanged images are not judged again, but by the policies new labels bring the
+		// workload under: a policy that applied before judged (or chose not to refuse) them.
+		if _, old, err := v.decode(req.Kind, req.OldObject); err == nil && old != nil && slices.Equal(workload.Containers(kind.PodSpec(old)), containers) {
+			only = v.Reviewer.policiesAdded(ctx, req.Namespace, [2][]map[string]string{{old.GetLabels(), kind.PodLabels(old)}, {obj.GetLabels(), kind.PodLabels(obj)}})
+			if len(only) == 0 {
+				return admission.Allowed("images unchanged")
+			}
 		}
 	}
 	d, err := v.Reviewer.Review(ctx, Request{
 		Endpoint: EndpointValidate, Namespace: req.Namespace, Labels: obj.GetLabels(), PodLabels: kind.PodLabels(obj), Containers: containers,
 		PodSpec: spec, User: req.UserInfo.Username, Object: obj,
 		ObjectKind: schema.GroupKind{Group: req.Kind.Group, Kind: req.Kind.Kind}, DryRun: req.DryRun != nil && *req.DryRun,
+		OnlyPolicies: only,
 	})
 	if err != nil {
 		return admission.Errored(http.StatusBadRequest, err)

@@ -56,6 +56,13 @@ func CompileGlob(pattern string) (Glob, error) {
 // String returns the pattern.
 func (g Glob) String() string { return g.pattern }
 
+// Regexp returns the regular expression (RE2, anchored) the glob compiles to, which MatchImage
+// matches against an image's repository, or repository:tag when Tagged.
+func (g Glob) Regexp() string { return g.re.String() }
+
+// Tagged reports whether the glob has a tag part, and so matches repository:tag.
+func (g Glob) Tagged() bool { return g.tagged }
+
 // MatchImage reports whether the glob matches img: its repository (host/path), or, for a glob
 // with a tag part (a ':' after the last '/'), its repository:tag.
 func (g Glob) MatchImage(img Image) bool {

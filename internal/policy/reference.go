@@ -1,7 +1,10 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
+	"net/netip"
+	"regexp"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -16,7 +19,17 @@ import (
 // names and report specs see one image whatever the spelling. A tag beside a digest
 // (registry/app:1.2@sha256:...) is dropped: the runtime pulls the digest and ignores the tag, so a
 // tag there says nothing a policy may trust.
+//
+// A reference must also follow ReferencePattern, the grammar both go-containerregistry and the
+// container runtimes (Docker's reference grammar, which containerd and CRI-O use) accept, with its
+// lengths (a name of at most 255 characters, a path of at least 2) and, for an IPv6 host, an
+// address the Kubernetes CEL ip() function takes: what neither can pull is refused as malformed,
+// so that the ValidatingAdmissionPolicies ImageGuard generates (internal/vap) read every
+// reference exactly as this function does.
 func ParseImage(ref string) (Image, error) {
+	if err := checkGrammar(ref); err != nil {
+		return Image{}, fmt.Errorf("malformed image reference %q: %w", ref, err)
+	}
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		return Image{}, fmt.Errorf("malformed image reference %q: %w", ref, err)
@@ -60,4 +73,55 @@ func canonicalGlob(pattern string) string {
 // and the runtime decide: it has a '.' or a ':', or is localhost.
 func isHost(element string) bool {
 	return strings.ContainsAny(element, ".:") || element == "localhost"
+}
+
+// The reference grammar: Docker's (github.com/distribution/reference), narrowed to what
+// go-containerregistry also reads the same way. A first path element is a host when it has a '.'
+// or a ':' or is localhost (go-containerregistry's rule; Docker's also takes an upper-case one,
+// which go-containerregistry refuses); a port has at most 5 digits; the only digest is sha256,
+// in lower case.
+const (
+	domainComponent = `[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?`
+	port            = `:[0-9]{1,5}`
+	host            = `(?:` + domainComponent + `(?:\.` + domainComponent + `)+(?:` + port + `)?` +
+		`|` + domainComponent + port + `|localhost|\[[a-fA-F0-9:]+\](?:` + port + `)?)`
+	pathComponent      = `[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*`
+	pathComponentNoDot = `[a-z0-9]+(?:(?:_|__|-+)[a-z0-9]+)*`
+	namePattern        = `(?:` + host + `/` + pathComponent + `(?:/` + pathComponent + `)*` +
+		`|` + pathComponentNoDot + `(?:/` + pathComponent + `)+|` + pathComponent + `)`
+	tagPattern    = `[\w][\w.-]{0,127}`
+	digestPattern = `sha256:[a-f0-9]{64}`
+)
+
+// ReferencePattern is the grammar of an image reference: name, optional :tag, optional @digest.
+const ReferencePattern = `^` + namePattern + `(?::` + tagPattern + `)?(?:@` + digestPattern + `)?$`
+
+// MaxReferenceLength bounds a reference: the longest name, tag and digest with their separators.
+const MaxReferenceLength = 512
+
+// MaxNameLength is the longest name (host and path, as written), as Docker's grammar bounds it.
+const MaxNameLength = 255
+
+var referenceRegexp = regexp.MustCompile(ReferencePattern)
+
+// checkGrammar says how ref breaks the grammar, or nil.
+func checkGrammar(ref string) error {
+	if len(ref) > MaxReferenceLength || !referenceRegexp.MatchString(ref) {
+		return errors.New("not of the grammar container runtimes pull (host[:port]/path[:tag][@sha256:digest], the path in lower case)")
+	}
+	n, _, _ := strings.Cut(ref, "@")
+	if i := strings.LastIndex(n, ":"); i > strings.LastIndex(n, "/") {
+		n = n[:i]
+	}
+	if len(n) > MaxNameLength {
+		return fmt.Errorf("the name is longer than %d characters", MaxNameLength)
+	}
+	first, _, hasPath := strings.Cut(n, "/")
+	if hasPath && strings.HasPrefix(first, "[") {
+		addr, err := netip.ParseAddr(first[1:strings.Index(first, "]")])
+		if err != nil || !addr.Is6() || addr.Is4In6() {
+			return errors.New("the host is not an IPv6 address (IPv4-mapped ones are refused)")
+		}
+	}
+	return nil
 }
