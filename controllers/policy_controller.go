@@ -39,6 +39,8 @@ type PolicyReconciler struct {
 	Clock         clock.PassiveClock
 	// Timeout bounds one reconcile; 0 means none.
 	Timeout time.Duration
+	// AdmissionPolicies keeps the ValidatingAdmissionPolicy generated from each policy; nil keeps none.
+	AdmissionPolicies *AdmissionPolicies
 
 	mu sync.Mutex
 	// verdicts holds, per policy Ref, each matched workload's last verdict (true: compliant), for
@@ -61,7 +63,7 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	}
 	if obj == nil {
 		r.forget(r.ref(req))
-		return ctrl.Result{}, nil
+		return ctrl.Result{}, r.AdmissionPolicies.Remove(ctx, r.ref(req))
 	}
 	if !obj.GetDeletionTimestamp().IsZero() {
 		return ctrl.Result{}, nil
@@ -70,12 +72,18 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	compiled := r.Gatherer.Compile(obj)
 	if compiled.Err != nil {
 		setPolicyInvalid(obj, compiled.Err)
+		vapErr := r.AdmissionPolicies.ensure(ctx, obj, compiled.Ref, compiled.Err)
 		if _, err := writeStatus(ctx, r.Client, before, obj); err != nil {
 			return ctrl.Result{}, err
 		}
 		r.record(compiled.Ref, obj, nil, nil)
+		if vapErr != nil {
+			return ctrl.Result{}, vapErr
+		}
 		return ctrl.Result{}, reconcile.TerminalError(compiled.Err)
 	}
+	// Before the workloads are judged: what Kubernetes enforces by itself comes first.
+	vapErr := r.AdmissionPolicies.ensure(ctx, obj, compiled.Ref, nil)
 	workloads, err := r.Gatherer.Matched(ctx, compiled)
 	if err != nil {
 		return ctrl.Result{}, err
@@ -105,6 +113,9 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		return ctrl.Result{}, err
 	}
 	r.record(compiled.Ref, obj, workloads, verdicts)
+	if vapErr != nil {
+		return ctrl.Result{}, vapErr
+	}
 	result := ctrl.Result{}
 	if !next.IsZero() {
 		// The verdict changes by itself then (an exception expires, a scan gets too old).
@@ -274,6 +285,7 @@ func (r *PolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	b := ctrl.NewControllerManagedBy(mgr).Named(name).For(forObj).
 		WithOptions(controller.Options{ReconciliationTimeout: r.Timeout})
+	b = r.AdmissionPolicies.watch(b, r.ClusterScoped)
 	for _, obj := range append(workload.Objects(), &securityv1alpha1.ImageScanReport{}) {
 		b = b.Watches(obj, toPolicies)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
@@ -11,8 +12,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/metrics"
 	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/vap"
 	"github.com/imageguard/imageguard/internal/workload"
 )
 
@@ -36,6 +39,10 @@ type Options struct {
 	ScanTimeout time.Duration
 	// Admission, when set, also serves the admission endpoints.
 	Admission *AdmissionOptions
+	// AdmissionPolicies, when set, keeps a ValidatingAdmissionPolicy and binding generated from
+	// each policy that enforces or warns (internal/vap), with the namespaces and users admission
+	// leaves alone; nil generates none and removes those generated before.
+	AdmissionPolicies *vap.Options
 	// Clock is the time every reconciler and admission reads; nil is the real clock.
 	Clock clock.PassiveClock
 }
@@ -80,14 +87,8 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if err := reports.SetupWithManager(mgr); err != nil {
 		return err
 	}
-	for _, clusterScoped := range []bool{false, true} {
-		policies := &PolicyReconciler{
-			Client: mgr.GetClient(), Gatherer: gatherer, Recorder: mgr.GetEventRecorder("imageguard"),
-			ClusterScoped: clusterScoped, Clock: opts.Clock, Timeout: opts.ReconcileTimeout,
-		}
-		if err := policies.SetupWithManager(mgr); err != nil {
-			return err
-		}
+	if err := SetupPolicies(mgr, gatherer, opts); err != nil {
+		return err
 	}
 	// PolicyReports are written only where their CRD is installed (the chart can install it).
 	if policyReportsServed(mgr) {
@@ -108,13 +109,61 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	})
 }
 
+// SetupPolicies adds the reconcilers of ImagePolicies and ClusterImagePolicies (their status,
+// and the ValidatingAdmissionPolicies opts.AdmissionPolicies asks for) to mgr, judging through
+// gatherer. Setup calls it; a test may run them alone.
+func SetupPolicies(mgr ctrl.Manager, gatherer *workload.Gatherer, opts Options) error {
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
+	if opts.ReconcileTimeout <= 0 {
+		opts.ReconcileTimeout = DefaultReconcileTimeout
+	}
+	admissionPolicies, err := setupAdmissionPolicies(mgr, opts.AdmissionPolicies)
+	if err != nil {
+		return err
+	}
+	for _, clusterScoped := range []bool{false, true} {
+		policies := &PolicyReconciler{
+			Client: mgr.GetClient(), Gatherer: gatherer, Recorder: mgr.GetEventRecorder("imageguard"),
+			ClusterScoped: clusterScoped, Clock: opts.Clock, Timeout: opts.ReconcileTimeout, AdmissionPolicies: admissionPolicies,
+		}
+		if err := policies.SetupWithManager(mgr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setupAdmissionPolicies returns what keeps the generated ValidatingAdmissionPolicies: off when
+// opts is nil (those generated before are removed at start) or the API server does not serve them.
+func setupAdmissionPolicies(mgr ctrl.Manager, opts *vap.Options) (*AdmissionPolicies, error) {
+	served := admissionPoliciesServed(mgr)
+	if opts == nil {
+		if served {
+			if err := mgr.Add(removeAllGenerated(mgr.GetAPIReader(), mgr.GetClient())); err != nil {
+				return nil, err
+			}
+		}
+		return &AdmissionPolicies{Off: securityv1alpha1.ReasonGenerationDisabled}, nil
+	}
+	if !served {
+		mgr.GetLogger().Info("The API server does not serve admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy: none is generated; only the webhook enforces")
+		return &AdmissionPolicies{Off: securityv1alpha1.ReasonAdmissionPolicyUnsupported}, nil
+	}
+	return &AdmissionPolicies{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Options: *opts}, nil
+}
+
 // CacheOptions keep in the informer cache only what the reconcilers read of pods, which dominate
-// its memory at scale, and drop managed fields everywhere.
+// its memory at scale, and of ValidatingAdmissionPolicies only those ImageGuard generates; and
+// drop managed fields everywhere.
 func CacheOptions() cache.Options {
 	return cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.Pod{}: {Transform: TrimPod},
+			&admissionregistrationv1.ValidatingAdmissionPolicy{}:        {Label: generatedSelector},
+			&admissionregistrationv1.ValidatingAdmissionPolicyBinding{}: {Label: generatedSelector},
 		},
 	}
 }

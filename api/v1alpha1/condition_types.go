@@ -23,6 +23,12 @@ const (
 	// ConditionStalled is True when the spec can never work as written (kstatus' abnormal-true
 	// condition); it clears when the spec is fixed.
 	ConditionStalled = "Stalled"
+
+	// ConditionAdmissionPolicyReady is True when the ValidatingAdmissionPolicy and binding
+	// generated from a policy are in place as the policy says, so that Kubernetes itself enforces
+	// (or warns of) its registries and tags rules while ImageGuard is unreachable. False says why
+	// none is: the policy only audits, has no such rule, generation is off or failed.
+	ConditionAdmissionPolicyReady = "AdmissionPolicyReady"
 )
 
 // Reasons of the Ready and Scanned conditions of an ImageScanReport.
@@ -75,4 +81,35 @@ const (
 	// ReasonNonCompliant says at least one matched workload fails the policy; status.nonCompliant
 	// lists them.
 	ReasonNonCompliant = "NonCompliant"
+)
+
+// Reasons of the AdmissionPolicyReady condition of ImagePolicy and ClusterImagePolicy (and
+// ReasonInvalidPolicy).
+const (
+	// ReasonAdmissionPolicyGenerated says the generated ValidatingAdmissionPolicy and binding are
+	// in place.
+	ReasonAdmissionPolicyGenerated = "Generated"
+
+	// ReasonNotEnforcing says the policy only audits: nothing is refused or warned of at admission.
+	ReasonNotEnforcing = "NotEnforcing"
+
+	// ReasonNoGeneratedRules says the policy has no rule a ValidatingAdmissionPolicy can express
+	// (registries.allowed, tags.disallowLatest, tags.requireDigest): only the webhook enforces it.
+	ReasonNoGeneratedRules = "NoExpressibleRules"
+
+	// ReasonExemptNamespace says admission never checks the policy's namespace.
+	ReasonExemptNamespace = "ExemptNamespace"
+
+	// ReasonGenerationDisabled says --generate-admission-policies is false.
+	ReasonGenerationDisabled = "GenerationDisabled"
+
+	// ReasonAdmissionPolicyUnsupported says the API server does not serve
+	// admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy (Kubernetes before 1.30).
+	ReasonAdmissionPolicyUnsupported = "Unsupported"
+
+	// ReasonGenerationFailed says writing the generated objects failed; it is retried.
+	ReasonGenerationFailed = "GenerationFailed"
+
+	// ReasonTypeCheckFailed says the API server's type check of the generated policy warned.
+	ReasonTypeCheckFailed = "TypeCheckFailed"
 )

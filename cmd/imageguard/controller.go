@@ -32,6 +32,7 @@ import (
 	"github.com/imageguard/imageguard/internal/admission"
 	"github.com/imageguard/imageguard/internal/scanner"
 	"github.com/imageguard/imageguard/internal/scheme"
+	"github.com/imageguard/imageguard/internal/vap"
 	"github.com/imageguard/imageguard/internal/vulndb"
 	"github.com/imageguard/imageguard/internal/webhookcert"
 )
@@ -80,6 +81,8 @@ type webhookOptions struct {
 	FailurePolicy     string
 	ControllerUsers   []string
 	ScanQueueCapacity int
+	// GenerateAdmissionPolicies keeps a generated ValidatingAdmissionPolicy per enforcing policy.
+	GenerateAdmissionPolicies bool
 }
 
 func (o *webhookOptions) bindFlags(fs *pflag.FlagSet) {
@@ -102,6 +105,8 @@ func (o *webhookOptions) bindFlags(fs *pflag.FlagSet) {
 		"What an internal error answers: Ignore admits with a Warning, Fail refuses. Set it to the webhook configuration's failurePolicy.")
 	fs.StringSliceVar(&o.ControllerUsers, "admission-controller-users", admission.DefaultControllerUsers,
 		"Users (comma list) whose pods, ReplicaSets and Jobs are admitted without a new judgement when their controlling owner (ReplicaSet, StatefulSet, DaemonSet, Job; Deployment; CronJob) runs the same images: the owner was judged when it was created or changed.")
+	fs.BoolVar(&o.GenerateAdmissionPolicies, "generate-admission-policies", true,
+		"Keep, for each ImagePolicy and ClusterImagePolicy that enforces or warns, a generated ValidatingAdmissionPolicy and binding with its registries and tags rules, which Kubernetes evaluates itself: they hold while ImageGuard is unreachable. False removes those generated before.")
 	fs.IntVar(&o.ScanQueueCapacity, "admission-scan-queue", 1024, "Images seen unscanned at admission whose reports wait to be created; beyond it the pod controller creates them when a pod runs.")
 }
 
@@ -231,8 +236,20 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 			ControllerUsers: opts.Webhook.ControllerUsers, ScanQueueCapacity: opts.Webhook.ScanQueueCapacity,
 		}
 	}
+	var admissionPolicies *vap.Options
+	if opts.Webhook.GenerateAdmissionPolicies {
+		exempt := opts.Webhook.ExemptNamespaces
+		// ImageGuard's own namespace always: a generated policy must never stop ImageGuard from
+		// starting again, for then nothing would ever update or remove it.
+		if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+			exempt = append(slices.Clone(exempt), ns)
+		}
+		admissionPolicies = &vap.Options{ExemptNamespaces: exempt, OptOutLabel: admission.OptOutLabel,
+			ControllerUsers: opts.Webhook.ControllerUsers}
+	}
 	return controllers.Setup(mgr, controllers.Options{
-		Registry: reg, Scanner: s, DB: db,
+		AdmissionPolicies: admissionPolicies,
+		Registry:          reg, Scanner: s, DB: db,
 		ScanConcurrency: opts.ScanConcurrency, ReportMaxBytes: opts.ReportMaxBytes,
 		PodConcurrency: opts.PodConcurrency, ReconcileTimeout: opts.ReconcileTimeout, ScanTimeout: opts.ScanTimeout,
 		ReportRetention: opts.ReportRetention, RescanInterval: opts.RescanInterval,

@@ -85,16 +85,20 @@ const (
 	port            = `:[0-9]{1,5}`
 	host            = `(?:` + domainComponent + `(?:\.` + domainComponent + `)+(?:` + port + `)?` +
 		`|` + domainComponent + port + `|localhost|\[[a-fA-F0-9:]+\](?:` + port + `)?)`
-	pathComponent      = `[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*`
-	pathComponentNoDot = `[a-z0-9]+(?:(?:_|__|-+)[a-z0-9]+)*`
-	namePattern        = `(?:` + host + `/` + pathComponent + `(?:/` + pathComponent + `)*` +
-		`|` + pathComponentNoDot + `(?:/` + pathComponent + `)+|` + pathComponent + `)`
-	tagPattern    = `[\w][\w.-]{0,127}`
-	digestPattern = `sha256:[a-f0-9]{64}`
+	namePattern = `(?:` + host + `/` + PathComponentPattern + `(?:/` + PathComponentPattern + `)*` +
+		`|` + PathComponentNoDotPattern + `(?:/` + PathComponentPattern + `)+|` + PathComponentPattern + `)`
+)
+
+// Parts of the grammar, for what must read references as it does (internal/vap).
+const (
+	PathComponentPattern      = `[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*`
+	PathComponentNoDotPattern = `[a-z0-9]+(?:(?:_|__|-+)[a-z0-9]+)*`
+	TagPattern                = `[\w][\w.-]{0,127}`
+	DigestPattern             = `sha256:[a-f0-9]{64}`
 )
 
 // ReferencePattern is the grammar of an image reference: name, optional :tag, optional @digest.
-const ReferencePattern = `^` + namePattern + `(?::` + tagPattern + `)?(?:@` + digestPattern + `)?$`
+const ReferencePattern = `^` + namePattern + `(?::` + TagPattern + `)?(?:@` + DigestPattern + `)?$`
 
 // MaxReferenceLength bounds a reference: the longest name, tag and digest with their separators.
 const MaxReferenceLength = 512

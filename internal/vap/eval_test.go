@@ -3,6 +3,8 @@ package vap
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"sync"
 	"testing"
 
 	"github.com/google/cel-go/cel"
@@ -19,25 +21,26 @@ import (
 var minVersion = version.MajorMinor(1, 30)
 
 // evaluator evaluates a generated ValidatingAdmissionPolicy as the API server does, in the CEL
-// environment of minVersion: match conditions, then the variables (an error is kept as the
-// variable's value, as lazy evaluation would surface it only where it is read), then the
-// validation. It is for fast, broad tests; the API server itself is the authority
+// environment of minVersion: match conditions, then the validation, with the variables evaluated
+// lazily, when first read (an error is the variable's value, surfacing only where it is read). It is for fast, broad tests; the API server itself is the authority
 // (apiserver_test.go).
 type evaluator struct {
 	env      *cel.Env
 	vap      *admissionregistrationv1.ValidatingAdmissionPolicy
 	programs map[string]cel.Program
+	// evaluated are the variables the last admit evaluated, in order, each time it did.
+	evaluated []string
 }
 
 func newEvaluator(t testing.TB, vap *admissionregistrationv1.ValidatingAdmissionPolicy) *evaluator {
 	t.Helper()
-	set, err := environment.MustBaseEnvSet(minVersion).Extend(environment.VersionedOptions{
-		IntroducedVersion: minVersion,
-		EnvOptions: []cel.EnvOption{
-			cel.Variable("object", cel.DynType), cel.Variable("oldObject", cel.DynType),
-			cel.Variable("request", cel.DynType), cel.Variable("variables", cel.MapType(cel.StringType, cel.DynType)),
-		},
-	})
+	decls := []cel.EnvOption{
+		cel.Variable("object", cel.DynType), cel.Variable("oldObject", cel.DynType), cel.Variable("request", cel.DynType),
+	}
+	for _, v := range vap.Spec.Variables {
+		decls = append(decls, cel.Variable("variables."+v.Name, cel.DynType))
+	}
+	set, err := environment.MustBaseEnvSet(minVersion).Extend(environment.VersionedOptions{IntroducedVersion: minVersion, EnvOptions: decls})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,18 +96,31 @@ func (e *evaluator) admit(t testing.TB, operation, resource, user string, obj, o
 			return true, ""
 		}
 	}
-	vars := map[string]any{}
-	act["variables"] = vars
-	for _, v := range e.vap.Spec.Variables {
-		vars[v.Name] = e.eval(v.Expression, act)
+	e.evaluated = nil
+	// Variables are evaluated lazily, once per context, when first read.
+	bind := func(act map[string]any) map[string]any {
+		for _, v := range e.vap.Spec.Variables {
+			var once sync.Once
+			var val ref.Val
+			act["variables."+v.Name] = func() ref.Val {
+				once.Do(func() {
+					val = e.eval(v.Expression, act)
+					e.evaluated = append(e.evaluated, v.Name)
+				})
+				return val
+			}
+		}
+		return act
 	}
+	bind(act)
 	for _, v := range e.vap.Spec.Validations {
 		out := e.eval(v.Expression, act)
+		// The API server evaluates the message of every request, in a context of its own.
+		msg := e.eval(v.MessageExpression, bind(maps.Clone(act)))
 		if types.IsError(out) {
 			return failOpen, "validation: " + fmt.Sprint(out)
 		}
 		if out != types.True {
-			msg := e.eval(v.MessageExpression, act)
 			if types.IsError(msg) {
 				return false, v.Message
 			}

@@ -319,6 +319,15 @@ func containersOf(s string) string {
 		mapLit("type", "'volume'", "name", "v.name", "image", "has(v.image.reference) ? v.image.reference : ''") + `) : [])`
 }
 
+// refsOf lists the image references of spec s, as containersOf, without the rest.
+func refsOf(s string) string {
+	list := func(field string) string {
+		return `(has(` + s + `.` + field + `) ? ` + s + `.` + field + `.map(c, has(c.image) ? string(c.image) : '') : [])`
+	}
+	return list("initContainers") + ` + ` + list("containers") + ` + ` + list("ephemeralContainers") +
+		` + (has(` + s + `.volumes) ? ` + s + `.volumes.filter(v, has(v.image)).map(v, has(v.image.reference) ? string(v.image.reference) : '') : [])`
+}
+
 // selectorCEL is sel over the label map l (a CEL expression), as metav1.LabelSelectorAsSelector
 // reads it; nil or empty selects everything.
 func selectorCEL(sel *metav1.LabelSelector, l string) string {
@@ -415,17 +424,76 @@ func parsingVariables() []admissionregistrationv1.Variable {
 	}
 }
 
-// globsCEL is whether image i matches one of globs, each by its own regular expression.
-func globsCEL(globs []policy.Glob, i string) string {
+// globsCEL is whether the image whose canonical repository and tag are the CEL expressions repo
+// and tag matches one of globs, each by its own regular expression.
+func globsCEL(globs []policy.Glob, repo, tag string) string {
 	terms := make([]string, len(globs))
 	for n, g := range globs {
-		subject := i + ".repo"
+		subject := repo
 		if g.Tagged() {
-			subject = "(" + i + ".repo + ':' + " + i + ".tag)"
+			subject = "(" + repo + " + ':' + " + tag + ")"
 		}
 		terms[n] = subject + ".matches(" + lit(g.Regexp()) + ")"
 	}
 	return "(" + strings.Join(terms, " || ") + ")"
+}
+
+// passesCEL is whether the image (its canonical repository, tag and digest as CEL expressions)
+// passes the generated rules: one match.images does not select, or one from a trusted registry
+// whose reference the tags rule accepts.
+func (g generator) passesCEL(repo, tag, digest string) string {
+	var ok []string
+	if len(g.allowed) > 0 {
+		ok = append(ok, globsCEL(g.allowed, repo, tag))
+	}
+	if t := g.tags; t != nil {
+		if t.RequireDigest {
+			ok = append(ok, digest+" != ''")
+		}
+		if t.DisallowLatest {
+			ok = append(ok, tag+" != 'latest'")
+		}
+	}
+	pass := "(" + strings.Join(ok, " && ") + ")"
+	if len(g.images) > 0 {
+		return "(!" + globsCEL(g.images, repo, tag) + " || " + pass + ")"
+	}
+	return pass
+}
+
+// The fast path: a reference already in canonical form (a lower-case host with a '.', or
+// localhost, a port without leading zeros and not 443, no IPv6, not an alias of Docker Hub, nor
+// docker.io without library/; or no host at all, a Docker Hub image) is judged from its own string, with no parsing steps. It only
+// ever admits: anything else, and any image it does not pass, goes the whole way, which decides.
+const (
+	fastHost = `(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+|localhost)(?::[1-9][0-9]{0,4})?`
+	// A first path element of at least 2 characters: the path is never too short.
+	fastFirst     = `[a-z0-9]{2,}(?:(?:[._]|__|-+)[a-z0-9]+)*`
+	fastNoDot     = `[a-z0-9]{2,}(?:(?:_|__|-+)[a-z0-9]+)*`
+	fastSuffix    = `(?::` + policy.TagPattern + `)?(?:@` + policy.DigestPattern + `)?$`
+	fastHosted    = `^` + fastHost + `/` + fastFirst + `(?:/` + policy.PathComponentPattern + `)*` + fastSuffix
+	fastDockerHub = `^(?:` + fastNoDot + `(?:/` + policy.PathComponentPattern + `)+|` + fastFirst + `)` + fastSuffix
+)
+
+// fastPartsCEL is, for each image reference of the request, [name, :tag, digest, form] as
+// written: form is 'h' for a canonical one with a host, 'd' for a Docker Hub one without, ” for
+// any other (its other parts are then empty). In these forms a ':' is a port's only before a '/',
+// so that regular expressions cut the parts at once.
+func fastPartsCEL() string {
+	// docker.io is canonical, but for an official image, which needs library/.
+	aliases := listLit([]string{"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
+	parts := `[r.find('^[^:@]+(?::[0-9]+/[^:@]+)?'), r.find(':[\\w][\\w.-]*(?:@|$)'), r.find('` + policy.DigestPattern + `$')`
+	// The bound keeps a name within 255 characters and the expressions' cost small.
+	return `variables.refs.map(r, size(r) > ` + strconv.Itoa(policy.MaxNameLength) + ` ? ['', '', '', ''] : ` +
+		`r.matches(` + lit(fastHosted) + `) && !r.contains(':443/') && !(r.substring(0, r.indexOf('/')).split(':')[0] in ` + aliases + `) && ` +
+		`!(r.startsWith('docker.io/') && !r.substring(10).contains('/')) ? ` + parts + `, 'h'] : ` +
+		`r.matches(` + lit(fastDockerHub) + `) && !r.startsWith('localhost/') ? ` + parts + `, 'd'] : ['', '', '', ''])`
+}
+
+// fastImagesCEL is, for each fast part, [canonical repository, tag, digest, form].
+func fastImagesCEL() string {
+	return `variables.fastParts.map(p, [string(p[3] == 'd' ? 'docker.io/' + (p[0].contains('/') ? p[0] : 'library/' + p[0]) : p[0]), ` +
+		`string(p[2] != '' ? '' : p[1] == '' ? 'latest' : p[1].substring(1)), string(p[2]), string(p[3])])`
 }
 
 // variables: the pod spec, its containers (and the old object's, for updates), the labels the
@@ -438,6 +506,7 @@ func (g generator) variables() []admissionregistrationv1.Variable {
 		v("spec", specOf("dyn(object)")),
 		v("oldSpec", specOf("dyn(oldObject)")),
 		v("containers", containersOf("variables.spec")),
+		v("refs", refsOf("variables.spec")),
 		v("oldContainers", `request.operation == 'UPDATE' ? `+containersOf("variables.oldSpec")+` : []`),
 	}
 	if g.parts.match.Selector != nil {
@@ -450,10 +519,12 @@ func (g generator) variables() []admissionregistrationv1.Variable {
 			v("oldSelected", selectorCEL(g.parts.match.Selector, "variables.oldLabels")+" || "+selectorCEL(g.parts.match.Selector, "variables.oldPodLabels")),
 		)
 	}
+	vars = append(vars, v("fastParts", fastPartsCEL()), v("fastImages", fastImagesCEL()),
+		v("fastPass", `variables.fastImages.all(p, p[3] != '' && `+g.passesCEL("p[0]", "p[1]", "p[2]")+`)`))
 	vars = append(vars, parsingVariables()...)
 	matched := ""
 	if len(g.images) > 0 {
-		matched = " && " + globsCEL(g.images, "i")
+		matched = " && " + globsCEL(g.images, "i.repo", "i.tag")
 	}
 	reference := `i.repo + (i.tag != '' ? ':' + i.tag : '') + (i.digest != '' ? '@' + i.digest : '')`
 	shown := func(x string) string {
@@ -468,7 +539,7 @@ func (g generator) variables() []admissionregistrationv1.Variable {
 		for n, a := range g.allowed {
 			list[n] = a.String()
 		}
-		failures = append(failures, `variables.images.filter(i, i.bad == ''`+matched+` && !`+globsCEL(g.allowed, "i")+`).map(i, `+
+		failures = append(failures, `variables.images.filter(i, i.bad == ''`+matched+` && !`+globsCEL(g.allowed, "i.repo", "i.tag")+`).map(i, `+
 			reference+` + ': `+policy.RuleRegistries+`: ' + i.repo + `+lit(" is not from a trusted registry (allowed: "+strings.Join(list, ", ")+")")+`)`)
 	}
 	if t := g.tags; t != nil {
@@ -495,9 +566,9 @@ func (g generator) variables() []admissionregistrationv1.Variable {
 // images as they were of an object the policy already applied to; the message is the webhook's.
 func (g generator) validation(action admissionregistrationv1.ValidationAction) admissionregistrationv1.Validation {
 	unchanged := `(request.operation == 'UPDATE' && variables.containers == variables.oldContainers)`
-	expr := unchanged + ` || size(variables.failures) == 0`
+	expr := `variables.fastPass || ` + unchanged + ` || size(variables.failures) == 0`
 	if g.parts.match.Selector != nil {
-		expr = `!variables.selected || (` + unchanged[1:len(unchanged)-1] + ` && variables.oldSelected) || size(variables.failures) == 0`
+		expr = `!variables.selected || variables.fastPass || (` + unchanged[1:len(unchanged)-1] + ` && variables.oldSelected) || size(variables.failures) == 0`
 	}
 	prefix := "denied by ImageGuard: " + g.parts.ref + ": "
 	if action == admissionregistrationv1.Warn {
@@ -511,8 +582,10 @@ func (g generator) validation(action admissionregistrationv1.ValidationAction) a
 		rules = append(rules, policy.RuleTags)
 	}
 	return admissionregistrationv1.Validation{
-		Expression:        expr,
-		MessageExpression: lit(prefix) + ` + variables.failures.join('; ')`,
+		Expression: expr,
+		// The API server evaluates the message of every request, admitted or not (in a context of its
+		// own, where the variables are evaluated again): the failures are listed only when it refuses.
+		MessageExpression: `(` + expr + `) ? '' : ` + lit(prefix) + ` + variables.failures.join('; ')`,
 		// When the list of failures is too long for a message.
 		Message: prefix + "an image breaks its " + strings.Join(rules, " or ") + " rule, or its reference is malformed",
 		Reason:  ptr.To(metav1.StatusReasonForbidden),

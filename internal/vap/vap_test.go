@@ -250,3 +250,21 @@ func TestNames(t *testing.T) {
 	g.Expect(len(long)).To(BeNumerically("<=", 253))
 	g.Expect(long).NotTo(Equal(Name("ImagePolicy/" + strings.Repeat("n", 63) + "/" + strings.Repeat("p", 252))))
 }
+
+// An admitted pod whose references are canonical costs the API server the fast path alone, in
+// the validation and in the message it evaluates for every request: none of the parsing steps.
+func TestAdmittedRequestsTakeTheFastPath(t *testing.T) {
+	g := NewWithT(t)
+	for _, pol := range spellingPolicies() {
+		e := newEvaluator(t, generate(t, pol).Policy)
+		pod := podOf(pol.Namespace, nil, "registry.example.com/app:v1@"+digest, "docker.io/library/nginx:1.25@"+digest)
+		allowed, msg := e.admit(t, "CREATE", "pods", "alice", pod, nil)
+		g.Expect(allowed).To(BeTrue(), msg)
+		g.Expect(e.evaluated).To(Equal([]string{"spec", "refs", "fastParts", "fastImages", "fastPass", "spec", "refs", "fastParts", "fastImages", "fastPass"}), pol.Name)
+	}
+	// A spelling that is not canonical takes the whole way, and is admitted all the same.
+	e := newEvaluator(t, generate(t, spellingPolicies()[0]).Policy)
+	allowed, msg := e.admit(t, "CREATE", "pods", "alice", podOf("ns", nil, "REGISTRY.example.com:443/app:1"), nil)
+	g.Expect(allowed).To(BeTrue(), msg)
+	g.Expect(e.evaluated).To(ContainElement("images"))
+}
