@@ -120,6 +120,13 @@ echo "\$ kubectl get imageguard -A"
 echo
 
 echo "demo: admission. demo-enforce's ImagePolicy enforces: images from $registry only, no critical finding"
+echo "Its registries rule is also a generated ValidatingAdmissionPolicy, which the API server enforces itself, even while ImageGuard is down:"
+for _ in $(seq 1 30); do
+  [ -n "$("$kubectl" get validatingadmissionpolicies -l imageguard.dev/generated=true -o name 2>/dev/null)" ] && break
+  sleep 1
+done
+echo "\$ kubectl get validatingadmissionpolicies -l imageguard.dev/generated=true"
+"$kubectl" get validatingadmissionpolicies -l imageguard.dev/generated=true
 deployment() {
   printf 'apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: %s, namespace: demo-enforce}\nspec:\n  selector: {matchLabels: {app: %s}}\n  template:\n    metadata: {labels: {app: %s}}\n    spec: {containers: [{name: app, image: "%s"}]}\n' "$1" "$1" "$1" "$2"
 }

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -286,6 +287,21 @@ func TestParseImage(t *testing.T) {
 		"a tag and a digest":  {image: "registry.example.com/app:1.2@" + digest, want: Image{Repository: "registry.example.com/app", Digest: digest}},
 		"a malformed one":     {image: "UPPER/Case::", wantErr: true},
 		"a port, no tag, dig": {image: "localhost:5000/app@" + digest, want: Image{Repository: "localhost:5000/app", Digest: digest}},
+		"an IPv6 host":        {image: "[2001:DB8:0::1]:05000/app:1", want: Image{Repository: "[2001:db8::1]:5000/app", Tag: "1"}},
+		// What no runtime pulls is refused: Docker's grammar, as go-containerregistry reads it.
+		"an upper-case path":     {image: "registry.example.com/App:1", wantErr: true},
+		"a '_' in the host":      {image: "reg_istry.example.com/app:1", wantErr: true},
+		"a 1-character path":     {image: "registry.example.com/a:1", wantErr: true},
+		"an empty port":          {image: "registry.example.com:/app:1", wantErr: true},
+		"a tag starting with .":  {image: "registry.example.com/app:.v1", wantErr: true},
+		"a 6-digit port":         {image: "registry.example.com:123456/app:1", wantErr: true},
+		"an IPv4-mapped IPv6":    {image: "[::ffff:102:304]/app:1", wantErr: true},
+		"not an IPv6 address":    {image: "[:::1]/app:1", wantErr: true},
+		"a name over 255":        {image: "registry.example.com/" + strings.Repeat("a", 235), wantErr: true},
+		"a non-ASCII host":       {image: "exämple.com/app:1", wantErr: true},
+		"leading white space":    {image: " nginx", wantErr: true},
+		"an upper-case digest":   {image: "nginx@sha256:" + strings.ToUpper(digest[7:]), wantErr: true},
+		"the longest name taken": {image: "registry.example.com/" + strings.Repeat("a", 234), want: Image{Repository: "registry.example.com/" + strings.Repeat("a", 234), Tag: "latest"}},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

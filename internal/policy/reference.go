@@ -28,11 +28,11 @@ import (
 // reference exactly as this function does.
 func ParseImage(ref string) (Image, error) {
 	if err := checkGrammar(ref); err != nil {
-		return Image{}, fmt.Errorf("malformed image reference %q: %w", ref, err)
+		return Image{}, fmt.Errorf("malformed image reference %q: %w", shown(ref), err)
 	}
 	r, err := name.ParseReference(ref)
 	if err != nil {
-		return Image{}, fmt.Errorf("malformed image reference %q: %w", ref, err)
+		return Image{}, fmt.Errorf("malformed image reference %q: %w", shown(ref), err)
 	}
 	img := Image{Repository: imageref.CanonicalRepository(r.Context().RegistryStr(), r.Context().RepositoryStr())}
 	switch r := r.(type) {
@@ -128,4 +128,13 @@ func checkGrammar(ref string) error {
 		}
 	}
 	return nil
+}
+
+// shown is ref as an error names it: cut after 128 bytes, so that a hostile reference does not
+// make every message about it as long as itself.
+func shown(ref string) string {
+	if len(ref) <= 128 {
+		return ref
+	}
+	return strings.ToValidUTF8(ref[:128], "") + "..."
 }

@@ -181,7 +181,13 @@ func TestAttackDigestCacheThroughTheAPIServer(t *testing.T) {
 	judgedNamespace(g, ns, securityv1alpha1.PolicyRules{
 		Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)},
 	})
-	host := strings.Repeat("a", 60) + "." + strings.Repeat("b", 8000) + ".example.com"
+	// An 8 KB host (url.Parse accepts it) is refused as malformed, briefly: no runtime pulls it.
+	long := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "long", Namespace: ns}, Spec: corev1.PodSpec{Containers: []corev1.Container{
+		{Name: "app", Image: strings.Repeat("a", 60) + "." + strings.Repeat("b", 8000) + ".example.com/app:1"}}}}
+	err := suite.Env.Client.Create(ctx, long, client.DryRunAll)
+	g.Expect(err).To(MatchError(ContainSubstring("malformed image reference")))
+	g.Expect(len(err.Error())).To(BeNumerically("<", 1024))
+	host := strings.Repeat("a", 60) + "." + strings.Repeat("b", 170) + ".example.com" // the longest name the grammar takes
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
