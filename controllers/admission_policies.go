@@ -81,6 +81,8 @@ func (a *AdmissionPolicies) Ensure(ctx context.Context, obj statusObject, ref st
 			reason = securityv1alpha1.ReasonNoGeneratedRules
 		case errors.Is(err, vap.ErrExemptNamespace):
 			reason = securityv1alpha1.ReasonExemptNamespace
+		case errors.Is(err, vap.ErrTooLarge):
+			reason = securityv1alpha1.ReasonAdmissionPolicyTooLarge
 		}
 		if rmErr := a.remove(ctx, name); rmErr != nil {
 			return a.failed(obj, rmErr)

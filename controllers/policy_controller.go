@@ -65,11 +65,17 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		r.forget(r.ref(req))
 		return ctrl.Result{}, r.AdmissionPolicies.Remove(ctx, r.ref(req))
 	}
-	if !obj.GetDeletionTimestamp().IsZero() {
-		return ctrl.Result{}, nil
-	}
 	before := obj.DeepCopyObject().(statusObject)
 	compiled := r.Gatherer.Compile(obj)
+	if !obj.GetDeletionTimestamp().IsZero() {
+		// Until it is gone (a finalizer may hold it, and its spec may still change), the webhook
+		// enforces it as it reads: so do the objects generated from it.
+		vapErr := r.AdmissionPolicies.ensure(ctx, obj, compiled.Ref, compiled.Err)
+		if _, err := writeStatus(ctx, r.Client, before, obj); err != nil {
+			return ctrl.Result{}, err
+		}
+		return ctrl.Result{}, vapErr
+	}
 	if compiled.Err != nil {
 		setPolicyInvalid(obj, compiled.Err)
 		vapErr := r.AdmissionPolicies.ensure(ctx, obj, compiled.Ref, compiled.Err)

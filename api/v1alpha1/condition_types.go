@@ -107,6 +107,10 @@ const (
 	// admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy (Kubernetes before 1.30).
 	ReasonAdmissionPolicyUnsupported = "Unsupported"
 
+	// ReasonAdmissionPolicyTooLarge says the policy's globs are too many and too long for a CEL
+	// expression the API server takes: only the webhook enforces it.
+	ReasonAdmissionPolicyTooLarge = "TooLarge"
+
 	// ReasonGenerationFailed says writing the generated objects failed; it is retried.
 	ReasonGenerationFailed = "GenerationFailed"
 

@@ -216,9 +216,9 @@ func TestRelabelIsJudgedOnlyByTheAddedPolicies(t *testing.T) {
 				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: image}}}}}})
 	}
 	kind := metav1.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}
-	update := func(old, new []byte) *admissionv1.AdmissionResponse {
+	update := func(old, updated []byte) *admissionv1.AdmissionResponse {
 		return validate(t, h, &admissionv1.AdmissionRequest{Kind: kind, Namespace: "shop", Operation: admissionv1.Update,
-			Object: k8sruntime.RawExtension{Raw: new}, OldObject: k8sruntime.RawExtension{Raw: old}})
+			Object: k8sruntime.RawExtension{Raw: updated}, OldObject: k8sruntime.RawExtension{Raw: old}})
 	}
 	// evil.io/web:1 breaks ImagePolicy/shop/trusted, which applied before: only prod-pinned judges.
 	resp := update(mk("dev", "evil.io/web:1"), mk("prod", "evil.io/web:1"))

@@ -10,10 +10,27 @@ import (
 // run including '/', everything else is literal. A glob must match the whole reference, so
 // "registry.example.com/*" never matches "registry.example.com.evil.io/x".
 type Glob struct {
-	pattern string // as written
-	re      *regexp.Regexp
-	tagged  bool
+	pattern   string // as written
+	canonical string // spelt as ParseImage spells images
+	re        *regexp.Regexp
+	tagged    bool
 }
+
+// GlobForm says how simply a glob matches.
+type GlobForm int
+
+// The forms of a glob, for what matches it without its regular expression (internal/vap).
+const (
+	// GlobRegexp needs the regular expression.
+	GlobRegexp GlobForm = iota
+	// GlobExact has no wildcard: the subject equals the prefix.
+	GlobExact
+	// GlobPrefix ends with its only wildcard, "**": the subject starts with the prefix.
+	GlobPrefix
+	// GlobPrefixNoSlash ends with its only wildcard, "*": the subject starts with the prefix and
+	// has no '/' after it.
+	GlobPrefixNoSlash
+)
 
 // hasTag reports whether a glob has a tag part: a ':' after its last '/'.
 func hasTag(pattern string) bool {
@@ -50,7 +67,7 @@ func CompileGlob(pattern string) (Glob, error) {
 	if err != nil {
 		return Glob{}, fmt.Errorf("glob %q: %w", original, err)
 	}
-	return Glob{pattern: original, re: re, tagged: hasTag(pattern)}, nil
+	return Glob{pattern: original, canonical: pattern, re: re, tagged: hasTag(pattern)}, nil
 }
 
 // String returns the pattern.
@@ -62,6 +79,22 @@ func (g Glob) Regexp() string { return g.re.String() }
 
 // Tagged reports whether the glob has a tag part, and so matches repository:tag.
 func (g Glob) Tagged() bool { return g.tagged }
+
+// Form returns how simply the glob matches, and the literal prefix (the whole canonical pattern,
+// for GlobExact) that its form compares the subject (repository, or repository:tag when Tagged)
+// with; GlobRegexp returns no prefix.
+func (g Glob) Form() (GlobForm, string) {
+	p := g.canonical
+	switch n := strings.Count(p, "*"); {
+	case n == 0:
+		return GlobExact, p
+	case n == 2 && strings.HasSuffix(p, "**"):
+		return GlobPrefix, strings.TrimSuffix(p, "**")
+	case n == 1 && strings.HasSuffix(p, "*"):
+		return GlobPrefixNoSlash, strings.TrimSuffix(p, "*")
+	}
+	return GlobRegexp, ""
+}
 
 // MatchImage reports whether the glob matches img: its repository (host/path), or, for a glob
 // with a tag part (a ':' after the last '/'), its repository:tag.

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -428,5 +429,33 @@ func TestAGlobMatchingNothingIsRefused(t *testing.T) {
 	for _, glob := range []string{"*", "***"} {
 		_, err := CompileGlob(glob)
 		NewWithT(t).Expect(err).To(MatchError(ContainSubstring("matches no image")))
+	}
+}
+
+// A glob's form matches as its regular expression does, for every subject.
+func TestGlobFormsMatchAsTheirRegexp(t *testing.T) {
+	g := NewWithT(t)
+	subjects := []string{"registry.example.com/app", "registry.example.com/app/x", "registry.example.com/", "registry.example.com",
+		"registry.example.com/app:1", "registry.example.com/team/app:v1", "docker.io/library/nginx:1.25", "docker.io/library/nginx:latest",
+		"docker.io/library/nginx", "registry.example.com.evil.io/app", "registry.example.comx/app"}
+	for _, pattern := range []string{"registry.example.com/**", "registry.example.com/*", "registry.example.com/app", "nginx:1.*",
+		"registry.example.com/app:1", "registry.example.com**", "registry.example.com*", "*.example.com/**", "registry.example.com/*/app"} {
+		glob, err := CompileGlob(pattern)
+		g.Expect(err).NotTo(HaveOccurred())
+		form, prefix := glob.Form()
+		for _, subject := range subjects {
+			var got bool
+			switch form {
+			case GlobExact:
+				got = subject == prefix
+			case GlobPrefix:
+				got = strings.HasPrefix(subject, prefix)
+			case GlobPrefixNoSlash:
+				got = strings.HasPrefix(subject, prefix) && !strings.Contains(subject[len(prefix):], "/")
+			default:
+				continue
+			}
+			g.Expect(got).To(Equal(regexp.MustCompile(glob.Regexp()).MatchString(subject)), "%s ~ %s", pattern, subject)
+		}
 	}
 }

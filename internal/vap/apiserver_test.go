@@ -82,7 +82,8 @@ func createPod(c client.Client, pod *corev1.Pod) (bool, string, error) {
 func TestAPIServerAgreesWithTheWebhook(t *testing.T) {
 	for _, pol := range spellingPolicies() {
 		t.Run(pol.Name, func(t *testing.T) {
-			probe := map[string]string{"trusted": "registry.example.com/app:latest", "pinned": "registry.example.com/app:1", "tagged": "evil.io/app:1"}[pol.Name]
+			probe := map[string]string{"trusted": "registry.example.com/app:latest", "pinned": "registry.example.com/app:1", "tagged": "evil.io/app:1",
+				"plain": "registry.example.com/team/x/app:1"}[pol.Name]
 			install(t, pol, nil, probe)
 			webhook := newWebhook(t, pol)
 			var admitted, refused, invalid int

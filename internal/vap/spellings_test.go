@@ -75,6 +75,12 @@ func spellingPolicies() []*securityv1alpha1.ImagePolicy {
 		mk("tagged", securityv1alpha1.ImageMatch{}, securityv1alpha1.PolicyRules{
 			Registries: &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/team/*:v*", "*.example.com/**", "docker.io/**"}},
 		}),
+		// Globs the generated CEL compares literally: exact, a prefix, a prefix without '/' after it.
+		mk("plain", securityv1alpha1.ImageMatch{Images: []string{"registry.example.com/team**", "nginx:1.*", "localhost:5000/**"}}, securityv1alpha1.PolicyRules{
+			Registries: &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/team/app:v1", "docker.io/library/redis",
+				"registry.example.com/team/*", "nginx:1.*", "LOCALHOST:5000/app"}},
+			Tags: &securityv1alpha1.TagRule{DisallowLatest: true},
+		}),
 	}
 }
 

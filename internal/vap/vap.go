@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -63,9 +64,28 @@ var (
 	ErrNotEnforcing      = errors.New("the policy's enforcement is Audit")
 	ErrNoGeneratedRules  = errors.New("the policy has no rule a ValidatingAdmissionPolicy can express (registries.allowed, tags.disallowLatest, tags.requireDigest)")
 	ErrExemptNamespace   = errors.New("admission never checks the policy's namespace")
+	ErrTooLarge          = fmt.Errorf("the policy's globs make a CEL expression longer than the %d characters the API server takes; only ImageGuard's webhook enforces it", maxExpressionSize)
 	errNotAnImagePolicy  = errors.New("not an ImagePolicy or ClusterImagePolicy")
 	maxGeneratedNameSize = 253
 )
+
+// maxExpressionSize is the longest CEL expression the API server takes (cel-go's default limit,
+// in code points).
+const maxExpressionSize = 100000
+
+// tooLarge reports whether an expression of vap is longer than the API server takes.
+func tooLarge(vap *admissionregistrationv1.ValidatingAdmissionPolicy) bool {
+	exprs := []string{vap.Spec.Validations[0].Expression, vap.Spec.Validations[0].MessageExpression}
+	for _, v := range vap.Spec.Variables {
+		exprs = append(exprs, v.Expression)
+	}
+	for _, e := range exprs {
+		if utf8.RuneCountInString(e) > maxExpressionSize {
+			return true
+		}
+	}
+	return false
+}
 
 // Objects are the generated policy and its binding, both named Name(ref).
 type Objects struct {
@@ -184,9 +204,17 @@ func Generate(obj client.Object, namespace *corev1.Namespace, opts Options) (*Ob
 			FailurePolicy:    ptr.To(failure),
 			MatchConstraints: matchConstraints(),
 			MatchConditions:  g.matchConditions(),
-			Variables:        g.variables(),
+			Variables:        g.variables(true),
 			Validations:      []admissionregistrationv1.Validation{g.validation(action)},
 		},
+	}
+	// Globs so many and so long that the fast path passes CEL's size limit: without it (the parse
+	// writes the globs in steps).
+	if tooLarge(vap) {
+		vap.Spec.Variables = g.variables(false)
+		if tooLarge(vap) {
+			return nil, ErrTooLarge
+		}
 	}
 	binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{
 		ObjectMeta: *meta.DeepCopy(),
@@ -433,9 +461,43 @@ func globsCEL(globs []policy.Glob, repo, tag string) string {
 		if g.Tagged() {
 			subject = "(" + repo + " + ':' + " + tag + ")"
 		}
-		terms[n] = subject + ".matches(" + lit(g.Regexp()) + ")"
+		// A literal comparison costs the API server a small part of a regular expression's.
+		switch form, prefix := g.Form(); form {
+		case policy.GlobExact:
+			terms[n] = subject + " == " + lit(prefix)
+		case policy.GlobPrefix:
+			terms[n] = subject + ".startsWith(" + lit(prefix) + ")"
+		case policy.GlobPrefixNoSlash:
+			terms[n] = "(" + subject + ".startsWith(" + lit(prefix) + ") && !" + subject + ".substring(" +
+				strconv.Itoa(utf8.RuneCountInString(prefix)) + ").contains('/'))"
+		default:
+			terms[n] = subject + ".matches(" + lit(g.Regexp()) + ")"
+		}
 	}
 	return "(" + strings.Join(terms, " || ") + ")"
+}
+
+// chunkSize bounds the CEL of the globs one step of the parse writes.
+const chunkSize = maxExpressionSize / 2
+
+// chunks is globsCEL of globs, cut into terms of at most chunkSize characters each.
+func chunks(globs []policy.Glob, repo, tag string) []string {
+	var out []string
+	var current []policy.Glob
+	size := 0
+	for _, g := range globs {
+		n := utf8.RuneCountInString(globsCEL([]policy.Glob{g}, repo, tag))
+		if len(current) > 0 && size+n > chunkSize {
+			out = append(out, globsCEL(current, repo, tag))
+			current, size = nil, 0
+		}
+		current = append(current, g)
+		size += n
+	}
+	if len(current) > 0 {
+		out = append(out, globsCEL(current, repo, tag))
+	}
+	return out
 }
 
 // passesCEL is whether the image (its canonical repository, tag and digest as CEL expressions)
@@ -483,8 +545,8 @@ func fastPartsCEL() string {
 	// docker.io is canonical, but for an official image, which needs library/.
 	aliases := listLit([]string{"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 	parts := `[r.find('^[^:@]+(?::[0-9]+/[^:@]+)?'), r.find(':[\\w][\\w.-]*(?:@|$)'), r.find('` + policy.DigestPattern + `$')`
-	// The bound keeps a name within 255 characters and the expressions' cost small.
-	return `variables.refs.map(r, size(r) > ` + strconv.Itoa(policy.MaxNameLength) + ` ? ['', '', '', ''] : ` +
+	// Longer references are malformed.
+	return `variables.refs.map(r, size(r) > ` + strconv.Itoa(policy.MaxReferenceLength) + ` ? ['', '', '', ''] : ` +
 		`r.matches(` + lit(fastHosted) + `) && !r.contains(':443/') && !(r.substring(0, r.indexOf('/')).split(':')[0] in ` + aliases + `) && ` +
 		`!(r.startsWith('docker.io/') && !r.substring(10).contains('/')) ? ` + parts + `, 'h'] : ` +
 		`r.matches(` + lit(fastDockerHub) + `) && !r.startsWith('localhost/') ? ` + parts + `, 'd'] : ['', '', '', ''])`
@@ -498,7 +560,7 @@ func fastImagesCEL() string {
 
 // variables: the pod spec, its containers (and the old object's, for updates), the labels the
 // selector reads, the parsed images, and the failures, each as the webhook words it.
-func (g generator) variables() []admissionregistrationv1.Variable {
+func (g generator) variables(fast bool) []admissionregistrationv1.Variable {
 	v := func(name, expr string) admissionregistrationv1.Variable {
 		return admissionregistrationv1.Variable{Name: name, Expression: expr}
 	}
@@ -519,27 +581,58 @@ func (g generator) variables() []admissionregistrationv1.Variable {
 			v("oldSelected", selectorCEL(g.parts.match.Selector, "variables.oldLabels")+" || "+selectorCEL(g.parts.match.Selector, "variables.oldPodLabels")),
 		)
 	}
-	vars = append(vars, v("fastParts", fastPartsCEL()), v("fastImages", fastImagesCEL()),
-		v("fastPass", `variables.fastImages.all(p, p[3] != '' && `+g.passesCEL("p[0]", "p[1]", "p[2]")+`)`))
+	fastPass := "false"
+	if fast {
+		// The name as written (p[0] for both forms) is at most 255 characters, as the grammar says.
+		fastPass = `variables.fastParts.all(p, size(p[0]) <= ` + strconv.Itoa(policy.MaxNameLength) + `) && ` +
+			`variables.fastImages.all(p, p[3] != '' && ` + g.passesCEL("p[0]", "p[1]", "p[2]") + `)`
+		vars = append(vars, v("fastParts", fastPartsCEL()), v("fastImages", fastImagesCEL()))
+	}
+	vars = append(vars, v("fastPass", fastPass))
 	vars = append(vars, parsingVariables()...)
-	matched := ""
-	if len(g.images) > 0 {
-		matched = " && " + globsCEL(g.images, "i.repo", "i.tag")
+	// Whether each image is one match.images selects, and one from a trusted registry: each list of
+	// globs written once, in as many steps as keep every expression well within CEL's size limit.
+	matched, allowed := chunks(g.images, "i.repo", "i.tag"), chunks(g.allowed, "i.repo", "i.tag")
+	if len(g.images) == 0 {
+		matched = []string{"true"}
+	}
+	if len(g.allowed) == 0 {
+		allowed = []string{"true"}
+	}
+	judged := "variables.images.filter(i, i.bad == '')"
+	for k := range max(len(matched), len(allowed)) {
+		m, a := "false", "false"
+		if k < len(matched) {
+			m = matched[k]
+		}
+		if k < len(allowed) {
+			a = allowed[k]
+		}
+		if k > 0 {
+			m, a = "i.matched == 'y' || "+m, "i.allowed == 'y' || "+a
+		}
+		name := "judged"
+		if k > 0 {
+			name = "judged" + strconv.Itoa(k)
+		}
+		vars = append(vars, v(name, judged+`.map(i, `+mapLit(append(keep("i", "repo", "tag", "digest"),
+			"matched", m+` ? 'y' : ''`, "allowed", a+` ? 'y' : ''`)...)+`)`))
+		judged = "variables." + name
 	}
 	reference := `i.repo + (i.tag != '' ? ':' + i.tag : '') + (i.digest != '' ? '@' + i.digest : '')`
 	shown := func(x string) string {
 		return `(size(` + x + `.ref) > 128 ? ` + x + `.ref.substring(0, 128) + '...' : ` + x + `.ref)`
 	}
-	failures := []string{
-		`variables.parsed.filter(p, p.ok != 'y').map(p, 'container ' + p.name + ': malformed image reference "' + ` + shown("p") + ` + '"')`,
-		`variables.images.filter(i, i.bad != '').map(i, 'container ' + i.name + ': malformed image reference "' + ` + shown("i") + ` + '"')`,
-	}
+	vars = append(vars, v("malformed",
+		`variables.parsed.filter(p, p.ok != 'y').map(p, 'container ' + p.name + ': malformed image reference "' + `+shown("p")+` + '"') + `+
+			`variables.images.filter(i, i.bad != '').map(i, 'container ' + i.name + ': malformed image reference "' + `+shown("i")+` + '"')`))
+	var failures []string
 	if len(g.allowed) > 0 {
 		list := make([]string, len(g.allowed))
 		for n, a := range g.allowed {
 			list[n] = a.String()
 		}
-		failures = append(failures, `variables.images.filter(i, i.bad == ''`+matched+` && !`+globsCEL(g.allowed, "i.repo", "i.tag")+`).map(i, `+
+		failures = append(failures, judged+`.filter(i, i.matched == 'y' && i.allowed != 'y').map(i, `+
 			reference+` + ': `+policy.RuleRegistries+`: ' + i.repo + `+lit(" is not from a trusted registry (allowed: "+strings.Join(list, ", ")+")")+`)`)
 	}
 	if t := g.tags; t != nil {
@@ -556,19 +649,24 @@ func (g generator) variables() []admissionregistrationv1.Variable {
 				msg = "(i.digest == '' ? " + lit(digestMsg) + " : " + lit(latestMsg) + ")"
 			}
 		}
-		failures = append(failures, `variables.images.filter(i, i.bad == ''`+matched+` && (`+strings.Join(fails, " || ")+`)).map(i, `+
+		failures = append(failures, judged+`.filter(i, i.matched == 'y' && (`+strings.Join(fails, " || ")+`)).map(i, `+
 			reference+` + ': `+policy.RuleTags+`: ' + `+msg+`)`)
 	}
-	return append(vars, v("failures", strings.Join(failures, " + ")))
+	return append(vars, v("failures", `variables.malformed + `+strings.Join(failures, " + ")))
 }
 
 // validation refuses (or warns of) a request with failures, unless it is an update that leaves the
 // images as they were of an object the policy already applied to; the message is the webhook's.
+// A malformed reference is refused wherever the policy applies, selected or not, as the webhook
+// refuses it before it looks at any policy.
 func (g generator) validation(action admissionregistrationv1.ValidationAction) admissionregistrationv1.Validation {
 	unchanged := `(request.operation == 'UPDATE' && variables.containers == variables.oldContainers)`
 	expr := `variables.fastPass || ` + unchanged + ` || size(variables.failures) == 0`
+	failures := `variables.failures`
 	if g.parts.match.Selector != nil {
-		expr = `!variables.selected || variables.fastPass || (` + unchanged[1:len(unchanged)-1] + ` && variables.oldSelected) || size(variables.failures) == 0`
+		expr = `variables.fastPass || (` + unchanged[1:len(unchanged)-1] + ` && (!variables.selected || variables.oldSelected)) || ` +
+			`(variables.selected ? size(variables.failures) == 0 : size(variables.malformed) == 0)`
+		failures = `(variables.selected ? variables.failures : variables.malformed)`
 	}
 	prefix := "denied by ImageGuard: " + g.parts.ref + ": "
 	if action == admissionregistrationv1.Warn {
@@ -585,7 +683,7 @@ func (g generator) validation(action admissionregistrationv1.ValidationAction) a
 		Expression: expr,
 		// The API server evaluates the message of every request, admitted or not (in a context of its
 		// own, where the variables are evaluated again): the failures are listed only when it refuses.
-		MessageExpression: `(` + expr + `) ? '' : ` + lit(prefix) + ` + variables.failures.join('; ')`,
+		MessageExpression: `(` + expr + `) ? '' : ` + lit(prefix) + ` + ` + failures + `.join('; ')`,
 		// When the list of failures is too long for a message.
 		Message: prefix + "an image breaks its " + strings.Join(rules, " or ") + " rule, or its reference is malformed",
 		Reason:  ptr.To(metav1.StatusReasonForbidden),

@@ -351,3 +351,38 @@ func TestGenerationOffRemovesWhatWasGenerated(t *testing.T) {
 	g.Expect(strings.Contains(meta.FindStatusCondition(pol.Status.Conditions, securityv1alpha1.ConditionAdmissionPolicyReady).Message,
 		"--generate-admission-policies")).To(BeTrue())
 }
+
+// A policy held by a finalizer while it is deleted is still enforced by the webhook as it reads,
+// changes included: its generated objects follow it until it is gone.
+func TestGeneratedObjectsFollowATerminatingPolicy(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	namespace(t, "shop4", map[string]string{})
+	pol := &securityv1alpha1.ImagePolicy{ObjectMeta: metav1.ObjectMeta{Name: "held", Namespace: "shop4", Finalizers: []string{"example.com/hold"}},
+		Spec: securityv1alpha1.ImagePolicySpec{Enforcement: securityv1alpha1.EnforcementEnforce, Rules: securityv1alpha1.PolicyRules{
+			Registries: &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/**", "other.example.com/**"}}}}}
+	g.Expect(env.Client.Create(ctx, pol)).To(Succeed())
+	imageGuard(t, true)
+	ready(g, pol, metav1.ConditionTrue, securityv1alpha1.ReasonAdmissionPolicyGenerated)
+	g.Expect(env.Client.Delete(ctx, pol)).To(Succeed())
+	g.Eventually(func() error {
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(pol), pol); err != nil {
+			return err
+		}
+		pol.Spec.Rules.Registries.Allowed = []string{"registry.example.com/**"}
+		return env.Client.Update(ctx, pol)
+	}).Should(Succeed())
+	g.Eventually(func() error {
+		return env.Client.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "shop4"},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "other.example.com/web:1"}}}}, client.DryRunAll)
+	}).WithTimeout(30*time.Second).Should(MatchError(ContainSubstring("registries")), "the tightened policy, while it terminates")
+	g.Eventually(func() error {
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(pol), pol); err != nil {
+			return err
+		}
+		pol.Finalizers = nil
+		return env.Client.Update(ctx, pol)
+	}).Should(Succeed())
+	g.Eventually(func() bool { p, b := generated(g, "ImagePolicy/shop4/held"); return p == nil && b == nil }).
+		WithTimeout(30 * time.Second).Should(BeTrue())
+}
