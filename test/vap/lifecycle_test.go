@@ -211,6 +211,13 @@ func TestEnforcedWhileImageGuardIsDown(t *testing.T) {
 	g.Expect(p.Labels).To(HaveKeyWithValue(ivap.LabelGenerated, "true"))
 	p, _ = generated(g, "ImagePolicy/shop/trusted")
 	g.Expect(p.OwnerReferences).To(ConsistOf(HaveField("Kind", "Namespace")))
+	// The API server takes new policies from its own informer, within a moment of their creation.
+	for ns, image := range map[string]string{"shop": "evil.example.com/probe:1", "vault": "registry.example.com/probe:1"} {
+		g.Eventually(func() error {
+			return env.Client.Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: ns},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: image}}}}, client.DryRunAll)
+		}).WithTimeout(30*time.Second).Should(MatchError(ContainSubstring("denied by ImageGuard")), ns)
+	}
 	stop()
 
 	// ImageGuard is down: nothing answers its webhook.
