@@ -477,8 +477,11 @@ func globsCEL(globs []policy.Glob, repo, tag string) string {
 	return "(" + strings.Join(terms, " || ") + ")"
 }
 
-// chunkSize bounds the CEL of the globs one step of the parse writes.
-const chunkSize = maxExpressionSize / 2
+// chunkSize bounds the CEL of the globs one step of the parse writes: well within CEL's size
+// limit, and small enough that a step's cost per image (the API server counts a regular
+// expression's length times the string's) leaves room for many images under the cost limit of
+// one expression.
+const chunkSize = 8000
 
 // chunks is globsCEL of globs, cut into terms of at most chunkSize characters each.
 func chunks(globs []policy.Glob, repo, tag string) []string {
@@ -599,24 +602,34 @@ func (g generator) variables(fast bool) []admissionregistrationv1.Variable {
 	if len(g.allowed) == 0 {
 		allowed = []string{"true"}
 	}
-	judged := "variables.images.filter(i, i.bad == '')"
-	for k := range max(len(matched), len(allowed)) {
-		m, a := "false", "false"
-		if k < len(matched) {
-			m = matched[k]
-		}
-		if k < len(allowed) {
-			a = allowed[k]
-		}
+	// One step per chunk: those of match.images, then those of registries.allowed, each carrying
+	// what the steps before found.
+	type step struct{ matched, allowed string }
+	var steps []step
+	for k, m := range matched {
 		if k > 0 {
-			m, a = "i.matched == 'y' || "+m, "i.allowed == 'y' || "+a
+			m = "i.matched == 'y' || " + m
 		}
+		steps = append(steps, step{matched: m, allowed: "false"})
+	}
+	for k, a := range allowed {
+		if k > 0 {
+			a = "i.allowed == 'y' || " + a
+		}
+		if k == 0 {
+			steps[len(steps)-1].allowed = a
+			continue
+		}
+		steps = append(steps, step{matched: "i.matched == 'y'", allowed: a})
+	}
+	judged := "variables.images.filter(i, i.bad == '')"
+	for k, st := range steps {
 		name := "judged"
 		if k > 0 {
 			name = "judged" + strconv.Itoa(k)
 		}
 		vars = append(vars, v(name, judged+`.map(i, `+mapLit(append(keep("i", "repo", "tag", "digest"),
-			"matched", m+` ? 'y' : ''`, "allowed", a+` ? 'y' : ''`)...)+`)`))
+			"matched", st.matched+` ? 'y' : ''`, "allowed", st.allowed+` ? 'y' : ''`)...)+`)`))
 		judged = "variables." + name
 	}
 	reference := `i.repo + (i.tag != '' ? ':' + i.tag : '') + (i.digest != '' ? '@' + i.digest : '')`
