@@ -108,17 +108,7 @@ func TestAttack2ManyNonCanonicalContainersCost(t *testing.T) {
 	pol := spellingPolicies()[0].DeepCopy()
 	pol.Name, pol.Namespace = "attack2-cost-case", "attack2-cost-case"
 	pod := podOfN(pol.Namespace, "Registry.example.com/"+strings.Repeat("a", 230)+":"+strings.Repeat("t", 128), 100)
-	if d := newWebhook(t, pol).decide(t, nil, containersOfPod(pod)); !d.Allowed {
-		t.Fatalf("webhook refuses: %.300s", d.Message)
-	}
-	install(t, pol, nil, "evil.io/app:1")
-	allowed, msg, err := createPod(env.Client, pod)
-	if err != nil {
-		t.Fatalf("the API server's validation refuses the pod: %.300v", err)
-	}
-	if !allowed {
-		t.Errorf("the API server refuses, with %d containers, a pod the webhook admits: %.400s", len(pod.Spec.Containers), errorOf(msg))
-	}
+	admittedByBoth(t, pol, pod)
 }
 
 func compile(t *testing.T, patterns []string) []policy.Glob {

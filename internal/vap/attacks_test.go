@@ -8,13 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/cel-go/cel"
 	"github.com/google/cel-go/common/types"
 	"github.com/google/cel-go/common/types/ref"
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apiserver/pkg/cel/environment"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/policy"
@@ -53,22 +50,6 @@ func TestAttackLongGlobsExceedCELExpressionSize(t *testing.T) {
 	if !d.Allowed {
 		t.Fatalf("webhook refuses: %s", d.Message)
 	}
-}
-
-// newEvaluatorEnv is newEvaluator's CEL environment, without compiling anything.
-func newEvaluatorEnv(t testing.TB, vap *admissionregistrationv1.ValidatingAdmissionPolicy) *cel.Env {
-	t.Helper()
-	decls := []cel.EnvOption{
-		cel.Variable("object", cel.DynType), cel.Variable("oldObject", cel.DynType), cel.Variable("request", cel.DynType),
-	}
-	for _, v := range vap.Spec.Variables {
-		decls = append(decls, cel.Variable("variables."+v.Name, cel.DynType))
-	}
-	set, err := environment.MustBaseEnvSet(minVersion).Extend(environment.VersionedOptions{IntroducedVersion: minVersion, EnvOptions: decls})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return set.NewExpressionsEnv()
 }
 
 // Found in an adversarial review (real API server): the policy of TestAttackLongGlobsExceedCELExpressionSize. Either the
@@ -148,8 +129,14 @@ func TestAttackManyContainersExceedCostLimit(t *testing.T) {
 	pol := spellingPolicies()[0].DeepCopy()
 	pol.Name, pol.Namespace = "attack-cost", "attack-cost"
 	pod := manyContainersPod(pol.Namespace, 250)
-	d := newWebhook(t, pol).decide(t, nil, containersOfPod(pod))
-	if !d.Allowed {
+	admittedByBoth(t, pol, pod)
+}
+
+// admittedByBoth checks that the webhook admits pod under pol, and so does the API server with
+// the objects generated from pol.
+func admittedByBoth(t *testing.T, pol *securityv1alpha1.ImagePolicy, pod *corev1.Pod) {
+	t.Helper()
+	if d := newWebhook(t, pol).decide(t, nil, containersOfPod(pod)); !d.Allowed {
 		t.Fatalf("webhook refuses: %.300s", d.Message)
 	}
 	install(t, pol, nil, "evil.io/app:1")

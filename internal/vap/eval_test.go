@@ -34,17 +34,7 @@ type evaluator struct {
 
 func newEvaluator(t testing.TB, vap *admissionregistrationv1.ValidatingAdmissionPolicy) *evaluator {
 	t.Helper()
-	decls := []cel.EnvOption{
-		cel.Variable("object", cel.DynType), cel.Variable("oldObject", cel.DynType), cel.Variable("request", cel.DynType),
-	}
-	for _, v := range vap.Spec.Variables {
-		decls = append(decls, cel.Variable("variables."+v.Name, cel.DynType))
-	}
-	set, err := environment.MustBaseEnvSet(minVersion).Extend(environment.VersionedOptions{IntroducedVersion: minVersion, EnvOptions: decls})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &evaluator{env: set.NewExpressionsEnv(), vap: vap, programs: map[string]cel.Program{}}
+	e := &evaluator{env: newEvaluatorEnv(t, vap), vap: vap, programs: map[string]cel.Program{}}
 	var exprs []string
 	for _, c := range vap.Spec.MatchConditions {
 		exprs = append(exprs, c.Expression)
@@ -75,6 +65,22 @@ func (e *evaluator) eval(expr string, act map[string]any) ref.Val {
 		return types.NewErr("%v", err)
 	}
 	return out
+}
+
+// newEvaluatorEnv is newEvaluator's CEL environment, without compiling anything.
+func newEvaluatorEnv(t testing.TB, vap *admissionregistrationv1.ValidatingAdmissionPolicy) *cel.Env {
+	t.Helper()
+	decls := []cel.EnvOption{
+		cel.Variable("object", cel.DynType), cel.Variable("oldObject", cel.DynType), cel.Variable("request", cel.DynType),
+	}
+	for _, v := range vap.Spec.Variables {
+		decls = append(decls, cel.Variable("variables."+v.Name, cel.DynType))
+	}
+	set, err := environment.MustBaseEnvSet(minVersion).Extend(environment.VersionedOptions{IntroducedVersion: minVersion, EnvOptions: decls})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return set.NewExpressionsEnv()
 }
 
 // admit returns whether the request passes, and the message when it does not. A match condition
