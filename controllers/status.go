@@ -2,11 +2,15 @@ package controllers
 
 import (
 	"context"
+	"slices"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 )
 
 // statusObject is an object whose status ImageGuard writes: conditions and an observed generation.
@@ -56,7 +60,24 @@ func setCondition(obj statusObject, condition string, status metav1.ConditionSta
 	meta.SetStatusCondition(&conditions, metav1.Condition{
 		Type: condition, Status: status, Reason: reason, Message: message, ObservedGeneration: obj.GetGeneration(),
 	})
-	obj.SetConditions(conditions)
+	obj.SetConditions(sortedConditions(conditions))
+}
+
+// sortedConditions orders conditions by type, Ready first: whatever path set them, the same
+// conditions are the same list, so that no write is made for an order alone.
+func sortedConditions(conditions []metav1.Condition) []metav1.Condition {
+	slices.SortStableFunc(conditions, func(a, b metav1.Condition) int {
+		switch {
+		case a.Type == b.Type:
+			return 0
+		case a.Type == securityv1alpha1.ConditionReady:
+			return -1
+		case b.Type == securityv1alpha1.ConditionReady:
+			return 1
+		}
+		return strings.Compare(a.Type, b.Type)
+	})
+	return conditions
 }
 
 // removeCondition removes a condition of obj.
