@@ -1,7 +1,6 @@
 package controllers_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -185,20 +184,9 @@ func webhookClient(b *testing.B) *http.Client {
 
 // send posts one review and checks the answer (against wantAllowed when given).
 func send(c *http.Client, url string, body []byte, wantAllowed *bool) (*admissionv1.AdmissionReview, error) {
-	resp, err := c.Post(url, "application/json", bytes.NewReader(body))
+	out, err := testsuite.PostReview(c, url, body)
 	if err != nil {
 		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("HTTP %d", resp.StatusCode)
-	}
-	out := &admissionv1.AdmissionReview{}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return nil, err
-	}
-	if out.Response == nil {
-		return nil, fmt.Errorf("no response")
 	}
 	if wantAllowed != nil && out.Response.Allowed != *wantAllowed {
 		return nil, fmt.Errorf("allowed %v, want %v: %+v", out.Response.Allowed, *wantAllowed, out.Response.Result)

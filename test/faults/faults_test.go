@@ -445,19 +445,11 @@ func admit(port int, ns, image string) (*admissionv1.AdmissionResponse, error) {
 	}
 	// The serving certificate is the replicas' own CA's; what is checked here is the answer.
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // see above
-	resp, err := c.Post(fmt.Sprintf("https://127.0.0.1:%d/validate-workloads", port), "application/json", bytes.NewReader(body))
+	out, err := testsuite.PostReview(c, fmt.Sprintf("https://127.0.0.1:%d/validate-workloads", port), body)
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("HTTP %d", resp.StatusCode)
-	}
-	out := &admissionv1.AdmissionReview{}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return nil, err
-	}
-	if out.Response == nil || out.Response.Result == nil && !out.Response.Allowed {
+	if out.Response.Result == nil && !out.Response.Allowed {
 		return nil, fmt.Errorf("no response")
 	}
 	if out.Response.Result == nil {
