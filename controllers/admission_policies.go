@@ -119,20 +119,8 @@ func (a *AdmissionPolicies) Ensure(ctx context.Context, obj statusObject, ref st
 	}
 	setCondition(obj, securityv1alpha1.ConditionAdmissionPolicyReady, metav1.ConditionTrue, securityv1alpha1.ReasonAdmissionPolicyGenerated,
 		fmt.Sprintf("ValidatingAdmissionPolicy %s and its binding %s what breaks the policy's %s rules, even while ImageGuard is unreachable",
-			name, action, strings.Join(generatedRules(objs), " and ")))
+			name, action, strings.Join(objs.Rules, " and ")))
 	return nil
-}
-
-// generatedRules names the rules objs express, from their static message.
-func generatedRules(objs *vap.Objects) []string {
-	var out []string
-	msg := objs.Policy.Spec.Validations[0].Message
-	for _, rule := range []string{"registries", "tags"} {
-		if strings.Contains(msg, rule) {
-			out = append(out, rule)
-		}
-	}
-	return out
 }
 
 // failed says in obj's condition that writing the generated objects failed, and returns err.

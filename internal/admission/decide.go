@@ -65,7 +65,7 @@ func Decide(ctx context.Context, state State, req Request, now time.Time) (Decis
 	if err != nil {
 		return Decision{}, err
 	}
-	if len(req.OnlyPolicies) > 0 && !slices.Equal(req.OnlyPolicies, allPolicies) {
+	if req.OnlyPolicies != nil {
 		policies = slices.DeleteFunc(slices.Clone(policies), func(p *workload.Policy) bool { return !slices.Contains(req.OnlyPolicies, p.Ref) })
 	}
 	images := make([]policy.Image, 0, len(req.Containers))

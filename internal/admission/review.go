@@ -82,7 +82,7 @@ type Request struct {
 	ObjectKind schema.GroupKind
 	DryRun     bool
 	// OnlyPolicies, when set, are the Refs of the only policies that judge the request (an update
-	// whose new labels bring unchanged images under them); "*" is every policy.
+	// whose new labels bring unchanged images under them); nil is every policy.
 	OnlyPolicies []string
 }
 
@@ -164,31 +164,27 @@ func (r *Reviewer) review(ctx context.Context, req Request) (Decision, error) {
 }
 
 // policiesAdded returns the Refs of the policies that apply in namespace to the label sets of
-// after and did not apply to those of before. An error returns allPolicies: the update is then
-// judged by every policy.
-func (r *Reviewer) policiesAdded(ctx context.Context, namespace string, sets [2][]map[string]string) []string {
+// after and did not apply to those of before. all is true when they cannot be told (an error): the
+// update is then judged by every policy.
+func (r *Reviewer) policiesAdded(ctx context.Context, namespace string, sets [2][]map[string]string) (added []string, all bool) {
 	if slices.EqualFunc(sets[0], sets[1], maps.Equal) {
-		return nil
+		return nil, false
 	}
 	before, err := r.State.Policies(ctx, namespace, sets[0]...)
 	if err != nil {
-		return allPolicies
+		return nil, true
 	}
 	after, err := r.State.Policies(ctx, namespace, sets[1]...)
 	if err != nil {
-		return allPolicies
+		return nil, true
 	}
-	var added []string
 	for _, p := range after {
 		if !slices.ContainsFunc(before, func(q *workload.Policy) bool { return q.Ref == p.Ref }) {
 			added = append(added, p.Ref)
 		}
 	}
-	return added
+	return added, false
 }
-
-// allPolicies as Request.OnlyPolicies judges by every policy.
-var allPolicies = []string{"*"}
 
 // enforces reports whether a policy with enforcement Enforce applies in namespace (to any
 // workload), unless the namespace is exempt; an error counts as yes.

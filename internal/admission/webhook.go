@@ -67,10 +67,11 @@ func (v *WorkloadValidator) Handle(ctx context.Context, req admission.Request) a
 		// Unchanged images are not judged again, but by the policies new labels bring the
 		// workload under: a policy that applied before judged (or chose not to refuse) them.
 		if _, old, err := v.decode(req.Kind, req.OldObject); err == nil && old != nil && slices.Equal(workload.Containers(kind.PodSpec(old)), containers) {
-			only = v.Reviewer.policiesAdded(ctx, req.Namespace, [2][]map[string]string{{old.GetLabels(), kind.PodLabels(old)}, {obj.GetLabels(), kind.PodLabels(obj)}})
-			if len(only) == 0 {
+			added, all := v.Reviewer.policiesAdded(ctx, req.Namespace, [2][]map[string]string{{old.GetLabels(), kind.PodLabels(old)}, {obj.GetLabels(), kind.PodLabels(obj)}})
+			if !all && len(added) == 0 {
 				return admission.Allowed("images unchanged")
 			}
+			only = added // nil when all: every policy judges
 		}
 	}
 	d, err := v.Reviewer.Review(ctx, Request{

@@ -5,7 +5,9 @@
 package imageref
 
 import (
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -16,6 +18,11 @@ const DockerHub = "docker.io"
 // dockerHubAliases are the other names Docker Hub is reached by.
 var dockerHubAliases = map[string]bool{
 	"index.docker.io": true, "registry-1.docker.io": true, "registry.hub.docker.com": true,
+}
+
+// DockerHubAliases returns the other names Docker Hub is reached by, sorted.
+func DockerHubAliases() []string {
+	return slices.Sorted(maps.Keys(dockerHubAliases))
 }
 
 // CanonicalHost returns the one spelling of a registry host: lower case (hosts are

@@ -91,6 +91,8 @@ func tooLarge(vap *admissionregistrationv1.ValidatingAdmissionPolicy) bool {
 type Objects struct {
 	Policy  *admissionregistrationv1.ValidatingAdmissionPolicy
 	Binding *admissionregistrationv1.ValidatingAdmissionPolicyBinding
+	// Rules are the policy's rules they express (policy.RuleRegistries, policy.RuleTags).
+	Rules []string
 }
 
 // Name is the name of the objects generated for the policy whose Ref is ref:
@@ -228,7 +230,7 @@ func Generate(obj client.Object, namespace *corev1.Namespace, opts Options) (*Ob
 			},
 		},
 	}
-	return &Objects{Policy: vap, Binding: binding}, nil
+	return &Objects{Policy: vap, Binding: binding, Rules: g.rules()}, nil
 }
 
 // matchConstraints are the requests the webhook sees: creates and updates of pods (their
@@ -275,6 +277,18 @@ func (g generator) namespaceSelector() *metav1.LabelSelector {
 			Key: g.opts.OptOutLabel, Operator: metav1.LabelSelectorOpNotIn, Values: []string{"disabled"}})
 	}
 	return sel
+}
+
+// rules are the rules of the policy the generated objects express.
+func (g generator) rules() []string {
+	var rules []string
+	if len(g.allowed) > 0 {
+		rules = append(rules, policy.RuleRegistries)
+	}
+	if g.tags != nil {
+		rules = append(rules, policy.RuleTags)
+	}
+	return rules
 }
 
 // generator writes the CEL of one policy.
@@ -335,25 +349,26 @@ func podLabelsOf(x string) string {
 		tmpl(x+".spec.jobTemplate.spec.template") + `) : (` + tmpl(x+".spec.template") + `)`
 }
 
-// containersOf lists every image spec s runs as workload.Containers does: init, regular and
-// ephemeral containers, then image volumes, each {type, name, image}.
-func containersOf(s string) string {
+// specImages is a CEL list of elem for every image spec s runs, as workload.Containers lists
+// them: init, regular and ephemeral containers, then image volumes. elem gets the CEL of the
+// container's type, name and image.
+func specImages(s string, elem func(typ, name, image string) string) string {
 	list := func(field, typ string) string {
-		return `(has(` + s + `.` + field + `) ? ` + s + `.` + field + `.map(c, ` +
-			mapLit("type", "'"+typ+"'", "name", "c.name", "image", "has(c.image) ? c.image : ''") + `) : [])`
+		return `(has(` + s + `.` + field + `) ? ` + s + `.` + field + `.map(c, ` + elem("'"+typ+"'", "c.name", "has(c.image) ? c.image : ''") + `) : [])`
 	}
 	return list("initContainers", "init") + ` + ` + list("containers", "regular") + ` + ` + list("ephemeralContainers", "ephemeral") +
 		` + (has(` + s + `.volumes) ? ` + s + `.volumes.filter(v, has(v.image)).map(v, ` +
-		mapLit("type", "'volume'", "name", "v.name", "image", "has(v.image.reference) ? v.image.reference : ''") + `) : [])`
+		elem("'volume'", "v.name", "has(v.image.reference) ? v.image.reference : ''") + `) : [])`
 }
 
-// refsOf lists the image references of spec s, as containersOf, without the rest.
+// containersOf lists every image of spec s as {type, name, image}.
+func containersOf(s string) string {
+	return specImages(s, func(typ, name, image string) string { return mapLit("type", typ, "name", name, "image", image) })
+}
+
+// refsOf lists the image references of spec s alone: no map is built for them.
 func refsOf(s string) string {
-	list := func(field string) string {
-		return `(has(` + s + `.` + field + `) ? ` + s + `.` + field + `.map(c, has(c.image) ? string(c.image) : '') : [])`
-	}
-	return list("initContainers") + ` + ` + list("containers") + ` + ` + list("ephemeralContainers") +
-		` + (has(` + s + `.volumes) ? ` + s + `.volumes.filter(v, has(v.image)).map(v, has(v.image.reference) ? string(v.image.reference) : '') : [])`
+	return specImages(s, func(_, _, image string) string { return "string(" + image + ")" })
 }
 
 // selectorCEL is sel over the label map l (a CEL expression), as metav1.LabelSelectorAsSelector
@@ -413,7 +428,7 @@ func keep(x string, fields ...string) []string {
 // string maps, one per image: parsed (grammar), split (@digest), named (:tag), hosted (host/path),
 // hostport (host, port; the length and IPv6 checks), canon (canonical host and tag), images.
 func parsingVariables() []admissionregistrationv1.Variable {
-	dockerHub := listLit([]string{imageref.DockerHub, "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
+	dockerHub := listLit(append([]string{imageref.DockerHub}, imageref.DockerHubAliases()...))
 	v := func(name, expr string) admissionregistrationv1.Variable {
 		return admissionregistrationv1.Variable{Name: name, Expression: expr}
 	}
@@ -546,7 +561,7 @@ const (
 // so that regular expressions cut the parts at once.
 func fastPartsCEL() string {
 	// docker.io is canonical, but for an official image, which needs library/.
-	aliases := listLit([]string{"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
+	aliases := listLit(imageref.DockerHubAliases())
 	parts := `[r.find('^[^:@]+(?::[0-9]+/[^:@]+)?'), r.find(':[\\w][\\w.-]*(?:@|$)'), r.find('` + policy.DigestPattern + `$')`
 	// Longer references are malformed.
 	return `variables.refs.map(r, size(r) > ` + strconv.Itoa(policy.MaxReferenceLength) + ` ? ['', '', '', ''] : ` +
@@ -685,20 +700,13 @@ func (g generator) validation(action admissionregistrationv1.ValidationAction) a
 	if action == admissionregistrationv1.Warn {
 		prefix = "ImageGuard: " + g.parts.ref + ": "
 	}
-	var rules []string
-	if len(g.allowed) > 0 {
-		rules = append(rules, policy.RuleRegistries)
-	}
-	if g.tags != nil {
-		rules = append(rules, policy.RuleTags)
-	}
 	return admissionregistrationv1.Validation{
 		Expression: expr,
 		// The API server evaluates the message of every request, admitted or not (in a context of its
 		// own, where the variables are evaluated again): the failures are listed only when it refuses.
 		MessageExpression: `(` + expr + `) ? '' : ` + lit(prefix) + ` + ` + failures + `.join('; ')`,
 		// When the list of failures is too long for a message.
-		Message: prefix + "an image breaks its " + strings.Join(rules, " or ") + " rule, or its reference is malformed",
+		Message: prefix + "an image breaks its " + strings.Join(g.rules(), " or ") + " rule, or its reference is malformed",
 		Reason:  ptr.To(metav1.StatusReasonForbidden),
 	}
 }
