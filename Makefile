@@ -31,6 +31,9 @@ help: ## Show this help.
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from the markers in api/ and controllers/.
 	$(CONTROLLER_GEN) crd paths=./api/v1alpha1/... output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) crd paths=./api/wgpolicyk8s/... output:crd:artifacts:config=config/crd/policyreport
+	@# OpenReports' own CRDs, from the pinned module (go.mod), never edited here.
+	mkdir -p config/crd/openreports && for f in "$$(go list -m -f '{{.Dir}}' github.com/openreports/reports-api)"/config/crd/openreports.io_*.yaml; do \
+		install -m 0644 "$$f" config/crd/openreports/; done
 	$(CONTROLLER_GEN) rbac:roleName=imageguard-manager paths=./controllers/... paths=./internal/... paths=./cmd/... output:rbac:artifacts:config=config/rbac
 	$(CONTROLLER_GEN) webhook paths=./internal/admission/... output:webhook:artifacts:config=config/webhook
 
@@ -42,6 +45,7 @@ generate: $(CONTROLLER_GEN) ## Generate DeepCopy methods.
 chart-crds: manifests ## Copy the CRDs and the generated RBAC into the Helm chart (never edit the chart's copies by hand).
 	hack/chart-crds.sh config/crd/bases charts/imageguard/templates/crds
 	hack/chart-crds.sh config/crd/policyreport charts/imageguard/templates/policyreport-crds policyReportCRDs.install
+	hack/chart-crds.sh config/crd/openreports charts/imageguard/templates/openreports-crds openReportsCRDs.install
 	hack/chart-rbac.sh config/rbac/role.yaml charts/imageguard/templates/rbac/clusterrole.yaml
 
 .PHONY: fmt

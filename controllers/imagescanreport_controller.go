@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -32,6 +32,7 @@ import (
 	"github.com/imageguard/imageguard/internal/policy"
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
+	"github.com/imageguard/imageguard/internal/vulndb"
 	"github.com/imageguard/imageguard/internal/workload"
 )
 
@@ -48,6 +49,10 @@ type VulnerabilityDB interface {
 	Info() (scanner.DBInfo, bool)
 	// Subscribe returns a channel that gets an event after each DB swap.
 	Subscribe() <-chan event.TypedGenericEvent[scanner.DBInfo]
+	// State is what the DB manager knows of the DB in use and of its last check; Checked returns
+	// a channel that gets it after each check.
+	State() vulndb.State
+	Checked() <-chan event.TypedGenericEvent[vulndb.State]
 }
 
 // ImageScanReportReconciler fills a report's status from the scanner: the kept inventory of its
@@ -69,19 +74,19 @@ type ImageScanReportReconciler struct {
 	// ExcludedNamespaces are not scanned, nor namespaces labelled imageguard.dev/exclude=true.
 	ExcludedNamespaces []string
 	Clock              clock.PassiveClock
-
-	// matched remembers the DB each report was last matched against: a DB update that leaves a
-	// report's findings as they were is then neither matched again nor written. It is dropped
-	// with the report.
-	matched sync.Map // types.NamespacedName -> matchedDB
+	// RefreshInterval is how often at most a report whose findings a new DB left as they were is
+	// written to bring its status.vulnerabilityDB and lastScanTime up to date; 0 means
+	// DefaultReportRefreshInterval.
+	RefreshInterval time.Duration
+	// Matches remembers each report's last match: a DB update that leaves a report's findings as
+	// they were is then neither matched again nor written. Setup shares it with the policies'
+	// freshness and the DB's status; nil makes one.
+	Matches *Matches
 }
 
-// matchedDB is the DB a report (known by UID: a report deleted and made again is new) was last
-// matched against.
-type matchedDB struct {
-	uid    types.UID
-	digest string
-}
+// DefaultReportRefreshInterval is how often at most an unchanged report's DB and scan time are
+// written.
+const DefaultReportRefreshInterval = 24 * time.Hour
 
 // +kubebuilder:rbac:groups=security.imageguard.dev,resources=imagescanreports,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=security.imageguard.dev,resources=imagescanreports/status,verbs=get;update;patch
@@ -98,13 +103,18 @@ func (r *ImageScanReportReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !report.DeletionTimestamp.IsZero() {
+		r.Matches.Skip(req.NamespacedName)
 		return ctrl.Result{}, nil
 	}
 	ns := &corev1.Namespace{}
 	if err := r.Client.Get(ctx, client.ObjectKey{Name: report.Namespace}, ns); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.Matches.Skip(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if excludedNamespace(ns, r.ExcludedNamespaces) {
+		r.Matches.Skip(req.NamespacedName)
 		return ctrl.Result{}, nil
 	}
 	recordVulnerabilities(report)
@@ -114,11 +124,14 @@ func (r *ImageScanReportReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		setDatabaseUnavailable(report)
 		return r.finish(ctx, before, report, ctrl.Result{RequeueAfter: 30 * time.Second}, nil)
 	}
-	if r.current(report, db) {
-		return ctrl.Result{RequeueAfter: r.jitter(r.RescanInterval)}, nil
+	now := r.Clock.Now()
+	if r.current(report, db, now) {
+		r.Matches.Matched(req.NamespacedName, report.UID, db, nil)
+		return ctrl.Result{RequeueAfter: r.nextVisit(report, db, now)}, nil
 	}
 	res, analyzedAt, err := r.scan(ctx, report)
 	if err != nil {
+		r.Matches.Failed(req.NamespacedName)
 		terminal := setScanFailed(report, err)
 		// A registry's Retry-After, or the end of a crashed digest's wait, says when to try again.
 		if wait, ok := registry.RetryAfter(err); ok && wait > 0 {
@@ -134,16 +147,77 @@ func (r *ImageScanReportReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		}
 		return r.finish(ctx, before, report, ctrl.Result{}, err)
 	}
+	keys := findingKeys(res.Findings)
+	changes, added := r.changes(req.NamespacedName, before, res, keys, now)
 	applyScan(report, ScanStatus{
-		Result: res, ScannerVersion: r.Scanner.Version(), ScannedAt: metav1.NewTime(r.Clock.Now()),
+		Result: res, ScannerVersion: r.Scanner.Version(), ScannedAt: metav1.NewTime(now),
 		AnalyzedAt: analyzedAt, MaxBytes: r.MaxBytes,
 	})
-	keepScanTimeWhenUnchanged(before, report)
-	result, err := r.finish(ctx, before, report, ctrl.Result{RequeueAfter: r.jitter(r.RescanInterval)}, nil)
-	if err == nil {
-		r.matched.Store(req.NamespacedName, matchedDB{uid: report.UID, digest: res.DB.Digest})
+	if changes != nil {
+		report.Status.Changes = changes
 	}
-	return result, err
+	keepScanTimeWhenUnchanged(before, report, r.refreshDue(before, now))
+	result, err := r.finish(ctx, before, report, ctrl.Result{RequeueAfter: r.nextVisit(report, res.DB, now)}, nil)
+	if err != nil {
+		return result, err
+	}
+	r.Matches.Matched(req.NamespacedName, report.UID, res.DB, keys)
+	if changes != nil && changes.New > 0 {
+		r.newVulnerabilities(ctx, report, changes, added)
+	}
+	return result, nil
+}
+
+// changes returns what the scan res changed in the report's findings, against those of its last
+// match (in memory, else its status), and the new findings by severity; nil for a first scan or
+// when nothing appeared or went.
+func (r *ImageScanReportReconciler) changes(key types.NamespacedName, before *securityv1alpha1.ImageScanReport, res *scanner.Result, keys []uint64, now time.Time) (*securityv1alpha1.FindingChanges, map[securityv1alpha1.Severity]int) {
+	if before.Status.Summary == nil {
+		return nil, nil
+	}
+	_, known, _ := r.Matches.Lookup(key, before.UID)
+	if known != nil && slices.Equal(known, keys) {
+		return nil, nil
+	}
+	return changesOf(known, before.Status.Vulnerabilities, before.Status.VulnerabilitiesOmitted > 0, res.Findings, res.DB.Digest, now)
+}
+
+// newVulnerabilities tells of the findings a match added: the counter by severity, and an Event
+// on the report and on each of its workloads.
+func (r *ImageScanReportReconciler) newVulnerabilities(ctx context.Context, report *securityv1alpha1.ImageScanReport, changes *securityv1alpha1.FindingChanges, added map[securityv1alpha1.Severity]int) {
+	for severity, n := range added {
+		metrics.NewVulnerabilities.WithLabelValues(strings.ToLower(string(severity))).Add(float64(n))
+	}
+	if r.Recorder == nil {
+		return
+	}
+	ids := strings.Join(changes.NewIDs, ", ")
+	if int(changes.New) > len(changes.NewIDs) {
+		ids += ", ..."
+	}
+	msg := fmt.Sprintf("%d new vulnerabilities in %s@%s (DB %s): %s", changes.New, report.Spec.Image, report.Spec.Digest, changes.VulnerabilityDB, ids)
+	r.Recorder.Eventf(report, nil, corev1.EventTypeWarning, securityv1alpha1.ReasonNewVulnerabilities, "Rematch", "%s", msg)
+	for _, w := range report.Status.Workloads {
+		if obj := r.workloadObject(ctx, report.Namespace, w); obj != nil {
+			r.Recorder.Eventf(obj, report, corev1.EventTypeWarning, securityv1alpha1.ReasonNewVulnerabilities, "Rematch", "%s", msg)
+		}
+	}
+}
+
+// workloadObject reads the workload w of namespace from the cache, for an Event; nil when it is
+// of a kind outside the table or cannot be read.
+func (r *ImageScanReportReconciler) workloadObject(ctx context.Context, namespace string, w securityv1alpha1.Workload) client.Object {
+	for _, k := range workload.Kinds {
+		if k.GVK.Kind != w.Kind {
+			continue
+		}
+		obj := k.New()
+		if err := r.Client.Get(ctx, client.ObjectKey{Namespace: namespace, Name: w.Name}, obj); err != nil {
+			return nil
+		}
+		return obj
+	}
+	return nil
 }
 
 // finish writes the report's status when it changed, with its gauges and an Event on a change of
@@ -166,21 +240,41 @@ func (r *ImageScanReportReconciler) finish(ctx context.Context, before, report *
 
 // forget drops what is kept of a deleted report: its matched DB and its metric series.
 func (r *ImageScanReportReconciler) forget(key types.NamespacedName) {
-	r.matched.Delete(key)
+	r.Matches.Forget(key)
 	metrics.ImageVulnerabilities.DeletePartialMatch(prometheus.Labels{"namespace": key.Namespace, "report": key.Name})
 }
 
-// current reports whether report was matched against db and its spec observed.
-func (r *ImageScanReportReconciler) current(report *securityv1alpha1.ImageScanReport, db scanner.DBInfo) bool {
+// current reports whether report was matched against db and its spec observed, and its status
+// needs no refresh.
+func (r *ImageScanReportReconciler) current(report *securityv1alpha1.ImageScanReport, db scanner.DBInfo, now time.Time) bool {
 	if report.Status.ObservedGeneration != report.Generation ||
 		!meta.IsStatusConditionTrue(report.Status.Conditions, securityv1alpha1.ConditionScanned) {
 		return false
 	}
-	key := types.NamespacedName{Namespace: report.Namespace, Name: report.Name}
-	if m, ok := r.matched.Load(key); ok && m.(matchedDB).uid == report.UID && m.(matchedDB).digest == db.Digest {
+	if st := report.Status.VulnerabilityDB; st != nil && st.Digest == db.Digest {
 		return true
 	}
-	return report.Status.VulnerabilityDB != nil && report.Status.VulnerabilityDB.Digest == db.Digest
+	matched, _, ok := r.Matches.Lookup(types.NamespacedName{Namespace: report.Namespace, Name: report.Name}, report.UID)
+	return ok && matched.Digest == db.Digest && !r.refreshDue(report, now)
+}
+
+// refreshDue reports whether report's status.vulnerabilityDB and lastScanTime are due to be
+// brought up to date although its findings did not change.
+func (r *ImageScanReportReconciler) refreshDue(report *securityv1alpha1.ImageScanReport, now time.Time) bool {
+	t := report.Status.LastScanTime
+	return t == nil || !now.Before(t.Add(r.RefreshInterval))
+}
+
+// nextVisit is when report is reconciled again without an event: at the rescan interval, or
+// sooner when its status lags the DB db and is due for a refresh before that.
+func (r *ImageScanReportReconciler) nextVisit(report *securityv1alpha1.ImageScanReport, db scanner.DBInfo, now time.Time) time.Duration {
+	next := r.jitter(r.RescanInterval)
+	if st, t := report.Status.VulnerabilityDB, report.Status.LastScanTime; st != nil && t != nil && st.Digest != db.Digest {
+		if due := t.Add(r.RefreshInterval).Sub(now) + time.Second; due < next {
+			next = r.jitter(max(due, time.Second))
+		}
+	}
+	return next
 }
 
 // scan returns the report's findings: its digest's kept inventory (analysed once, cluster-wide,
@@ -294,17 +388,28 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
+	if r.RefreshInterval <= 0 {
+		r.RefreshInterval = DefaultReportRefreshInterval
+	}
+	if r.Matches == nil {
+		r.Matches = NewMatches()
+	}
 	// Every report in the cache is queued once per DB swap; the workqueue's rate limiter and the
 	// concurrency pace the re-matches.
 	allReports := handler.TypedFuncs[scanner.DBInfo, reconcile.Request]{
-		GenericFunc: func(ctx context.Context, _ event.TypedGenericEvent[scanner.DBInfo], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		GenericFunc: func(ctx context.Context, e event.TypedGenericEvent[scanner.DBInfo], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 			reports := &securityv1alpha1.ImageScanReportList{}
 			if err := r.Client.List(ctx, reports); err != nil {
 				ctrl.LoggerFrom(ctx).Error(err, "Listing reports to re-match after a DB update")
 				return
 			}
+			keys := make([]types.NamespacedName, 0, len(reports.Items))
 			for _, rep := range reports.Items {
-				q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name}})
+				keys = append(keys, types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name})
+			}
+			r.Matches.Begin(e.Object.Digest, keys)
+			for _, key := range keys {
+				q.Add(reconcile.Request{NamespacedName: key})
 			}
 		},
 	}

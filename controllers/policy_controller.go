@@ -110,7 +110,7 @@ func (r *PolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 				reasons = reasons[:16]
 			}
 			nonCompliant = append(nonCompliant, securityv1alpha1.NonCompliantWorkload{
-				Namespace: w.Namespace, Kind: w.Kind, Name: w.Name, Reasons: reasons,
+				Namespace: w.Namespace, Kind: w.Kind, Name: w.Name, Reason: verdict.FirstFailure().Reason, Reasons: reasons,
 			})
 		}
 	}
@@ -292,7 +292,8 @@ func (r *PolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	b := ctrl.NewControllerManagedBy(mgr).Named(name).For(forObj).
 		WithOptions(controller.Options{ReconciliationTimeout: r.Timeout})
 	b = r.AdmissionPolicies.watch(b, r.ClusterScoped)
-	for _, obj := range append(workload.Objects(), &securityv1alpha1.ImageScanReport{}) {
+	// The DB object changes when a re-match ends or the DB turns stale: what freshness reads.
+	for _, obj := range append(workload.Objects(), &securityv1alpha1.ImageScanReport{}, &securityv1alpha1.VulnerabilityDatabase{}) {
 		b = b.Watches(obj, toPolicies)
 	}
 	if r.ClusterScoped {

@@ -5,21 +5,26 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
+	openreportsv1alpha1 "github.com/openreports/reports-api/apis/openreports.io/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
@@ -47,13 +52,19 @@ func policyReportName(part int) string {
 	return fmt.Sprintf("%s-%d", PolicyReportName, part)
 }
 
-// PolicyReportReconciler keeps one wgpolicyk8s.io PolicyReport per namespace: a result per
-// workload, policy and rule, for Policy Reporter and other dashboards. All results concern
-// namespaced workloads, so no ClusterPolicyReport is written.
+// PolicyReportReconciler keeps, per namespace, the same results (one per workload, policy and
+// rule, for Policy Reporter, Kyverno's dashboards and others) in a wgpolicyk8s.io PolicyReport,
+// an openreports.io Report, or both (Formats), each only while its CRD is installed: the CRDs are
+// watched, so a kind installed after the start is written at once and one removed is no longer
+// written. All results concern namespaced workloads, so no cluster-scoped report is written.
 type PolicyReportReconciler struct {
-	Client   client.Client
-	Gatherer *workload.Gatherer
-	Clock    clock.PassiveClock
+	Client client.Client
+	// APIReader reads the reports: they are not cached, as their kinds may come and go.
+	APIReader client.Reader
+	Gatherer  *workload.Gatherer
+	Clock     clock.PassiveClock
+	// Formats are the report kinds written; nil means FormatWGPolicy.
+	Formats []ReportFormat
 	// Timeout bounds one reconcile; 0 means none.
 	Timeout time.Duration
 	// MaxBytes bounds the encoded results of one PolicyReport; 0 means
@@ -61,7 +72,108 @@ type PolicyReportReconciler struct {
 	MaxBytes int
 }
 
-// +kubebuilder:rbac:groups=wgpolicyk8s.io,resources=policyreports,verbs=get;list;watch;create;update;patch;delete
+// ReportFormat is a kind of policy report (--policy-reports).
+type ReportFormat string
+
+// The report formats.
+const (
+	// FormatWGPolicy is wgpolicyk8s.io/v1alpha2 PolicyReport.
+	FormatWGPolicy ReportFormat = "wgpolicyk8s"
+	// FormatOpenReports is openreports.io/v1alpha1 Report.
+	FormatOpenReports ReportFormat = "openreports"
+)
+
+// ParseReportFormats reads --policy-reports: a comma list of formats, or "none".
+func ParseReportFormats(s string) ([]ReportFormat, error) {
+	var out []ReportFormat
+	for _, f := range strings.Split(s, ",") {
+		switch f := ReportFormat(strings.TrimSpace(f)); f {
+		case FormatWGPolicy, FormatOpenReports:
+			if !slices.Contains(out, f) {
+				out = append(out, f)
+			}
+		case "none", "":
+		default:
+			return nil, fmt.Errorf("unknown policy report format %q (known: wgpolicyk8s, openreports, none)", f)
+		}
+	}
+	return out, nil
+}
+
+// reportKind is how one format's reports are read and written.
+type reportKind struct {
+	format ReportFormat
+	// crd is the name of the CRD that serves it.
+	crd     string
+	newObj  func() client.Object
+	newList func() client.ObjectList
+	// results reads an object's results; set writes them.
+	results func(client.Object) []wgpolicyv1alpha2.PolicyReportResult
+	set     func(client.Object, wgpolicyv1alpha2.PolicyReportSummary, []wgpolicyv1alpha2.PolicyReportResult)
+	items   func(client.ObjectList) []client.Object
+}
+
+var reportKinds = map[ReportFormat]reportKind{
+	FormatWGPolicy: {
+		format: FormatWGPolicy, crd: "policyreports.wgpolicyk8s.io",
+		newObj: func() client.Object { return &wgpolicyv1alpha2.PolicyReport{} }, newList: func() client.ObjectList { return &wgpolicyv1alpha2.PolicyReportList{} },
+		results: func(o client.Object) []wgpolicyv1alpha2.PolicyReportResult {
+			return o.(*wgpolicyv1alpha2.PolicyReport).Results
+		},
+		set: func(o client.Object, s wgpolicyv1alpha2.PolicyReportSummary, r []wgpolicyv1alpha2.PolicyReportResult) {
+			o.(*wgpolicyv1alpha2.PolicyReport).Summary, o.(*wgpolicyv1alpha2.PolicyReport).Results = s, r
+		},
+		items: func(l client.ObjectList) []client.Object {
+			var out []client.Object
+			for i := range l.(*wgpolicyv1alpha2.PolicyReportList).Items {
+				out = append(out, &l.(*wgpolicyv1alpha2.PolicyReportList).Items[i])
+			}
+			return out
+		},
+	},
+	FormatOpenReports: {
+		format: FormatOpenReports, crd: "reports.openreports.io",
+		newObj: func() client.Object { return &openreportsv1alpha1.Report{} }, newList: func() client.ObjectList { return &openreportsv1alpha1.ReportList{} },
+		results: func(o client.Object) []wgpolicyv1alpha2.PolicyReportResult {
+			var out []wgpolicyv1alpha2.PolicyReportResult
+			for _, r := range o.(*openreportsv1alpha1.Report).Results {
+				out = append(out, wgpolicyv1alpha2.PolicyReportResult{
+					Source: r.Source, Policy: r.Policy, Rule: r.Rule, Category: r.Category, Severity: wgpolicyv1alpha2.Severity(r.Severity),
+					Timestamp: r.Timestamp, Result: wgpolicyv1alpha2.Result(r.Result), Scored: r.Scored, Subjects: r.Subjects,
+					Description: r.Description, Properties: r.Properties,
+				})
+			}
+			return out
+		},
+		set: func(o client.Object, s wgpolicyv1alpha2.PolicyReportSummary, results []wgpolicyv1alpha2.PolicyReportResult) {
+			rep := o.(*openreportsv1alpha1.Report)
+			rep.Source = resultSource
+			rep.Summary = openreportsv1alpha1.ReportSummary{Pass: s.Pass, Fail: s.Fail, Warn: s.Warn, Error: s.Error, Skip: s.Skip}
+			rep.Results = make([]openreportsv1alpha1.ReportResult, 0, len(results))
+			for _, r := range results {
+				rep.Results = append(rep.Results, openreportsv1alpha1.ReportResult{
+					Source: r.Source, Policy: r.Policy, Rule: r.Rule, Category: r.Category, Severity: openreportsv1alpha1.ResultSeverity(r.Severity),
+					Timestamp: r.Timestamp, Result: openreportsv1alpha1.Result(r.Result), Scored: r.Scored, Subjects: r.Subjects,
+					Description: r.Description, Properties: r.Properties,
+				})
+			}
+		},
+		items: func(l client.ObjectList) []client.Object {
+			var out []client.Object
+			for i := range l.(*openreportsv1alpha1.ReportList).Items {
+				out = append(out, &l.(*openreportsv1alpha1.ReportList).Items[i])
+			}
+			return out
+		},
+	},
+}
+
+// resultSource is the source of every result and OpenReports report ImageGuard writes.
+const resultSource = "imageguard"
+
+// +kubebuilder:rbac:groups=wgpolicyk8s.io,resources=policyreports,verbs=get;list;create;update;patch;delete
+// +kubebuilder:rbac:groups=openreports.io,resources=reports,verbs=get;list;create;update;patch;delete
+// +kubebuilder:rbac:groups=apiextensions.k8s.io,resources=customresourcedefinitions,verbs=get;list;watch
 
 // Reconcile rewrites the namespace's PolicyReport when its results changed.
 func (r *PolicyReportReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -72,12 +184,40 @@ func (r *PolicyReportReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if !ns.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, nil
 	}
+	var kinds []reportKind
+	for _, f := range r.Formats {
+		served, err := r.served(ctx, reportKinds[f].crd)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if served {
+			kinds = append(kinds, reportKinds[f])
+		}
+	}
+	if len(kinds) == 0 {
+		return ctrl.Result{}, nil
+	}
 	results, next, err := r.results(ctx, ns)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if err := r.writeAll(ctx, ns.Name, results); err != nil {
-		return ctrl.Result{}, err
+	retry := false
+	for _, kind := range kinds {
+		err := r.writeAll(ctx, kind, ns.Name, results)
+		switch {
+		case err == nil:
+		case meta.IsNoMatchError(err) || apierrors.IsNotFound(err):
+			// A CRD installed a moment ago is not in discovery yet (tried again shortly); one
+			// removed a moment ago is no longer watched as served: nothing to write either way.
+			if served, serr := r.served(ctx, kind.crd); serr == nil && served {
+				retry = true
+			}
+		default:
+			return ctrl.Result{}, fmt.Errorf("writing the %s reports: %w", kind.format, err)
+		}
+	}
+	if retry {
+		return ctrl.Result{RequeueAfter: 2 * time.Second}, nil
 	}
 	if next.IsZero() {
 		return ctrl.Result{}, nil
@@ -133,7 +273,7 @@ func ruleResults(policyName string, w workload.Workload, v policy.Verdict, stamp
 		pr := byRule[res.Rule]
 		if pr == nil {
 			pr = &wgpolicyv1alpha2.PolicyReportResult{
-				Source: "imageguard", Policy: policyName, Rule: res.Rule, Category: "Image Security",
+				Source: resultSource, Policy: policyName, Rule: res.Rule, Category: "Image Security",
 				Severity: wgpolicyv1alpha2.Severity(res.Severity), Timestamp: stamp, Result: wgpolicyv1alpha2.ResultPass, Scored: true,
 				Subjects: []corev1.ObjectReference{{
 					APIVersion: w.APIVersion, Kind: w.Kind, Namespace: w.Namespace, Name: w.Name, UID: w.UID,
@@ -172,14 +312,14 @@ func ruleResults(policyName string, w workload.Workload, v policy.Verdict, stamp
 
 // writeAll writes results across as many PolicyReports as their size needs, in order, and
 // deletes the parts no longer needed.
-func (r *PolicyReportReconciler) writeAll(ctx context.Context, namespace string, results []wgpolicyv1alpha2.PolicyReportResult) error {
+func (r *PolicyReportReconciler) writeAll(ctx context.Context, kind reportKind, namespace string, results []wgpolicyv1alpha2.PolicyReportResult) error {
 	maxBytes := r.MaxBytes
 	if maxBytes <= 0 {
 		maxBytes = DefaultPolicyReportMaxBytes
 	}
 	parts := splitResults(results, maxBytes)
 	for i, part := range parts {
-		if err := r.write(ctx, namespace, policyReportName(i+1), part); err != nil {
+		if err := r.write(ctx, kind, namespace, policyReportName(i+1), part); err != nil {
 			return err
 		}
 	}
@@ -188,12 +328,12 @@ func (r *PolicyReportReconciler) writeAll(ctx context.Context, namespace string,
 	for i := range parts {
 		kept[policyReportName(i+1)] = true
 	}
-	list := &wgpolicyv1alpha2.PolicyReportList{}
-	if err := r.Client.List(ctx, list, client.InNamespace(namespace), client.MatchingLabels(managedByLabel)); err != nil {
+	list := kind.newList()
+	if err := r.APIReader.List(ctx, list, client.InNamespace(namespace), client.MatchingLabels(managedByLabel)); err != nil {
 		return err
 	}
-	for i := range list.Items {
-		if rep := &list.Items[i]; !kept[rep.Name] && strings.HasPrefix(rep.Name, PolicyReportName) {
+	for _, rep := range kind.items(list) {
+		if !kept[rep.GetName()] && strings.HasPrefix(rep.GetName(), PolicyReportName) {
 			if err := r.Client.Delete(ctx, rep); client.IgnoreNotFound(err) != nil {
 				return err
 			}
@@ -222,11 +362,11 @@ func splitResults(results []wgpolicyv1alpha2.PolicyReportResult, maxBytes int) [
 	return parts
 }
 
-// write creates or updates the PolicyReport name with results; an unchanged one (timestamps
+// write creates or updates the report name of kind with results; an unchanged one (timestamps
 // aside) is not written.
-func (r *PolicyReportReconciler) write(ctx context.Context, namespace, name string, results []wgpolicyv1alpha2.PolicyReportResult) error {
-	report := &wgpolicyv1alpha2.PolicyReport{}
-	err := r.Client.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, report)
+func (r *PolicyReportReconciler) write(ctx context.Context, kind reportKind, namespace, name string, results []wgpolicyv1alpha2.PolicyReportResult) error {
+	report := kind.newObj()
+	err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, report)
 	exists := err == nil
 	if err != nil && !apierrors.IsNotFound(err) {
 		return err
@@ -246,19 +386,36 @@ func (r *PolicyReportReconciler) write(ctx context.Context, namespace, name stri
 			summary.Skip++
 		}
 	}
-	if exists && equalResults(report.Results, results) {
+	if exists && equalResults(kind.results(report), results) {
 		return nil
 	}
 	if !exists {
-		report = &wgpolicyv1alpha2.PolicyReport{ObjectMeta: metav1.ObjectMeta{
-			Name: name, Namespace: namespace, Labels: maps.Clone(managedByLabel),
-		}, Summary: summary, Results: results}
+		report = kind.newObj()
+		report.SetName(name)
+		report.SetNamespace(namespace)
+		report.SetLabels(maps.Clone(managedByLabel))
+		kind.set(report, summary, results)
 		return r.Client.Create(ctx, report)
 	}
-	before := report.DeepCopy()
-	report.Summary, report.Results = summary, results
+	before := report.DeepCopyObject().(client.Object)
+	kind.set(report, summary, results)
 	_, err = writeObject(ctx, r.Client, before, report)
 	return err
+}
+
+// served reports whether the CRD named crd is installed and not being removed (from the cache of
+// CRDs' metadata).
+func (r *PolicyReportReconciler) served(ctx context.Context, crd string) (bool, error) {
+	obj := &metav1.PartialObjectMetadata{}
+	obj.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
+	err := r.Client.Get(ctx, client.ObjectKey{Name: crd}, obj)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return obj.DeletionTimestamp.IsZero(), nil
 }
 
 // equalResults compares results ignoring their timestamps.
@@ -296,18 +453,32 @@ func (r *PolicyReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}
 		return reqs
 	})
+	if r.Formats == nil {
+		r.Formats = []ReportFormat{FormatWGPolicy}
+	}
+	if r.APIReader == nil {
+		r.APIReader = mgr.GetAPIReader()
+	}
+	// A report CRD installed or removed queues every namespace; the metadata of CRDs is all that
+	// is cached of them.
+	crds := &metav1.PartialObjectMetadata{}
+	crds.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
+	ours := predicate.NewPredicateFuncs(func(obj client.Object) bool {
+		for _, f := range r.Formats {
+			if obj.GetName() == reportKinds[f].crd {
+				return true
+			}
+		}
+		return false
+	})
 	b := ctrl.NewControllerManagedBy(mgr).Named("policyreport").
 		For(&corev1.Namespace{}).
+		WatchesMetadata(crds, allNamespaces, builder.WithPredicates(ours)).
 		WithOptions(controller.Options{ReconciliationTimeout: r.Timeout}).
-		Watches(&securityv1alpha1.ClusterImagePolicy{}, allNamespaces)
+		Watches(&securityv1alpha1.ClusterImagePolicy{}, allNamespaces).
+		Watches(&securityv1alpha1.VulnerabilityDatabase{}, allNamespaces)
 	for _, obj := range append(workload.Objects(), &securityv1alpha1.ImagePolicy{}, &securityv1alpha1.ImageScanReport{}) {
 		b = b.Watches(obj, toNamespace)
 	}
 	return b.Complete(r)
-}
-
-// policyReportsServed reports whether the API server serves wgpolicyk8s.io PolicyReports.
-func policyReportsServed(mgr ctrl.Manager) bool {
-	_, err := mgr.GetRESTMapper().RESTMapping(schema.GroupKind{Group: wgpolicyv1alpha2.GroupVersion.Group, Kind: "PolicyReport"}, wgpolicyv1alpha2.GroupVersion.Version)
-	return err == nil
 }

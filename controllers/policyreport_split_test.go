@@ -25,52 +25,57 @@ func policyResults(n int) []wgpolicyv1alpha2.PolicyReportResult {
 	return out
 }
 
-// TestPolicyReportsAreSplitUnderTheirBound writes 300 results with a 4 KiB bound: they go, in
-// order, to imageguard, imageguard-2, ..., each under the bound; when fewer results remain, the
-// parts no longer needed are deleted and the others rewritten.
+// TestPolicyReportsAreSplitUnderTheirBound writes 300 results with a 4 KiB bound, in each format:
+// they go, in order, to imageguard, imageguard-2, ..., each under the bound; when fewer results
+// remain, the parts no longer needed are deleted and the others rewritten.
 func TestPolicyReportsAreSplitUnderTheirBound(t *testing.T) {
-	g := NewWithT(t)
-	ctx := context.Background()
-	c := fake.NewClientBuilder().WithScheme(scheme.New()).Build()
-	r := &PolicyReportReconciler{Client: c, MaxBytes: 4 << 10}
-	parts := func() []wgpolicyv1alpha2.PolicyReport {
-		list := &wgpolicyv1alpha2.PolicyReportList{}
-		g.Expect(c.List(ctx, list, client.InNamespace("ns"))).To(Succeed())
-		byName := map[string]wgpolicyv1alpha2.PolicyReport{}
-		for _, rep := range list.Items {
-			byName[rep.Name] = rep
-		}
-		var out []wgpolicyv1alpha2.PolicyReport
-		for i := 1; i <= len(byName); i++ {
-			rep, ok := byName[policyReportName(i)]
-			g.Expect(ok).To(BeTrue(), "part %d of %d", i, len(byName))
-			out = append(out, rep)
-		}
-		return out
+	for _, format := range []ReportFormat{FormatWGPolicy, FormatOpenReports} {
+		t.Run(string(format), func(t *testing.T) {
+			g := NewWithT(t)
+			ctx := context.Background()
+			c := fake.NewClientBuilder().WithScheme(scheme.New()).Build()
+			r := &PolicyReportReconciler{Client: c, APIReader: c, MaxBytes: 4 << 10}
+			kind := reportKinds[format]
+			parts := func() []client.Object {
+				list := kind.newList()
+				g.Expect(c.List(ctx, list, client.InNamespace("ns"))).To(Succeed())
+				byName := map[string]client.Object{}
+				for _, rep := range kind.items(list) {
+					byName[rep.GetName()] = rep
+				}
+				var out []client.Object
+				for i := 1; i <= len(byName); i++ {
+					rep, ok := byName[policyReportName(i)]
+					g.Expect(ok).To(BeTrue(), "part %d of %d", i, len(byName))
+					out = append(out, rep)
+				}
+				return out
+			}
+			check := func(results []wgpolicyv1alpha2.PolicyReportResult) int {
+				var all []wgpolicyv1alpha2.PolicyReportResult
+				reps := parts()
+				for _, rep := range reps {
+					got := kind.results(rep)
+					raw, err := json.Marshal(got)
+					g.Expect(err).NotTo(HaveOccurred())
+					g.Expect(len(raw)).To(BeNumerically("<=", r.MaxBytes))
+					g.Expect(rep.GetLabels()).To(Equal(managedByLabel))
+					all = append(all, got...)
+				}
+				g.Expect(all).To(Equal(results))
+				return len(reps)
+			}
+
+			results := policyResults(300)
+			g.Expect(r.writeAll(ctx, kind, "ns", results)).To(Succeed())
+			n := check(results)
+			g.Expect(n).To(BeNumerically(">", 5))
+
+			g.Expect(r.writeAll(ctx, kind, "ns", results[:40])).To(Succeed())
+			g.Expect(check(results[:40])).To(BeNumerically("<", n))
+
+			g.Expect(r.writeAll(ctx, kind, "ns", nil)).To(Succeed())
+			g.Expect(parts()).To(BeEmpty())
+		})
 	}
-	check := func(results []wgpolicyv1alpha2.PolicyReportResult) int {
-		var all []wgpolicyv1alpha2.PolicyReportResult
-		reps := parts()
-		for _, rep := range reps {
-			raw, err := json.Marshal(rep.Results)
-			g.Expect(err).NotTo(HaveOccurred())
-			g.Expect(len(raw)).To(BeNumerically("<=", r.MaxBytes))
-			g.Expect(rep.Summary.Fail).To(Equal(len(rep.Results)))
-			g.Expect(rep.Labels).To(Equal(managedByLabel))
-			all = append(all, rep.Results...)
-		}
-		g.Expect(all).To(Equal(results))
-		return len(reps)
-	}
-
-	results := policyResults(300)
-	g.Expect(r.writeAll(ctx, "ns", results)).To(Succeed())
-	n := check(results)
-	g.Expect(n).To(BeNumerically(">", 5))
-
-	g.Expect(r.writeAll(ctx, "ns", results[:40])).To(Succeed())
-	g.Expect(check(results[:40])).To(BeNumerically("<", n))
-
-	g.Expect(r.writeAll(ctx, "ns", nil)).To(Succeed())
-	g.Expect(parts()).To(BeEmpty())
 }

@@ -148,9 +148,10 @@ func applyScan(report *securityv1alpha1.ImageScanReport, s ScanStatus) {
 }
 
 // keepScanTimeWhenUnchanged keeps the scan time and DB of before in report when the scan found
-// what before already says: a re-match that finds the same writes nothing.
-func keepScanTimeWhenUnchanged(before, report *securityv1alpha1.ImageScanReport) {
-	if before.Status.VulnerabilityDB == nil || before.Status.LastScanTime == nil {
+// what before already says, unless they are due for a refresh: a re-match that finds the same
+// writes nothing.
+func keepScanTimeWhenUnchanged(before, report *securityv1alpha1.ImageScanReport, refreshDue bool) {
+	if refreshDue || before.Status.VulnerabilityDB == nil || before.Status.LastScanTime == nil {
 		return
 	}
 	candidate := report.Status.DeepCopy()

@@ -145,16 +145,16 @@ func TestUnchangedFindingsKeepTheScanTime(t *testing.T) {
 	old := scan(empty, now, "sha256:old")
 	// A re-match against a newer DB that finds the same keeps the old scan time and DB: no write.
 	same := scan(old, now.Add(time.Hour), "sha256:new")
-	keepScanTimeWhenUnchanged(old, same)
+	keepScanTimeWhenUnchanged(old, same, false)
 	g.Expect(same.Status).To(Equal(old.Status))
 	// Other findings are written with the new scan time and DB.
 	changed := scan(old, now.Add(time.Hour), "sha256:new")
 	changed.Status.Summary.Total++
-	keepScanTimeWhenUnchanged(old, changed)
+	keepScanTimeWhenUnchanged(old, changed, false)
 	g.Expect(changed.Status.VulnerabilityDB.Digest).To(Equal("sha256:new"))
 	// The first scan is always written.
 	first := scan(empty, now, "sha256:new")
-	keepScanTimeWhenUnchanged(empty, first)
+	keepScanTimeWhenUnchanged(empty, first, false)
 	g.Expect(first.Status.LastScanTime).NotTo(BeNil())
 	g.Expect(first.Status.VulnerabilityDB.Digest).To(Equal("sha256:new"))
 }

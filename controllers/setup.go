@@ -45,6 +45,22 @@ type Options struct {
 	AdmissionPolicies *vap.Options
 	// Clock is the time every reconciler and admission reads; nil is the real clock.
 	Clock clock.PassiveClock
+	// DBMaxAge is how old the DB in use may be before it is Stale (and every freshness rule
+	// fails); 0 means DefaultDBMaxAge.
+	DBMaxAge time.Duration
+	// PolicyReports are the formats of policy reports written (--policy-reports); nil means
+	// wgpolicyk8s only, an empty non-nil list none.
+	PolicyReports []ReportFormat
+	// ReportRefreshInterval is how often at most a report whose findings a new DB left unchanged
+	// is written to bring its DB and scan time up to date; 0 means DefaultReportRefreshInterval.
+	ReportRefreshInterval time.Duration
+}
+
+func (o Options) policyReports() []ReportFormat {
+	if o.PolicyReports == nil {
+		return []ReportFormat{FormatWGPolicy}
+	}
+	return o.PolicyReports
 }
 
 // DefaultPodConcurrency is how many namespaces the pod controller reconciles at once.
@@ -65,10 +81,23 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if opts.ReconcileTimeout <= 0 {
 		opts.ReconcileTimeout = DefaultReconcileTimeout
 	}
+	if opts.DBMaxAge <= 0 {
+		opts.DBMaxAge = DefaultDBMaxAge
+	}
+	if opts.ReportRefreshInterval <= 0 {
+		opts.ReportRefreshInterval = DefaultReportRefreshInterval
+	}
 	if err := workload.IndexReports(context.Background(), mgr.GetFieldIndexer()); err != nil {
 		return err
 	}
-	gatherer := workload.NewGatherer(mgr.GetCache(), nil).ReadNamespacesLive(mgr.GetAPIReader())
+	// Every replica reads the DB object (freshness, in admission too), not only the leader's
+	// controllers that watch it.
+	if _, err := mgr.GetCache().GetInformer(context.Background(), &securityv1alpha1.VulnerabilityDatabase{}); err != nil {
+		return err
+	}
+	matches := NewMatches()
+	gatherer := workload.NewGatherer(mgr.GetCache(), nil).ReadNamespacesLive(mgr.GetAPIReader()).
+		WithFreshness(Freshness(mgr.GetCache(), matches, opts.DBMaxAge, opts.Clock))
 	pods := &PodReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Registry: opts.Registry,
 		Retention: opts.ReportRetention, ExcludedNamespaces: opts.ExcludedNamespaces, Clock: opts.Clock,
@@ -82,21 +111,29 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		Recorder: mgr.GetEventRecorder("imageguard"), MaxBytes: opts.ReportMaxBytes,
 		RescanInterval: opts.RescanInterval, Concurrency: opts.ScanConcurrency,
 		ExcludedNamespaces: opts.ExcludedNamespaces, Clock: opts.Clock,
-		Timeout: opts.ScanTimeout + opts.ReconcileTimeout,
+		Timeout: opts.ScanTimeout + opts.ReconcileTimeout, RefreshInterval: opts.ReportRefreshInterval, Matches: matches,
 	}
 	if err := reports.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	vdb := &VulnerabilityDatabaseReconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), DB: opts.DB, Matches: matches, Recorder: mgr.GetEventRecorder("imageguard"),
+		Clock: opts.Clock, MaxAge: opts.DBMaxAge, RefreshInterval: opts.ReportRefreshInterval, Timeout: opts.ReconcileTimeout,
+	}
+	if err := vdb.SetupWithManager(mgr); err != nil {
 		return err
 	}
 	if err := SetupPolicies(mgr, gatherer, opts); err != nil {
 		return err
 	}
-	// PolicyReports are written only where their CRD is installed (the chart can install it).
-	if policyReportsServed(mgr) {
-		if err := (&PolicyReportReconciler{Client: mgr.GetClient(), Gatherer: gatherer, Clock: opts.Clock, Timeout: opts.ReconcileTimeout}).SetupWithManager(mgr); err != nil {
+	// Policy reports are written in each format asked for while its CRD is installed (the chart
+	// can install them).
+	if formats := opts.policyReports(); len(formats) > 0 {
+		prs := &PolicyReportReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Gatherer: gatherer,
+			Clock: opts.Clock, Timeout: opts.ReconcileTimeout, Formats: formats}
+		if err := prs.SetupWithManager(mgr); err != nil {
 			return err
 		}
-	} else {
-		mgr.GetLogger().Info("The wgpolicyk8s.io PolicyReport CRD is not installed: no PolicyReports are written")
 	}
 	if opts.Admission != nil {
 		if err := setupAdmission(mgr, gatherer, opts.Clock, *opts.Admission); err != nil {

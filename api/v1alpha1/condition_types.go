@@ -65,6 +65,10 @@ const (
 
 	// ReasonDatabaseUnavailable says no vulnerability DB has been loaded yet.
 	ReasonDatabaseUnavailable = "DatabaseUnavailable"
+
+	// ReasonNewVulnerabilities is the reason of the Event on a report and its workloads when a
+	// re-match found vulnerabilities the findings before did not have.
+	ReasonNewVulnerabilities = "NewVulnerabilities"
 )
 
 // Reasons of the Ready, Compliant and Stalled conditions of ImagePolicy and ClusterImagePolicy.

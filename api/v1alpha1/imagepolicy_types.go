@@ -105,8 +105,12 @@ type VulnerabilityRule struct {
 	// +optional
 	FixableOnly bool `json:"fixableOnly,omitempty"`
 
-	// MaxScanAge is how old an image's last scan may be, e.g. 24h; an older or missing scan fails
-	// the rule with its own reason.
+	// MaxScanAge is how old the vulnerability knowledge of an image's findings may be, e.g. 24h:
+	// the rule passes while the image's report was matched against a DB built within it (a report
+	// is re-matched against every new DB, written or not), and fails with reason NotScanned,
+	// ScanFailed (the last match failed), ScanTooOld (matched against an older DB than the one in
+	// use) or DatabaseStale (the DB in use is older than this, or than --db-max-age). Trivy's
+	// public DB is built every 6 hours: a limit under about 12h fails between builds.
 	// +optional
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
@@ -273,6 +277,10 @@ type NonCompliantWorkload struct {
 	Kind string `json:"kind"`
 	// Name of the workload.
 	Name string `json:"name"`
+	// Reason is the reason of its first failing rule, e.g. UntrustedRegistry,
+	// TooManyVulnerabilities, DatabaseStale.
+	// +optional
+	Reason string `json:"reason,omitempty"`
 	// Reasons name each failing image and rule.
 	// +optional
 	// +listType=atomic

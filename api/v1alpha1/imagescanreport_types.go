@@ -188,6 +188,34 @@ type Vulnerability struct {
 	PackageType string `json:"packageType,omitempty"`
 }
 
+// MaxChangeIDs bounds FindingChanges.NewIDs.
+const MaxChangeIDs = 10
+
+// FindingChanges is what the last change of a report's findings brought: the findings that
+// appeared and those that went, against the findings before (those of the previous DB for a
+// re-match). A re-match that changes nothing leaves it as it was.
+type FindingChanges struct {
+	// New counts the findings that appeared.
+	New int32 `json:"new"`
+
+	// Fixed counts the findings that went (fixed, withdrawn or no longer matched).
+	Fixed int32 `json:"fixed"`
+
+	// NewIDs are the ids of the first new findings, most severe first.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=10
+	NewIDs []string `json:"newIDs,omitempty"`
+
+	// DetectedAt is when the change was found.
+	// +optional
+	DetectedAt *metav1.Time `json:"detectedAt,omitempty"`
+
+	// VulnerabilityDB is the digest of the DB the change was found with.
+	// +optional
+	VulnerabilityDB string `json:"vulnerabilityDB,omitempty"`
+}
+
 // ImageScanReportStatus holds what the scanner found in the image.
 type ImageScanReportStatus struct {
 	// Conditions: Ready (findings current), Scanned (last scan succeeded, else its reason).
@@ -216,11 +244,16 @@ type ImageScanReportStatus struct {
 	// +optional
 	Scanner *Scanner `json:"scanner,omitempty"`
 
-	// VulnerabilityDB the findings were matched against.
+	// VulnerabilityDB the findings were matched against. When a re-match finds what the report
+	// already says it is not written: VulnerabilityDB and LastScanTime are then brought up to date
+	// at most once per --report-refresh-interval, so they may be that much behind (the
+	// VulnerabilityDatabase object and policies' maxScanAge know the DB each report was last
+	// matched against; see docs/status.md).
 	// +optional
 	VulnerabilityDB *VulnerabilityDB `json:"vulnerabilityDB,omitempty"`
 
-	// LastScanTime is when the findings were last matched against the DB.
+	// LastScanTime is when the findings were last matched against the DB (at most
+	// --report-refresh-interval behind, as VulnerabilityDB).
 	// +optional
 	LastScanTime *metav1.Time `json:"lastScanTime,omitempty"`
 
@@ -241,6 +274,10 @@ type ImageScanReportStatus struct {
 	// VulnerabilitiesOmitted counts the findings cut from the list above.
 	// +optional
 	VulnerabilitiesOmitted int32 `json:"vulnerabilitiesOmitted,omitempty"`
+
+	// Changes is what the last change of the findings brought.
+	// +optional
+	Changes *FindingChanges `json:"changes,omitempty"`
 }
 
 // ImageScanReport holds the vulnerabilities of one image digest used in one namespace.

@@ -47,6 +47,9 @@ type controllerOptions struct {
 	ReportMaxBytes     int
 	ReportRetention    time.Duration
 	RescanInterval     time.Duration
+	RefreshInterval    time.Duration
+	DBMaxAge           time.Duration
+	PolicyReports      string
 	ExcludedNamespaces []string
 	KubeAPIQPS         float32
 	KubeAPIBurst       int
@@ -131,6 +134,12 @@ func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.ReportMaxBytes, "report-max-bytes", 512<<10, "Largest encoded size of an ImageScanReport; the vulnerability list is cut, highest severity kept, to fit.")
 	fs.DurationVar(&o.ReportRetention, "report-retention", time.Hour, "How long a report no pod uses any more is kept; 0 deletes it at once.")
 	fs.DurationVar(&o.RescanInterval, "rescan-interval", 24*time.Hour, "How often every report is checked again without any event (with jitter), so none stays stale if an event is missed.")
+	fs.DurationVar(&o.RefreshInterval, "report-refresh-interval", controllers.DefaultReportRefreshInterval,
+		"How often at most a report whose findings a new DB left unchanged is written to bring its status.vulnerabilityDB and lastScanTime up to date (writes at rest: at most one per report per interval).")
+	fs.DurationVar(&o.DBMaxAge, "db-max-age", controllers.DefaultDBMaxAge,
+		"How old the vulnerability DB in use may be (from its build time) before it is Stale: every maxScanAge rule then fails with reason DatabaseStale.")
+	fs.StringVar(&o.PolicyReports, "policy-reports", string(controllers.FormatWGPolicy),
+		"Policy report kinds written, each while its CRD is installed (comma list): wgpolicyk8s (wgpolicyk8s.io/v1alpha2 PolicyReport), openreports (openreports.io/v1alpha1 Report), or none.")
 	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", 50, "Requests per second to the API server; a DB update's report patches are spread under it.")
 	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", 100, "Burst of requests to the API server.")
 	fs.StringSliceVar(&o.ExcludedNamespaces, "exclude-namespaces", nil, "Namespaces never reported on (comma list); a namespace labelled imageguard.dev/exclude=true is excluded too.")
@@ -179,6 +188,12 @@ func parseControllerFlags(args []string, output io.Writer) (*controllerOptions, 
 	}
 	if opts.MemoryLimitRatio < 0 || opts.MemoryLimitRatio > 1 {
 		return nil, errors.New("--memory-limit-ratio must be between 0 and 1")
+	}
+	if _, err := controllers.ParseReportFormats(opts.PolicyReports); err != nil {
+		return nil, fmt.Errorf("--policy-reports: %w", err)
+	}
+	if opts.RefreshInterval <= 0 || opts.DBMaxAge <= 0 {
+		return nil, errors.New("--report-refresh-interval and --db-max-age must be positive")
 	}
 	if opts.Webhook.DecisionBudget <= 0 {
 		return nil, errors.New("--admission-decision-budget must be positive")
@@ -247,9 +262,14 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 		admissionPolicies = &vap.Options{ExemptNamespaces: exempt, OptOutLabel: admission.OptOutLabel,
 			ControllerUsers: opts.Webhook.ControllerUsers}
 	}
+	formats, err := controllers.ParseReportFormats(opts.PolicyReports)
+	if err != nil {
+		return err
+	}
 	return controllers.Setup(mgr, controllers.Options{
-		AdmissionPolicies: admissionPolicies,
-		Registry:          reg, Scanner: s, DB: db,
+		AdmissionPolicies: admissionPolicies, PolicyReports: formats,
+		ReportRefreshInterval: opts.RefreshInterval, DBMaxAge: opts.DBMaxAge,
+		Registry: reg, Scanner: s, DB: db,
 		ScanConcurrency: opts.ScanConcurrency, ReportMaxBytes: opts.ReportMaxBytes,
 		PodConcurrency: opts.PodConcurrency, ReconcileTimeout: opts.ReconcileTimeout, ScanTimeout: opts.ScanTimeout,
 		ReportRetention: opts.ReportRetention, RescanInterval: opts.RescanInterval,

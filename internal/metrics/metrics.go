@@ -56,6 +56,13 @@ var (
 		Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5},
 	}, []string{"endpoint"})
 
+	// NewVulnerabilities counts the findings a re-match (or re-analysis) added to reports, by
+	// severity: what a DB update brought.
+	NewVulnerabilities = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "imageguard_new_vulnerabilities_total",
+		Help: "Findings that appeared in reports when they were matched again (a new DB, a new analysis), by severity.",
+	}, []string{"severity"})
+
 	// ScansInFlight is the number of reports being scanned now.
 	ScansInFlight = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "imageguard_scans_in_flight",
@@ -65,7 +72,7 @@ var (
 
 func init() {
 	ctrlmetrics.Registry.MustRegister(ImageVulnerabilities, ScansTotal, ScanDuration, ScansInFlight, WorkloadCompliant,
-		AdmissionDecisions, AdmissionDuration)
+		AdmissionDecisions, AdmissionDuration, NewVulnerabilities)
 }
 
 // dbAge is the gauge RegisterDBAge registered last.

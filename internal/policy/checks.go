@@ -29,6 +29,8 @@ const (
 	ReasonDigestRequired         = "DigestRequired"
 	ReasonNotScanned             = "NotScanned"
 	ReasonScanTooOld             = "ScanTooOld"
+	ReasonScanFailed             = "ScanFailed"
+	ReasonDatabaseStale          = "DatabaseStale"
 	ReasonTooManyVulnerabilities = "TooManyVulnerabilities"
 	ReasonSignatureNotVerifiable = "SignatureVerificationUnavailable"
 	ReasonSignatureInvalid       = "SignatureInvalid"
@@ -92,19 +94,36 @@ func checkTags(rule *securityv1alpha1.TagRule) check {
 	}}
 }
 
-// checkFreshness requires the image's last scan to be at most limit old; the verdict changes by
-// itself when the scan gets too old.
+// checkFreshness requires the image's findings to have been matched against a DB built at most
+// limit ago, that DB not to be stale, and the last match to have succeeded; the verdict changes
+// by itself when the DB gets too old.
 func checkFreshness(limit time.Duration) check {
 	return check{rule: RuleFreshness, severity: SeverityMedium, needsReport: true, judge: func(img Image, now time.Time) (Result, time.Time) {
-		if img.Report == nil || img.Report.ScannedAt.IsZero() {
+		r := img.Report
+		if r == nil || (r.ScannedAt.IsZero() && r.MatchedDB.BuiltAt.IsZero()) {
 			return fail(ReasonNotScanned, "the image has not been scanned yet"), time.Time{}
 		}
-		age := now.Sub(img.Report.ScannedAt)
-		if age > limit {
-			return fail(ReasonScanTooOld,
-				fmt.Sprintf("the last scan is %s old, more than %s", age.Round(time.Second), limit)), time.Time{}
+		db := r.MatchedDB
+		if db.InUse && db.Stale != "" {
+			return fail(ReasonDatabaseStale, db.Stale), time.Time{}
 		}
-		return pass(fmt.Sprintf("scanned %s ago", age.Round(time.Second))), img.Report.ScannedAt.Add(limit)
+		if r.MatchFailed != "" {
+			return fail(ReasonScanFailed, "the last match failed: "+r.MatchFailed), time.Time{}
+		}
+		if db.BuiltAt.IsZero() {
+			return fail(ReasonNotScanned, "the DB the findings were matched against is not known"), time.Time{}
+		}
+		// Absolute times: a message that changed with the clock would make a write per evaluation.
+		built := db.BuiltAt.UTC().Format(time.RFC3339)
+		if now.Sub(db.BuiltAt) <= limit {
+			return pass("matched against a DB built at " + built), db.BuiltAt.Add(limit)
+		}
+		if db.InUse {
+			return fail(ReasonDatabaseStale, fmt.Sprintf("the findings were matched against the newest DB ImageGuard has, built at %s, more than %s ago",
+				built, limit)), time.Time{}
+		}
+		return fail(ReasonScanTooOld, fmt.Sprintf("the findings were matched against a DB built at %s, more than %s ago; a newer DB is in use and the report was not matched against it yet",
+			built, limit)), time.Time{}
 	}}
 }
 

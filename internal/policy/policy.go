@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"time"
 
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 )
 
@@ -38,8 +41,16 @@ func (i Image) Reference() string {
 
 // Report is what a policy reads of an ImageScanReport.
 type Report struct {
+	// ScannedAt is the report's status.lastScanTime.
 	ScannedAt time.Time
-	Summary   securityv1alpha1.VulnerabilitySummary
+	// MatchedDB is how current the findings are: the build time of the DB they were last matched
+	// against and whether that is the DB in use. ReportOf reads it from the status, which may lag
+	// (a re-match that changes nothing is not written); the controller knows better and sets it
+	// (workload.Gatherer's freshness).
+	MatchedDB MatchedDB
+	// MatchFailed says why the last match failed; empty when it succeeded.
+	MatchFailed string
+	Summary     securityv1alpha1.VulnerabilitySummary
 	// Vulnerabilities may be cut (Omitted counts the rest): exceptions and fixableOnly are applied
 	// to the listed ones, the omitted ones count as they are in the summary.
 	Vulnerabilities []securityv1alpha1.Vulnerability
@@ -58,7 +69,23 @@ func ReportOf(rep *securityv1alpha1.ImageScanReport) *Report {
 	if rep.Status.LastScanTime != nil {
 		out.ScannedAt = rep.Status.LastScanTime.Time
 	}
+	if db := rep.Status.VulnerabilityDB; db != nil && db.UpdatedAt != nil {
+		out.MatchedDB.BuiltAt = db.UpdatedAt.Time
+	}
+	if c := apimeta.FindStatusCondition(rep.Status.Conditions, securityv1alpha1.ConditionScanned); c != nil && c.Status == metav1.ConditionFalse {
+		out.MatchFailed = c.Message
+	}
 	return out
+}
+
+// MatchedDB is the DB a report's findings were last matched against.
+type MatchedDB struct {
+	// BuiltAt is when it was built; zero when unknown.
+	BuiltAt time.Time
+	// InUse is true when it is the DB in use (the findings are as current as they can be).
+	InUse bool
+	// Stale, when set, says why the DB in use is too old to trust (older than --db-max-age).
+	Stale string
 }
 
 // SignatureVerifier checks an image's signatures against keys. A nil verifier means signature

@@ -121,26 +121,53 @@ func TestCheckTags(t *testing.T) {
 
 func TestCheckFreshness(t *testing.T) {
 	rules := securityv1alpha1.PolicyRules{Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxScanAge: &metav1.Duration{Duration: 24 * time.Hour}}}
+	matched := func(builtAgo time.Duration, inUse bool) *Report {
+		return &Report{ScannedAt: now.Add(-30 * 24 * time.Hour), MatchedDB: MatchedDB{BuiltAt: now.Add(-builtAgo), InUse: inUse}}
+	}
+	stale := matched(time.Hour, true)
+	stale.MatchedDB.Stale = "the DB in use was built 4d ago, more than --db-max-age 72h"
+	failed := matched(time.Hour, true)
+	failed.MatchFailed = "the inventory is lost and the registry answers 503"
 	tests := map[string]struct {
-		report     *Report
-		wantReason string
+		report      *Report
+		wantReason  string
+		wantMessage string
 	}{
-		"never scanned":       {report: nil, wantReason: ReasonNotScanned},
-		"scanned an hour ago": {report: &Report{ScannedAt: now.Add(-time.Hour)}, wantReason: ReasonPassed},
-		"exactly at the age":  {report: &Report{ScannedAt: now.Add(-24 * time.Hour)}, wantReason: ReasonPassed},
-		"a second too old":    {report: &Report{ScannedAt: now.Add(-24*time.Hour - time.Second)}, wantReason: ReasonScanTooOld},
+		"never scanned": {report: nil, wantReason: ReasonNotScanned},
+		// The last write of the report is a month old: what counts is the DB it was matched against.
+		"matched against a DB built an hour ago": {report: matched(time.Hour, true), wantReason: ReasonPassed},
+		"exactly at the age":                     {report: matched(24*time.Hour, true), wantReason: ReasonPassed},
+		"the DB in use is a second too old": {report: matched(24*time.Hour+time.Second, true), wantReason: ReasonDatabaseStale,
+			wantMessage: "the newest DB ImageGuard has, built at 2026-"},
+		"matched against an older DB than the one in use": {report: matched(25*time.Hour, false), wantReason: ReasonScanTooOld,
+			wantMessage: "a newer DB is in use"},
+		"the DB in use is stale":  {report: stale, wantReason: ReasonDatabaseStale, wantMessage: "--db-max-age"},
+		"the last match failed":   {report: failed, wantReason: ReasonScanFailed, wantMessage: "registry answers 503"},
+		"matched DB unknown":      {report: &Report{ScannedAt: now}, wantReason: ReasonNotScanned},
+		"a stale DB not in use":   {report: &Report{MatchedDB: MatchedDB{BuiltAt: now.Add(-time.Hour), Stale: "old"}}, wantReason: ReasonPassed},
+		"status only, DB fresh":   {report: ReportOf(reportWithDB(now.Add(-2 * time.Hour))), wantReason: ReasonPassed},
+		"status only, DB too old": {report: ReportOf(reportWithDB(now.Add(-48 * time.Hour))), wantReason: ReasonScanTooOld},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)
 			v := evaluate(t, rules, Image{Repository: "r/app", Tag: "1", Report: tt.report}, now)
 			g.Expect(v.Results).To(HaveLen(1))
-			g.Expect(v.Results[0].Reason).To(Equal(tt.wantReason))
+			g.Expect(v.Results[0].Reason).To(Equal(tt.wantReason), v.Results[0].Message)
+			g.Expect(v.Results[0].Message).To(ContainSubstring(tt.wantMessage))
 			if tt.wantReason == ReasonPassed {
-				g.Expect(v.NextChange).To(Equal(tt.report.ScannedAt.Add(24 * time.Hour)))
+				g.Expect(v.NextChange).To(Equal(tt.report.MatchedDB.BuiltAt.Add(24 * time.Hour)))
 			}
 		})
 	}
+}
+
+// reportWithDB is a scanned report whose status says it was matched against a DB built at builtAt.
+func reportWithDB(builtAt time.Time) *securityv1alpha1.ImageScanReport {
+	return &securityv1alpha1.ImageScanReport{Status: securityv1alpha1.ImageScanReportStatus{
+		Summary: &securityv1alpha1.VulnerabilitySummary{}, LastScanTime: &metav1.Time{Time: builtAt},
+		VulnerabilityDB: &securityv1alpha1.VulnerabilityDB{UpdatedAt: &metav1.Time{Time: builtAt}, Digest: "sha256:1"},
+	}}
 }
 
 func TestCheckVulnerabilities(t *testing.T) {

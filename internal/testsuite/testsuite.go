@@ -24,6 +24,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/config"
@@ -96,6 +97,8 @@ type Options struct {
 	// Controllers are the reconcilers' options; the registry, scanner, DB and admission's
 	// registry are filled in.
 	Controllers controllers.Options
+	// Clock, when set, is the time of the DB manager and of the reconcilers (a test moves it).
+	Clock clock.PassiveClock
 }
 
 // Suite is a running ImageGuard.
@@ -185,7 +188,7 @@ func (s *Suite) startImageGuard() error {
 	var err error
 	s.DB, err = vulndb.New(vulndb.Options{
 		Repositories: []string{s.Registry.Host() + "/" + DBRepository + ":2"}, CacheDir: filepath.Join(s.CacheDir, "db"),
-		CheckInterval: time.Hour, Registry: client, Log: logr.Discard(),
+		CheckInterval: time.Hour, Registry: client, Log: logr.Discard(), Clock: opts.Clock,
 	})
 	if err != nil {
 		return err
@@ -221,6 +224,9 @@ func (s *Suite) startImageGuard() error {
 	}
 	o := opts.Controllers
 	o.Registry, o.Scanner, o.DB, o.ScanTimeout = client, s.Scanner, s.DB, time.Minute
+	if opts.Clock != nil {
+		o.Clock = opts.Clock
+	}
 	if o.Admission != nil {
 		a := *o.Admission
 		a.Registry = client

@@ -31,6 +31,8 @@ const (
 	dbFile       = "trivy.db"
 	metadataFile = "metadata.json"
 	digestFile   = "artifact-digest"
+	// sourceFile names the repository the DB was downloaded from.
+	sourceFile = "artifact-source"
 )
 
 // Metadata is the DB's metadata.json.

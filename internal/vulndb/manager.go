@@ -19,6 +19,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/google/go-containerregistry/pkg/authn"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	trivydb "github.com/aquasecurity/trivy/pkg/db"
@@ -62,6 +63,24 @@ type Options struct {
 	MaxBytes int64
 	// Log receives what the Manager does; it never holds credentials.
 	Log logr.Logger
+	// Clock stamps checks and downloads (State); nil is the real clock.
+	Clock clock.PassiveClock
+}
+
+// State is what the Manager knows of its DB and of its last check, for the DB's status object.
+type State struct {
+	// Info identifies the DB in use; Loaded is false before any DB was loaded.
+	Info   scanner.DBInfo
+	Loaded bool
+	// Source is the repository the DB in use came from, or the local folder.
+	Source string
+	// NextUpdate is when the DB's builders expect the next one (its metadata).
+	NextUpdate time.Time
+	// DownloadedAt is when the DB in use was downloaded (or loaded, for a local DB).
+	DownloadedAt time.Time
+	// LastCheck is when the last check (or load) ended; LastErr why it failed, nil on success.
+	LastCheck time.Time
+	LastErr   error
 }
 
 // Manager owns Trivy's process-global DB. It implements scanner.DB and manager.Runnable.
@@ -71,9 +90,15 @@ type Manager struct {
 	mu      sync.RWMutex
 	info    *scanner.DBInfo
 	lastErr error
+	// Of the DB in use and of the last check (State).
+	source       string
+	nextUpdate   time.Time
+	downloadedAt time.Time
+	lastCheck    time.Time
 
 	subMu       sync.Mutex
 	subscribers []chan event.TypedGenericEvent[scanner.DBInfo]
+	checked     []chan event.TypedGenericEvent[State]
 }
 
 // New returns a Manager for opts.
@@ -99,6 +124,9 @@ func New(opts Options) (*Manager, error) {
 	if opts.Registry == nil {
 		opts.Registry = registry.NewClient(registry.Options{})
 	}
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
 	return &Manager{opts: opts}, nil
 }
 
@@ -123,6 +151,45 @@ func (m *Manager) Info() (scanner.DBInfo, bool) {
 		return scanner.DBInfo{}, false
 	}
 	return *m.info, true
+}
+
+// State returns what the Manager knows of its DB and of its last check.
+func (m *Manager) State() State {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	st := State{Source: m.source, NextUpdate: m.nextUpdate, DownloadedAt: m.downloadedAt, LastCheck: m.lastCheck, LastErr: m.lastErr}
+	if m.info != nil {
+		st.Info, st.Loaded = *m.info, true
+	}
+	return st
+}
+
+// Checked returns a channel that receives the State after each check or load, whatever its
+// outcome, as controller-runtime's source.Channel reads. A slow reader misses intermediate
+// states, never the latest.
+func (m *Manager) Checked() <-chan event.TypedGenericEvent[State] {
+	ch := make(chan event.TypedGenericEvent[State], 1)
+	m.subMu.Lock()
+	m.checked = append(m.checked, ch)
+	m.subMu.Unlock()
+	return ch
+}
+
+// checkEnded stamps the end of a check or load and tells the Checked channels.
+func (m *Manager) checkEnded() {
+	m.mu.Lock()
+	m.lastCheck = m.opts.Clock.Now()
+	m.mu.Unlock()
+	st := m.State()
+	m.subMu.Lock()
+	defer m.subMu.Unlock()
+	for _, ch := range m.checked {
+		select {
+		case <-ch:
+		default:
+		}
+		ch <- event.TypedGenericEvent[State]{Object: st}
+	}
 }
 
 // LastError returns the error of the last failed check or load, nil after a success.
@@ -242,6 +309,7 @@ func (m *Manager) currentDir() string { return filepath.Join(m.opts.CacheDir, "d
 
 // LoadLocal loads the DB of LocalPath.
 func (m *Manager) LoadLocal() error {
+	defer m.checkEnded()
 	meta, err := verifyDir(m.opts.LocalPath)
 	if err != nil {
 		return m.setErr(fmt.Errorf("the local DB at %s: %w", m.opts.LocalPath, err))
@@ -250,7 +318,15 @@ func (m *Manager) LoadLocal() error {
 	if err != nil {
 		return m.setErr(err)
 	}
-	return m.swap(m.opts.LocalPath, "", scanner.DBInfo{UpdatedAt: meta.UpdatedAt, Digest: digest})
+	return m.swap(m.opts.LocalPath, "", scanner.DBInfo{UpdatedAt: meta.UpdatedAt, Digest: digest},
+		origin{source: m.opts.LocalPath, nextUpdate: meta.NextUpdate, downloadedAt: m.opts.Clock.Now()})
+}
+
+// origin is where a DB being swapped in came from, for State.
+type origin struct {
+	source       string
+	nextUpdate   time.Time
+	downloadedAt time.Time
 }
 
 // cleanLeftovers removes what a process that died during a download or a swap left under db/:
@@ -294,16 +370,26 @@ func (m *Manager) loadCached() error {
 	if err != nil {
 		return err
 	}
-	digest, err := os.ReadFile(filepath.Join(dir, digestFile))
+	digestPath := filepath.Join(dir, digestFile)
+	digest, err := os.ReadFile(digestPath)
 	if err != nil {
 		return err
 	}
-	return m.swap(dir, "", scanner.DBInfo{UpdatedAt: meta.UpdatedAt, Digest: strings.TrimSpace(string(digest))})
+	o := origin{nextUpdate: meta.NextUpdate}
+	// The digest file is written once, when the DB is downloaded; the source beside it.
+	if fi, err := os.Stat(digestPath); err == nil {
+		o.downloadedAt = fi.ModTime()
+	}
+	if src, err := os.ReadFile(filepath.Join(dir, sourceFile)); err == nil {
+		o.source = strings.TrimSpace(string(src))
+	}
+	return m.swap(dir, "", scanner.DBInfo{UpdatedAt: meta.UpdatedAt, Digest: strings.TrimSpace(string(digest))}, o)
 }
 
 // Check asks each repository in turn for the DB artifact's digest and, when it differs from the
 // DB in use, downloads, verifies and swaps in the new DB. It reports whether a swap happened.
 func (m *Manager) Check(ctx context.Context) (bool, error) {
+	defer m.checkEnded()
 	var errs []error
 	for _, repo := range m.opts.Repositories {
 		swapped, err := m.checkRepository(ctx, repo)
@@ -353,7 +439,11 @@ func (m *Manager) checkRepository(ctx context.Context, repo string) (bool, error
 	if err := durable.WriteFile(filepath.Join(staging, digestFile), []byte(digest+"\n"), 0o640); err != nil {
 		return false, err
 	}
-	if err := m.swap(staging, m.currentDir(), scanner.DBInfo{UpdatedAt: meta.UpdatedAt, Digest: digest}); err != nil {
+	if err := durable.WriteFile(filepath.Join(staging, sourceFile), []byte(repo+"\n"), 0o640); err != nil {
+		return false, err
+	}
+	o := origin{source: repo, nextUpdate: meta.NextUpdate, downloadedAt: m.opts.Clock.Now()}
+	if err := m.swap(staging, m.currentDir(), scanner.DBInfo{UpdatedAt: meta.UpdatedAt, Digest: digest}, o); err != nil {
 		return false, err
 	}
 	m.opts.Log.Info("Vulnerability DB updated", "repository", repo, "digest", digest, "updatedAt", meta.UpdatedAt)
@@ -362,7 +452,7 @@ func (m *Manager) checkRepository(ctx context.Context, repo string) (bool, error
 
 // swap makes the DB in src current. With dst set, src is moved there first (the old DB at dst is
 // kept aside until the new one opened). Matches wait on the lock while the DB is swapped.
-func (m *Manager) swap(src, dst string, info scanner.DBInfo) error {
+func (m *Manager) swap(src, dst string, info scanner.DBInfo, o origin) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := trivydb.Close(); err != nil {
@@ -396,6 +486,7 @@ func (m *Manager) swap(src, dst string, info scanner.DBInfo) error {
 	}
 	m.info = &info
 	m.lastErr = nil
+	m.source, m.nextUpdate, m.downloadedAt = o.source, o.nextUpdate, o.downloadedAt
 	m.notify(info)
 	return nil
 }

@@ -77,6 +77,8 @@ type Gatherer struct {
 	// live reads a namespace the cache does not show yet (one made a moment ago, in the same
 	// kubectl apply as its workloads); nil: the cache only.
 	live client.Reader
+	// freshness completes what a policy reads of a report; nil: the status alone.
+	freshness Freshness
 
 	mu        sync.Mutex
 	compiled  map[types.UID]*Policy
@@ -94,6 +96,25 @@ func NewGatherer(reader client.Reader, verifier policy.SignatureVerifier) *Gathe
 func (g *Gatherer) ReadNamespacesLive(live client.Reader) *Gatherer {
 	g.live = live
 	return g
+}
+
+// Freshness completes what a policy reads of a report (policy.Report.MatchedDB) with what the
+// controller knows of its last match and of the DB in use, which its status may not say yet.
+type Freshness func(rep *securityv1alpha1.ImageScanReport, out *policy.Report)
+
+// WithFreshness makes the Gatherer complete each report it reads with f.
+func (g *Gatherer) WithFreshness(f Freshness) *Gatherer {
+	g.freshness = f
+	return g
+}
+
+// reportOf returns what a policy reads of rep, completed by the Gatherer's freshness.
+func (g *Gatherer) reportOf(rep *securityv1alpha1.ImageScanReport) *policy.Report {
+	out := policy.ReportOf(rep)
+	if out != nil && g.freshness != nil {
+		g.freshness(rep, out)
+	}
+	return out
 }
 
 // Policy is an ImagePolicy or ClusterImagePolicy compiled for judging.
@@ -446,15 +467,15 @@ func (g *Gatherer) Images(ctx context.Context, namespace string, containers []Co
 // the newer.
 func (g *Gatherer) Report(ctx context.Context, namespace string, img policy.Image) *policy.Report {
 	if img.Digest != "" {
-		if rep := policy.ReportOf(g.find(ctx, IndexReportDigest, img.Digest, namespace, newestScan)); rep != nil {
+		if rep := g.reportOf(g.find(ctx, IndexReportDigest, img.Digest, namespace, newestScan)); rep != nil {
 			return rep
 		}
-		return policy.ReportOf(g.find(ctx, IndexReportDigest, img.Digest, "", newestScan))
+		return g.reportOf(g.find(ctx, IndexReportDigest, img.Digest, "", newestScan))
 	}
 	if img.Tag == "" {
 		return nil
 	}
-	return policy.ReportOf(g.find(ctx, IndexReportTag, img.Repository+":"+img.Tag, namespace, newestCreated))
+	return g.reportOf(g.find(ctx, IndexReportTag, img.Repository+":"+img.Tag, namespace, newestCreated))
 }
 
 // LastKnown returns, for a tag whose digest cannot be told now, the report of the digest the tag
@@ -465,10 +486,10 @@ func (g *Gatherer) LastKnown(ctx context.Context, namespace string, img policy.I
 		return nil
 	}
 	key := img.Repository + ":" + img.Tag
-	if rep := policy.ReportOf(g.find(ctx, IndexReportTag, key, namespace, newestCreated)); rep != nil {
+	if rep := g.reportOf(g.find(ctx, IndexReportTag, key, namespace, newestCreated)); rep != nil {
 		return rep
 	}
-	return policy.ReportOf(g.find(ctx, IndexReportTag, key, "", newestCreated))
+	return g.reportOf(g.find(ctx, IndexReportTag, key, "", newestCreated))
 }
 
 // newestScan prefers a's scan to b's when it is newer; an unscanned report is never preferred.

@@ -38,7 +38,8 @@ var (
 
 // allOptional turns on every optional feature of the chart.
 var allOptional = []string{
-	"--set", "replicas=2", "--set", "policyReportCRDs.install=true",
+	"--set", "replicas=2", "--set", "policyReportCRDs.install=true", "--set", "openReportsCRDs.install=true",
+	"--set", "controller.policyReports={wgpolicyk8s,openreports}",
 	"--set", "metrics.serviceMonitor.enabled=true", "--set", "networkPolicy.enabled=true",
 	"--set", "podDisruptionBudget.enabled=true", "--set", "controller.dbPath=/db",
 	"--set", "controller.insecureRegistries={registry.internal:5000}", "--set", "admission.certManager.enabled=true",
@@ -112,11 +113,11 @@ func TestTemplate(t *testing.T) {
 	}{
 		"default values": {kinds: map[string]int{
 			// The manager's, the webhook certificate keeper's, and who may read the metrics.
-			"CustomResourceDefinition": 3, "ServiceAccount": 1, "ClusterRole": 3, "ClusterRoleBinding": 2,
+			"CustomResourceDefinition": 4, "ServiceAccount": 1, "ClusterRole": 3, "ClusterRoleBinding": 2,
 			"Role": 2, "RoleBinding": 2, "Deployment": 1, "Service": 2, "ValidatingWebhookConfiguration": 1,
 		}},
 		"every optional feature": {args: allOptional, kinds: map[string]int{
-			"CustomResourceDefinition": 5, "ServiceMonitor": 1, "PodDisruptionBudget": 1,
+			"CustomResourceDefinition": 8, "ServiceMonitor": 1, "PodDisruptionBudget": 1,
 			"PersistentVolumeClaim": 0, "NetworkPolicy": 1, "Deployment": 1,
 			// cert-manager issues the webhook certificate: ImageGuard needs no Secret rights.
 			"Issuer": 1, "Certificate": 1, "ClusterRole": 2, "ClusterRoleBinding": 2, "Role": 1, "ValidatingWebhookConfiguration": 1,
