@@ -129,23 +129,30 @@ func (r *ImageScanReportReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		r.Matches.Matched(req.NamespacedName, report.UID, db, nil)
 		return ctrl.Result{RequeueAfter: r.nextVisit(report, db, now)}, nil
 	}
+	if newerThan(report, db) {
+		// Matched by another replica against a newer DB than this one has (a leader that changed
+		// before its first check): matching it backwards would report findings fixed, then new
+		// again. It waits for this replica's DB, and the re-match is not done meanwhile.
+		return ctrl.Result{RequeueAfter: time.Minute}, nil
+	}
 	res, analyzedAt, err := r.scan(ctx, report)
 	if err != nil {
-		r.Matches.Failed(req.NamespacedName)
 		terminal := setScanFailed(report, err)
+		if werr := r.record(ctx, before, report); werr != nil {
+			return ctrl.Result{}, fmt.Errorf("%w (while recording: %s)", werr, err.Error())
+		}
+		// Counted only once written: freshness infers from the DB object that a report whose
+		// Scanned condition is True was matched against the DB in use.
+		r.Matches.Failed(req.NamespacedName)
 		// A registry's Retry-After, or the end of a crashed digest's wait, says when to try again.
 		if wait, ok := registry.RetryAfter(err); ok && wait > 0 {
-			return r.finish(ctx, before, report, ctrl.Result{RequeueAfter: wait}, nil)
+			return ctrl.Result{RequeueAfter: wait}, nil
 		}
 		if terminal {
 			// Tried again at the rescan interval, or at once when the spec or the DB changes.
-			_, werr := r.finish(ctx, before, report, ctrl.Result{}, nil)
-			if werr != nil {
-				return ctrl.Result{}, werr
-			}
 			return ctrl.Result{RequeueAfter: r.jitter(r.RescanInterval)}, nil
 		}
-		return r.finish(ctx, before, report, ctrl.Result{}, err)
+		return ctrl.Result{}, err
 	}
 	keys := findingKeys(res.Findings)
 	changes, added := r.changes(req.NamespacedName, before, res, keys, now)
@@ -224,18 +231,35 @@ func (r *ImageScanReportReconciler) workloadObject(ctx context.Context, namespac
 // verdict, and returns result and cause. A failed write is returned instead of cause, so that it
 // is retried even when cause is terminal.
 func (r *ImageScanReportReconciler) finish(ctx context.Context, before, report *securityv1alpha1.ImageScanReport, result ctrl.Result, cause error) (ctrl.Result, error) {
-	written, err := writeStatus(ctx, r.Client, before, report)
-	if err != nil {
+	if err := r.record(ctx, before, report); err != nil {
 		if cause != nil {
 			err = fmt.Errorf("%w (while recording: %s)", err, cause.Error())
 		}
 		return ctrl.Result{}, err
 	}
+	return result, cause
+}
+
+// record writes the report's status when it changed, with its gauges and an Event on a change
+// of verdict.
+func (r *ImageScanReportReconciler) record(ctx context.Context, before, report *securityv1alpha1.ImageScanReport) error {
+	written, err := writeStatus(ctx, r.Client, before, report)
+	if err != nil {
+		return err
+	}
 	if written {
 		recordVulnerabilities(report)
 		r.event(before, report)
 	}
-	return result, cause
+	return nil
+}
+
+// newerThan reports whether report was matched against a DB built after db.
+func newerThan(report *securityv1alpha1.ImageScanReport, db scanner.DBInfo) bool {
+	st := report.Status.VulnerabilityDB
+	return st != nil && st.UpdatedAt != nil && st.Digest != db.Digest && st.UpdatedAt.After(db.UpdatedAt) &&
+		report.Status.ObservedGeneration == report.Generation &&
+		meta.IsStatusConditionTrue(report.Status.Conditions, securityv1alpha1.ConditionScanned)
 }
 
 // forget drops what is kept of a deleted report: its matched DB and its metric series.

@@ -212,6 +212,9 @@ func changesOf(before []uint64, listed []securityv1alpha1.Vulnerability, omitted
 	seen := map[uint64]bool{}
 	for _, f := range findings {
 		k := findingKey(f.ID, f.Package, f.InstalledVersion, f.Target, f.PackageType)
+		if seen[k] {
+			continue // the same finding at another path counts once, as its key does
+		}
 		seen[k] = true
 		if _, found := slices.BinarySearch(before, k); found {
 			continue

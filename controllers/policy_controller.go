@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -292,10 +293,11 @@ func (r *PolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	b := ctrl.NewControllerManagedBy(mgr).Named(name).For(forObj).
 		WithOptions(controller.Options{ReconciliationTimeout: r.Timeout})
 	b = r.AdmissionPolicies.watch(b, r.ClusterScoped)
-	// The DB object changes when a re-match ends or the DB turns stale: what freshness reads.
-	for _, obj := range append(workload.Objects(), &securityv1alpha1.ImageScanReport{}, &securityv1alpha1.VulnerabilityDatabase{}) {
+	for _, obj := range append(workload.Objects(), &securityv1alpha1.ImageScanReport{}) {
 		b = b.Watches(obj, toPolicies)
 	}
+	// The DB object changes what freshness reads when a re-match ends or the DB turns stale.
+	b = b.Watches(&securityv1alpha1.VulnerabilityDatabase{}, toPolicies, builder.WithPredicates(freshnessChanged()))
 	if r.ClusterScoped {
 		b = b.Watches(&corev1.Namespace{}, toPolicies)
 	}

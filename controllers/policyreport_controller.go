@@ -21,6 +21,7 @@ import (
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -59,8 +60,10 @@ func policyReportName(part int) string {
 // written. All results concern namespaced workloads, so no cluster-scoped report is written.
 type PolicyReportReconciler struct {
 	Client client.Client
-	// APIReader reads the reports: they are not cached, as their kinds may come and go.
-	APIReader client.Reader
+	// Reader reads the reports (the manager's cache); Informers, when set, is where the informer
+	// of a kind whose CRD was removed is stopped.
+	Reader    client.Reader
+	Informers cache.Informers
 	Gatherer  *workload.Gatherer
 	Clock     clock.PassiveClock
 	// Formats are the report kinds written; nil means FormatWGPolicy.
@@ -171,8 +174,8 @@ var reportKinds = map[ReportFormat]reportKind{
 // resultSource is the source of every result and OpenReports report ImageGuard writes.
 const resultSource = "imageguard"
 
-// +kubebuilder:rbac:groups=wgpolicyk8s.io,resources=policyreports,verbs=get;list;create;update;patch;delete
-// +kubebuilder:rbac:groups=openreports.io,resources=reports,verbs=get;list;create;update;patch;delete
+// +kubebuilder:rbac:groups=wgpolicyk8s.io,resources=policyreports,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=openreports.io,resources=reports,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=apiextensions.k8s.io,resources=customresourcedefinitions,verbs=get;list;watch
 
 // Reconcile rewrites the namespace's PolicyReport when its results changed.
@@ -186,12 +189,17 @@ func (r *PolicyReportReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	}
 	var kinds []reportKind
 	for _, f := range r.Formats {
-		served, err := r.served(ctx, reportKinds[f].crd)
+		served, _, err := r.served(ctx, reportKinds[f].crd)
 		if err != nil {
 			return ctrl.Result{}, err
 		}
 		if served {
 			kinds = append(kinds, reportKinds[f])
+		} else if r.Informers != nil {
+			// Its CRD went: the informer would only fail to list from now on.
+			if err := r.Informers.RemoveInformer(ctx, reportKinds[f].newObj()); err != nil {
+				return ctrl.Result{}, err
+			}
 		}
 	}
 	if len(kinds) == 0 {
@@ -209,7 +217,12 @@ func (r *PolicyReportReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		case meta.IsNoMatchError(err) || apierrors.IsNotFound(err):
 			// A CRD installed a moment ago is not in discovery yet (tried again shortly); one
 			// removed a moment ago is no longer watched as served: nothing to write either way.
-			if served, serr := r.served(ctx, kind.crd); serr == nil && served {
+			// A CRD that has been there a while and still serves nothing is an error (backoff).
+			served, created, serr := r.served(ctx, kind.crd)
+			if serr == nil && served && time.Since(created) > crdSettleTime {
+				return ctrl.Result{}, fmt.Errorf("the %s CRD is installed but its kind is not served: %w", kind.crd, err)
+			}
+			if serr == nil && served {
 				retry = true
 			}
 		default:
@@ -329,7 +342,7 @@ func (r *PolicyReportReconciler) writeAll(ctx context.Context, kind reportKind, 
 		kept[policyReportName(i+1)] = true
 	}
 	list := kind.newList()
-	if err := r.APIReader.List(ctx, list, client.InNamespace(namespace), client.MatchingLabels(managedByLabel)); err != nil {
+	if err := r.Reader.List(ctx, list, client.InNamespace(namespace), client.MatchingLabels(managedByLabel)); err != nil {
 		return err
 	}
 	for _, rep := range kind.items(list) {
@@ -366,7 +379,7 @@ func splitResults(results []wgpolicyv1alpha2.PolicyReportResult, maxBytes int) [
 // aside) is not written.
 func (r *PolicyReportReconciler) write(ctx context.Context, kind reportKind, namespace, name string, results []wgpolicyv1alpha2.PolicyReportResult) error {
 	report := kind.newObj()
-	err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, report)
+	err := r.Reader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, report)
 	exists := err == nil
 	if err != nil && !apierrors.IsNotFound(err) {
 		return err
@@ -403,19 +416,22 @@ func (r *PolicyReportReconciler) write(ctx context.Context, kind reportKind, nam
 	return err
 }
 
-// served reports whether the CRD named crd is installed and not being removed (from the cache of
-// CRDs' metadata).
-func (r *PolicyReportReconciler) served(ctx context.Context, crd string) (bool, error) {
+// crdSettleTime is how long a newly installed CRD may take to be served.
+const crdSettleTime = 30 * time.Second
+
+// served reports whether the CRD named crd is installed and not being removed, and when it was
+// made (from the cache of CRDs' metadata).
+func (r *PolicyReportReconciler) served(ctx context.Context, crd string) (bool, time.Time, error) {
 	obj := &metav1.PartialObjectMetadata{}
 	obj.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
 	err := r.Client.Get(ctx, client.ObjectKey{Name: crd}, obj)
 	if apierrors.IsNotFound(err) {
-		return false, nil
+		return false, time.Time{}, nil
 	}
 	if err != nil {
-		return false, err
+		return false, time.Time{}, err
 	}
-	return obj.DeletionTimestamp.IsZero(), nil
+	return obj.DeletionTimestamp.IsZero(), obj.CreationTimestamp.Time, nil
 }
 
 // equalResults compares results ignoring their timestamps.
@@ -456,8 +472,11 @@ func (r *PolicyReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Formats == nil {
 		r.Formats = []ReportFormat{FormatWGPolicy}
 	}
-	if r.APIReader == nil {
-		r.APIReader = mgr.GetAPIReader()
+	if r.Reader == nil {
+		r.Reader = mgr.GetClient()
+	}
+	if r.Informers == nil {
+		r.Informers = mgr.GetCache()
 	}
 	// A report CRD installed or removed queues every namespace; the metadata of CRDs is all that
 	// is cached of them.
@@ -476,7 +495,7 @@ func (r *PolicyReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		WatchesMetadata(crds, allNamespaces, builder.WithPredicates(ours)).
 		WithOptions(controller.Options{ReconciliationTimeout: r.Timeout}).
 		Watches(&securityv1alpha1.ClusterImagePolicy{}, allNamespaces).
-		Watches(&securityv1alpha1.VulnerabilityDatabase{}, allNamespaces)
+		Watches(&securityv1alpha1.VulnerabilityDatabase{}, allNamespaces, builder.WithPredicates(freshnessChanged()))
 	for _, obj := range append(workload.Objects(), &securityv1alpha1.ImagePolicy{}, &securityv1alpha1.ImageScanReport{}) {
 		b = b.Watches(obj, toNamespace)
 	}

@@ -34,7 +34,7 @@ func TestPolicyReportsAreSplitUnderTheirBound(t *testing.T) {
 			g := NewWithT(t)
 			ctx := context.Background()
 			c := fake.NewClientBuilder().WithScheme(scheme.New()).Build()
-			r := &PolicyReportReconciler{Client: c, APIReader: c, MaxBytes: 4 << 10}
+			r := &PolicyReportReconciler{Client: c, Reader: c, MaxBytes: 4 << 10}
 			kind := reportKinds[format]
 			parts := func() []client.Object {
 				list := kind.newList()

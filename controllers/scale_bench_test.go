@@ -13,7 +13,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -138,30 +137,9 @@ func waitReports(b *testing.B, c client.Client, want int, ok func(*securityv1alp
 // reportWrites reads the API server's count of write requests on imagescanreports, and how many
 // of them were refused as conflicts (409).
 func reportWrites(b *testing.B) (float64, float64) {
-	dc, err := discovery.NewDiscoveryClientForConfig(env.Config)
+	total, conflicts, err := testsuite.APIWrites(env.Config, "imagescanreports")
 	if err != nil {
 		b.Fatal(err)
-	}
-	raw, err := dc.RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
-	if err != nil {
-		b.Fatal(err)
-	}
-	var total, conflicts float64
-	for _, line := range strings.Split(string(raw), "\n") {
-		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `resource="imagescanreports"`) {
-			continue
-		}
-		if !strings.Contains(line, `verb="POST"`) && !strings.Contains(line, `verb="PATCH"`) &&
-			!strings.Contains(line, `verb="PUT"`) && !strings.Contains(line, `verb="DELETE"`) {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
-		if err == nil {
-			total += v
-			if strings.Contains(line, `code="409"`) {
-				conflicts += v
-			}
-		}
 	}
 	return total, conflicts
 }

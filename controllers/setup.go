@@ -97,7 +97,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	}
 	matches := NewMatches()
 	gatherer := workload.NewGatherer(mgr.GetCache(), nil).ReadNamespacesLive(mgr.GetAPIReader()).
-		WithFreshness(Freshness(mgr.GetCache(), matches, opts.DBMaxAge, opts.Clock))
+		WithFreshness(Freshness(mgr.GetCache(), matches, opts.ExcludedNamespaces, opts.DBMaxAge, opts.Clock))
 	pods := &PodReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Registry: opts.Registry,
 		Retention: opts.ReportRetention, ExcludedNamespaces: opts.ExcludedNamespaces, Clock: opts.Clock,
@@ -129,7 +129,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	// Policy reports are written in each format asked for while its CRD is installed (the chart
 	// can install them).
 	if formats := opts.policyReports(); len(formats) > 0 {
-		prs := &PolicyReportReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Gatherer: gatherer,
+		prs := &PolicyReportReconciler{Client: mgr.GetClient(), Reader: mgr.GetClient(), Informers: mgr.GetCache(), Gatherer: gatherer,
 			Clock: opts.Clock, Timeout: opts.ReconcileTimeout, Formats: formats}
 		if err := prs.SetupWithManager(mgr); err != nil {
 			return err

@@ -115,6 +115,13 @@ echo "\$ kubectl get imagescanreports -A"
 echo
 echo "demo: image blobs read from the registry since the DB update: $(( $(curl -fsS "http://$registry/blob-reads") - reads - 1 )) (the DB artifact itself: 1)"
 echo
+"$kubectl" wait --for=condition=Ready vulnerabilitydatabase/trivy-db --timeout=60s >/dev/null || true
+echo "\$ kubectl get vulnerabilitydatabases -o wide"
+"$kubectl" get vulnerabilitydatabases -o wide
+echo
+echo "demo: what the DB update changed in demo-a's web report (status.changes; a NewVulnerabilities Event went to it and to its workload):"
+"$kubectl" get imagescanreports -n demo-a -o jsonpath='{range .items[?(@.spec.image=="'"$registry"'/demo/web")]}{.status.changes}{"\n"}{end}'
+echo
 echo "\$ kubectl get imageguard -A"
 "$kubectl" get imageguard -A
 echo

@@ -104,7 +104,8 @@ func checkFreshness(limit time.Duration) check {
 			return fail(ReasonNotScanned, "the image has not been scanned yet"), time.Time{}
 		}
 		db := r.MatchedDB
-		if db.InUse && db.Stale != "" {
+		// A stale DB in use fails every freshness rule, whatever DB the findings came from.
+		if db.Stale != "" {
 			return fail(ReasonDatabaseStale, db.Stale), time.Time{}
 		}
 		if r.MatchFailed != "" {

@@ -84,7 +84,8 @@ type MatchedDB struct {
 	BuiltAt time.Time
 	// InUse is true when it is the DB in use (the findings are as current as they can be).
 	InUse bool
-	// Stale, when set, says why the DB in use is too old to trust (older than --db-max-age).
+	// Stale, when set, says why the DB in use is too old to trust (older than --db-max-age): every
+	// freshness rule then fails, whatever DB the findings came from.
 	Stale string
 }
 

@@ -15,6 +15,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	admissionv1 "k8s.io/api/admission/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
@@ -387,4 +390,34 @@ func PostReview(c *http.Client, url string, body []byte) (*admissionv1.Admission
 		return nil, errors.New("no response")
 	}
 	return out, nil
+}
+
+// APIWrites reads the API server's count of write requests (create, patch, update, delete) on
+// resource since it started, and how many of them were refused as conflicts (409).
+func APIWrites(cfg *rest.Config, resource string) (total, conflicts float64, err error) {
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return 0, 0, err
+	}
+	raw, err := dc.RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `resource="`+resource+`"`) {
+			continue
+		}
+		if !strings.Contains(line, `verb="POST"`) && !strings.Contains(line, `verb="PATCH"`) &&
+			!strings.Contains(line, `verb="PUT"`) && !strings.Contains(line, `verb="DELETE"`) {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
+		if err == nil {
+			total += v
+			if strings.Contains(line, `code="409"`) {
+				conflicts += v
+			}
+		}
+	}
+	return total, conflicts, nil
 }
