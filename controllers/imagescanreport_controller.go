@@ -82,7 +82,14 @@ type ImageScanReportReconciler struct {
 	// they were is then neither matched again nor written. Setup shares it with the policies'
 	// freshness and the DB's status; nil makes one.
 	Matches *Matches
+	// MaxAnalysisAge returns the smallest maxAnalysisAge of the policies of a namespace (0: none);
+	// a report's image is analysed again once its inventory is half that old. Nil: never.
+	MaxAnalysisAge func(ctx context.Context, namespace string) (time.Duration, error)
 }
+
+// reanalysisRetry is how long a failed re-analysis waits at least before the next try (the kept
+// inventory serves meanwhile).
+const reanalysisRetry = 5 * time.Minute
 
 // DefaultReportRefreshInterval is how often at most an unchanged report's DB and scan time are
 // written.
@@ -125,9 +132,14 @@ func (r *ImageScanReportReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		return r.finish(ctx, before, report, ctrl.Result{RequeueAfter: 30 * time.Second}, nil)
 	}
 	now := r.Clock.Now()
-	if r.current(report, db, now) {
+	analysisLimit, err := r.analysisLimit(ctx, report.Namespace)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	analyzedAfter := reanalysisDue(report, analysisLimit, now)
+	if analyzedAfter.IsZero() && r.current(report, db, now) {
 		r.Matches.Matched(req.NamespacedName, report.UID, db, nil)
-		return ctrl.Result{RequeueAfter: r.nextVisit(report, db, now)}, nil
+		return ctrl.Result{RequeueAfter: r.nextVisit(report, db, analysisLimit, now)}, nil
 	}
 	if newerThan(report, db) {
 		// Matched by another replica against a newer DB than this one has (a leader that changed
@@ -135,7 +147,7 @@ func (r *ImageScanReportReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		// again. It waits for this replica's DB, and the re-match is not done meanwhile.
 		return ctrl.Result{RequeueAfter: time.Minute}, nil
 	}
-	res, analyzedAt, err := r.scan(ctx, report)
+	res, analyzedAt, reanalysisErr, err := r.scan(ctx, report, analyzedAfter)
 	if err != nil {
 		terminal := setScanFailed(report, err)
 		if werr := r.record(ctx, before, report); werr != nil {
@@ -164,9 +176,22 @@ func (r *ImageScanReportReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		report.Status.Changes = changes
 	}
 	keepScanTimeWhenUnchanged(before, report, r.refreshDue(before, now))
-	result, err := r.finish(ctx, before, report, ctrl.Result{RequeueAfter: r.nextVisit(report, res.DB, now)}, nil)
+	result, err := r.finish(ctx, before, report, ctrl.Result{RequeueAfter: r.nextVisit(report, res.DB, analysisLimit, now)}, nil)
 	if err != nil {
 		return result, err
+	}
+	if reanalysisErr != nil {
+		// The findings of the kept inventory were matched and stay in force; a maxAnalysisAge rule
+		// fails once it is too old. Tried again, no sooner than the registry asks.
+		if r.Recorder != nil {
+			r.Recorder.Eventf(report, nil, corev1.EventTypeWarning, securityv1alpha1.ReasonReanalysisFailed, "Analyse",
+				"analysing the image again (its inventory is older than half the namespace's maxAnalysisAge) failed; the kept inventory serves meanwhile: %s", reanalysisErr.Error())
+		}
+		wait := reanalysisRetry
+		if after, ok := registry.RetryAfter(reanalysisErr); ok && after > wait {
+			wait = after
+		}
+		result.RequeueAfter = wait
 	}
 	r.Matches.Matched(req.NamespacedName, report.UID, res.DB, keys)
 	if changes != nil && changes.New > 0 {
@@ -289,10 +314,34 @@ func (r *ImageScanReportReconciler) refreshDue(report *securityv1alpha1.ImageSca
 	return t == nil || !now.Before(t.Add(r.RefreshInterval))
 }
 
+// analysisLimit is the smallest maxAnalysisAge of the policies of namespace; 0 when none says.
+func (r *ImageScanReportReconciler) analysisLimit(ctx context.Context, namespace string) (time.Duration, error) {
+	if r.MaxAnalysisAge == nil {
+		return 0, nil
+	}
+	return r.MaxAnalysisAge(ctx, namespace)
+}
+
+// reanalysisDue returns, when report's inventory is at least half of limit old, the time after
+// which a new analysis must have been made; zero when none is due.
+func reanalysisDue(report *securityv1alpha1.ImageScanReport, limit time.Duration, now time.Time) time.Time {
+	t := report.Status.LastAnalysisTime
+	if limit <= 0 || t == nil || now.Before(t.Add(limit/2)) {
+		return time.Time{}
+	}
+	return now.Add(-limit / 2)
+}
+
 // nextVisit is when report is reconciled again without an event: at the rescan interval, or
-// sooner when its status lags the DB db and is due for a refresh before that.
-func (r *ImageScanReportReconciler) nextVisit(report *securityv1alpha1.ImageScanReport, db scanner.DBInfo, now time.Time) time.Duration {
+// sooner when its status lags the DB db and is due for a refresh, or its image for a new analysis
+// (analysisLimit), before that.
+func (r *ImageScanReportReconciler) nextVisit(report *securityv1alpha1.ImageScanReport, db scanner.DBInfo, analysisLimit time.Duration, now time.Time) time.Duration {
 	next := r.jitter(r.RescanInterval)
+	if t := report.Status.LastAnalysisTime; analysisLimit > 0 && t != nil {
+		if due := t.Add(analysisLimit/2).Sub(now) + time.Second; due < next {
+			next = max(due, time.Second)
+		}
+	}
 	if st, t := report.Status.VulnerabilityDB, report.Status.LastScanTime; st != nil && t != nil && st.Digest != db.Digest {
 		if due := t.Add(r.RefreshInterval).Sub(now) + time.Second; due < next {
 			next = r.jitter(max(due, time.Second))
@@ -302,8 +351,10 @@ func (r *ImageScanReportReconciler) nextVisit(report *securityv1alpha1.ImageScan
 }
 
 // scan returns the report's findings: its digest's kept inventory (analysed once, cluster-wide,
-// with the pull secrets of the pods that run it) matched against the current DB.
-func (r *ImageScanReportReconciler) scan(ctx context.Context, report *securityv1alpha1.ImageScanReport) (*scanner.Result, metav1.Time, error) {
+// with the pull secrets of the pods that run it; again when it was analysed before analyzedAfter)
+// matched against the current DB. When the new analysis fails and an inventory is kept, that one
+// is matched and the analysis's error returned beside the findings.
+func (r *ImageScanReportReconciler) scan(ctx context.Context, report *securityv1alpha1.ImageScanReport, analyzedAfter time.Time) (*scanner.Result, metav1.Time, error, error) {
 	keychain := workload.LazyKeychain(func() (authn.Keychain, error) {
 		pods, err := r.podsUsing(ctx, report)
 		if err != nil {
@@ -318,20 +369,28 @@ func (r *ImageScanReportReconciler) scan(ctx context.Context, report *securityv1
 	metrics.ScansInFlight.Inc()
 	defer metrics.ScansInFlight.Dec()
 	start := time.Now()
-	inv, analysed, err := r.Scanner.Inventory(ctx, scanner.ImageRef{Repository: report.Spec.Image, Digest: report.Spec.Digest, Keychain: keychain})
+	ref := scanner.ImageRef{Repository: report.Spec.Image, Digest: report.Spec.Digest, Keychain: keychain, AnalyzedAfter: analyzedAfter}
+	inv, analysed, err := r.Scanner.Inventory(ctx, ref)
 	if analysed || err != nil {
 		metrics.Observe(metrics.KindAnalysis, resultLabel(err), start)
 	}
+	var reanalysisErr error
+	if err != nil && !analyzedAfter.IsZero() {
+		ref.AnalyzedAfter = time.Time{}
+		if kept, _, kerr := r.Scanner.Inventory(ctx, ref); kerr == nil {
+			inv, reanalysisErr, err = kept, err, nil
+		}
+	}
 	if err != nil {
-		return nil, metav1.Time{}, err
+		return nil, metav1.Time{}, nil, err
 	}
 	start = time.Now()
 	res, err := r.Scanner.Match(ctx, inv)
 	metrics.Observe(metrics.KindMatch, resultLabel(err), start)
 	if err != nil {
-		return nil, metav1.Time{}, err
+		return nil, metav1.Time{}, nil, err
 	}
-	return res, metav1.NewTime(inv.AnalyzedAt), nil
+	return res, metav1.NewTime(inv.AnalyzedAt), reanalysisErr, nil
 }
 
 // resultLabel is the result label of a scan metric: success or the error's kind.

@@ -112,6 +112,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		RescanInterval: opts.RescanInterval, Concurrency: opts.ScanConcurrency,
 		ExcludedNamespaces: opts.ExcludedNamespaces, Clock: opts.Clock,
 		Timeout: opts.ScanTimeout + opts.ReconcileTimeout, RefreshInterval: opts.ReportRefreshInterval, Matches: matches,
+		MaxAnalysisAge: gatherer.MaxAnalysisAge,
 	}
 	if err := reports.SetupWithManager(mgr); err != nil {
 		return err

@@ -69,6 +69,10 @@ const (
 	// ReasonNewVulnerabilities is the reason of the Event on a report and its workloads when a
 	// re-match found vulnerabilities the findings before did not have.
 	ReasonNewVulnerabilities = "NewVulnerabilities"
+
+	// ReasonReanalysisFailed is the reason of the Event on a report when analysing its image again
+	// (maxAnalysisAge) failed; the kept inventory serves meanwhile.
+	ReasonReanalysisFailed = "ReanalysisFailed"
 )
 
 // Reasons of the Ready, Compliant and Stalled conditions of ImagePolicy and ClusterImagePolicy.

@@ -115,6 +115,16 @@ type VulnerabilityRule struct {
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	MaxScanAge *metav1.Duration `json:"maxScanAge,omitempty"`
+
+	// MaxAnalysisAge is how old an image's package inventory (its last pull and analysis) may be,
+	// e.g. 720h. ImageGuard analyses an image again once its inventory is half that old, for the
+	// reports of the namespaces such a policy applies to; the rule fails with reason
+	// AnalysisTooOld only when that re-analysis keeps failing (the findings of the kept inventory
+	// stay in force meanwhile).
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	MaxAnalysisAge *metav1.Duration `json:"maxAnalysisAge,omitempty"`
 }
 
 // VulnerabilityException accepts one vulnerability, in some images, until it expires.

@@ -31,6 +31,7 @@ const (
 	ReasonScanTooOld             = "ScanTooOld"
 	ReasonScanFailed             = "ScanFailed"
 	ReasonDatabaseStale          = "DatabaseStale"
+	ReasonAnalysisTooOld         = "AnalysisTooOld"
 	ReasonTooManyVulnerabilities = "TooManyVulnerabilities"
 	ReasonSignatureNotVerifiable = "SignatureVerificationUnavailable"
 	ReasonSignatureInvalid       = "SignatureInvalid"
@@ -95,9 +96,10 @@ func checkTags(rule *securityv1alpha1.TagRule) check {
 }
 
 // checkFreshness requires the image's findings to have been matched against a DB built at most
-// limit ago, that DB not to be stale, and the last match to have succeeded; the verdict changes
-// by itself when the DB gets too old.
-func checkFreshness(limit time.Duration) check {
+// limit ago (0: any), that DB not to be stale, the last match to have succeeded, and, with
+// analysisLimit, the image to have been analysed at most that long ago; the verdict changes by
+// itself when either gets too old.
+func checkFreshness(limit, analysisLimit time.Duration) check {
 	return check{rule: RuleFreshness, severity: SeverityMedium, needsReport: true, judge: func(img Image, now time.Time) (Result, time.Time) {
 		r := img.Report
 		if r == nil || (r.ScannedAt.IsZero() && r.MatchedDB.BuiltAt.IsZero()) {
@@ -111,20 +113,40 @@ func checkFreshness(limit time.Duration) check {
 		if r.MatchFailed != "" {
 			return fail(ReasonScanFailed, "the last match failed: "+r.MatchFailed), time.Time{}
 		}
-		if db.BuiltAt.IsZero() {
-			return fail(ReasonNotScanned, "the DB the findings were matched against is not known"), time.Time{}
+		var messages []string
+		var next time.Time
+		if limit > 0 {
+			if db.BuiltAt.IsZero() {
+				return fail(ReasonNotScanned, "the DB the findings were matched against is not known"), time.Time{}
+			}
+			// Absolute times: a message that changed with the clock would make a write per evaluation.
+			built := db.BuiltAt.UTC().Format(time.RFC3339)
+			if now.Sub(db.BuiltAt) > limit {
+				if db.InUse {
+					return fail(ReasonDatabaseStale, fmt.Sprintf("the findings were matched against the newest DB ImageGuard has, built at %s, more than %s ago",
+						built, limit)), time.Time{}
+				}
+				return fail(ReasonScanTooOld, fmt.Sprintf("the findings were matched against a DB built at %s, more than %s ago; a newer DB is in use and the report was not matched against it yet",
+					built, limit)), time.Time{}
+			}
+			messages = append(messages, "matched against a DB built at "+built)
+			next = db.BuiltAt.Add(limit)
 		}
-		// Absolute times: a message that changed with the clock would make a write per evaluation.
-		built := db.BuiltAt.UTC().Format(time.RFC3339)
-		if now.Sub(db.BuiltAt) <= limit {
-			return pass("matched against a DB built at " + built), db.BuiltAt.Add(limit)
+		if analysisLimit > 0 {
+			if r.AnalyzedAt.IsZero() {
+				return fail(ReasonNotScanned, "the image has not been analysed yet"), time.Time{}
+			}
+			analysed := r.AnalyzedAt.UTC().Format(time.RFC3339)
+			if now.Sub(r.AnalyzedAt) > analysisLimit {
+				return fail(ReasonAnalysisTooOld, fmt.Sprintf("the image was last analysed at %s, more than %s ago; analysing it again fails",
+					analysed, analysisLimit)), time.Time{}
+			}
+			messages = append(messages, "analysed at "+analysed)
+			if due := r.AnalyzedAt.Add(analysisLimit); next.IsZero() || due.Before(next) {
+				next = due
+			}
 		}
-		if db.InUse {
-			return fail(ReasonDatabaseStale, fmt.Sprintf("the findings were matched against the newest DB ImageGuard has, built at %s, more than %s ago",
-				built, limit)), time.Time{}
-		}
-		return fail(ReasonScanTooOld, fmt.Sprintf("the findings were matched against a DB built at %s, more than %s ago; a newer DB is in use and the report was not matched against it yet",
-			built, limit)), time.Time{}
+		return pass(strings.Join(messages, ", ")), next
 	}}
 }
 

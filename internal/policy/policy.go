@@ -50,7 +50,9 @@ type Report struct {
 	MatchedDB MatchedDB
 	// MatchFailed says why the last match failed; empty when it succeeded.
 	MatchFailed string
-	Summary     securityv1alpha1.VulnerabilitySummary
+	// AnalyzedAt is when the image was last pulled and analysed (status.lastAnalysisTime).
+	AnalyzedAt time.Time
+	Summary    securityv1alpha1.VulnerabilitySummary
 	// Vulnerabilities may be cut (Omitted counts the rest): exceptions and fixableOnly are applied
 	// to the listed ones, the omitted ones count as they are in the summary.
 	Vulnerabilities []securityv1alpha1.Vulnerability
@@ -68,6 +70,9 @@ func ReportOf(rep *securityv1alpha1.ImageScanReport) *Report {
 	out := &Report{Summary: *rep.Status.Summary, Vulnerabilities: rep.Status.Vulnerabilities, Omitted: rep.Status.VulnerabilitiesOmitted}
 	if rep.Status.LastScanTime != nil {
 		out.ScannedAt = rep.Status.LastScanTime.Time
+	}
+	if rep.Status.LastAnalysisTime != nil {
+		out.AnalyzedAt = rep.Status.LastAnalysisTime.Time
 	}
 	if db := rep.Status.VulnerabilityDB; db != nil && db.UpdatedAt != nil {
 		out.MatchedDB.BuiltAt = db.UpdatedAt.Time
@@ -146,7 +151,12 @@ func (r Result) String() string { return fmt.Sprintf("%s: %s: %s", r.Image, r.Ru
 // Policy is a compiled set of rules: the chain of the checks whose rule is set.
 type Policy struct {
 	checks []check
+	// maxAnalysisAge is the rule's vulnerabilities.maxAnalysisAge; 0 if unset.
+	maxAnalysisAge time.Duration
 }
+
+// MaxAnalysisAge is how old an image's inventory may be under the policy; 0 when it does not say.
+func (p *Policy) MaxAnalysisAge() time.Duration { return p.maxAnalysisAge }
 
 // Compile builds the chain from the rules that are set, compiling their globs; an error names
 // what can never work.
@@ -162,8 +172,15 @@ func Compile(rules securityv1alpha1.PolicyRules, verifier SignatureVerifier) (*P
 	if t := rules.Tags; t != nil && (t.DisallowLatest || t.RequireDigest) {
 		p.checks = append(p.checks, checkTags(t))
 	}
-	if v := rules.Vulnerabilities; v != nil && v.MaxScanAge != nil {
-		p.checks = append(p.checks, checkFreshness(v.MaxScanAge.Duration))
+	if v := rules.Vulnerabilities; v != nil && (v.MaxScanAge != nil || v.MaxAnalysisAge != nil) {
+		var scanAge time.Duration
+		if v.MaxScanAge != nil {
+			scanAge = v.MaxScanAge.Duration
+		}
+		if v.MaxAnalysisAge != nil {
+			p.maxAnalysisAge = v.MaxAnalysisAge.Duration
+		}
+		p.checks = append(p.checks, checkFreshness(scanAge, p.maxAnalysisAge))
 	}
 	exceptions, err := compileExceptions(rules.Exceptions)
 	if err != nil {

@@ -162,6 +162,41 @@ func TestCheckFreshness(t *testing.T) {
 	}
 }
 
+func TestCheckAnalysisAge(t *testing.T) {
+	week := &metav1.Duration{Duration: 7 * 24 * time.Hour}
+	analysed := func(ago time.Duration) *Report {
+		return &Report{ScannedAt: now, MatchedDB: MatchedDB{BuiltAt: now.Add(-time.Hour), InUse: true}, AnalyzedAt: now.Add(-ago)}
+	}
+	tests := map[string]struct {
+		rule       securityv1alpha1.VulnerabilityRule
+		report     *Report
+		wantReason string
+		wantNext   time.Time
+	}{
+		"analysed a day ago":            {rule: securityv1alpha1.VulnerabilityRule{MaxAnalysisAge: week}, report: analysed(24 * time.Hour), wantReason: ReasonPassed, wantNext: now.Add(6 * 24 * time.Hour)},
+		"analysed more than a week ago": {rule: securityv1alpha1.VulnerabilityRule{MaxAnalysisAge: week}, report: analysed(8 * 24 * time.Hour), wantReason: ReasonAnalysisTooOld},
+		"never analysed":                {rule: securityv1alpha1.VulnerabilityRule{MaxAnalysisAge: week}, report: &Report{ScannedAt: now}, wantReason: ReasonNotScanned},
+		// Both limits: the earlier of the two moments the verdict turns.
+		"both, the DB turns first": {rule: securityv1alpha1.VulnerabilityRule{MaxAnalysisAge: week, MaxScanAge: &metav1.Duration{Duration: 24 * time.Hour}},
+			report: analysed(24 * time.Hour), wantReason: ReasonPassed, wantNext: now.Add(23 * time.Hour)},
+		"both, the analysis fails": {rule: securityv1alpha1.VulnerabilityRule{MaxAnalysisAge: week, MaxScanAge: &metav1.Duration{Duration: 24 * time.Hour}},
+			report: analysed(8 * 24 * time.Hour), wantReason: ReasonAnalysisTooOld},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			rules := securityv1alpha1.PolicyRules{Vulnerabilities: &tt.rule}
+			p, err := Compile(rules, nil)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(p.MaxAnalysisAge()).To(Equal(7 * 24 * time.Hour))
+			v := evaluate(t, rules, Image{Repository: "r/app", Tag: "1", Report: tt.report}, now)
+			g.Expect(v.Results).To(HaveLen(1))
+			g.Expect(v.Results[0].Reason).To(Equal(tt.wantReason), v.Results[0].Message)
+			g.Expect(v.NextChange).To(Equal(tt.wantNext))
+		})
+	}
+}
+
 // reportWithDB is a scanned report whose status says it was matched against a DB built at builtAt.
 func reportWithDB(builtAt time.Time) *securityv1alpha1.ImageScanReport {
 	return &securityv1alpha1.ImageScanReport{Status: securityv1alpha1.ImageScanReportStatus{

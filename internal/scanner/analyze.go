@@ -52,6 +52,9 @@ type ImageRef struct {
 	Digest string
 	// Keychain has the credentials for the registry; nil is anonymous.
 	Keychain authn.Keychain
+	// AnalyzedAfter, when set, asks for an inventory analysed after it: a kept one that is older
+	// is analysed again (the image is pulled again).
+	AnalyzedAfter time.Time
 }
 
 // String returns repository@digest.

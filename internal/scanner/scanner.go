@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"k8s.io/utils/clock"
+
 	trivylog "github.com/aquasecurity/trivy/pkg/log"
 
 	"golang.org/x/sync/singleflight"
@@ -41,6 +43,8 @@ type Options struct {
 	// CrashRetryAfter is how long a digest whose analyses took the process down CrashLimit times
 	// is refused (AnalysisCrashed) before one more try; 0 means 24 hours.
 	CrashRetryAfter time.Duration
+	// Clock stamps analyses (Inventory.AnalyzedAt); nil is the real clock.
+	Clock clock.PassiveClock
 }
 
 // Scanner analyses each digest once and matches kept inventories against the DB.
@@ -87,6 +91,9 @@ func New(opts Options, client *registry.Client, db DB) (*Scanner, error) {
 	}
 	if opts.CrashRetryAfter <= 0 {
 		opts.CrashRetryAfter = 24 * time.Hour
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
 	}
 	marks, err := newCrashMarks(opts.CacheDir, opts.CrashRetryAfter, opts.Concurrency)
 	if err != nil {
@@ -139,7 +146,7 @@ func (s *Scanner) Analysed(digest string) bool { return s.store.Has(digest) }
 // analysis, which concurrent callers for the same digest share. The bool says whether an
 // analysis ran for this call.
 func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool, error) {
-	if inv, err := s.store.Get(ref.Digest); err != nil || inv != nil {
+	if inv, err := s.store.Get(ref.Digest); err != nil || servesRef(inv, ref) {
 		return inv, false, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -147,9 +154,10 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 	}
 	ch := s.flights.DoChan(ref.Digest, func() (_ any, err error) {
 		// Another flight may have just finished and kept it.
-		if inv, err := s.store.Get(ref.Digest); err != nil || inv != nil {
+		if inv, err := s.store.Get(ref.Digest); err != nil || servesRef(inv, ref) {
 			return inv, err
 		}
+		started := s.opts.Clock.Now()
 		// The analysis is shared: one caller giving up must not cancel it for the others. Its
 		// wait for a slot is bounded on its own, and its time limit starts once it has one.
 		wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
@@ -180,6 +188,7 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 		if err != nil {
 			return nil, err
 		}
+		inv.AnalyzedAt = started.UTC().Truncate(time.Second)
 		if err := s.store.Put(inv); err != nil {
 			return nil, fmt.Errorf("keeping the inventory of %s: %w", ref.Digest, err)
 		}
@@ -194,6 +203,12 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 		}
 		return res.Val.(*Inventory), !res.Shared, nil
 	}
+}
+
+// servesRef reports whether the kept inventory inv serves ref: it exists and was analysed after
+// ref.AnalyzedAfter.
+func servesRef(inv *Inventory, ref ImageRef) bool {
+	return inv != nil && (ref.AnalyzedAfter.IsZero() || inv.AnalyzedAt.After(ref.AnalyzedAfter))
 }
 
 // Crashes returns how many analyses of digest started and never ended: the process died during

@@ -100,7 +100,8 @@ type Options struct {
 	// Controllers are the reconcilers' options; the registry, scanner, DB and admission's
 	// registry are filled in.
 	Controllers controllers.Options
-	// Clock, when set, is the time of the DB manager and of the reconcilers (a test moves it).
+	// Clock, when set, is the time of the DB manager, the scanner and the reconcilers (a test
+	// moves it).
 	Clock clock.PassiveClock
 }
 
@@ -196,7 +197,7 @@ func (s *Suite) startImageGuard() error {
 	if err != nil {
 		return err
 	}
-	s.Scanner, err = scanner.New(scanner.Options{CacheDir: s.CacheDir, Timeout: time.Minute}, client, s.DB)
+	s.Scanner, err = scanner.New(scanner.Options{CacheDir: s.CacheDir, Timeout: time.Minute, Clock: opts.Clock}, client, s.DB)
 	if err != nil {
 		return err
 	}

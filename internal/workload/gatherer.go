@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -340,6 +341,22 @@ func (g *Gatherer) PoliciesFor(ctx context.Context, namespace string) ([]*Policy
 		}
 	}
 	slices.SortFunc(out, func(a, b *Policy) int { return cmp.Compare(a.Ref, b.Ref) })
+	return out, nil
+}
+
+// MaxAnalysisAge returns the smallest vulnerabilities.maxAnalysisAge of the policies that apply to
+// namespace; 0 when none says.
+func (g *Gatherer) MaxAnalysisAge(ctx context.Context, namespace string) (time.Duration, error) {
+	policies, err := g.PoliciesFor(ctx, namespace)
+	if err != nil {
+		return 0, err
+	}
+	var out time.Duration
+	for _, p := range policies {
+		if d := p.Rules.MaxAnalysisAge(); d > 0 && (out == 0 || d < out) {
+			out = d
+		}
+	}
 	return out, nil
 }
 
