@@ -41,9 +41,14 @@ func TestFreshnessKnowsWhichDBAReportWasMatchedAgainst(t *testing.T) {
 			Status: securityv1alpha1.ImageScanReportStatus{
 				ObservedGeneration: 1, Summary: &securityv1alpha1.VulnerabilitySummary{},
 				VulnerabilityDB: &securityv1alpha1.VulnerabilityDB{Digest: old, UpdatedAt: at(20 * time.Hour)},
+				LastScanTime:    at(20 * time.Hour),
 				Conditions:      []metav1.Condition{{Type: securityv1alpha1.ConditionScanned, Status: scanned, Reason: "x"}},
 			},
 		}
+	}
+	unwritten := func(r *securityv1alpha1.ImageScanReport) *securityv1alpha1.ImageScanReport {
+		r.Status.LastScanTime, r.Status.VulnerabilityDB.UpdatedAt = at(40*24*time.Hour), at(40*24*time.Hour)
+		return r
 	}
 	excluded := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "skipped", Labels: map[string]string{"imageguard.dev/exclude": "true"}}}
 	tests := map[string]struct {
@@ -75,6 +80,10 @@ func TestFreshnessKnowsWhichDBAReportWasMatchedAgainst(t *testing.T) {
 			vdb: vdb(metav1.ConditionTrue, securityv1alpha1.ReasonCurrent, 2*time.Hour, nil), report: report("shop", metav1.ConditionTrue),
 			remember: &scanner.DBInfo{Digest: previous, UpdatedAt: now.Add(-9 * time.Hour)}, wantBuilt: at(9 * time.Hour),
 		},
+		"not written for longer than the refresh interval (its namespace was excluded until now): the status": {
+			vdb: vdb(metav1.ConditionTrue, securityv1alpha1.ReasonCurrent, 2*time.Hour, nil), report: unwritten(report("shop", metav1.ConditionTrue)),
+			wantBuilt: at(40 * 24 * time.Hour),
+		},
 		"the DB in use is stale: every report says so": {
 			vdb: vdb(metav1.ConditionTrue, securityv1alpha1.ReasonCurrent, 80*time.Hour, nil), report: report("skipped", metav1.ConditionTrue),
 			wantBuilt: at(20 * time.Hour), wantStale: true,
@@ -90,7 +99,7 @@ func TestFreshnessKnowsWhichDBAReportWasMatchedAgainst(t *testing.T) {
 				matches.Matched(types.NamespacedName{Namespace: tt.report.Namespace, Name: tt.report.Name}, tt.report.UID, *tt.remember, nil)
 			}
 			out := policy.ReportOf(tt.report)
-			Freshness(c, matches, []string{"kube-system"}, 72*time.Hour, clk)(tt.report, out)
+			Freshness(c, matches, []string{"kube-system"}, 72*time.Hour, 24*time.Hour, clk)(tt.report, out)
 			g.Expect(out.MatchedDB.BuiltAt).To(BeTemporally("==", tt.wantBuilt.Time))
 			g.Expect(out.MatchedDB.InUse).To(Equal(tt.wantInUse))
 			g.Expect(out.MatchedDB.Stale != "").To(Equal(tt.wantStale), out.MatchedDB.Stale)

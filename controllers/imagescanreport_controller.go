@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -19,10 +20,12 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 	"sigs.k8s.io/controller-runtime/pkg/source"
@@ -39,6 +42,9 @@ import (
 // ImageScanner is what the report controller needs of the scanner.
 type ImageScanner interface {
 	Analysed(digest string) bool
+	// Reanalyse starts a new analysis of a kept inventory older than ref.AnalyzedAfter in the
+	// background, and reports whether it did (see scanner.Scanner.Reanalyse).
+	Reanalyse(ref scanner.ImageRef, done func(error)) bool
 	Inventory(ctx context.Context, ref scanner.ImageRef) (*scanner.Inventory, bool, error)
 	Match(ctx context.Context, inv *scanner.Inventory) (*scanner.Result, error)
 	Version() string
@@ -83,13 +89,22 @@ type ImageScanReportReconciler struct {
 	// freshness and the DB's status; nil makes one.
 	Matches *Matches
 	// MaxAnalysisAge returns the smallest maxAnalysisAge of the policies of a namespace (0: none);
-	// a report's image is analysed again once its inventory is half that old. Nil: never.
+	// a report's image is analysed again, in the background, once its inventory is half that old.
+	// Nil: never.
 	MaxAnalysisAge func(ctx context.Context, namespace string) (time.Duration, error)
+
+	// reanalysed queues the reports of a digest analysed again; newInventory marks them, so that
+	// they are matched again although their status names the DB in use.
+	reanalysed   chan event.GenericEvent
+	newInventory sync.Map // types.NamespacedName -> struct{}
+	// started is when this process began reconciling reports (newerThan).
+	started time.Time
 }
 
-// reanalysisRetry is how long a failed re-analysis waits at least before the next try (the kept
-// inventory serves meanwhile).
-const reanalysisRetry = 5 * time.Minute
+// newerDBWait is how long after its start the controller leaves alone a report another replica
+// matched against a newer DB than its own (the first check brings it the same one); after that,
+// the DB in use is the operator's choice, even an older one.
+const newerDBWait = 15 * time.Minute
 
 // DefaultReportRefreshInterval is how often at most an unchanged report's DB and scan time are
 // written.
@@ -136,18 +151,21 @@ func (r *ImageScanReportReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	analyzedAfter := reanalysisDue(report, analysisLimit, now)
-	if analyzedAfter.IsZero() && r.current(report, db, now) {
+	if after := reanalysisDue(report, analysisLimit, now); !after.IsZero() {
+		r.reanalyse(report, after)
+	}
+	_, newInventory := r.newInventory.LoadAndDelete(req.NamespacedName)
+	if !newInventory && r.current(report, db, now) {
 		r.Matches.Matched(req.NamespacedName, report.UID, db, nil)
 		return ctrl.Result{RequeueAfter: r.nextVisit(report, db, analysisLimit, now)}, nil
 	}
-	if newerThan(report, db) {
+	if time.Since(r.started) < newerDBWait && newerThan(report, db) {
 		// Matched by another replica against a newer DB than this one has (a leader that changed
 		// before its first check): matching it backwards would report findings fixed, then new
 		// again. It waits for this replica's DB, and the re-match is not done meanwhile.
 		return ctrl.Result{RequeueAfter: time.Minute}, nil
 	}
-	res, analyzedAt, reanalysisErr, err := r.scan(ctx, report, analyzedAfter)
+	res, analyzedAt, err := r.scan(ctx, report)
 	if err != nil {
 		terminal := setScanFailed(report, err)
 		if werr := r.record(ctx, before, report); werr != nil {
@@ -180,19 +198,7 @@ func (r *ImageScanReportReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err != nil {
 		return result, err
 	}
-	if reanalysisErr != nil {
-		// The findings of the kept inventory were matched and stay in force; a maxAnalysisAge rule
-		// fails once it is too old. Tried again, no sooner than the registry asks.
-		if r.Recorder != nil {
-			r.Recorder.Eventf(report, nil, corev1.EventTypeWarning, securityv1alpha1.ReasonReanalysisFailed, "Analyse",
-				"analysing the image again (its inventory is older than half the namespace's maxAnalysisAge) failed; the kept inventory serves meanwhile: %s", reanalysisErr.Error())
-		}
-		wait := reanalysisRetry
-		if after, ok := registry.RetryAfter(reanalysisErr); ok && after > wait {
-			wait = after
-		}
-		result.RequeueAfter = wait
-	}
+
 	r.Matches.Matched(req.NamespacedName, report.UID, res.DB, keys)
 	if changes != nil && changes.New > 0 {
 		r.newVulnerabilities(ctx, report, changes, added)
@@ -332,15 +338,58 @@ func reanalysisDue(report *securityv1alpha1.ImageScanReport, limit time.Duration
 	return now.Add(-limit / 2)
 }
 
+// reanalyse starts the background re-analysis of report's image when the scanner takes it (none
+// running, none failed lately); its end queues every report of the digest, and a failure is told
+// in an Event on report. The kept inventory serves meanwhile.
+func (r *ImageScanReportReconciler) reanalyse(report *securityv1alpha1.ImageScanReport, after time.Time) {
+	regarding := report.DeepCopy()
+	// Its own context: the analysis outlives this reconcile.
+	keychain := workload.LazyKeychain(func() (authn.Keychain, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		return r.keychain(ctx, regarding)
+	})
+	ref := scanner.ImageRef{Repository: report.Spec.Image, Digest: report.Spec.Digest, Keychain: keychain, AnalyzedAfter: after}
+	r.Scanner.Reanalyse(ref, func(err error) {
+		if err != nil {
+			if r.Recorder != nil {
+				r.Recorder.Eventf(regarding, nil, corev1.EventTypeWarning, securityv1alpha1.ReasonReanalysisFailed, "Analyse",
+					"analysing the image again (its inventory is older than half the namespace's maxAnalysisAge) failed; the kept inventory serves meanwhile: %s", err.Error())
+			}
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		reports := &securityv1alpha1.ImageScanReportList{}
+		if err := r.Client.List(ctx, reports, client.MatchingLabels{DigestLabel: DigestLabelValue(regarding.Spec.Digest)}); err != nil {
+			return
+		}
+		for i := range reports.Items {
+			rep := &reports.Items[i]
+			if rep.Spec.Digest != regarding.Spec.Digest {
+				continue
+			}
+			r.newInventory.Store(types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name}, struct{}{})
+			select {
+			case r.reanalysed <- event.GenericEvent{Object: rep}:
+			default: // full: the report is matched again at its next visit
+			}
+		}
+	})
+}
+
 // nextVisit is when report is reconciled again without an event: at the rescan interval, or
 // sooner when its status lags the DB db and is due for a refresh, or its image for a new analysis
 // (analysisLimit), before that.
 func (r *ImageScanReportReconciler) nextVisit(report *securityv1alpha1.ImageScanReport, db scanner.DBInfo, analysisLimit time.Duration, now time.Time) time.Duration {
 	next := r.jitter(r.RescanInterval)
 	if t := report.Status.LastAnalysisTime; analysisLimit > 0 && t != nil {
-		if due := t.Add(analysisLimit/2).Sub(now) + time.Second; due < next {
-			next = max(due, time.Second)
+		due := t.Add(analysisLimit/2).Sub(now) + time.Second
+		if due <= 0 {
+			// Due already: a re-analysis was started, or waits after a failure.
+			due = scanner.ReanalysisRetry
 		}
+		next = min(next, due)
 	}
 	if st, t := report.Status.VulnerabilityDB, report.Status.LastScanTime; st != nil && t != nil && st.Digest != db.Digest {
 		if due := t.Add(r.RefreshInterval).Sub(now) + time.Second; due < next {
@@ -350,47 +399,40 @@ func (r *ImageScanReportReconciler) nextVisit(report *securityv1alpha1.ImageScan
 	return next
 }
 
+// keychain returns the pull credentials of the pods of report's namespace that run its image.
+func (r *ImageScanReportReconciler) keychain(ctx context.Context, report *securityv1alpha1.ImageScanReport) (authn.Keychain, error) {
+	pods, err := r.podsUsing(ctx, report)
+	if err != nil {
+		return nil, err
+	}
+	specs := make([]*corev1.PodSpec, 0, len(pods))
+	for _, pod := range pods {
+		specs = append(specs, &pod.Spec)
+	}
+	return workload.Keychain(ctx, r.APIReader, report.Namespace, specs...)
+}
+
 // scan returns the report's findings: its digest's kept inventory (analysed once, cluster-wide,
-// with the pull secrets of the pods that run it; again when it was analysed before analyzedAfter)
-// matched against the current DB. When the new analysis fails and an inventory is kept, that one
-// is matched and the analysis's error returned beside the findings.
-func (r *ImageScanReportReconciler) scan(ctx context.Context, report *securityv1alpha1.ImageScanReport, analyzedAfter time.Time) (*scanner.Result, metav1.Time, error, error) {
-	keychain := workload.LazyKeychain(func() (authn.Keychain, error) {
-		pods, err := r.podsUsing(ctx, report)
-		if err != nil {
-			return nil, err
-		}
-		specs := make([]*corev1.PodSpec, 0, len(pods))
-		for _, pod := range pods {
-			specs = append(specs, &pod.Spec)
-		}
-		return workload.Keychain(ctx, r.APIReader, report.Namespace, specs...)
-	})
+// with the pull secrets of the pods that run it) matched against the current DB.
+func (r *ImageScanReportReconciler) scan(ctx context.Context, report *securityv1alpha1.ImageScanReport) (*scanner.Result, metav1.Time, error) {
+	keychain := workload.LazyKeychain(func() (authn.Keychain, error) { return r.keychain(ctx, report) })
 	metrics.ScansInFlight.Inc()
 	defer metrics.ScansInFlight.Dec()
 	start := time.Now()
-	ref := scanner.ImageRef{Repository: report.Spec.Image, Digest: report.Spec.Digest, Keychain: keychain, AnalyzedAfter: analyzedAfter}
-	inv, analysed, err := r.Scanner.Inventory(ctx, ref)
+	inv, analysed, err := r.Scanner.Inventory(ctx, scanner.ImageRef{Repository: report.Spec.Image, Digest: report.Spec.Digest, Keychain: keychain})
 	if analysed || err != nil {
 		metrics.Observe(metrics.KindAnalysis, resultLabel(err), start)
 	}
-	var reanalysisErr error
-	if err != nil && !analyzedAfter.IsZero() {
-		ref.AnalyzedAfter = time.Time{}
-		if kept, _, kerr := r.Scanner.Inventory(ctx, ref); kerr == nil {
-			inv, reanalysisErr, err = kept, err, nil
-		}
-	}
 	if err != nil {
-		return nil, metav1.Time{}, nil, err
+		return nil, metav1.Time{}, err
 	}
 	start = time.Now()
 	res, err := r.Scanner.Match(ctx, inv)
 	metrics.Observe(metrics.KindMatch, resultLabel(err), start)
 	if err != nil {
-		return nil, metav1.Time{}, nil, err
+		return nil, metav1.Time{}, err
 	}
-	return res, metav1.NewTime(inv.AnalyzedAt), reanalysisErr, nil
+	return res, metav1.NewTime(inv.AnalyzedAt), nil
 }
 
 // resultLabel is the result label of a scan metric: success or the error's kind.
@@ -477,6 +519,8 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Matches == nil {
 		r.Matches = NewMatches()
 	}
+	r.reanalysed = make(chan event.GenericEvent, 1024)
+	r.started = time.Now()
 	// Every report in the cache is queued once per DB swap; the workqueue's rate limiter and the
 	// concurrency pace the re-matches.
 	allReports := handler.TypedFuncs[scanner.DBInfo, reconcile.Request]{
@@ -496,9 +540,69 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			}
 		},
 	}
+	// A policy whose maxAnalysisAge appears or changes queues the reports it may apply to, so that
+	// the re-analyses it asks for start now, not at their next visit.
+	analysisAgeChanged := predicate.Funcs{
+		CreateFunc: func(e event.CreateEvent) bool { return maxAnalysisAgeOf(e.Object) != nil },
+		DeleteFunc: func(event.DeleteEvent) bool { return false },
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			return !equality.Semantic.DeepEqual(maxAnalysisAgeOf(e.ObjectOld), maxAnalysisAgeOf(e.ObjectNew))
+		},
+		GenericFunc: func(event.GenericEvent) bool { return false },
+	}
+	reportsOf := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
+		reports := &securityv1alpha1.ImageScanReportList{}
+		if err := r.Client.List(ctx, reports, client.InNamespace(obj.GetNamespace())); err != nil {
+			return nil
+		}
+		reqs := make([]reconcile.Request, 0, len(reports.Items))
+		for _, rep := range reports.Items {
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name}})
+		}
+		return reqs
+	})
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&securityv1alpha1.ImageScanReport{}).
 		WatchesRawSource(source.Channel(r.DB.Subscribe(), allReports)).
+		WatchesRawSource(source.Channel(r.reanalysed, &handler.EnqueueRequestForObject{})).
+		Watches(&securityv1alpha1.ImagePolicy{}, reportsOf, builder.WithPredicates(analysisAgeChanged)).
+		Watches(&securityv1alpha1.ClusterImagePolicy{}, reportsOf, builder.WithPredicates(analysisAgeChanged)).
+		// A namespace excluded or included again: its reports are skipped, or scanned again.
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
+			reports := &securityv1alpha1.ImageScanReportList{}
+			if err := r.Client.List(ctx, reports, client.InNamespace(obj.GetName())); err != nil {
+				return nil
+			}
+			reqs := make([]reconcile.Request, 0, len(reports.Items))
+			for _, rep := range reports.Items {
+				reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name}})
+			}
+			return reqs
+		}), builder.WithPredicates(predicate.Funcs{
+			CreateFunc:  func(event.CreateEvent) bool { return false },
+			DeleteFunc:  func(event.DeleteEvent) bool { return false },
+			GenericFunc: func(event.GenericEvent) bool { return false },
+			UpdateFunc: func(e event.UpdateEvent) bool {
+				return e.ObjectOld.GetLabels()[ExcludeLabel] != e.ObjectNew.GetLabels()[ExcludeLabel]
+			},
+		})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Concurrency, ReconciliationTimeout: r.Timeout}).
 		Complete(r)
+}
+
+// maxAnalysisAgeOf returns the maxAnalysisAge of a policy object; nil when it sets none.
+func maxAnalysisAgeOf(obj client.Object) *metav1.Duration {
+	var rules securityv1alpha1.PolicyRules
+	switch p := obj.(type) {
+	case *securityv1alpha1.ImagePolicy:
+		rules = p.Spec.Rules
+	case *securityv1alpha1.ClusterImagePolicy:
+		rules = p.Spec.Rules
+	default:
+		return nil
+	}
+	if rules.Vulnerabilities == nil {
+		return nil
+	}
+	return rules.Vulnerabilities.MaxAnalysisAge
 }

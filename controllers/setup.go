@@ -97,7 +97,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	}
 	matches := NewMatches()
 	gatherer := workload.NewGatherer(mgr.GetCache(), nil).ReadNamespacesLive(mgr.GetAPIReader()).
-		WithFreshness(Freshness(mgr.GetCache(), matches, opts.ExcludedNamespaces, opts.DBMaxAge, opts.Clock))
+		WithFreshness(Freshness(mgr.GetCache(), matches, opts.ExcludedNamespaces, opts.DBMaxAge, opts.ReportRefreshInterval, opts.Clock))
 	pods := &PodReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Registry: opts.Registry,
 		Retention: opts.ReportRetention, ExcludedNamespaces: opts.ExcludedNamespaces, Clock: opts.Clock,

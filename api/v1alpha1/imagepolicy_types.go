@@ -117,12 +117,13 @@ type VulnerabilityRule struct {
 	MaxScanAge *metav1.Duration `json:"maxScanAge,omitempty"`
 
 	// MaxAnalysisAge is how old an image's package inventory (its last pull and analysis) may be,
-	// e.g. 720h. ImageGuard analyses an image again once its inventory is half that old, for the
-	// reports of the namespaces such a policy applies to; the rule fails with reason
-	// AnalysisTooOld only when that re-analysis keeps failing (the findings of the kept inventory
-	// stay in force meanwhile).
+	// e.g. 720h, at least 1h. ImageGuard analyses an image again, in the background, once its
+	// inventory is half that old, for the reports of the namespaces such a policy applies to; the
+	// rule fails with reason AnalysisTooOld only when that re-analysis keeps failing (the findings
+	// of the kept inventory stay in force meanwhile).
 	// +optional
 	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="maxAnalysisAge must be at least 1h: each re-analysis pulls the image again"
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	MaxAnalysisAge *metav1.Duration `json:"maxAnalysisAge,omitempty"`
 }

@@ -138,7 +138,7 @@ func checkFreshness(limit, analysisLimit time.Duration) check {
 			}
 			analysed := r.AnalyzedAt.UTC().Format(time.RFC3339)
 			if now.Sub(r.AnalyzedAt) > analysisLimit {
-				return fail(ReasonAnalysisTooOld, fmt.Sprintf("the image was last analysed at %s, more than %s ago; analysing it again fails",
+				return fail(ReasonAnalysisTooOld, fmt.Sprintf("the image was last analysed at %s, more than %s ago (ImageGuard analyses it again at half that age; its report's ReanalysisFailed events say why that failed)",
 					analysed, analysisLimit)), time.Time{}
 			}
 			messages = append(messages, "analysed at "+analysed)

@@ -155,6 +155,9 @@ type Policy struct {
 	maxAnalysisAge time.Duration
 }
 
+// MinAnalysisAge is the smallest maxAnalysisAge (the CRD refuses less too).
+const MinAnalysisAge = time.Hour
+
 // MaxAnalysisAge is how old an image's inventory may be under the policy; 0 when it does not say.
 func (p *Policy) MaxAnalysisAge() time.Duration { return p.maxAnalysisAge }
 
@@ -178,6 +181,9 @@ func Compile(rules securityv1alpha1.PolicyRules, verifier SignatureVerifier) (*P
 			scanAge = v.MaxScanAge.Duration
 		}
 		if v.MaxAnalysisAge != nil {
+			if v.MaxAnalysisAge.Duration < MinAnalysisAge {
+				return nil, fmt.Errorf("vulnerabilities.maxAnalysisAge %s is under %s: each re-analysis pulls the image again", v.MaxAnalysisAge.Duration, MinAnalysisAge)
+			}
 			p.maxAnalysisAge = v.MaxAnalysisAge.Duration
 		}
 		p.checks = append(p.checks, checkFreshness(scanAge, p.maxAnalysisAge))

@@ -58,6 +58,12 @@ type Scanner struct {
 	flights      singleflight.Group
 	marks        *crashMarks
 	analyses     atomic.Int64
+
+	// Of re-analyses (Reanalyse): the digests being analysed again, and until when a digest
+	// whose re-analysis failed is not tried again.
+	reMu       sync.Mutex
+	reRunning  map[string]bool
+	reFailedAt map[string]time.Time
 }
 
 // New returns a Scanner that reaches registries through client and matches against db.
@@ -203,6 +209,60 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 		}
 		return res.Val.(*Inventory), !res.Shared, nil
 	}
+}
+
+// Re-analysis waits after a failure: at least ReanalysisRetry (or the registry's Retry-After);
+// ReanalysisRetryTerminal after a failure that a new try would repeat (the image is unsupported,
+// or analyses of it stopped the process).
+const (
+	ReanalysisRetry         = 5 * time.Minute
+	ReanalysisRetryTerminal = 24 * time.Hour
+)
+
+// Reanalyse starts, in the background, a new analysis of ref's digest when its kept inventory
+// was made before ref.AnalyzedAfter; done gets the outcome. It starts nothing, and reports false,
+// when no inventory is kept (Inventory analyses those), the kept one is recent enough, one is
+// already running for the digest, a re-analysis of it failed less than ReanalysisRetry (or its
+// Retry-After, or ReanalysisRetryTerminal) ago, or analyses of it crashed the process: the kept
+// inventory serves meanwhile. The analysis shares Inventory's slots, time limit and crash marks.
+func (s *Scanner) Reanalyse(ref ImageRef, done func(error)) bool {
+	kept, err := s.store.Get(ref.Digest)
+	if err != nil || kept == nil || ref.AnalyzedAfter.IsZero() || servesRef(kept, ref) || s.marks.Crashes(ref.Digest) > 0 {
+		return false
+	}
+	now := s.opts.Clock.Now()
+	s.reMu.Lock()
+	if s.reRunning == nil {
+		s.reRunning, s.reFailedAt = map[string]bool{}, map[string]time.Time{}
+	}
+	if s.reRunning[ref.Digest] || now.Before(s.reFailedAt[ref.Digest]) {
+		s.reMu.Unlock()
+		return false
+	}
+	s.reRunning[ref.Digest] = true
+	s.reMu.Unlock()
+	go func() {
+		_, _, err := s.Inventory(context.Background(), ref)
+		s.reMu.Lock()
+		delete(s.reRunning, ref.Digest)
+		if err != nil {
+			wait := ReanalysisRetry
+			if after, ok := registry.RetryAfter(err); ok && after > wait {
+				wait = after
+			}
+			if kind := registry.KindOf(err); kind == registry.KindUnsupported || kind == registry.KindAnalysisCrashed {
+				wait = ReanalysisRetryTerminal
+			}
+			s.reFailedAt[ref.Digest] = s.opts.Clock.Now().Add(wait)
+		} else {
+			delete(s.reFailedAt, ref.Digest)
+		}
+		s.reMu.Unlock()
+		if done != nil {
+			done(err)
+		}
+	}()
+	return true
 }
 
 // servesRef reports whether the kept inventory inv serves ref: it exists and was analysed after

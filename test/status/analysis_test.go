@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -60,8 +61,13 @@ func TestOldInventoriesAreAnalysedAgain(t *testing.T) {
 
 	// Its registry fails: the kept inventory serves (the report stays Scanned), with an Event,
 	// and the rule passes while the inventory is younger than the limit.
+	var pulls atomic.Int64
 	suite.Registry.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
-		return strings.Contains(r.URL.Path, "/aged/") && testutil.StatusFault(http.StatusServiceUnavailable)(w, r)
+		if !strings.Contains(r.URL.Path, "/aged/") {
+			return false
+		}
+		pulls.Add(1)
+		return testutil.StatusFault(http.StatusServiceUnavailable)(w, r)
 	})
 	t.Cleanup(func() { suite.Registry.SetFault(nil) })
 	clk.Step(25 * time.Hour)
@@ -77,6 +83,12 @@ func TestOldInventoriesAreAnalysedAgain(t *testing.T) {
 	}).WithTimeout(timeout).Should(ContainElement(securityv1alpha1.ReasonReanalysisFailed))
 	rep = readyReport(g, "aged", "aged/app", digest)
 	g.Expect(meta.IsStatusConditionTrue(rep.Status.Conditions, securityv1alpha1.ConditionScanned)).To(BeTrue())
+	// A failed re-analysis is not tried again for 5 minutes, however often the report is visited.
+	tried := pulls.Load()
+	g.Expect(tried).To(BeNumerically(">", 0))
+	clk.Step(time.Minute)
+	rematched(g, publish(g, dbBuiltNow()))
+	g.Consistently(pulls.Load).WithTimeout(2 * time.Second).Should(Equal(tried))
 	g.Expect(rep.Status.LastAnalysisTime.Time).To(BeTemporally("==", first.Add(25*time.Hour)))
 	g.Consistently(func(g Gomega) metav1.ConditionStatus { s, _ := verdict(g); return s }).WithTimeout(2 * time.Second).Should(Equal(metav1.ConditionTrue))
 
@@ -88,4 +100,18 @@ func TestOldInventoriesAreAnalysedAgain(t *testing.T) {
 		g.Expect(s).To(Equal(metav1.ConditionFalse))
 		g.Expect(reason).To(Equal(policy.ReasonAnalysisTooOld))
 	}).WithTimeout(timeout).Should(Succeed())
+	g.Expect(pulls.Load()).To(BeNumerically(">", tried), "tried again once the wait was over")
+}
+
+// TestAnalysisAgeHasAFloor: each re-analysis pulls the image again, so the API refuses a limit
+// under an hour.
+func TestAnalysisAgeHasAFloor(t *testing.T) {
+	g := NewWithT(t)
+	err := suite.Env.Client.Create(context.Background(), &securityv1alpha1.ClusterImagePolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "pull-all-the-time"},
+		Spec: securityv1alpha1.ClusterImagePolicySpec{Rules: securityv1alpha1.PolicyRules{
+			Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxAnalysisAge: &metav1.Duration{Duration: 30 * time.Minute}},
+		}},
+	})
+	g.Expect(err).To(MatchError(ContainSubstring("maxAnalysisAge must be at least 1h")))
 }
