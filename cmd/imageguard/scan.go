@@ -137,7 +137,7 @@ func runScan(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	report, err := scanImage(ctx, opts)
+	report, err := scanImage(ctx, opts, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "imageguard scan: %v\n", err)
 		return 1
@@ -165,7 +165,7 @@ type scanDB struct {
 	Digest    string    `json:"digest"`
 }
 
-func scanImage(ctx context.Context, opts *scanOptions) (*scanReport, error) {
+func scanImage(ctx context.Context, opts *scanOptions, stderr io.Writer) (*scanReport, error) {
 	client := opts.Registry.client()
 	ref, err := client.ParseReference(opts.Image)
 	if err != nil {
@@ -189,13 +189,13 @@ func scanImage(ctx context.Context, opts *scanOptions) (*scanReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	if opts.DB.Path != "" {
-		err = db.LoadLocal()
-	} else {
-		_, err = db.Check(ctx)
-	}
-	if err != nil {
+	// The DB a previous run kept is reused when the repository still has it (one manifest
+	// request); a local DB's identity is kept beside it, so it is not hashed at every run.
+	if err := db.Open(ctx); err != nil {
 		return nil, fmt.Errorf("loading the vulnerability DB: %w", err)
+	}
+	if err := db.LastError(); err != nil {
+		fmt.Fprintf(stderr, "imageguard scan: warning: checking for a newer vulnerability DB failed; the one kept from an earlier run is used: %v\n", err)
 	}
 	s, err := scanner.New(scanner.Options{CacheDir: opts.CacheDir, Timeout: opts.Timeout, Limits: opts.Limits.Image}, client, db)
 	if err != nil {

@@ -6,6 +6,9 @@ package vulndb
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -236,12 +240,7 @@ func (m *Manager) Start(ctx context.Context) error {
 		<-ctx.Done()
 		return m.Close()
 	}
-	if err := m.cleanLeftovers(); err != nil {
-		log.Error(err, "Cleaning what an interrupted download or swap left in the cache")
-	}
-	if err := m.loadCached(); err != nil {
-		log.Info("No usable downloaded DB in the cache; downloading", "reason", err.Error())
-	}
+	m.openCache()
 	for {
 		cctx, cancel := context.WithTimeout(ctx, m.opts.CheckTimeout)
 		if _, err := m.Check(cctx); err != nil && ctx.Err() == nil {
@@ -256,6 +255,35 @@ func (m *Manager) Start(ctx context.Context) error {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// openCache cleans what an interrupted download or swap left and serves the DB a previous run
+// downloaded, if any.
+func (m *Manager) openCache() {
+	if err := m.cleanLeftovers(); err != nil {
+		m.opts.Log.Error(err, "Cleaning what an interrupted download or swap left in the cache")
+	}
+	if err := m.loadCached(); err != nil {
+		m.opts.Log.Info("No usable downloaded DB in the cache; downloading", "reason", err.Error())
+	}
+}
+
+// Open loads the DB once, for a one-shot use (imageguard scan): the local DB, or the one a
+// previous run kept in the cache, checked against the repositories (one manifest request when it
+// is unchanged; a download otherwise). When the check fails but a kept DB was loaded, that one
+// serves and LastError says why; Open fails only when no DB could be loaded.
+func (m *Manager) Open(ctx context.Context) error {
+	if m.opts.LocalPath != "" {
+		return m.LoadLocal()
+	}
+	m.openCache()
+	cctx, cancel := context.WithTimeout(ctx, m.opts.CheckTimeout)
+	defer cancel()
+	_, err := m.Check(cctx)
+	if _, ok := m.Info(); ok {
+		return nil
+	}
+	return err
 }
 
 // Close closes the DB; View fails afterwards until the next load.
@@ -314,7 +342,7 @@ func (m *Manager) LoadLocal() error {
 	if err != nil {
 		return m.setErr(fmt.Errorf("the local DB at %s: %w", m.opts.LocalPath, err))
 	}
-	digest, err := fileDigest(filepath.Join(m.opts.LocalPath, dbFile))
+	digest, err := m.localDigest()
 	if err != nil {
 		return m.setErr(err)
 	}
@@ -512,4 +540,60 @@ func (m *Manager) reopenLocked(cause error) error {
 		return errors.Join(cause, fmt.Errorf("reopening the previous DB: %w", err))
 	}
 	return cause
+}
+
+// HashedFiles counts the DB files this process hashed to learn their digest (local DBs whose
+// identity was not kept), for tests.
+var HashedFiles atomic.Int64
+
+// localIdentity is what establishes a local DB's identity cheaply: the DB file's size and
+// modification time and the metadata's content; its digest is kept beside it in the cache.
+type localIdentity struct {
+	Path     string `json:"path"`
+	Size     int64  `json:"size"`
+	ModTime  int64  `json:"modTimeNanos"`
+	Metadata string `json:"metadataSHA256"`
+	Digest   string `json:"digest"`
+}
+
+// localDigest returns the digest of the local DB's file: the one kept in the cache when the file's
+// size, modification time and metadata are those it was computed for, else hashed (and kept).
+// Hashing a DB of a gigabyte takes seconds; a stat and a small read do not.
+func (m *Manager) localDigest() (string, error) {
+	path := filepath.Join(m.opts.LocalPath, dbFile)
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	meta, err := os.ReadFile(filepath.Join(m.opts.LocalPath, metadataFile))
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(meta)
+	id := localIdentity{Path: path, Size: fi.Size(), ModTime: fi.ModTime().UnixNano(), Metadata: hex.EncodeToString(sum[:])}
+	var kept string
+	if m.opts.CacheDir != "" {
+		kept = filepath.Join(m.opts.CacheDir, "db", "local-identity.json")
+		var prev localIdentity
+		if raw, err := os.ReadFile(kept); err == nil && json.Unmarshal(raw, &prev) == nil {
+			want := prev
+			want.Digest = ""
+			if want == id && strings.HasPrefix(prev.Digest, "sha256:") {
+				return prev.Digest, nil
+			}
+		}
+	}
+	HashedFiles.Add(1)
+	digest, err := fileDigest(path)
+	if err != nil {
+		return "", err
+	}
+	if kept != "" {
+		id.Digest = digest
+		// Best effort: a cache that cannot keep it only costs the next run a hash.
+		if raw, err := json.Marshal(id); err == nil && os.MkdirAll(filepath.Dir(kept), 0o750) == nil {
+			_ = durable.WriteFile(kept, raw, 0o640)
+		}
+	}
+	return digest, nil
 }

@@ -359,3 +359,75 @@ func startUntilServing(t *testing.T, opts vulndb.Options) (*vulndb.Manager, func
 		g.Eventually(done).Should(Receive(BeNil()))
 	}
 }
+
+// TestOpenReusesTheKeptDB runs two one-shot loads (what `imageguard scan` does) on one cache: the
+// second costs one manifest request and downloads nothing; with the registry down it serves the
+// kept DB and says why it could not check.
+func TestOpenReusesTheKeptDB(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	reg := testutil.NewRegistry(t)
+	client := registry.NewClient(registry.Options{InsecureHosts: []string{reg.Host()}})
+	digest := reg.PublishDB(t, "aquasecurity/trivy-db", "2", spec(t, dbV1))
+	opts := vulndb.Options{
+		Repositories: []string{reg.Host() + "/aquasecurity/trivy-db:2"}, CacheDir: t.TempDir(),
+		Registry: client, Log: logr.Discard(),
+	}
+	open := func() *vulndb.Manager {
+		m := must(vulndb.New(opts))
+		g.Expect(m.Open(ctx)).To(Succeed())
+		info, ok := m.Info()
+		g.Expect(ok).To(BeTrue())
+		g.Expect(info.Digest).To(Equal(digest.String()))
+		return m
+	}
+	g.Expect(open().Close()).To(Succeed())
+	g.Expect(reg.Counts().BlobGETs).To(BeNumerically(">", 0))
+
+	reg.ResetCounts()
+	second := open()
+	g.Expect(second.LastError()).NotTo(HaveOccurred())
+	counts := reg.Counts()
+	g.Expect(counts.ManifestHEADs + counts.ManifestGETs).To(Equal(1))
+	g.Expect(counts.BlobGETs).To(BeZero())
+	g.Expect(second.Close()).To(Succeed())
+
+	reg.SetFault(testutil.StatusFault(http.StatusServiceUnavailable))
+	third := open()
+	g.Expect(third.LastError()).To(HaveOccurred())
+	g.Expect(third.Close()).To(Succeed())
+
+	// No kept DB and no registry: an error.
+	empty := opts
+	empty.CacheDir = t.TempDir()
+	g.Expect(must(vulndb.New(empty)).Open(ctx)).To(HaveOccurred())
+}
+
+// TestALocalDBIsHashedOnce loads a local DB (--db-path) three times on one cache: its digest is
+// computed once and kept; a DB file that changes is hashed again.
+func TestALocalDBIsHashedOnce(t *testing.T) {
+	g := NewWithT(t)
+	dir := t.TempDir()
+	g.Expect(testutil.BuildDB(dir, spec(t, dbV1))).To(Succeed())
+	local := filepath.Join(dir, "db")
+	opts := vulndb.Options{LocalPath: local, CacheDir: t.TempDir(), Log: logr.Discard()}
+	load := func() string {
+		m := must(vulndb.New(opts))
+		g.Expect(m.Open(context.Background())).To(Succeed())
+		info, _ := m.Info()
+		g.Expect(m.Close()).To(Succeed())
+		return info.Digest
+	}
+	before := vulndb.HashedFiles.Load()
+	first := load()
+	g.Expect(first).To(HavePrefix("sha256:"))
+	g.Expect(load()).To(Equal(first))
+	g.Expect(vulndb.HashedFiles.Load() - before).To(BeEquivalentTo(1))
+
+	// The DB is replaced: another digest, hashed again.
+	g.Expect(testutil.BuildDB(dir, spec(t, dbV2))).To(Succeed())
+	later := time.Now().Add(time.Minute)
+	g.Expect(os.Chtimes(filepath.Join(local, "trivy.db"), later, later)).To(Succeed())
+	g.Expect(load()).NotTo(Equal(first))
+	g.Expect(vulndb.HashedFiles.Load() - before).To(BeEquivalentTo(2))
+}
