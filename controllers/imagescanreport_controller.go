@@ -360,15 +360,13 @@ func (r *ImageScanReportReconciler) reanalyse(report *securityv1alpha1.ImageScan
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
+		// The reports of the digest, in every namespace (the index Setup registers).
 		reports := &securityv1alpha1.ImageScanReportList{}
-		if err := r.Client.List(ctx, reports, client.MatchingLabels{DigestLabel: DigestLabelValue(regarding.Spec.Digest)}); err != nil {
+		if err := r.Client.List(ctx, reports, client.MatchingFields{workload.IndexReportDigest: regarding.Spec.Digest}); err != nil {
 			return
 		}
 		for i := range reports.Items {
 			rep := &reports.Items[i]
-			if rep.Spec.Digest != regarding.Spec.Digest {
-				continue
-			}
 			r.newInventory.Store(types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name}, struct{}{})
 			select {
 			case r.reanalysed <- event.GenericEvent{Object: rep}:
@@ -525,18 +523,18 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	// concurrency pace the re-matches.
 	allReports := handler.TypedFuncs[scanner.DBInfo, reconcile.Request]{
 		GenericFunc: func(ctx context.Context, e event.TypedGenericEvent[scanner.DBInfo], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			reports := &securityv1alpha1.ImageScanReportList{}
-			if err := r.Client.List(ctx, reports); err != nil {
+			reqs, err := r.reportRequests(ctx)
+			if err != nil {
 				ctrl.LoggerFrom(ctx).Error(err, "Listing reports to re-match after a DB update")
 				return
 			}
-			keys := make([]types.NamespacedName, 0, len(reports.Items))
-			for _, rep := range reports.Items {
-				keys = append(keys, types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name})
+			keys := make([]types.NamespacedName, 0, len(reqs))
+			for _, req := range reqs {
+				keys = append(keys, req.NamespacedName)
 			}
 			r.Matches.Begin(e.Object.Digest, keys)
-			for _, key := range keys {
-				q.Add(reconcile.Request{NamespacedName: key})
+			for _, req := range reqs {
+				q.Add(req)
 			}
 		},
 	}
@@ -550,15 +548,9 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		},
 		GenericFunc: func(event.GenericEvent) bool { return false },
 	}
+	// A ClusterImagePolicy's namespace is "": every report.
 	reportsOf := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
-		reports := &securityv1alpha1.ImageScanReportList{}
-		if err := r.Client.List(ctx, reports, client.InNamespace(obj.GetNamespace())); err != nil {
-			return nil
-		}
-		reqs := make([]reconcile.Request, 0, len(reports.Items))
-		for _, rep := range reports.Items {
-			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name}})
-		}
+		reqs, _ := r.reportRequests(ctx, client.InNamespace(obj.GetNamespace()))
 		return reqs
 	})
 	return ctrl.NewControllerManagedBy(mgr).
@@ -569,14 +561,7 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&securityv1alpha1.ClusterImagePolicy{}, reportsOf, builder.WithPredicates(analysisAgeChanged)).
 		// A namespace excluded or included again: its reports are skipped, or scanned again.
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
-			reports := &securityv1alpha1.ImageScanReportList{}
-			if err := r.Client.List(ctx, reports, client.InNamespace(obj.GetName())); err != nil {
-				return nil
-			}
-			reqs := make([]reconcile.Request, 0, len(reports.Items))
-			for _, rep := range reports.Items {
-				reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name}})
-			}
+			reqs, _ := r.reportRequests(ctx, client.InNamespace(obj.GetName()))
 			return reqs
 		}), builder.WithPredicates(predicate.Funcs{
 			CreateFunc:  func(event.CreateEvent) bool { return false },
@@ -588,6 +573,19 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Concurrency, ReconciliationTimeout: r.Timeout}).
 		Complete(r)
+}
+
+// reportRequests returns a request for each report the cache lists with opts.
+func (r *ImageScanReportReconciler) reportRequests(ctx context.Context, opts ...client.ListOption) ([]reconcile.Request, error) {
+	reports := &securityv1alpha1.ImageScanReportList{}
+	if err := r.Client.List(ctx, reports, opts...); err != nil {
+		return nil, err
+	}
+	reqs := make([]reconcile.Request, 0, len(reports.Items))
+	for _, rep := range reports.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name}})
+	}
+	return reqs, nil
 }
 
 // maxAnalysisAgeOf returns the maxAnalysisAge of a policy object; nil when it sets none.

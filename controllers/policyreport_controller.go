@@ -113,7 +113,6 @@ type reportKind struct {
 	// results reads an object's results; set writes them.
 	results func(client.Object) []wgpolicyv1alpha2.PolicyReportResult
 	set     func(client.Object, wgpolicyv1alpha2.PolicyReportSummary, []wgpolicyv1alpha2.PolicyReportResult)
-	items   func(client.ObjectList) []client.Object
 }
 
 var reportKinds = map[ReportFormat]reportKind{
@@ -125,13 +124,6 @@ var reportKinds = map[ReportFormat]reportKind{
 		},
 		set: func(o client.Object, s wgpolicyv1alpha2.PolicyReportSummary, r []wgpolicyv1alpha2.PolicyReportResult) {
 			o.(*wgpolicyv1alpha2.PolicyReport).Summary, o.(*wgpolicyv1alpha2.PolicyReport).Results = s, r
-		},
-		items: func(l client.ObjectList) []client.Object {
-			var out []client.Object
-			for i := range l.(*wgpolicyv1alpha2.PolicyReportList).Items {
-				out = append(out, &l.(*wgpolicyv1alpha2.PolicyReportList).Items[i])
-			}
-			return out
 		},
 	},
 	FormatOpenReports: {
@@ -160,13 +152,6 @@ var reportKinds = map[ReportFormat]reportKind{
 					Description: r.Description, Properties: r.Properties,
 				})
 			}
-		},
-		items: func(l client.ObjectList) []client.Object {
-			var out []client.Object
-			for i := range l.(*openreportsv1alpha1.ReportList).Items {
-				out = append(out, &l.(*openreportsv1alpha1.ReportList).Items[i])
-			}
-			return out
 		},
 	},
 }
@@ -345,7 +330,12 @@ func (r *PolicyReportReconciler) writeAll(ctx context.Context, kind reportKind, 
 	if err := r.Reader.List(ctx, list, client.InNamespace(namespace), client.MatchingLabels(managedByLabel)); err != nil {
 		return err
 	}
-	for _, rep := range kind.items(list) {
+	reps, err := meta.ExtractList(list)
+	if err != nil {
+		return err
+	}
+	for _, item := range reps {
+		rep := item.(client.Object)
 		if !kept[rep.GetName()] && strings.HasPrefix(rep.GetName(), PolicyReportName) {
 			if err := r.Client.Delete(ctx, rep); client.IgnoreNotFound(err) != nil {
 				return err

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
@@ -40,7 +41,10 @@ func TestPolicyReportsAreSplitUnderTheirBound(t *testing.T) {
 				list := kind.newList()
 				g.Expect(c.List(ctx, list, client.InNamespace("ns"))).To(Succeed())
 				byName := map[string]client.Object{}
-				for _, rep := range kind.items(list) {
+				items, err := meta.ExtractList(list)
+				g.Expect(err).NotTo(HaveOccurred())
+				for _, item := range items {
+					rep := item.(client.Object)
 					byName[rep.GetName()] = rep
 				}
 				var out []client.Object
