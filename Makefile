@@ -31,8 +31,9 @@ help: ## Show this help.
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from the markers in api/ and controllers/.
 	$(CONTROLLER_GEN) crd paths=./api/v1alpha1/... output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) crd paths=./api/wgpolicyk8s/... output:crd:artifacts:config=config/crd/policyreport
-	@# OpenReports' own CRDs, from the pinned module (go.mod), never edited here.
-	mkdir -p config/crd/openreports && for f in "$$(go list -m -f '{{.Dir}}' github.com/openreports/reports-api)"/config/crd/openreports.io_*.yaml; do \
+	@# OpenReports' own CRDs, from the pinned module (go.mod), never edited here; downloaded when the
+	@# module cache lacks it (go list -m would print an empty directory).
+	mkdir -p config/crd/openreports && for f in "$$(go mod download -json github.com/openreports/reports-api | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"/config/crd/openreports.io_*.yaml; do \
 		install -m 0644 "$$f" config/crd/openreports/; done
 	$(CONTROLLER_GEN) rbac:roleName=imageguard-manager paths=./controllers/... paths=./internal/... paths=./cmd/... output:rbac:artifacts:config=config/rbac
 	$(CONTROLLER_GEN) webhook paths=./internal/admission/... output:webhook:artifacts:config=config/webhook

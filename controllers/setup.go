@@ -96,7 +96,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		return err
 	}
 	matches := NewMatches()
-	gatherer := workload.NewGatherer(mgr.GetCache(), nil).ReadNamespacesLive(mgr.GetAPIReader()).
+	gatherer := workload.NewGatherer(mgr.GetCache(), "").ReadNamespacesLive(mgr.GetAPIReader()).
 		WithFreshness(Freshness(mgr.GetCache(), matches, opts.ExcludedNamespaces, opts.DBMaxAge, opts.ReportRefreshInterval, opts.Clock))
 	pods := &PodReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Registry: opts.Registry,

@@ -191,18 +191,109 @@ type SignatureKey struct {
 	SecretRef *SecretKeySelector `json:"secretRef,omitempty"`
 }
 
-// SignatureRule requires images to be signed.
-// +kubebuilder:validation:XValidation:rule="!self.required || (has(self.keys) && size(self.keys) > 0)",message="signatures.keys must name at least one key when signatures are required"
+// KeylessIdentity is who may have signed an image with a short-lived certificate of a Fulcio CA
+// of the trust root: the certificate's OIDC issuer and subject (its SAN: an email, a URI such as a
+// CI workflow's), each exact or a regular expression (RE2, anchored: it must match the whole value).
+// +kubebuilder:validation:XValidation:rule="has(self.issuer) != has(self.issuerRegExp)",message="an identity sets exactly one of issuer and issuerRegExp"
+// +kubebuilder:validation:XValidation:rule="has(self.subject) != has(self.subjectRegExp)",message="an identity sets exactly one of subject and subjectRegExp"
+type KeylessIdentity struct {
+	// Issuer is the OIDC issuer, exactly (https://token.actions.githubusercontent.com).
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Issuer string `json:"issuer,omitempty"`
+
+	// IssuerRegExp matches the whole OIDC issuer.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	IssuerRegExp string `json:"issuerRegExp,omitempty"`
+
+	// Subject is the certificate's subject alternative name, exactly.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Subject string `json:"subject,omitempty"`
+
+	// SubjectRegExp matches the whole subject alternative name.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	SubjectRegExp string `json:"subjectRegExp,omitempty"`
+}
+
+// TrustRootKind is where a trust root is kept.
+// +kubebuilder:validation:Enum=ConfigMap;Secret
+type TrustRootKind string
+
+// Kinds of objects a trust root is read from.
+const (
+	TrustRootConfigMap TrustRootKind = "ConfigMap"
+	TrustRootSecret    TrustRootKind = "Secret"
+)
+
+// TrustRootSource names the ConfigMap or Secret key that holds a Sigstore trusted root
+// (trusted_root.json: Fulcio CAs, Rekor and CT log keys, timestamp authorities).
+type TrustRootSource struct {
+	// Kind of the object: ConfigMap or Secret.
+	// +required
+	Kind TrustRootKind `json:"kind"`
+
+	// Name of the object.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// Namespace of the object: for an ImagePolicy always the policy's own; for a
+	// ClusterImagePolicy it defaults to the controller's namespace.
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	Namespace string `json:"namespace,omitempty"`
+
+	// Key of the object's data that holds the trusted root.
+	// +optional
+	// +kubebuilder:default=trusted_root.json
+	// +kubebuilder:validation:MaxLength=253
+	Key string `json:"key,omitempty"`
+}
+
+// SignatureRule requires images to be signed: one signature of the image's digest (a cosign
+// signature tag, or a Sigstore bundle referring to it) that verifies against one of the
+// authorities, a key or a keyless identity.
+// +kubebuilder:validation:XValidation:rule="!self.required || (has(self.keys) && size(self.keys) > 0) || (has(self.keyless) && size(self.keyless) > 0)",message="signatures must name at least one key or keyless identity when they are required"
+// +kubebuilder:validation:XValidation:rule="!has(self.keyless) || size(self.keyless) == 0 || has(self.trustRoot)",message="signatures.keyless needs signatures.trustRoot"
 type SignatureRule struct {
-	// Required makes a valid signature by one of the keys a condition of compliance.
+	// Required makes a valid signature by one of the authorities a condition of compliance.
 	// +optional
 	Required bool `json:"required,omitempty"`
 
-	// Keys that are trusted to sign.
+	// Keys that are trusted to sign. A signature by a key is checked against the key alone: no
+	// trust root, transparency log or timestamp is consulted.
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=16
 	Keys []SignatureKey `json:"keys,omitempty"`
+
+	// Keyless identities that are trusted to sign, with certificates of the trust root's Fulcio
+	// CAs.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	Keyless []KeylessIdentity `json:"keyless,omitempty"`
+
+	// TrustRoot is the Sigstore trusted root that keyless signatures are checked against. Nothing
+	// else is trusted: the public Sigstore instance only when this trusted root names it.
+	// +optional
+	TrustRoot *TrustRootSource `json:"trustRoot,omitempty"`
+
+	// RequireTransparencyLog requires a keyless signature to be in one of the trust root's
+	// transparency logs (a verified inclusion proof or promise). Default true.
+	// +optional
+	RequireTransparencyLog *bool `json:"requireTransparencyLog,omitempty"`
+
+	// RequireSignedTimestamp requires a keyless signature to carry an RFC 3161 timestamp of one
+	// of the trust root's timestamp authorities, which the certificate must be valid at. Default
+	// true. When false, the transparency log's time of entry dates the signature; with neither, the
+	// certificate must be valid now (short-lived certificates then fail after minutes).
+	// +optional
+	RequireSignedTimestamp *bool `json:"requireSignedTimestamp,omitempty"`
 }
 
 // PolicyRules are the conditions an image must meet. A workload passes when all its images pass

@@ -216,6 +216,90 @@ type FindingChanges struct {
 	VulnerabilityDB string `json:"vulnerabilityDB,omitempty"`
 }
 
+// The reasons a signature check fails, as SignatureCheck.reason, a policy's nonCompliant entry
+// and its PolicyReport result give them.
+const (
+	// ReasonSignatureMissing: the image has no signature at all (no cosign signature tag, no
+	// Sigstore bundle referring to it).
+	ReasonSignatureMissing = "SignatureMissing"
+	// ReasonSignatureInvalid: signatures exist, but none verifies against an authority: another
+	// key, another digest, a tampered payload, a certificate not of the trust root's CAs or not
+	// valid at the signature's time, a missing transparency-log entry or timestamp.
+	ReasonSignatureInvalid = "SignatureInvalid"
+	// ReasonIdentityMismatch: a keyless signature verifies against the trust root, but its
+	// certificate names another identity than the policy's.
+	ReasonIdentityMismatch = "IdentityMismatch"
+	// ReasonTrustRootInvalid: the policy's keys or trust root cannot be read or parsed.
+	ReasonTrustRootInvalid = "TrustRootInvalid"
+	// ReasonRegistryError: the registry did not answer the signature read (401, 403, 5xx, timeout).
+	ReasonRegistryError = "RegistryError"
+)
+
+// MaxSignatureChecks bounds ImageScanReportStatus.Signatures.
+const MaxSignatureChecks = 16
+
+// Where a verified signature was found.
+const (
+	// SignatureSourceTag is cosign's sha256-<digest>.sig tag.
+	SignatureSourceTag = "Tag"
+	// SignatureSourceReferrer is a Sigstore bundle that refers to the image (OCI 1.1 referrers, or
+	// the referrers tag schema).
+	SignatureSourceReferrer = "Referrer"
+)
+
+// SignatureCheck is the verdict of one policy's signature authorities on the report's digest.
+type SignatureCheck struct {
+	// Authorities identifies the authority set: a digest of the policy's keys, keyless identities,
+	// trust root and options. Policies with the same set share the check.
+	// +kubebuilder:validation:MaxLength=64
+	Authorities string `json:"authorities"`
+
+	// Policy is a policy that requires this set (the first by name when several do).
+	// +kubebuilder:validation:MaxLength=512
+	Policy string `json:"policy"`
+
+	// Verified is true when one signature verified against one of the authorities.
+	Verified bool `json:"verified"`
+
+	// Reason says why none verified: SignatureMissing, SignatureInvalid, IdentityMismatch,
+	// TrustRootInvalid or RegistryError.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	Reason string `json:"reason,omitempty"`
+
+	// Message says what was found and checked.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Message string `json:"message,omitempty"`
+
+	// SignedBy holds, per authority that verified, who signed.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=32
+	SignedBy []Signer `json:"signedBy,omitempty"`
+
+	// CheckedAt is when the signatures were last read and verified with this verdict. A check
+	// that gives the same verdict again is written at most every --report-refresh-interval.
+	CheckedAt metav1.Time `json:"checkedAt"`
+}
+
+// Signer is who made a verified signature, for one authority.
+type Signer struct {
+	// Authority is the policy's authority that verified it: "key <fingerprint>" or
+	// "keyless <issuer> <subject>" (as the policy spells them).
+	// +kubebuilder:validation:MaxLength=1024
+	Authority string `json:"authority"`
+
+	// Identity is the signer: the key's fingerprint (SHA256:<base64>), or the certificate's
+	// subject and issuer.
+	// +kubebuilder:validation:MaxLength=1024
+	Identity string `json:"identity"`
+
+	// Source is where the signature was found: Tag or Referrer.
+	// +kubebuilder:validation:Enum=Tag;Referrer
+	Source string `json:"source"`
+}
+
 // ImageScanReportStatus holds what the scanner found in the image.
 type ImageScanReportStatus struct {
 	// Conditions: Ready (findings current), Scanned (last scan succeeded, else its reason).
@@ -278,6 +362,13 @@ type ImageScanReportStatus struct {
 	// Changes is what the last change of the findings brought.
 	// +optional
 	Changes *FindingChanges `json:"changes,omitempty"`
+
+	// Signatures holds the verdicts of the signature authorities of the policies that apply to
+	// the image here, one per authority set, ordered by it.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	Signatures []SignatureCheck `json:"signatures,omitempty"`
 }
 
 // ImageScanReport holds the vulnerabilities of one image digest used in one namespace.

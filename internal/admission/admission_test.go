@@ -64,7 +64,7 @@ func (q *queue) QueueScans(_ string, images []policy.Image) {
 }
 
 func compiled(t *testing.T, name string, enforcement securityv1alpha1.Enforcement, unscanned securityv1alpha1.UnscannedAction, rules securityv1alpha1.PolicyRules) *workload.Policy {
-	p, err := policy.Compile(rules, nil)
+	p, err := policy.Compile(rules)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -116,7 +116,7 @@ func TestAttackLabelScopedPolicySeesThePodsLabels(t *testing.T) {
 		Spec:       appsv1.DeploymentSpec{Template: template}}
 	c := indexedClient(prodOnly, d)
 	reviewer := &Reviewer{
-		State:  &CacheState{Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: c, Clock: clocktesting.NewFakePassiveClock(now)},
+		State:  &CacheState{Gatherer: workload.NewGatherer(c, ""), Reader: c, Secrets: c, Clock: clocktesting.NewFakePassiveClock(now)},
 		Owners: c, ControllerUsers: DefaultControllerUsers, Clock: clocktesting.NewFakePassiveClock(now),
 	}
 	h := &webhook.Admission{Handler: NewWorkloadValidator(reviewer, scheme.New())}
@@ -167,7 +167,7 @@ func TestAttackRelabelIntoScopeIsJudged(t *testing.T) {
 	prodOnly := prodOnlyPolicy()
 	c := indexedClient(prodOnly)
 	reviewer := &Reviewer{
-		State: &CacheState{Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: c, Clock: clocktesting.NewFakePassiveClock(now)},
+		State: &CacheState{Gatherer: workload.NewGatherer(c, ""), Reader: c, Secrets: c, Clock: clocktesting.NewFakePassiveClock(now)},
 		Clock: clocktesting.NewFakePassiveClock(now),
 	}
 	h := &webhook.Admission{Handler: NewWorkloadValidator(reviewer, scheme.New())}
@@ -204,7 +204,7 @@ func TestRelabelIsJudgedOnlyByTheAddedPolicies(t *testing.T) {
 	}
 	c := indexedClient(everywhere, pinned)
 	reviewer := &Reviewer{
-		State: &CacheState{Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: c, Clock: clocktesting.NewFakePassiveClock(now)},
+		State: &CacheState{Gatherer: workload.NewGatherer(c, ""), Reader: c, Secrets: c, Clock: clocktesting.NewFakePassiveClock(now)},
 		Clock: clocktesting.NewFakePassiveClock(now),
 	}
 	h := &webhook.Admission{Handler: NewWorkloadValidator(reviewer, scheme.New())}
@@ -250,7 +250,7 @@ func TestAttackStarvedLookupStillRefusesAKnownCriticalTag(t *testing.T) {
 	c := indexedClient(known)
 	resolver := &tableResolver{tags: map[string]string{"registry.example.com/app:1.14": criticalDigest}, delay: 20 * time.Millisecond}
 	clk := clocktesting.NewFakePassiveClock(now)
-	s := &CacheState{Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: c, Resolver: resolver, Clock: clk,
+	s := &CacheState{Gatherer: workload.NewGatherer(c, ""), Reader: c, Secrets: c, Resolver: resolver, Clock: clk,
 		Digests: &registry.DigestCache{TTL: 5 * time.Minute, FailureTTL: 30 * time.Second}}
 	rules := securityv1alpha1.PolicyRules{
 		Registries:      &securityv1alpha1.RegistryRule{Allowed: []string{"registry.example.com/**"}},
@@ -313,7 +313,7 @@ func TestAttackDigestCacheIsBounded(t *testing.T) {
 	c := indexedClient()
 	clk := clocktesting.NewFakePassiveClock(now)
 	res := &tableResolver{}
-	s := &CacheState{Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: c, Resolver: res, Clock: clk,
+	s := &CacheState{Gatherer: workload.NewGatherer(c, ""), Reader: c, Secrets: c, Resolver: res, Clock: clk,
 		Digests: &registry.DigestCache{TTL: 5 * time.Minute, FailureTTL: 30 * time.Second}}
 	rules := securityv1alpha1.PolicyRules{Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)}}
 	r := &Reviewer{State: &stateWithPolicies{CacheState: s, policies: []*workload.Policy{
@@ -358,7 +358,7 @@ func TestAttackPullSecretNamesAreBounded(t *testing.T) {
 	var reads atomic.Int32
 	secrets := countingReads(&reads)
 	c := indexedClient()
-	s := &CacheState{Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: secrets, Resolver: &privateResolver{}, Clock: clocktesting.NewFakePassiveClock(now)}
+	s := &CacheState{Gatherer: workload.NewGatherer(c, ""), Reader: c, Secrets: secrets, Resolver: &privateResolver{}, Clock: clocktesting.NewFakePassiveClock(now)}
 	spec := &corev1.PodSpec{}
 	for i := range 5000 {
 		spec.ImagePullSecrets = append(spec.ImagePullSecrets, corev1.LocalObjectReference{Name: fmt.Sprint("s", i)})
@@ -383,7 +383,7 @@ func TestAttackPortSpellingsFallUnderAScopedPolicy(t *testing.T) {
 			Rules: securityv1alpha1.PolicyRules{Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)}}},
 	}
 	g.Expect(c.Create(context.Background(), scoped)).To(Succeed())
-	r := &Reviewer{State: &CacheState{Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: c, Clock: clocktesting.NewFakePassiveClock(now)},
+	r := &Reviewer{State: &CacheState{Gatherer: workload.NewGatherer(c, ""), Reader: c, Secrets: c, Clock: clocktesting.NewFakePassiveClock(now)},
 		Clock: clocktesting.NewFakePassiveClock(now)}
 	for _, ref := range []string{"registry.example.com/app@" + critical, "REGISTRY.example.com:443/app@" + critical, "registry.example.com:0443/app@" + critical} {
 		d, err := r.Review(context.Background(), Request{Endpoint: EndpointValidate, Namespace: "shop",
@@ -415,7 +415,7 @@ func TestAttackLookupSlotsAreFairAcrossNamespaces(t *testing.T) {
 	const criticalDigest = "sha256:c0ffee0000000000000000000000000000000000000000000000000000c0ffee"
 	c := indexedClient(scannedReport("victim", "app-c0ffee000000", "registry.example.com/app", criticalDigest, nil, 3))
 	clk := clocktesting.NewFakePassiveClock(now)
-	s := &CacheState{Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: c, Clock: clk,
+	s := &CacheState{Gatherer: workload.NewGatherer(c, ""), Reader: c, Secrets: c, Clock: clk,
 		Resolver: &hangingResolver{tags: map[string]string{"registry.example.com/app:1.14": criticalDigest}},
 		Digests:  &registry.DigestCache{TTL: 5 * time.Minute, FailureTTL: 30 * time.Second}}
 	rules := securityv1alpha1.PolicyRules{Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)}}

@@ -187,7 +187,7 @@ func startImagePolicyStack(t *testing.T, queue admission.ScanQueue) *imagePolicy
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(workload.IndexReports(context.Background(), mgr.GetFieldIndexer())).To(Succeed())
 	reviewer := &admission.Reviewer{Clock: clock.RealClock{}, Queue: queue, State: &admission.CacheState{
-		Gatherer: workload.NewGatherer(mgr.GetCache(), nil), Reader: mgr.GetCache(), Clock: clock.RealClock{},
+		Gatherer: workload.NewGatherer(mgr.GetCache(), ""), Reader: mgr.GetCache(), Clock: clock.RealClock{},
 	}}
 	mgr.GetWebhookServer().Register(admission.ImagePolicyPath, &admission.ImageReviewHandler{Reviewer: reviewer})
 	ctx, stop := context.WithCancel(context.Background())

@@ -125,7 +125,7 @@ func TestHungRegistriesAreUnscannedWithinTheBudget(t *testing.T) {
 	c := indexedClient(critical, lastSeen)
 	resolver := &hungResolver{}
 	s := &CacheState{
-		Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: c, Resolver: resolver,
+		Gatherer: workload.NewGatherer(c, ""), Reader: c, Secrets: c, Resolver: resolver,
 		Digests: &registry.DigestCache{TTL: time.Minute, FailureTTL: 30 * time.Second}, Clock: clocktesting.NewFakePassiveClock(now),
 	}
 	rules := securityv1alpha1.PolicyRules{Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](5)}}
@@ -135,7 +135,7 @@ func TestHungRegistriesAreUnscannedWithinTheBudget(t *testing.T) {
 	}
 	for _, unscanned := range []securityv1alpha1.UnscannedAction{securityv1alpha1.UnscannedDeny, securityv1alpha1.UnscannedAllow} {
 		s.Digests = &registry.DigestCache{TTL: time.Minute, FailureTTL: 30 * time.Second}
-		s.Gatherer = workload.NewGatherer(c, nil)
+		s.Gatherer = workload.NewGatherer(c, "")
 		r.State = &stateWithPolicies{CacheState: s, policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/scanned", securityv1alpha1.EnforcementEnforce, unscanned, rules)}}
 		var containers []workload.Container
 		for i := range 3 {
@@ -226,7 +226,7 @@ func TestPullSecretsOnlyWhenTheRegistryAsks(t *testing.T) {
 	secrets := countingReads(&reads)
 	c := indexedClient()
 	resolver := &privateResolver{}
-	s := &CacheState{Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: secrets, Resolver: resolver, Clock: clocktesting.NewFakePassiveClock(now)}
+	s := &CacheState{Gatherer: workload.NewGatherer(c, ""), Reader: c, Secrets: secrets, Resolver: resolver, Clock: clocktesting.NewFakePassiveClock(now)}
 	images := []policy.Image{{Repository: "public.example.com/app", Tag: "1"}}
 	digests, _, _ := s.Reports(context.Background(), "shop", nil, images, []bool{true})
 	g.Expect(digests).To(Equal([]string{digest}))

@@ -33,9 +33,10 @@ const (
 	ReasonDatabaseStale          = "DatabaseStale"
 	ReasonAnalysisTooOld         = "AnalysisTooOld"
 	ReasonTooManyVulnerabilities = "TooManyVulnerabilities"
-	ReasonSignatureNotVerifiable = "SignatureVerificationUnavailable"
-	ReasonSignatureInvalid       = "SignatureInvalid"
-	ReasonPassed                 = "Passed"
+	// ReasonSignaturePending: the image's signatures were not verified yet (or, at admission,
+	// not in time: onUnscanned decides).
+	ReasonSignaturePending = "SignaturePending"
+	ReasonPassed           = "Passed"
 )
 
 // PolicyReport severities of failures (wgpolicyk8s.io's result severities).
@@ -49,7 +50,8 @@ const (
 type check struct {
 	rule     string
 	severity string
-	// needsReport is true for a check that judges an image's scan report, which needs its digest.
+	// needsReport is true for a check that judges an image's scan report or signatures, which
+	// need its digest.
 	needsReport bool
 	judge       func(img Image, now time.Time) (Result, time.Time)
 }
@@ -253,23 +255,4 @@ func exceptionFor(exceptions []exception, id string, img Image, now time.Time) (
 		}
 	}
 	return exception{}, false
-}
-
-// checkSignatures requires a valid signature by one of the keys. Without a verifier the rule is
-// reported as not evaluable, never as passed.
-func checkSignatures(rule *securityv1alpha1.SignatureRule, verifier SignatureVerifier) check {
-	return check{rule: RuleSignatures, severity: SeverityHigh, judge: func(img Image, _ time.Time) (Result, time.Time) {
-		if verifier == nil {
-			return notEvaluable(ReasonSignatureNotVerifiable,
-				"signatures are required but signature verification is not available yet; the rule cannot pass"), time.Time{}
-		}
-		ok, msg, err := verifier.Verify(img, rule.Keys)
-		switch {
-		case err != nil:
-			return notEvaluable(ReasonSignatureNotVerifiable, err.Error()), time.Time{}
-		case !ok:
-			return fail(ReasonSignatureInvalid, msg), time.Time{}
-		}
-		return pass(msg), time.Time{}
-	}}
 }

@@ -25,6 +25,9 @@ type Image struct {
 	Digest string
 	// Report is the image's scan report; nil when it was not scanned yet.
 	Report *Report
+	// Signatures are the verdicts on the image's signatures, by authority set
+	// (SignatureAuthorities.ID); an absent one is not verified yet.
+	Signatures map[string]SignatureVerdict
 }
 
 // Reference returns the image as a pod names it.
@@ -83,6 +86,23 @@ func ReportOf(rep *securityv1alpha1.ImageScanReport) *Report {
 	return out
 }
 
+// SignaturesOf returns the signature verdicts of an ImageScanReport, by authority set; nil when it
+// holds none.
+func SignaturesOf(rep *securityv1alpha1.ImageScanReport) map[string]SignatureVerdict {
+	if rep == nil || len(rep.Status.Signatures) == 0 {
+		return nil
+	}
+	out := make(map[string]SignatureVerdict, len(rep.Status.Signatures))
+	for _, c := range rep.Status.Signatures {
+		v := SignatureVerdict{Verified: c.Verified, Reason: c.Reason, Message: c.Message, CheckedAt: c.CheckedAt.Time}
+		for _, s := range c.SignedBy {
+			v.SignedBy = append(v.SignedBy, s.Identity+" ("+s.Authority+")")
+		}
+		out[c.Authorities] = v
+	}
+	return out
+}
+
 // MatchedDB is the DB a report's findings were last matched against.
 type MatchedDB struct {
 	// BuiltAt is when it was built; zero when unknown.
@@ -92,12 +112,6 @@ type MatchedDB struct {
 	// Stale, when set, says why the DB in use is too old to trust (older than --db-max-age): every
 	// freshness rule then fails, whatever DB the findings came from.
 	Stale string
-}
-
-// SignatureVerifier checks an image's signatures against keys. A nil verifier means signature
-// verification is not available in this build.
-type SignatureVerifier interface {
-	Verify(img Image, keys []securityv1alpha1.SignatureKey) (ok bool, message string, err error)
 }
 
 // Result is the outcome of one rule for one image.
@@ -153,7 +167,11 @@ type Policy struct {
 	checks []check
 	// maxAnalysisAge is the rule's vulnerabilities.maxAnalysisAge; 0 if unset.
 	maxAnalysisAge time.Duration
+	signatures     *SignatureAuthorities
 }
+
+// Signatures returns the authorities of the policy's signature rule; nil when it requires none.
+func (p *Policy) Signatures() *SignatureAuthorities { return p.signatures }
 
 // MinAnalysisAge is the smallest maxAnalysisAge (the CRD refuses less too).
 const MinAnalysisAge = time.Hour
@@ -162,8 +180,9 @@ const MinAnalysisAge = time.Hour
 func (p *Policy) MaxAnalysisAge() time.Duration { return p.maxAnalysisAge }
 
 // Compile builds the chain from the rules that are set, compiling their globs; an error names
-// what can never work.
-func Compile(rules securityv1alpha1.PolicyRules, verifier SignatureVerifier) (*Policy, error) {
+// what can never work. The Secrets and ConfigMaps the signature rule names must name their
+// namespace (workload.Compile fills it in).
+func Compile(rules securityv1alpha1.PolicyRules) (*Policy, error) {
 	p := &Policy{}
 	if r := rules.Registries; r != nil {
 		c, err := checkRegistries(r)
@@ -196,13 +215,16 @@ func Compile(rules securityv1alpha1.PolicyRules, verifier SignatureVerifier) (*P
 		p.checks = append(p.checks, checkVulnerabilities(v, exceptions))
 	}
 	if s := rules.Signatures; s != nil && s.Required {
-		p.checks = append(p.checks, checkSignatures(s, verifier))
+		if p.signatures, err = compileSignatures(s); err != nil {
+			return nil, err
+		}
+		p.checks = append(p.checks, checkSignatures(p.signatures))
 	}
 	return p, nil
 }
 
-// NeedsReport reports whether a check of the chain judges images' scan reports: only then does
-// judging an image referred to by tag need its digest.
+// NeedsReport reports whether a check of the chain judges images' scan reports or signatures:
+// only then does judging an image referred to by tag need its digest.
 func (p *Policy) NeedsReport() bool {
 	for _, c := range p.checks {
 		if c.needsReport {

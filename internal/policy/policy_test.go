@@ -31,7 +31,7 @@ func scanned(repo string, vulns ...securityv1alpha1.Vulnerability) Image {
 
 func evaluate(t *testing.T, rules securityv1alpha1.PolicyRules, img Image, at time.Time) Verdict {
 	t.Helper()
-	p, err := Compile(rules, nil)
+	p, err := Compile(rules)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +186,7 @@ func TestCheckAnalysisAge(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)
 			rules := securityv1alpha1.PolicyRules{Vulnerabilities: &tt.rule}
-			p, err := Compile(rules, nil)
+			p, err := Compile(rules)
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(p.MaxAnalysisAge()).To(Equal(7 * 24 * time.Hour))
 			v := evaluate(t, rules, Image{Repository: "r/app", Tag: "1", Report: tt.report}, now)
@@ -269,35 +269,38 @@ func TestExceptions(t *testing.T) {
 	NewWithT(t).Expect(evaluate(t, rules, img, now).NextChange).To(Equal(expires))
 }
 
-type fakeVerifier struct{ ok bool }
-
-func (f fakeVerifier) Verify(Image, []securityv1alpha1.SignatureKey) (bool, string, error) {
-	if f.ok {
-		return true, "signed by key 0", nil
-	}
-	return false, "no signature by a trusted key", nil
-}
+const testKey = `-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEhJ7dxYgvE3kSrxrKMdszwP19Y/Sc
+haQ36JeeApx/SPmcPHU70x4uQy+p6HIfgQMrW0GNIhxytt2SFs3iH3/pCw==
+-----END PUBLIC KEY-----
+`
 
 func TestCheckSignatures(t *testing.T) {
 	rules := securityv1alpha1.PolicyRules{Signatures: &securityv1alpha1.SignatureRule{
-		Required: true, Keys: []securityv1alpha1.SignatureKey{{PublicKey: "pem"}},
+		Required: true, Keys: []securityv1alpha1.SignatureKey{{PublicKey: testKey}},
 	}}
+	p, err := Compile(rules)
+	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+	id := p.Signatures().ID
 	tests := map[string]struct {
-		verifier         SignatureVerifier
+		verdicts         map[string]SignatureVerdict
 		wantReason       string
 		wantNotEvaluable bool
 		wantFailed       bool
 	}{
-		"no verifier: never a pass": {verifier: nil, wantReason: ReasonSignatureNotVerifiable, wantNotEvaluable: true},
-		"signed":                    {verifier: fakeVerifier{ok: true}, wantReason: ReasonPassed},
-		"unsigned":                  {verifier: fakeVerifier{ok: false}, wantReason: ReasonSignatureInvalid, wantFailed: true},
+		"not verified yet: never a pass": {wantReason: ReasonSignaturePending, wantNotEvaluable: true},
+		"a verdict of other authorities": {verdicts: map[string]SignatureVerdict{"other": {Verified: true}}, wantReason: ReasonSignaturePending, wantNotEvaluable: true},
+		"signed":                         {verdicts: map[string]SignatureVerdict{id: {Verified: true, SignedBy: []string{"key #1"}}}, wantReason: ReasonPassed},
+		"unsigned": {verdicts: map[string]SignatureVerdict{id: {Reason: securityv1alpha1.ReasonSignatureMissing, Message: "no signature"}},
+			wantReason: securityv1alpha1.ReasonSignatureMissing, wantFailed: true},
+		"a verdict without reason fails as invalid": {verdicts: map[string]SignatureVerdict{id: {}}, wantReason: securityv1alpha1.ReasonSignatureInvalid, wantFailed: true},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)
-			p, err := Compile(rules, tt.verifier)
-			g.Expect(err).NotTo(HaveOccurred())
-			v := p.Evaluate([]Image{scanned("r/a")}, now)
+			img := scanned("r/a")
+			img.Signatures = tt.verdicts
+			v := p.Evaluate([]Image{img}, now)
 			g.Expect(v.Results).To(HaveLen(1))
 			g.Expect(v.Results[0].Reason).To(Equal(tt.wantReason))
 			g.Expect(v.Results[0].NotEvaluable).To(Equal(tt.wantNotEvaluable))
@@ -305,6 +308,43 @@ func TestCheckSignatures(t *testing.T) {
 			g.Expect(v.Compliant()).To(Equal(tt.wantReason == ReasonPassed))
 		})
 	}
+}
+
+func TestSignatureAuthorities(t *testing.T) {
+	g := NewWithT(t)
+	rule := func(mutate func(*securityv1alpha1.SignatureRule)) securityv1alpha1.PolicyRules {
+		r := &securityv1alpha1.SignatureRule{Required: true,
+			Keyless:   []securityv1alpha1.KeylessIdentity{{Issuer: "https://issuer", SubjectRegExp: ".*@example.com"}},
+			TrustRoot: &securityv1alpha1.TrustRootSource{Kind: securityv1alpha1.TrustRootConfigMap, Name: "root", Namespace: "ns", Key: "trusted_root.json"}}
+		if mutate != nil {
+			mutate(r)
+		}
+		return securityv1alpha1.PolicyRules{Signatures: r}
+	}
+	id := func(r securityv1alpha1.PolicyRules) string {
+		p, err := Compile(r)
+		g.Expect(err).NotTo(HaveOccurred())
+		return p.Signatures().ID
+	}
+	base := id(rule(nil))
+	// Defaults spelled out are the same authorities; any other change is another set.
+	g.Expect(id(rule(func(r *securityv1alpha1.SignatureRule) { r.RequireTransparencyLog = ptr.To(true) }))).To(Equal(base))
+	g.Expect(id(rule(func(r *securityv1alpha1.SignatureRule) { r.RequireSignedTimestamp = ptr.To(false) }))).NotTo(Equal(base))
+	g.Expect(id(rule(func(r *securityv1alpha1.SignatureRule) { r.TrustRoot.Namespace = "other" }))).NotTo(Equal(base))
+	g.Expect(id(rule(func(r *securityv1alpha1.SignatureRule) { r.Keyless[0].SubjectRegExp = ".*@example.org" }))).NotTo(Equal(base))
+
+	for name, bad := range map[string]func(*securityv1alpha1.SignatureRule){
+		"bad regexp":     func(r *securityv1alpha1.SignatureRule) { r.Keyless[0].SubjectRegExp = "(" },
+		"two issuers":    func(r *securityv1alpha1.SignatureRule) { r.Keyless[0].IssuerRegExp = ".*" },
+		"no trust root":  func(r *securityv1alpha1.SignatureRule) { r.TrustRoot = nil },
+		"bad inline key": func(r *securityv1alpha1.SignatureRule) { r.Keys = []securityv1alpha1.SignatureKey{{PublicKey: "pem"}} },
+		"nothing":        func(r *securityv1alpha1.SignatureRule) { r.Keyless = nil },
+	} {
+		_, err := Compile(rule(bad))
+		g.Expect(err).To(HaveOccurred(), name)
+	}
+	// Regular expressions match whole values.
+	g.Expect(regexp.MustCompile(AnchoredRegExp("a|b")).MatchString("xa")).To(BeFalse())
 }
 
 func TestChainOrderAndFirstFailure(t *testing.T) {
@@ -317,7 +357,7 @@ func TestChainOrderAndFirstFailure(t *testing.T) {
 	good := scanned("registry.example.com/good")
 	bad := scanned("registry.example.com/bad", vuln("CVE-3", securityv1alpha1.SeverityHigh, "2"))
 	bad.Tag = "latest"
-	p, err := Compile(rules, nil)
+	p, err := Compile(rules)
 	g.Expect(err).NotTo(HaveOccurred())
 	v := p.Evaluate([]Image{good, bad}, now)
 	g.Expect(v.Results).To(HaveLen(6))
@@ -328,7 +368,7 @@ func TestChainOrderAndFirstFailure(t *testing.T) {
 	}))
 	g.Expect(p.Rules()).To(Equal([]string{RuleRegistries, RuleTags, RuleVulnerabilities}))
 
-	_, err = Compile(securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{""}}}, nil)
+	_, err = Compile(securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{""}}})
 	g.Expect(err).To(MatchError(ContainSubstring("registries.allowed")))
 }
 

@@ -46,6 +46,7 @@ type RegistryOption func(*registryOptions)
 
 type registryOptions struct {
 	user, password string
+	referrers      bool
 	wrappers       []func(http.Handler) http.Handler
 }
 
@@ -56,6 +57,12 @@ func WithBasicAuth(user, password string) RegistryOption {
 	return func(o *registryOptions) {
 		o.user, o.password = user, password
 	}
+}
+
+// WithReferrers makes the registry serve the OCI 1.1 referrers API; without it, clients fall back
+// to the referrers tag schema.
+func WithReferrers() RegistryOption {
+	return func(o *registryOptions) { o.referrers = true }
 }
 
 // WithHandlerWrapper wraps the registry handler (inside the authentication check) so a test can
@@ -100,7 +107,7 @@ func NewRegistry(t testing.TB, opts ...RegistryOption) *Registry {
 
 	// The registry logs every request to stderr by default, which buries test output.
 	quiet := log.New(io.Discard, "", 0)
-	h := http.Handler(registry.New(registry.Logger(quiet)))
+	h := http.Handler(registry.New(registry.Logger(quiet), registry.WithReferrersSupport(o.referrers)))
 	r := &Registry{auth: authn.Anonymous, closed: make(chan struct{})}
 	if o.user != "" || o.password != "" {
 		h = basicAuth(h, o.user, o.password)

@@ -101,7 +101,7 @@ func newWebhook(t testing.TB, pol client.Object) *webhook {
 	}
 	c := b.Build()
 	return &webhook{namespace: pol.GetNamespace(),
-		state: &admission.CacheState{Gatherer: workload.NewGatherer(c, nil), Reader: c, Secrets: c, Clock: clocktesting.NewFakePassiveClock(testNow)}}
+		state: &admission.CacheState{Gatherer: workload.NewGatherer(c, ""), Reader: c, Secrets: c, Clock: clocktesting.NewFakePassiveClock(testNow)}}
 }
 
 // decide is the webhook's decision on containers of an object with labels.

@@ -73,8 +73,10 @@ func (w Workload) Key() string { return w.Namespace + "/" + w.Kind + "/" + w.Nam
 // Gatherer reads the inputs of verdicts from a cache: policies (compiled once per generation),
 // the workloads they match and the reports of their images.
 type Gatherer struct {
-	reader   client.Reader
-	verifier policy.SignatureVerifier
+	reader client.Reader
+	// signatureNamespace is where the Secrets and ConfigMaps of a ClusterImagePolicy's signature
+	// rule are read when it does not say.
+	signatureNamespace string
 	// live reads a namespace the cache does not show yet (one made a moment ago, in the same
 	// kubectl apply as its workloads); nil: the cache only.
 	live client.Reader
@@ -87,9 +89,10 @@ type Gatherer struct {
 }
 
 // NewGatherer returns a Gatherer reading from reader (the manager's cache, with IndexReports
-// registered); verifier checks signatures (nil: signature rules are not evaluable).
-func NewGatherer(reader client.Reader, verifier policy.SignatureVerifier) *Gatherer {
-	return &Gatherer{reader: reader, verifier: verifier, compiled: map[types.UID]*Policy{}, sweepSize: 64}
+// registered); signatureNamespace is where a ClusterImagePolicy's signature keys and trust root are
+// read when it does not name a namespace (the controller's).
+func NewGatherer(reader client.Reader, signatureNamespace string) *Gatherer {
+	return &Gatherer{reader: reader, signatureNamespace: signatureNamespace, compiled: map[types.UID]*Policy{}, sweepSize: 64}
 }
 
 // ReadNamespacesLive makes the Gatherer read a namespace from live (the API server) when the cache
@@ -147,7 +150,7 @@ func (g *Gatherer) Compile(obj client.Object) *Policy {
 	if ok && c.Generation == obj.GetGeneration() {
 		return c
 	}
-	c = Compile(obj, g.verifier)
+	c = Compile(obj, g.signatureNamespace)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if len(g.compiled) >= g.sweepSize {
@@ -158,8 +161,10 @@ func (g *Gatherer) Compile(obj client.Object) *Policy {
 }
 
 // Compile compiles obj, an *ImagePolicy or *ClusterImagePolicy; an error that makes it never
-// usable is in the result's Err.
-func Compile(obj client.Object, verifier policy.SignatureVerifier) *Policy {
+// usable is in the result's Err. The Secrets and ConfigMaps its signature rule names are read in
+// the policy's namespace (an ImagePolicy, whatever it says), or where the rule says, else in
+// signatureNamespace (a ClusterImagePolicy).
+func Compile(obj client.Object, signatureNamespace string) *Policy {
 	c := &Policy{Name: obj.GetName(), Namespace: obj.GetNamespace(), UID: obj.GetUID(), Generation: obj.GetGeneration()}
 	var match securityv1alpha1.ImageMatch
 	var namespaceSelector *metav1.LabelSelector
@@ -177,8 +182,11 @@ func Compile(obj client.Object, verifier policy.SignatureVerifier) *Policy {
 		return c
 	}
 	c.OnUnscanned = rules.OnUnscanned
+	if s := rules.Signatures; s != nil {
+		rules.Signatures = signatureNamespaces(s, obj.GetNamespace(), signatureNamespace)
+	}
 	var err error
-	if c.Rules, err = policy.Compile(rules, verifier); err != nil {
+	if c.Rules, err = policy.Compile(rules); err != nil {
 		c.Err = err
 		return c
 	}
@@ -200,6 +208,37 @@ func Compile(obj client.Object, verifier policy.SignatureVerifier) *Policy {
 		}
 	}
 	return c
+}
+
+// signatureNamespaces returns a copy of rule whose Secret and ConfigMap references all name their
+// namespace: policyNamespace for an ImagePolicy's (its own, whatever it says), else theirs, else
+// fallback.
+func signatureNamespaces(rule *securityv1alpha1.SignatureRule, policyNamespace, fallback string) *securityv1alpha1.SignatureRule {
+	rule = rule.DeepCopy()
+	ns := func(set string) string {
+		switch {
+		case policyNamespace != "":
+			return policyNamespace
+		case set != "":
+			return set
+		}
+		return fallback
+	}
+	for i := range rule.Keys {
+		if ref := rule.Keys[i].SecretRef; ref != nil {
+			ref.Namespace = ns(ref.Namespace)
+			if ref.Key == "" {
+				ref.Key = "cosign.pub"
+			}
+		}
+	}
+	if t := rule.TrustRoot; t != nil {
+		t.Namespace = ns(t.Namespace)
+		if t.Key == "" {
+			t.Key = "trusted_root.json"
+		}
+	}
+	return rule
 }
 
 // sweepLocked drops the compiled policies whose object is gone, so that deleted policies leave
@@ -471,6 +510,7 @@ func (g *Gatherer) Images(ctx context.Context, namespace string, containers []Co
 		}
 		img.Container = c.Name
 		img.Report = g.Report(ctx, namespace, img)
+		img.Signatures = g.Signatures(ctx, namespace, img)
 		out = append(out, img)
 	}
 	return out
@@ -493,6 +533,27 @@ func (g *Gatherer) Report(ctx context.Context, namespace string, img policy.Imag
 		return nil
 	}
 	return g.reportOf(g.find(ctx, IndexReportTag, img.Repository+":"+img.Tag, namespace, newestCreated))
+}
+
+// Signatures returns the verdicts on img's signatures that its report holds, as seen from
+// namespace: by digest in the namespace, else in any namespace (a signature verdict is the
+// digest's), else by the repository and tag the pod controller saw in the namespace.
+func (g *Gatherer) Signatures(ctx context.Context, namespace string, img policy.Image) map[string]policy.SignatureVerdict {
+	if img.Digest != "" {
+		if v := policy.SignaturesOf(g.find(ctx, IndexReportDigest, img.Digest, namespace, mostSignatures)); v != nil {
+			return v
+		}
+		return policy.SignaturesOf(g.find(ctx, IndexReportDigest, img.Digest, "", mostSignatures))
+	}
+	if img.Tag == "" {
+		return nil
+	}
+	return policy.SignaturesOf(g.find(ctx, IndexReportTag, img.Repository+":"+img.Tag, namespace, newestCreated))
+}
+
+// mostSignatures prefers the report with more signature verdicts.
+func mostSignatures(a, b *securityv1alpha1.ImageScanReport) bool {
+	return len(a.Status.Signatures) > len(b.Status.Signatures)
 }
 
 // LastKnown returns, for a tag whose digest cannot be told now, the report of the digest the tag

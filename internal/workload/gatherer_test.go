@@ -82,7 +82,7 @@ func TestWorkloads(t *testing.T) {
 			},
 		}},
 	)
-	ws, err := NewGatherer(c, nil).Workloads(context.Background(), "shop")
+	ws, err := NewGatherer(c, "").Workloads(context.Background(), "shop")
 	g.Expect(err).NotTo(HaveOccurred())
 	got := map[string][]string{}
 	for _, w := range ws {
@@ -173,7 +173,7 @@ func TestReport(t *testing.T) {
 		scannedReport("shop", "moved-old", "r.example.com/moved", "sha256:"+fmt.Sprintf("%064x", 9), []string{"1"}, 4, t0, t0),
 		unscannedNew,
 	)
-	gatherer := NewGatherer(c, nil)
+	gatherer := NewGatherer(c, "")
 	tests := map[string]struct {
 		img          policy.Image
 		wantCritical int32 // -1: no report
@@ -213,7 +213,7 @@ func TestPoliciesAndCompiledState(t *testing.T) {
 			Rules: securityv1alpha1.PolicyRules{Registries: &securityv1alpha1.RegistryRule{Allowed: []string{""}}}}},
 	}
 	c := newClient(objs...)
-	gatherer := NewGatherer(c, nil)
+	gatherer := NewGatherer(c, "")
 	policies, err := gatherer.PoliciesFor(ctx, "shop")
 	g.Expect(err).NotTo(HaveOccurred())
 	var refs []string

@@ -80,7 +80,7 @@ func imageGuard(t *testing.T, generate bool) func() {
 	if generate {
 		opts = &ivap.Options{OptOutLabel: admission.OptOutLabel, ControllerUsers: admission.DefaultControllerUsers}
 	}
-	gatherer := workload.NewGatherer(mgr.GetCache(), nil).ReadNamespacesLive(mgr.GetAPIReader())
+	gatherer := workload.NewGatherer(mgr.GetCache(), "").ReadNamespacesLive(mgr.GetAPIReader())
 	if err := controllers.SetupPolicies(mgr, gatherer, controllers.Options{AdmissionPolicies: opts}); err != nil {
 		t.Fatal(err)
 	}

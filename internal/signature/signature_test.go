@@ -1,0 +1,479 @@
+package signature
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	. "github.com/onsi/gomega"
+	protobundle "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
+	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
+	protodsse "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
+	protorekor "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
+	"github.com/sigstore/sigstore-go/pkg/root"
+	"github.com/sigstore/sigstore-go/pkg/testing/ca"
+	"github.com/sigstore/sigstore-go/pkg/tlog"
+	"github.com/sigstore/sigstore/pkg/signature"
+	"github.com/sigstore/sigstore/pkg/signature/dsse"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/policy"
+	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/testutil"
+)
+
+const (
+	issuer  = "https://oidc.example.com"
+	subject = "release@example.com"
+)
+
+// world is a registry with images signed in every form, and the trust material to check them.
+type world struct {
+	reg      *testutil.Registry
+	client   *registry.Client
+	key      *testutil.SigningKey
+	other    *testutil.SigningKey
+	sigstore *ca.VirtualSigstore
+	// trustRoot is the test Sigstore's trusted_root.json (no CT log: its certificates carry no SCT).
+	trustRoot []byte
+	images    map[string]v1.Descriptor
+}
+
+func newWorld(t *testing.T, opts ...testutil.RegistryOption) *world {
+	t.Helper()
+	w := &world{reg: testutil.NewRegistry(t, opts...), key: testutil.NewSigningKey(t), other: testutil.NewSigningKey(t), images: map[string]v1.Descriptor{}}
+	w.client = registry.NewClient(registry.Options{InsecureHosts: []string{w.reg.Host()}, Timeout: 5 * time.Second})
+	var err error
+	if w.sigstore, err = ca.NewVirtualSigstore(); err != nil {
+		t.Fatal(err)
+	}
+	w.trustRoot = trustRootJSON(t, w.sigstore)
+	return w
+}
+
+// trustRootJSON is vs's trusted_root.json. The test Sigstore's log IDs are the hex of its key's
+// digest where a trusted root holds the digest itself: they are decoded, or the round trip through
+// JSON would name another log.
+func trustRootJSON(t *testing.T, vs *ca.VirtualSigstore) []byte {
+	t.Helper()
+	logs := map[string]*root.TransparencyLog{}
+	for id, l := range vs.RekorLogs() {
+		raw, err := hex.DecodeString(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := *l
+		c.ID = raw
+		logs[id] = &c
+	}
+	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, vs.FulcioCertificateAuthorities(), nil, vs.TimestampingAuthorities(), logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := tr.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// image pushes a distinct image as repo:tag and returns its descriptor.
+func (w *world) image(t *testing.T, repo string) v1.Descriptor {
+	t.Helper()
+	layer, err := testutil.LayerFromFiles(map[string][]byte{"etc/" + repo: []byte(repo)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := testutil.ImageFromLayers(v1.Platform{OS: "linux", Architecture: "amd64"}, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, d := w.reg.Push(t, repo, "v1", img)
+	size, _ := img.Size()
+	mt, _ := img.MediaType()
+	desc := v1.Descriptor{Digest: d, Size: size, MediaType: mt}
+	w.images[repo] = desc
+	return desc
+}
+
+func (w *world) repo(name string) string { return w.reg.Host() + "/" + name }
+
+// keylessBundle is the test Sigstore's signature of statement (a DSSE envelope, a Rekor entry with
+// its inclusion proof, an RFC 3161 timestamp) as a v0.3 bundle, the form cosign v3 attaches.
+func keylessBundle(t *testing.T, vs *ca.VirtualSigstore, identity, oidcIssuer string, statement []byte) []byte {
+	t.Helper()
+	e, err := vs.AttestAtTime(identity, oidcIssuer, statement, time.Now().Add(time.Minute), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vc, _ := e.VerificationContent()
+	sc, _ := e.SignatureContent()
+	env := sc.EnvelopeContent().RawEnvelope()
+	payload, _ := base64.StdEncoding.DecodeString(env.Payload)
+	sig, _ := base64.StdEncoding.DecodeString(env.Signatures[0].Sig)
+	entries, _ := e.TlogEntries()
+	tss, _ := e.Timestamps()
+	b := &protobundle.Bundle{
+		MediaType: testutil.BundleMediaType,
+		VerificationMaterial: &protobundle.VerificationMaterial{
+			Content: &protobundle.VerificationMaterial_Certificate{Certificate: &protocommon.X509Certificate{RawBytes: vc.Certificate().Raw}},
+		},
+		Content: &protobundle.Bundle_DsseEnvelope{DsseEnvelope: &protodsse.Envelope{
+			Payload: payload, PayloadType: env.PayloadType, Signatures: []*protodsse.Signature{{Sig: sig}},
+		}},
+	}
+	for _, entry := range entries {
+		b.VerificationMaterial.TlogEntries = append(b.VerificationMaterial.TlogEntries, withKind(t, entry))
+	}
+	for _, ts := range tss {
+		if b.VerificationMaterial.TimestampVerificationData == nil {
+			b.VerificationMaterial.TimestampVerificationData = &protobundle.TimestampVerificationData{}
+		}
+		b.VerificationMaterial.TimestampVerificationData.Rfc3161Timestamps = append(b.VerificationMaterial.TimestampVerificationData.Rfc3161Timestamps,
+			&protocommon.RFC3161SignedTimestamp{SignedTimestamp: ts})
+	}
+	return testutil.BundleJSON(t, b)
+}
+
+// withKind is entry's proto form with the kind and version its body names (tlog.NewEntry does not
+// fill them in).
+func withKind(t *testing.T, entry *tlog.Entry) *protorekor.TransparencyLogEntry {
+	t.Helper()
+	tle := entry.TransparencyLogEntry()
+	var body struct{ Kind, APIVersion string }
+	if err := json.Unmarshal(tle.CanonicalizedBody, &body); err != nil {
+		t.Fatal(err)
+	}
+	tle.KindVersion = &protorekor.KindVersion{Kind: body.Kind, Version: body.APIVersion}
+	return tle
+}
+
+// expiredCertBundle is a DSSE signature of statement by a certificate of a CA of its own that
+// expired an hour ago, with no timestamp and no log entry; it returns the CA's trust root too.
+func expiredCertBundle(t *testing.T, identity, oidcIssuer string, statement []byte) ([]byte, []byte) {
+	t.Helper()
+	rootCert, rootKey, err := ca.GenerateRootCa()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, interKey, err := ca.GenerateFulcioIntermediate(rootCert, rootKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leaf, err := ca.GenerateLeafCert(identity, oidcIssuer, time.Now().Add(-time.Hour), leafKey, inter, interKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := signature.LoadECDSASignerVerifier(leafKey, crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := dsse.WrapSigner(s, "application/vnd.in-toto+json").SignMessage(strings.NewReader(string(statement)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e struct {
+		PayloadType string `json:"payloadType"`
+		Payload     []byte `json:"payload"`
+		Signatures  []struct {
+			Sig []byte `json:"sig"`
+		} `json:"signatures"`
+	}
+	if err := json.Unmarshal(env, &e); err != nil {
+		t.Fatal(err)
+	}
+	b := &protobundle.Bundle{
+		MediaType: testutil.BundleMediaType,
+		VerificationMaterial: &protobundle.VerificationMaterial{
+			Content: &protobundle.VerificationMaterial_Certificate{Certificate: &protocommon.X509Certificate{RawBytes: leaf.Raw}},
+		},
+		Content: &protobundle.Bundle_DsseEnvelope{DsseEnvelope: &protodsse.Envelope{
+			Payload: e.Payload, PayloadType: e.PayloadType, Signatures: []*protodsse.Signature{{Sig: e.Signatures[0].Sig}},
+		}},
+	}
+	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, []root.CertificateAuthority{&root.FulcioCertificateAuthority{
+		Root: rootCert, Intermediates: []*x509.Certificate{inter}, ValidityPeriodStart: time.Now().Add(-2 * time.Hour), ValidityPeriodEnd: time.Now().Add(time.Hour),
+	}}, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := tr.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testutil.BundleJSON(t, b), data
+}
+
+func authorities(t *testing.T, rule securityv1alpha1.SignatureRule) *policy.SignatureAuthorities {
+	t.Helper()
+	rule.Required = true
+	p, err := policy.Compile(securityv1alpha1.PolicyRules{Signatures: &rule})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.Signatures()
+}
+
+func keyRule(pems ...string) securityv1alpha1.SignatureRule {
+	r := securityv1alpha1.SignatureRule{}
+	for _, p := range pems {
+		r.Keys = append(r.Keys, securityv1alpha1.SignatureKey{PublicKey: p})
+	}
+	return r
+}
+
+func keylessRule(trustRoot string, ids ...securityv1alpha1.KeylessIdentity) securityv1alpha1.SignatureRule {
+	return securityv1alpha1.SignatureRule{Keyless: ids,
+		TrustRoot: &securityv1alpha1.TrustRootSource{Kind: securityv1alpha1.TrustRootConfigMap, Namespace: "imageguard", Name: trustRoot, Key: "trusted_root.json"}}
+}
+
+func reader(t *testing.T, objs ...client.Object) client.Reader {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	_ = corev1.AddToScheme(scheme)
+	return fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).Build()
+}
+
+func trustRootConfigMap(name string, data []byte) *corev1.ConfigMap {
+	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "imageguard", Name: name}, Data: map[string]string{"trusted_root.json": string(data)}}
+}
+
+// TestVerify signs images in every form cosign writes, with the real libraries, and checks each
+// verdict and reason against a real registry (with and without the referrers API).
+func TestVerify(t *testing.T) {
+	for _, mode := range []string{"referrers API", "referrers tag schema"} {
+		t.Run(mode, func(t *testing.T) {
+			var opts []testutil.RegistryOption
+			if mode == "referrers API" {
+				opts = append(opts, testutil.WithReferrers())
+			}
+			testVerify(t, newWorld(t, opts...))
+		})
+	}
+}
+
+func testVerify(t *testing.T, w *world) {
+	// Key, legacy tag.
+	tagKey := w.image(t, "tag-key")
+	w.reg.PushTagSignatures(t, "tag-key", tagKey.Digest, w.key.KeyTagSignature(t, w.repo("tag-key"), tagKey.Digest))
+	// Key, bundle referrer (cosign v3 --key).
+	bundleKey := w.image(t, "bundle-key")
+	w.reg.PushBundle(t, "bundle-key", bundleKey, w.key.KeyBundle(t, testutil.CosignSignStatement(t, bundleKey.Digest, CosignSignPredicate)))
+	// Keyless, bundle referrer, through the test Sigstore (Fulcio, Rekor, TSA).
+	keyless := w.image(t, "keyless")
+	w.reg.PushBundle(t, "keyless", keyless, keylessBundle(t, w.sigstore, subject, issuer, testutil.CosignSignStatement(t, keyless.Digest, CosignSignPredicate)))
+	// Unsigned.
+	w.image(t, "unsigned")
+	// Signed by another key.
+	otherKey := w.image(t, "other-key")
+	w.reg.PushTagSignatures(t, "other-key", otherKey.Digest, w.other.KeyTagSignature(t, w.repo("other-key"), otherKey.Digest))
+	// A signature tag copied from another image: a valid signature of another digest.
+	copied := w.image(t, "copied")
+	w.reg.PushTagSignatures(t, "copied", copied.Digest, w.key.KeyTagSignature(t, w.repo("tag-key"), tagKey.Digest))
+	// A payload tampered with after signing.
+	tampered := w.image(t, "tampered")
+	sig := w.key.KeyTagSignature(t, w.repo("tampered"), tampered.Digest)
+	sig.Payload = []byte(strings.Replace(string(sig.Payload), `"optional":null`, `"optional":{"by":"mallory"}`, 1))
+	w.reg.PushTagSignatures(t, "tampered", tampered.Digest, sig)
+	// A bundle of the key that is an attestation, not a signature.
+	attested := w.image(t, "attested")
+	w.reg.PushBundle(t, "attested", attested, w.key.KeyBundle(t, testutil.CosignSignStatement(t, attested.Digest, "https://slsa.dev/provenance/v1")))
+	// A keyless bundle for another digest.
+	keylessOther := w.image(t, "keyless-other")
+	w.reg.PushBundle(t, "keyless-other", keylessOther, keylessBundle(t, w.sigstore, subject, issuer, testutil.CosignSignStatement(t, keyless.Digest, CosignSignPredicate)))
+	// An expired certificate with no timestamp and no log entry.
+	expired := w.image(t, "expired")
+	expiredBundle, expiredRoot := expiredCertBundle(t, subject, issuer, testutil.CosignSignStatement(t, expired.Digest, CosignSignPredicate))
+	w.reg.PushBundle(t, "expired", expired, expiredBundle)
+
+	otherSigstore, err := ca.NewVirtualSigstore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherRootJSON := trustRootJSON(t, otherSigstore)
+	r := reader(t, trustRootConfigMap("root", w.trustRoot), trustRootConfigMap("other-root", otherRootJSON),
+		trustRootConfigMap("expired-root", expiredRoot), trustRootConfigMap("garbage", []byte(`{"mediaType": 1}`)),
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "imageguard", Name: "cosign"}, Data: map[string][]byte{"cosign.pub": []byte(w.key.PublicPEM)}})
+
+	exactID := securityv1alpha1.KeylessIdentity{Issuer: issuer, Subject: subject}
+	regexpID := securityv1alpha1.KeylessIdentity{Issuer: issuer, SubjectRegExp: `.*@example\.com`}
+	noTimes := keylessRule("expired-root", exactID)
+	noTimes.RequireSignedTimestamp, noTimes.RequireTransparencyLog = ptr.To(false), ptr.To(false)
+	secretKey := securityv1alpha1.SignatureRule{Keys: []securityv1alpha1.SignatureKey{{SecretRef: &securityv1alpha1.SecretKeySelector{Namespace: "imageguard", Name: "cosign", Key: "cosign.pub"}}}}
+
+	tests := map[string]struct {
+		image      string
+		rule       securityv1alpha1.SignatureRule
+		wantReason string // "" for verified
+		wantSource string
+		wantIn     string
+	}{
+		"key, legacy tag":                       {image: "tag-key", rule: keyRule(w.key.PublicPEM), wantSource: securityv1alpha1.SignatureSourceTag},
+		"key from a Secret":                     {image: "tag-key", rule: secretKey, wantSource: securityv1alpha1.SignatureSourceTag},
+		"one of two keys":                       {image: "tag-key", rule: keyRule(w.other.PublicPEM, w.key.PublicPEM), wantSource: securityv1alpha1.SignatureSourceTag},
+		"key, bundle referrer":                  {image: "bundle-key", rule: keyRule(w.key.PublicPEM), wantSource: securityv1alpha1.SignatureSourceReferrer},
+		"keyless, exact identity":               {image: "keyless", rule: keylessRule("root", exactID), wantSource: securityv1alpha1.SignatureSourceReferrer},
+		"keyless, subject regexp":               {image: "keyless", rule: keylessRule("root", regexpID), wantSource: securityv1alpha1.SignatureSourceReferrer},
+		"no signature":                          {image: "unsigned", rule: keyRule(w.key.PublicPEM), wantReason: securityv1alpha1.ReasonSignatureMissing},
+		"no signature, keyless":                 {image: "unsigned", rule: keylessRule("root", exactID), wantReason: securityv1alpha1.ReasonSignatureMissing},
+		"another key":                           {image: "other-key", rule: keyRule(w.key.PublicPEM), wantReason: securityv1alpha1.ReasonSignatureInvalid},
+		"a signature copied from another image": {image: "copied", rule: keyRule(w.key.PublicPEM), wantReason: securityv1alpha1.ReasonSignatureInvalid, wantIn: "copied"},
+		"tampered payload":                      {image: "tampered", rule: keyRule(w.key.PublicPEM), wantReason: securityv1alpha1.ReasonSignatureInvalid},
+		"an attestation is not a signature":     {image: "attested", rule: keyRule(w.key.PublicPEM), wantReason: securityv1alpha1.ReasonSignatureInvalid, wantIn: "not a signature"},
+		"a key signature under keyless rules":   {image: "tag-key", rule: keylessRule("root", exactID), wantReason: securityv1alpha1.ReasonSignatureInvalid},
+		"a keyless signature under key rules":   {image: "keyless", rule: keyRule(w.key.PublicPEM), wantReason: securityv1alpha1.ReasonSignatureInvalid},
+		"keyless for another digest":            {image: "keyless-other", rule: keylessRule("root", exactID), wantReason: securityv1alpha1.ReasonSignatureInvalid},
+		"identity mismatch": {image: "keyless", rule: keylessRule("root", securityv1alpha1.KeylessIdentity{Issuer: issuer, Subject: "mallory@example.com"}),
+			wantReason: securityv1alpha1.ReasonIdentityMismatch, wantIn: subject},
+		"issuer mismatch": {image: "keyless", rule: keylessRule("root", securityv1alpha1.KeylessIdentity{IssuerRegExp: `https://accounts\.example\.org`, SubjectRegExp: ".*"}),
+			wantReason: securityv1alpha1.ReasonIdentityMismatch},
+		"a regexp matches whole values only": {image: "keyless", rule: keylessRule("root", securityv1alpha1.KeylessIdentity{Issuer: issuer, SubjectRegExp: `release`}),
+			wantReason: securityv1alpha1.ReasonIdentityMismatch},
+		"trust root without the CA":               {image: "keyless", rule: keylessRule("other-root", exactID), wantReason: securityv1alpha1.ReasonSignatureInvalid},
+		"certificate expired with no timestamp":   {image: "expired", rule: noTimes, wantReason: securityv1alpha1.ReasonSignatureInvalid, wantIn: "certificate"},
+		"no timestamp where one is required":      {image: "expired", rule: keylessRule("expired-root", exactID), wantReason: securityv1alpha1.ReasonSignatureInvalid},
+		"trust root missing":                      {image: "keyless", rule: keylessRule("absent", exactID), wantReason: securityv1alpha1.ReasonTrustRootInvalid},
+		"trust root that does not parse":          {image: "keyless", rule: keylessRule("garbage", exactID), wantReason: securityv1alpha1.ReasonTrustRootInvalid},
+		"a key or an identity: the key signed":    {image: "tag-key", rule: withKeys(keylessRule("root", exactID), w.key.PublicPEM), wantSource: securityv1alpha1.SignatureSourceTag},
+		"a key or an identity: the identity did":  {image: "keyless", rule: withKeys(keylessRule("root", exactID), w.key.PublicPEM), wantSource: securityv1alpha1.SignatureSourceReferrer},
+		"a key or an identity: neither signed it": {image: "unsigned", rule: withKeys(keylessRule("root", exactID), w.key.PublicPEM), wantReason: securityv1alpha1.ReasonSignatureMissing},
+	}
+	v := &Verifier{Registry: w.client, Reader: r}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			got := v.Verify(context.Background(), authorities(t, tt.rule), w.repo(tt.image), w.images[tt.image].Digest.String(), nil)
+			if tt.wantReason == "" {
+				g.Expect(got.Verified).To(BeTrue(), got.Message)
+				g.Expect(got.Signers).NotTo(BeEmpty())
+				g.Expect(got.Signers[0].Source).To(Equal(tt.wantSource))
+				return
+			}
+			g.Expect(got.Verified).To(BeFalse())
+			g.Expect(got.Reason).To(Equal(tt.wantReason), got.Message)
+			g.Expect(got.Message).To(ContainSubstring(tt.wantIn))
+		})
+	}
+	// Who signed: the key's fingerprint, the certificate's identity.
+	g := NewWithT(t)
+	got := v.Verify(context.Background(), authorities(t, keyRule(w.key.PublicPEM)), w.repo("tag-key"), tagKey.Digest.String(), nil)
+	g.Expect(got.Signers[0].Identity).To(Equal(Fingerprint(w.key.Private.Public())))
+	got = v.Verify(context.Background(), authorities(t, keylessRule("root", regexpID)), w.repo("keyless"), keyless.Digest.String(), nil)
+	g.Expect(got.Signers[0].Identity).To(Equal(subject + " (" + issuer + ")"))
+	g.Expect(got.Signers[0].Authority).To(Equal(`keyless https://oidc.example.com ~.*@example\.com`))
+}
+
+func withKeys(r securityv1alpha1.SignatureRule, pems ...string) securityv1alpha1.SignatureRule {
+	for _, p := range pems {
+		r.Keys = append(r.Keys, securityv1alpha1.SignatureKey{PublicKey: p})
+	}
+	return r
+}
+
+// TestRegistryRefusesTheRead: a registry that answers 401 to the signature read gives
+// RegistryError, never SignatureMissing; with the pull secret's credentials, the signature
+// verifies.
+func TestRegistryRefusesTheRead(t *testing.T) {
+	g := NewWithT(t)
+	w := newWorld(t, testutil.WithBasicAuth("puller", "s3cret"))
+	d := w.image(t, "private")
+	w.reg.PushTagSignatures(t, "private", d.Digest, w.key.KeyTagSignature(t, w.repo("private"), d.Digest))
+	v := &Verifier{Registry: w.client, Reader: reader(t)}
+	a := authorities(t, keyRule(w.key.PublicPEM))
+	got := v.Verify(context.Background(), a, w.repo("private"), d.Digest.String(), nil)
+	g.Expect(got.Reason).To(Equal(securityv1alpha1.ReasonRegistryError), got.Message)
+	g.Expect(got.Message).NotTo(ContainSubstring("s3cret"))
+	keychain := staticKeychain{&authn.Basic{Username: "puller", Password: "s3cret"}}
+	got = v.Verify(context.Background(), a, w.repo("private"), d.Digest.String(), keychain)
+	g.Expect(got.Verified).To(BeTrue(), got.Message)
+
+	// Only the signature read refused (the image itself is readable): still RegistryError.
+	w2 := newWorld(t)
+	d2 := w2.image(t, "app")
+	w2.reg.PushTagSignatures(t, "app", d2.Digest, w2.key.KeyTagSignature(t, w2.repo("app"), d2.Digest))
+	w2.reg.SetFault(func(rw http.ResponseWriter, r *http.Request) bool {
+		if strings.Contains(r.URL.Path, ".sig") || strings.Contains(r.URL.Path, "/referrers/") || strings.Contains(r.URL.Path, "sha256-") {
+			rw.WriteHeader(http.StatusUnauthorized)
+			return true
+		}
+		return false
+	})
+	got = (&Verifier{Registry: w2.client, Reader: reader(t)}).Verify(context.Background(), authorities(t, keyRule(w2.key.PublicPEM)), w2.repo("app"), d2.Digest.String(), nil)
+	g.Expect(got.Reason).To(Equal(securityv1alpha1.ReasonRegistryError), got.Message)
+}
+
+type staticKeychain struct{ auth authn.Authenticator }
+
+func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { return k.auth, nil }
+
+// TestCheckCachesVerdicts: a thousand checks of one digest read its signatures once; a verdict
+// older than the recheck interval is verified again; the checks of a key share one verification.
+func TestCheckCachesVerdicts(t *testing.T) {
+	g := NewWithT(t)
+	w := newWorld(t, testutil.WithReferrers())
+	d := w.image(t, "app")
+	w.reg.PushTagSignatures(t, "app", d.Digest, w.key.KeyTagSignature(t, w.repo("app"), d.Digest))
+	now := time.Now()
+	clk := &fakeClock{now: now}
+	var changes int
+	v := &Verifier{Registry: w.client, Reader: reader(t), Clock: clk, RecheckInterval: time.Hour, OnVerdict: func(Key, Verdict) { changes++ }}
+	a := authorities(t, keyRule(w.key.PublicPEM))
+	k := Key{Namespace: "shop", Digest: d.Digest.String(), Authorities: a.ID}
+	w.reg.ResetCounts()
+	done := make(chan bool, 1000)
+	for range 1000 {
+		go func() {
+			verdict, ok := v.Check(context.Background(), k, a, w.repo("app"), nil, 0)
+			done <- ok && verdict.Verified
+		}()
+	}
+	for range 1000 {
+		g.Expect(<-done).To(BeTrue())
+	}
+	g.Expect(v.Reads()).To(Equal(int64(1)))
+	reads := w.reg.Counts().Requests
+	g.Expect(reads).To(BeNumerically(">", 0))
+	g.Expect(changes).To(Equal(1))
+
+	clk.now = now.Add(2 * time.Hour)
+	verdict, ok := v.Check(context.Background(), k, a, w.repo("app"), nil, 0)
+	g.Expect(ok && verdict.Verified).To(BeTrue())
+	g.Expect(v.Reads()).To(Equal(int64(2)))
+	g.Expect(changes).To(Equal(1), "the same verdict again is no change")
+
+	// A context that ends first: the stale verdict stands; none when there is none.
+	clk.now = now.Add(4 * time.Hour)
+	w.reg.SetFault(w.reg.HangFault())
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	verdict, ok = v.Check(ctx, k, a, w.repo("app"), nil, 0)
+	g.Expect(ok && verdict.Verified).To(BeTrue())
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel2()
+	_, ok = v.Check(ctx2, Key{Namespace: "other", Digest: k.Digest, Authorities: k.Authorities}, a, w.repo("app"), nil, 0)
+	g.Expect(ok).To(BeFalse())
+}
+
+type fakeClock struct{ now time.Time }
+
+func (c *fakeClock) Now() time.Time                  { return c.now }
+func (c *fakeClock) Since(t time.Time) time.Duration { return c.now.Sub(t) }

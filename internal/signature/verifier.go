@@ -1,0 +1,354 @@
+package signature
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/policy"
+	"github.com/imageguard/imageguard/internal/registry"
+)
+
+// Verdict is the outcome of reading and verifying a digest's signatures against one authority set.
+type Verdict struct {
+	Verified bool
+	// Reason (securityv1alpha1.ReasonSignature*, ReasonIdentityMismatch, ReasonTrustRootInvalid,
+	// ReasonRegistryError) and Message say why none verified.
+	Reason, Message string
+	// Signers are, per authority that verified, who signed and where.
+	Signers   []securityv1alpha1.Signer
+	CheckedAt time.Time
+}
+
+// Policy returns the verdict as a policy judges it.
+func (v Verdict) Policy() policy.SignatureVerdict {
+	out := policy.SignatureVerdict{Verified: v.Verified, Reason: v.Reason, Message: v.Message, CheckedAt: v.CheckedAt}
+	for _, s := range v.Signers {
+		out.SignedBy = append(out.SignedBy, s.Identity+" ("+s.Authority+")")
+	}
+	return out
+}
+
+// transient reports whether the verdict may change without the image or the policy changing: the
+// registry or the trust material failed.
+func (v Verdict) transient() bool {
+	return v.Reason == securityv1alpha1.ReasonRegistryError || v.Reason == securityv1alpha1.ReasonTrustRootInvalid
+}
+
+// Key is what a cached verdict is for: the namespace (whose pull secrets read the signatures), the
+// digest and the authority set.
+type Key struct{ Namespace, Digest, Authorities string }
+
+// Defaults of a Verifier.
+const (
+	DefaultRecheckInterval = time.Hour
+	DefaultTimeout         = 30 * time.Second
+	// transientFor is how long a verdict of a failing registry or trust material is kept.
+	transientFor = time.Minute
+	// maxEntries bounds the cache; the least recently used half goes when it is full.
+	maxEntries = 50_000
+	// materialFor is how long the keys and trust root read for an authority set are reused.
+	materialFor = 30 * time.Second
+)
+
+// Verifier reads and verifies signatures, keeping verdicts per Key: one verification per key at
+// a time, each within its own deadline, whoever waits for it.
+type Verifier struct {
+	// Registry reaches registries (deadlines, size bounds, insecure hosts).
+	Registry *registry.Client
+	// Reader reads the policies' key Secrets and trust-root ConfigMaps and Secrets: uncached.
+	Reader client.Reader
+	Clock  clock.PassiveClock
+	// RecheckInterval is how long a verdict stands before it is verified again; 0:
+	// DefaultRecheckInterval.
+	RecheckInterval time.Duration
+	// Timeout bounds one verification (material, registry reads, crypto); 0: DefaultTimeout.
+	Timeout time.Duration
+	// MaxConcurrent bounds the verifications in flight (default 8); the others wait their turn.
+	MaxConcurrent int
+	// OnVerdict, when set, is told of each verdict that differs from the one before for its key.
+	OnVerdict func(Key, Verdict)
+
+	once      sync.Once
+	sem       chan struct{}
+	mu        sync.Mutex
+	entries   map[Key]*entry
+	materials map[string]cachedMaterial
+	reads     atomic.Int64
+}
+
+type entry struct {
+	verdict  Verdict
+	has      bool
+	running  chan struct{} // closed when the verification in flight ends; nil when none
+	lastUsed time.Time
+}
+
+type cachedMaterial struct {
+	m   *material
+	err error
+	at  time.Time
+}
+
+func (v *Verifier) init() {
+	v.once.Do(func() {
+		if v.RecheckInterval <= 0 {
+			v.RecheckInterval = DefaultRecheckInterval
+		}
+		if v.Timeout <= 0 {
+			v.Timeout = DefaultTimeout
+		}
+		if v.MaxConcurrent <= 0 {
+			v.MaxConcurrent = 8
+		}
+		if v.Clock == nil {
+			v.Clock = clock.RealClock{}
+		}
+		v.sem = make(chan struct{}, v.MaxConcurrent)
+		v.entries = map[Key]*entry{}
+		v.materials = map[string]cachedMaterial{}
+	})
+}
+
+// Reads counts the verifications that read a registry.
+func (v *Verifier) Reads() int64 { return v.reads.Load() }
+
+// FreshFor is how long verdict stands: the recheck interval, a minute for a failing registry or
+// trust material.
+func (v *Verifier) FreshFor(verdict Verdict) time.Duration {
+	v.init()
+	if verdict.transient() {
+		return min(v.RecheckInterval, transientFor)
+	}
+	return v.RecheckInterval
+}
+
+// Cached returns the verdict kept for k, and whether it is younger than maxAge (0: FreshFor).
+func (v *Verifier) Cached(k Key, maxAge time.Duration) (Verdict, bool, bool) {
+	v.init()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	e, ok := v.entries[k]
+	if !ok || !e.has {
+		return Verdict{}, false, false
+	}
+	e.lastUsed = v.Clock.Now()
+	return e.verdict, true, v.fresh(e.verdict, maxAge)
+}
+
+func (v *Verifier) fresh(verdict Verdict, maxAge time.Duration) bool {
+	age := v.Clock.Since(verdict.CheckedAt)
+	if maxAge <= 0 || maxAge > v.FreshFor(verdict) {
+		maxAge = v.FreshFor(verdict)
+	}
+	return age >= 0 && age < maxAge
+}
+
+// Check returns the verdict for k (of repo@k.Digest under a): the kept one when it is younger
+// than maxAge (0: FreshFor), else a new verification's, waited for until ctx ends. The
+// verification goes on after ctx ends, within its own deadline, and its verdict is kept. When ctx
+// ends first, the kept verdict is returned however old (ok true), or none (ok false).
+func (v *Verifier) Check(ctx context.Context, k Key, a *policy.SignatureAuthorities, repo string, keychain authn.Keychain, maxAge time.Duration) (Verdict, bool) {
+	v.init()
+	now := v.Clock.Now()
+	v.mu.Lock()
+	e, ok := v.entries[k]
+	if !ok {
+		if len(v.entries) >= maxEntries {
+			v.evictLocked()
+		}
+		e = &entry{}
+		v.entries[k] = e
+	}
+	e.lastUsed = now
+	if e.has && v.fresh(e.verdict, maxAge) {
+		verdict := e.verdict
+		v.mu.Unlock()
+		return verdict, true
+	}
+	if e.running == nil {
+		e.running = make(chan struct{})
+		go v.run(k, e, a, repo, keychain)
+	}
+	running := e.running
+	v.mu.Unlock()
+	select {
+	case <-running:
+	case <-ctx.Done():
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return e.verdict, e.has
+}
+
+// run verifies k and keeps its verdict.
+func (v *Verifier) run(k Key, e *entry, a *policy.SignatureAuthorities, repo string, keychain authn.Keychain) {
+	ctx, cancel := context.WithTimeout(context.Background(), v.Timeout)
+	defer cancel()
+	var verdict Verdict
+	select {
+	case v.sem <- struct{}{}:
+		verdict = v.Verify(ctx, a, repo, k.Digest, keychain)
+		<-v.sem
+	case <-ctx.Done():
+		verdict = Verdict{Reason: securityv1alpha1.ReasonRegistryError, CheckedAt: v.Clock.Now(),
+			Message: "too many signature verifications in flight; not verified within " + v.Timeout.String()}
+	}
+	v.mu.Lock()
+	changed := !e.has || !sameVerdict(e.verdict, verdict)
+	e.verdict, e.has = verdict, true
+	close(e.running)
+	e.running = nil
+	if _, ok := v.entries[k]; !ok && len(v.entries) < maxEntries {
+		v.entries[k] = e // evicted while it ran
+	}
+	v.mu.Unlock()
+	if changed && v.OnVerdict != nil {
+		v.OnVerdict(k, verdict)
+	}
+}
+
+// sameVerdict compares verdicts but for when they were made.
+func sameVerdict(a, b Verdict) bool {
+	if a.Verified != b.Verified || a.Reason != b.Reason || a.Message != b.Message || len(a.Signers) != len(b.Signers) {
+		return false
+	}
+	for i := range a.Signers {
+		if a.Signers[i] != b.Signers[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// evictLocked drops the least recently used half of the entries that are not running.
+func (v *Verifier) evictLocked() {
+	var cutoff time.Time
+	times := make([]time.Time, 0, len(v.entries))
+	for _, e := range v.entries {
+		times = append(times, e.lastUsed)
+	}
+	if len(times) == 0 {
+		return
+	}
+	slices.SortFunc(times, time.Time.Compare)
+	cutoff = times[len(times)/2]
+	for k, e := range v.entries {
+		if e.running == nil && !e.lastUsed.After(cutoff) {
+			delete(v.entries, k)
+		}
+	}
+}
+
+// Forget drops the verdicts of namespace's keys for which keep returns false (nil: all of the
+// namespace's).
+func (v *Verifier) Forget(keep func(Key) bool) {
+	v.init()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for k, e := range v.entries {
+		if e.running == nil && (keep == nil || !keep(k)) {
+			delete(v.entries, k)
+		}
+	}
+}
+
+// Verify reads repo@digest's signatures with keychain and verifies them against a, without the
+// cache.
+func (v *Verifier) Verify(ctx context.Context, a *policy.SignatureAuthorities, repo, digest string, keychain authn.Keychain) Verdict {
+	v.init()
+	m, err := v.material(ctx, a)
+	if err != nil {
+		return Verdict{Reason: securityv1alpha1.ReasonTrustRootInvalid, Message: truncate(err.Error()), CheckedAt: v.Clock.Now()}
+	}
+	v.reads.Add(1)
+	f := fetch(ctx, v.Registry, repo, digest, keychain)
+	return judge(m, f, digest, v.Clock.Now())
+}
+
+// material returns a's keys and trust root, read at most every materialFor.
+func (v *Verifier) material(ctx context.Context, a *policy.SignatureAuthorities) (*material, error) {
+	now := v.Clock.Now()
+	v.mu.Lock()
+	c, ok := v.materials[a.ID]
+	v.mu.Unlock()
+	if ok && now.Sub(c.at) < materialFor && now.Sub(c.at) >= 0 {
+		return c.m, c.err
+	}
+	m, err := readMaterial(ctx, v.Reader, a)
+	v.mu.Lock()
+	if len(v.materials) > 1024 {
+		clear(v.materials)
+	}
+	v.materials[a.ID] = cachedMaterial{m: m, err: err, at: now}
+	v.mu.Unlock()
+	return m, err
+}
+
+// judge verifies what was found against m: verified when any candidate verifies against any
+// authority; else the reason: a failed read (the signature that would verify may be what it did
+// not read), an identity mismatch, an invalid signature, or none at all.
+func judge(m *material, f found, digest string, now time.Time) Verdict {
+	out := Verdict{CheckedAt: now}
+	var mismatch, invalid error
+	seen := map[securityv1alpha1.Signer]bool{}
+	for _, c := range f.candidates {
+		o := m.check(c, digest)
+		for _, s := range o.signers {
+			if !seen[s] && len(out.Signers) < 2*securityv1alpha1.MaxSignatureChecks {
+				seen[s] = true
+				out.Signers = append(out.Signers, s)
+			}
+		}
+		if o.mismatch != nil {
+			mismatch = o.mismatch
+		}
+		if o.invalid != nil {
+			invalid = fmt.Errorf("%s: %w", c.where, o.invalid)
+		}
+	}
+	switch {
+	case len(out.Signers) > 0:
+		out.Verified = true
+		out.Message = fmt.Sprintf("%d signature(s) found, verified by %d authority(ies)", len(f.candidates), len(out.Signers))
+	case f.readErr != nil:
+		out.Reason = securityv1alpha1.ReasonRegistryError
+		out.Message = "reading the signatures failed: " + f.readErr.Error()
+		if len(f.candidates) > 0 {
+			out.Message += fmt.Sprintf(" (%d other signature(s) read, none verifies)", len(f.candidates))
+		}
+	case mismatch != nil:
+		out.Reason = securityv1alpha1.ReasonIdentityMismatch
+		out.Message = mismatch.Error()
+	case invalid != nil:
+		out.Reason = securityv1alpha1.ReasonSignatureInvalid
+		out.Message = fmt.Sprintf("%d signature(s) found, none verifies; last: %v", len(f.candidates), invalid)
+	default:
+		out.Reason = securityv1alpha1.ReasonSignatureMissing
+		out.Message = "no signature: no cosign signature tag and no Sigstore bundle refers to " + digest
+	}
+	out.Message = truncate(out.Message)
+	return out
+}
+
+// truncate bounds a message to what a status holds.
+func truncate(s string) string {
+	const limit = 1000
+	if len(s) <= limit {
+		return s
+	}
+	return strings.ToValidUTF8(s[:limit], "") + "..."
+}
+
+// IsTrustRootError reports whether err is an error of a policy's trust material.
+func IsTrustRootError(err error) bool { return errors.Is(err, errTrustRoot) }
