@@ -9,6 +9,7 @@ import (
 
 	"github.com/imageguard/imageguard/internal/admission"
 	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/signature"
 	"github.com/imageguard/imageguard/internal/workload"
 )
 
@@ -40,7 +41,7 @@ type AdmissionOptions struct {
 // setupAdmission serves the validating webhook (admission.ValidatePath) and the ImagePolicyWebhook
 // backend (admission.ImagePolicyPath) on the manager's webhook server, deciding from the
 // gatherer over the manager's cache.
-func setupAdmission(mgr ctrl.Manager, gatherer *workload.Gatherer, clk clock.PassiveClock, opts AdmissionOptions) error {
+func setupAdmission(mgr ctrl.Manager, gatherer *workload.Gatherer, verifier *signature.Verifier, clk clock.PassiveClock, opts AdmissionOptions) error {
 	if opts.ScanQueueCapacity == 0 {
 		opts.ScanQueueCapacity = 1024
 	}
@@ -58,7 +59,7 @@ func setupAdmission(mgr ctrl.Manager, gatherer *workload.Gatherer, clk clock.Pas
 		return err
 	}
 	state := &admission.CacheState{
-		Gatherer: gatherer, Reader: mgr.GetCache(), Secrets: mgr.GetAPIReader(), Clock: clk,
+		Gatherer: gatherer, Reader: mgr.GetCache(), Secrets: mgr.GetAPIReader(), Clock: clk, Verifier: verifier,
 		// A registry that cannot answer in time is asked again after 30s, not on every request.
 		Digests: &registry.DigestCache{TTL: 5 * time.Minute, FailureTTL: 30 * time.Second},
 	}

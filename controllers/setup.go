@@ -15,6 +15,7 @@ import (
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/metrics"
 	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/signature"
 	"github.com/imageguard/imageguard/internal/vap"
 	"github.com/imageguard/imageguard/internal/workload"
 )
@@ -54,6 +55,12 @@ type Options struct {
 	// ReportRefreshInterval is how often at most a report whose findings a new DB left unchanged
 	// is written to bring its DB and scan time up to date; 0 means DefaultReportRefreshInterval.
 	ReportRefreshInterval time.Duration
+	// SignatureRecheckInterval is how long a signature verdict stands before the signatures are
+	// read and verified again; 0 means signature.DefaultRecheckInterval.
+	SignatureRecheckInterval time.Duration
+	// Namespace is the controller's: a ClusterImagePolicy's signature keys and trust root are read
+	// there when it does not say.
+	Namespace string
 }
 
 func (o Options) policyReports() []ReportFormat {
@@ -96,7 +103,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		return err
 	}
 	matches := NewMatches()
-	gatherer := workload.NewGatherer(mgr.GetCache(), "").ReadNamespacesLive(mgr.GetAPIReader()).
+	gatherer := workload.NewGatherer(mgr.GetCache(), opts.Namespace).ReadNamespacesLive(mgr.GetAPIReader()).
 		WithFreshness(Freshness(mgr.GetCache(), matches, opts.ExcludedNamespaces, opts.DBMaxAge, opts.ReportRefreshInterval, opts.Clock))
 	pods := &PodReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Registry: opts.Registry,
@@ -115,6 +122,15 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		MaxAnalysisAge: gatherer.MaxAnalysisAge,
 	}
 	if err := reports.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	// One cache of signature verdicts, for the reports' status and for admission.
+	verifier := &signature.Verifier{Registry: opts.Registry, Reader: mgr.GetAPIReader(), Clock: opts.Clock, RecheckInterval: opts.SignatureRecheckInterval}
+	signatures := &SignatureReconciler{
+		Client: mgr.GetClient(), Gatherer: gatherer, Verifier: verifier, Keychain: reports.keychain, Clock: opts.Clock,
+		RefreshInterval: opts.ReportRefreshInterval, Timeout: opts.ReconcileTimeout,
+	}
+	if err := signatures.SetupWithManager(mgr); err != nil {
 		return err
 	}
 	vdb := &VulnerabilityDatabaseReconciler{
@@ -137,7 +153,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		}
 	}
 	if opts.Admission != nil {
-		if err := setupAdmission(mgr, gatherer, opts.Clock, *opts.Admission); err != nil {
+		if err := setupAdmission(mgr, gatherer, verifier, opts.Clock, *opts.Admission); err != nil {
 			return err
 		}
 	}

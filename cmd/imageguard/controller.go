@@ -32,6 +32,7 @@ import (
 	"github.com/imageguard/imageguard/internal/admission"
 	"github.com/imageguard/imageguard/internal/scanner"
 	"github.com/imageguard/imageguard/internal/scheme"
+	"github.com/imageguard/imageguard/internal/signature"
 	"github.com/imageguard/imageguard/internal/vap"
 	"github.com/imageguard/imageguard/internal/vulndb"
 	"github.com/imageguard/imageguard/internal/webhookcert"
@@ -40,34 +41,36 @@ import (
 // controllerOptions are the flags of `imageguard controller`. Each flag is registered only once the
 // feature behind it exists.
 type controllerOptions struct {
-	ScanConcurrency    int
-	PodConcurrency     int
-	ReconcileTimeout   time.Duration
-	ScanTimeout        time.Duration
-	ReportMaxBytes     int
-	ReportRetention    time.Duration
-	RescanInterval     time.Duration
-	RefreshInterval    time.Duration
-	DBMaxAge           time.Duration
-	PolicyReports      string
-	ExcludedNamespaces []string
-	KubeAPIQPS         float32
-	KubeAPIBurst       int
-	DB                 dbOptions
-	Registry           registryOptions
-	Limits             limitOptions
-	MemoryLimitRatio   float64
-	AnalysisMemory     int64
-	CacheDir           string
-	MetricsAddr        string
-	MetricsSecure      bool
-	EnableHTTP2        bool
-	ProbeAddr          string
-	LeaderElect        bool
-	LeaderElectID      string
-	LeaderElectNS      string
-	Webhook            webhookOptions
-	Zap                zap.Options
+	ScanConcurrency  int
+	PodConcurrency   int
+	ReconcileTimeout time.Duration
+	ScanTimeout      time.Duration
+	ReportMaxBytes   int
+	ReportRetention  time.Duration
+	RescanInterval   time.Duration
+	RefreshInterval  time.Duration
+	// SignatureRecheckInterval is --signature-recheck-interval.
+	SignatureRecheckInterval time.Duration
+	DBMaxAge                 time.Duration
+	PolicyReports            string
+	ExcludedNamespaces       []string
+	KubeAPIQPS               float32
+	KubeAPIBurst             int
+	DB                       dbOptions
+	Registry                 registryOptions
+	Limits                   limitOptions
+	MemoryLimitRatio         float64
+	AnalysisMemory           int64
+	CacheDir                 string
+	MetricsAddr              string
+	MetricsSecure            bool
+	EnableHTTP2              bool
+	ProbeAddr                string
+	LeaderElect              bool
+	LeaderElectID            string
+	LeaderElectNS            string
+	Webhook                  webhookOptions
+	Zap                      zap.Options
 }
 
 // webhookOptions configure admission: the webhook server and its certificates.
@@ -136,6 +139,8 @@ func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.RescanInterval, "rescan-interval", 24*time.Hour, "How often every report is checked again without any event (with jitter), so none stays stale if an event is missed.")
 	fs.DurationVar(&o.RefreshInterval, "report-refresh-interval", controllers.DefaultReportRefreshInterval,
 		"How often at most a report whose findings a new DB left unchanged is written to bring its status.vulnerabilityDB and lastScanTime up to date (writes at rest: at most one per report per interval).")
+	fs.DurationVar(&o.SignatureRecheckInterval, "signature-recheck-interval", signature.DefaultRecheckInterval,
+		"How long a signature verdict stands before an image's signatures are read and verified again (a policy change re-checks at once; a failing registry or trust root is retried after a minute).")
 	fs.DurationVar(&o.DBMaxAge, "db-max-age", controllers.DefaultDBMaxAge,
 		"How old the vulnerability DB in use may be (from its build time) before it is Stale: every maxScanAge rule then fails with reason DatabaseStale.")
 	fs.StringVar(&o.PolicyReports, "policy-reports", string(controllers.FormatWGPolicy),
@@ -192,8 +197,8 @@ func parseControllerFlags(args []string, output io.Writer) (*controllerOptions, 
 	if _, err := controllers.ParseReportFormats(opts.PolicyReports); err != nil {
 		return nil, fmt.Errorf("--policy-reports: %w", err)
 	}
-	if opts.RefreshInterval <= 0 || opts.DBMaxAge <= 0 {
-		return nil, errors.New("--report-refresh-interval and --db-max-age must be positive")
+	if opts.RefreshInterval <= 0 || opts.DBMaxAge <= 0 || opts.SignatureRecheckInterval <= 0 {
+		return nil, errors.New("--report-refresh-interval, --db-max-age and --signature-recheck-interval must be positive")
 	}
 	if opts.Webhook.DecisionBudget <= 0 {
 		return nil, errors.New("--admission-decision-budget must be positive")
@@ -269,6 +274,7 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 	return controllers.Setup(mgr, controllers.Options{
 		AdmissionPolicies: admissionPolicies, PolicyReports: formats,
 		ReportRefreshInterval: opts.RefreshInterval, DBMaxAge: opts.DBMaxAge,
+		SignatureRecheckInterval: opts.SignatureRecheckInterval, Namespace: os.Getenv("POD_NAMESPACE"),
 		Registry: reg, Scanner: s, DB: db,
 		ScanConcurrency: opts.ScanConcurrency, ReportMaxBytes: opts.ReportMaxBytes,
 		PodConcurrency: opts.PodConcurrency, ReconcileTimeout: opts.ReconcileTimeout, ScanTimeout: opts.ScanTimeout,

@@ -16,6 +16,7 @@ const usage = `imageguard keeps every image running in a cluster scanned for vul
 Usage:
   imageguard [controller] [flags]   run the controller manager (the default command)
   imageguard scan IMAGE [flags]     scan one image with the same engine and print its findings
+  imageguard verify IMAGE [flags]   verify the image's signatures as a policy's signature rule does
   imageguard help                   show this help
 
 Run 'imageguard COMMAND --help' for the flags of a command.
@@ -36,6 +37,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runController(args, stderr)
 	case "scan":
 		return runScan(args, stdout, stderr)
+	case "verify":
+		return runVerify(args, stdout, stderr)
 	case "analyze-worker":
 		// Not for users: the controller runs one per analysis (scanner.WorkerOptions).
 		return scanner.RunWorker(os.Stdin, stdout)

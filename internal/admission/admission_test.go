@@ -34,6 +34,12 @@ type state struct {
 	err      error
 	// resolved records the images the decision asked to look up.
 	resolved *[]string
+	// signatures are the verdicts by digest.
+	signatures map[string]map[string]policy.SignatureVerdict
+}
+
+func (s state) Signatures(_ context.Context, _ string, _ *corev1.PodSpec, img policy.Image, _ []*policy.SignatureAuthorities) map[string]policy.SignatureVerdict {
+	return s.signatures[img.Digest]
 }
 
 func (s state) Policies(context.Context, string, ...map[string]string) ([]*workload.Policy, error) {
@@ -318,6 +324,46 @@ func TestRefusedForBeingUnscannedQueuesTheScan(t *testing.T) {
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(d.Allowed).To(BeFalse())
 			g.Expect(q.images).To(Equal(tt.wantQueued))
+		})
+	}
+}
+
+// TestDecideSignatures: a verdict decides (a failure names the rule and its reason); an image
+// whose signatures are not verified in time is onUnscanned's to decide; Audit policies cost no
+// verification.
+func TestDecideSignatures(t *testing.T) {
+	key := "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEhJ7dxYgvE3kSrxrKMdszwP19Y/Sc\nhaQ36JeeApx/SPmcPHU70x4uQy+p6HIfgQMrW0GNIhxytt2SFs3iH3/pCw==\n-----END PUBLIC KEY-----\n"
+	signed := securityv1alpha1.PolicyRules{Signatures: &securityv1alpha1.SignatureRule{Required: true, Keys: []securityv1alpha1.SignatureKey{{PublicKey: key}}}}
+	enforce := compiled(t, "ClusterImagePolicy/signed", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, signed)
+	id := enforce.Rules.Signatures().ID
+	const good, bad, slow = "sha256:" + "1111111111111111111111111111111111111111111111111111111111111111",
+		"sha256:" + "2222222222222222222222222222222222222222222222222222222222222222",
+		"sha256:" + "3333333333333333333333333333333333333333333333333333333333333333"
+	verdicts := map[string]map[string]policy.SignatureVerdict{
+		good: {id: {Verified: true, SignedBy: []string{"SHA256:x (key #1)"}}},
+		bad:  {id: {Reason: securityv1alpha1.ReasonSignatureMissing, Message: "no signature"}},
+	}
+	tests := map[string]struct {
+		policy      *workload.Policy
+		digest      string
+		wantAllowed bool
+		wantMessage string
+	}{
+		"signed":                        {policy: enforce, digest: good, wantAllowed: true},
+		"unsigned":                      {policy: enforce, digest: bad, wantMessage: "ClusterImagePolicy/signed: registry.example.com/app@" + bad + ": signatures: no signature"},
+		"not verified in time, Allow":   {policy: enforce, digest: slow, wantAllowed: true},
+		"not verified in time, Deny":    {policy: compiled(t, "ClusterImagePolicy/signed", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, signed), digest: slow, wantMessage: "signatures not verified in time (onUnscanned: Deny)"},
+		"audit: unsigned, yet admitted": {policy: compiled(t, "ClusterImagePolicy/signed", securityv1alpha1.EnforcementAudit, securityv1alpha1.UnscannedDeny, signed), digest: bad, wantAllowed: true},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			s := state{policies: []*workload.Policy{tt.policy}, signatures: verdicts}
+			req := Request{Namespace: "shop", Containers: []workload.Container{{Name: "app", Image: "registry.example.com/app@" + tt.digest, Type: workload.RegularContainer}}}
+			d, err := Decide(context.Background(), s, req, now)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(d.Allowed).To(Equal(tt.wantAllowed), d.Message)
+			g.Expect(d.Message).To(ContainSubstring(tt.wantMessage))
 		})
 	}
 }

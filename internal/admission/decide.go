@@ -36,6 +36,10 @@ type State interface {
 	Reports(ctx context.Context, namespace string, spec *corev1.PodSpec, images []policy.Image, resolve []bool) (digests []string, reports, lastKnown []*policy.Report)
 	// OptedOut reports whether a namespace turned the validating webhook off (OptOutLabel).
 	OptedOut(ctx context.Context, namespace string) bool
+	// Signatures returns the verdicts on the signatures of img (its digest known) under each of
+	// sets, as seen from namespace: a kept one at once, else one verified before ctx ends with
+	// the pull secrets of spec; a set with no verdict in time is absent.
+	Signatures(ctx context.Context, namespace string, spec *corev1.PodSpec, img policy.Image, sets []*policy.SignatureAuthorities) map[string]policy.SignatureVerdict
 }
 
 // Decision is the answer to one request.
@@ -78,7 +82,7 @@ func Decide(ctx context.Context, state State, req Request, now time.Time) (Decis
 		images = append(images, img)
 	}
 	unknown := make([]bool, len(images))
-	if d := judge(policies, images, unknown, now); !d.Allowed {
+	if d := judge(policies, images, unknown, false, now); !d.Allowed {
 		return d, nil // refused on what the references say: no lookup can change that
 	}
 	resolve := make([]bool, len(images))
@@ -111,9 +115,48 @@ func Decide(ctx context.Context, state State, req Request, now time.Time) (Decis
 		// named last, so that they can refuse it; passing them, it is still unscanned.
 		images[i].Report = lastKnown[i]
 	}
-	d := judge(policies, images, unknown, now)
+	verifySignatures(lookups, state, req, policies, images, digests)
+	d := judge(policies, images, unknown, true, now)
 	d.Unscanned = unscanned
 	return d, nil
+}
+
+// verifySignatures gives each image whose digest is known (digests, as looked up) the verdicts on its signatures of the
+// authority sets of the policies that enforce or warn on it, in parallel, within ctx: what is not
+// verified in time stays absent (SignaturePending, for onUnscanned to decide).
+func verifySignatures(ctx context.Context, state State, req Request, policies []*workload.Policy, images []policy.Image, digests []string) {
+	type answer struct {
+		i        int
+		verdicts map[string]policy.SignatureVerdict
+	}
+	answers := make(chan answer, len(images))
+	pending := 0
+	for i, img := range images {
+		if digests[i] != "" {
+			img.Digest = digests[i]
+		}
+		if img.Digest == "" {
+			continue
+		}
+		var sets []*policy.SignatureAuthorities
+		for _, p := range policies {
+			if a := p.Rules.Signatures(); a != nil && p.Enforcement != securityv1alpha1.EnforcementAudit && len(p.MatchImages(images[i:i+1])) > 0 &&
+				!slices.ContainsFunc(sets, func(s *policy.SignatureAuthorities) bool { return s.ID == a.ID }) {
+				sets = append(sets, a)
+			}
+		}
+		if len(sets) == 0 {
+			continue
+		}
+		pending++
+		go func(i int, img policy.Image) {
+			answers <- answer{i, state.Signatures(ctx, req.Namespace, req.PodSpec, img, sets)}
+		}(i, img)
+	}
+	for ; pending > 0; pending-- {
+		a := <-answers // Signatures returns by the end of ctx
+		images[a.i].Signatures = a.verdicts
+	}
 }
 
 // lookupContext is ctx for the lookups: they end a tenth of what is left of ctx's deadline (at
@@ -129,8 +172,9 @@ func lookupContext(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // judge evaluates every policy over the images it matches. An image without a report fails the
 // rules that need one only as onUnscanned says, and so does an unscanned one (judged by the
-// findings of its tag's last digest, which only refuse).
-func judge(policies []*workload.Policy, images []policy.Image, unscanned []bool, now time.Time) Decision {
+// findings of its tag's last digest, which only refuse). Signatures not verified are left to
+// onUnscanned too, once final (before the lookups, they are not verified yet: no refusal).
+func judge(policies []*workload.Policy, images []policy.Image, unscanned []bool, final bool, now time.Time) Decision {
 	d := Decision{Allowed: true, Audit: map[string]string{}}
 	var denials []string
 	onlyUnscanned := true
@@ -147,6 +191,13 @@ func judge(policies []*workload.Policy, images []policy.Image, unscanned []bool,
 			}
 		}
 		for _, r := range p.Rules.Evaluate(matched, now).Results {
+			if r.Reason == policy.ReasonSignaturePending {
+				if final && p.OnUnscanned == securityv1alpha1.UnscannedDeny {
+					failures = append(failures, fmt.Sprintf("%s: %s: signatures not verified in time (onUnscanned: Deny)", r.Image, r.Rule))
+					unscannedOnly = false
+				}
+				continue
+			}
 			// An unscanned image is onUnscanned's to decide.
 			if (r.Failed || r.NotEvaluable) && r.Reason != policy.ReasonNotScanned {
 				failures = append(failures, r.String())

@@ -17,6 +17,7 @@ import (
 	"github.com/imageguard/imageguard/internal/imageref"
 	"github.com/imageguard/imageguard/internal/policy"
 	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/signature"
 	"github.com/imageguard/imageguard/internal/workload"
 )
 
@@ -43,6 +44,9 @@ type CacheState struct {
 	Resolver Resolver
 	// Digests keeps tag lookups per namespace; nil looks every tag up again.
 	Digests *registry.DigestCache
+	// Verifier verifies signatures, keeping verdicts (shared with the report controller); nil:
+	// only the verdicts reports hold are known.
+	Verifier *signature.Verifier
 	// MaxLookups bounds the registry lookups in flight (default 64), and a quarter of them the
 	// lookups of one namespace, so that no namespace starves the others; a tag beyond is unscanned.
 	MaxLookups int
@@ -146,6 +150,59 @@ collect:
 		reports[i] = s.Gatherer.Report(cache, namespace, img)
 	}
 	return digests, reports, lastKnown
+}
+
+// failedVerdictAge is how old a failed signature verdict may be at admission: an image signed a
+// moment ago is then admitted at the next try, while a flood of refused creates costs a
+// signature read per digest every 30s at most.
+const failedVerdictAge = 30 * time.Second
+
+// Signatures returns img's verdicts under sets (see State): the Verifier's, kept or verified
+// within ctx, else what img's report holds.
+func (s *CacheState) Signatures(ctx context.Context, namespace string, spec *corev1.PodSpec, img policy.Image, sets []*policy.SignatureAuthorities) map[string]policy.SignatureVerdict {
+	known := s.Gatherer.Signatures(context.WithoutCancel(ctx), namespace, img)
+	out := make(map[string]policy.SignatureVerdict, len(sets))
+	if s.Verifier == nil {
+		for _, a := range sets {
+			if v, ok := known[a.ID]; ok {
+				out[a.ID] = v
+			}
+		}
+		return out
+	}
+	// The verification outlives the request: its keychain reads the pull secrets on its own
+	// deadline, not the request's.
+	keychain := workload.LazyKeychain(func() (authn.Keychain, error) {
+		kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return workload.Keychain(kctx, s.Secrets, namespace, spec)
+	})
+	type answer struct {
+		id string
+		v  policy.SignatureVerdict
+		ok bool
+	}
+	answers := make(chan answer, len(sets))
+	for _, a := range sets {
+		go func(a *policy.SignatureAuthorities) {
+			k := signature.Key{Namespace: namespace, Digest: img.Digest, Authorities: a.ID}
+			maxAge := time.Duration(0)
+			if v, ok, _ := s.Verifier.Cached(k, 0); ok && !v.Verified {
+				maxAge = failedVerdictAge
+			}
+			v, ok := s.Verifier.Check(ctx, k, a, img.Repository, keychain, maxAge)
+			answers <- answer{a.ID, v.Policy(), ok}
+		}(a)
+	}
+	for range sets {
+		a := <-answers
+		if a.ok {
+			out[a.id] = a.v
+		} else if v, ok := known[a.id]; ok {
+			out[a.id] = v // not verified in time: what the report last said
+		}
+	}
+	return out
 }
 
 // errNotAsked is a lookup ImageGuard did not make: its registry timed out a moment ago, too many

@@ -7,8 +7,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -21,10 +19,8 @@ import (
 	protobundle "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
 	protodsse "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
-	protorekor "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	"github.com/sigstore/sigstore-go/pkg/testing/ca"
-	"github.com/sigstore/sigstore-go/pkg/tlog"
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/sigstore/sigstore/pkg/signature/dsse"
 	corev1 "k8s.io/api/core/v1"
@@ -65,34 +61,8 @@ func newWorld(t *testing.T, opts ...testutil.RegistryOption) *world {
 	if w.sigstore, err = ca.NewVirtualSigstore(); err != nil {
 		t.Fatal(err)
 	}
-	w.trustRoot = trustRootJSON(t, w.sigstore)
+	w.trustRoot = testutil.TrustRootJSON(t, w.sigstore)
 	return w
-}
-
-// trustRootJSON is vs's trusted_root.json. The test Sigstore's log IDs are the hex of its key's
-// digest where a trusted root holds the digest itself: they are decoded, or the round trip through
-// JSON would name another log.
-func trustRootJSON(t *testing.T, vs *ca.VirtualSigstore) []byte {
-	t.Helper()
-	logs := map[string]*root.TransparencyLog{}
-	for id, l := range vs.RekorLogs() {
-		raw, err := hex.DecodeString(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := *l
-		c.ID = raw
-		logs[id] = &c
-	}
-	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, vs.FulcioCertificateAuthorities(), nil, vs.TimestampingAuthorities(), logs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := tr.MarshalJSON()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
 }
 
 // image pushes a distinct image as repo:tag and returns its descriptor.
@@ -115,56 +85,6 @@ func (w *world) image(t *testing.T, repo string) v1.Descriptor {
 }
 
 func (w *world) repo(name string) string { return w.reg.Host() + "/" + name }
-
-// keylessBundle is the test Sigstore's signature of statement (a DSSE envelope, a Rekor entry with
-// its inclusion proof, an RFC 3161 timestamp) as a v0.3 bundle, the form cosign v3 attaches.
-func keylessBundle(t *testing.T, vs *ca.VirtualSigstore, identity, oidcIssuer string, statement []byte) []byte {
-	t.Helper()
-	e, err := vs.AttestAtTime(identity, oidcIssuer, statement, time.Now().Add(time.Minute), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vc, _ := e.VerificationContent()
-	sc, _ := e.SignatureContent()
-	env := sc.EnvelopeContent().RawEnvelope()
-	payload, _ := base64.StdEncoding.DecodeString(env.Payload)
-	sig, _ := base64.StdEncoding.DecodeString(env.Signatures[0].Sig)
-	entries, _ := e.TlogEntries()
-	tss, _ := e.Timestamps()
-	b := &protobundle.Bundle{
-		MediaType: testutil.BundleMediaType,
-		VerificationMaterial: &protobundle.VerificationMaterial{
-			Content: &protobundle.VerificationMaterial_Certificate{Certificate: &protocommon.X509Certificate{RawBytes: vc.Certificate().Raw}},
-		},
-		Content: &protobundle.Bundle_DsseEnvelope{DsseEnvelope: &protodsse.Envelope{
-			Payload: payload, PayloadType: env.PayloadType, Signatures: []*protodsse.Signature{{Sig: sig}},
-		}},
-	}
-	for _, entry := range entries {
-		b.VerificationMaterial.TlogEntries = append(b.VerificationMaterial.TlogEntries, withKind(t, entry))
-	}
-	for _, ts := range tss {
-		if b.VerificationMaterial.TimestampVerificationData == nil {
-			b.VerificationMaterial.TimestampVerificationData = &protobundle.TimestampVerificationData{}
-		}
-		b.VerificationMaterial.TimestampVerificationData.Rfc3161Timestamps = append(b.VerificationMaterial.TimestampVerificationData.Rfc3161Timestamps,
-			&protocommon.RFC3161SignedTimestamp{SignedTimestamp: ts})
-	}
-	return testutil.BundleJSON(t, b)
-}
-
-// withKind is entry's proto form with the kind and version its body names (tlog.NewEntry does not
-// fill them in).
-func withKind(t *testing.T, entry *tlog.Entry) *protorekor.TransparencyLogEntry {
-	t.Helper()
-	tle := entry.TransparencyLogEntry()
-	var body struct{ Kind, APIVersion string }
-	if err := json.Unmarshal(tle.CanonicalizedBody, &body); err != nil {
-		t.Fatal(err)
-	}
-	tle.KindVersion = &protorekor.KindVersion{Kind: body.Kind, Version: body.APIVersion}
-	return tle
-}
 
 // expiredCertBundle is a DSSE signature of statement by a certificate of a CA of its own that
 // expired an hour ago, with no timestamp and no log entry; it returns the CA's trust root too.
@@ -280,7 +200,7 @@ func testVerify(t *testing.T, w *world) {
 	w.reg.PushBundle(t, "bundle-key", bundleKey, w.key.KeyBundle(t, testutil.CosignSignStatement(t, bundleKey.Digest, CosignSignPredicate)))
 	// Keyless, bundle referrer, through the test Sigstore (Fulcio, Rekor, TSA).
 	keyless := w.image(t, "keyless")
-	w.reg.PushBundle(t, "keyless", keyless, keylessBundle(t, w.sigstore, subject, issuer, testutil.CosignSignStatement(t, keyless.Digest, CosignSignPredicate)))
+	w.reg.PushBundle(t, "keyless", keyless, testutil.KeylessBundle(t, w.sigstore, subject, issuer, testutil.CosignSignStatement(t, keyless.Digest, CosignSignPredicate)))
 	// Unsigned.
 	w.image(t, "unsigned")
 	// Signed by another key.
@@ -299,7 +219,7 @@ func testVerify(t *testing.T, w *world) {
 	w.reg.PushBundle(t, "attested", attested, w.key.KeyBundle(t, testutil.CosignSignStatement(t, attested.Digest, "https://slsa.dev/provenance/v1")))
 	// A keyless bundle for another digest.
 	keylessOther := w.image(t, "keyless-other")
-	w.reg.PushBundle(t, "keyless-other", keylessOther, keylessBundle(t, w.sigstore, subject, issuer, testutil.CosignSignStatement(t, keyless.Digest, CosignSignPredicate)))
+	w.reg.PushBundle(t, "keyless-other", keylessOther, testutil.KeylessBundle(t, w.sigstore, subject, issuer, testutil.CosignSignStatement(t, keyless.Digest, CosignSignPredicate)))
 	// An expired certificate with no timestamp and no log entry.
 	expired := w.image(t, "expired")
 	expiredBundle, expiredRoot := expiredCertBundle(t, subject, issuer, testutil.CosignSignStatement(t, expired.Digest, CosignSignPredicate))
@@ -309,7 +229,7 @@ func testVerify(t *testing.T, w *world) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherRootJSON := trustRootJSON(t, otherSigstore)
+	otherRootJSON := testutil.TrustRootJSON(t, otherSigstore)
 	r := reader(t, trustRootConfigMap("root", w.trustRoot), trustRootConfigMap("other-root", otherRootJSON),
 		trustRootConfigMap("expired-root", expiredRoot), trustRootConfigMap("garbage", []byte(`{"mediaType": 1}`)),
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "imageguard", Name: "cosign"}, Data: map[string][]byte{"cosign.pub": []byte(w.key.PublicPEM)}})

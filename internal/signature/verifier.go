@@ -267,6 +267,9 @@ func (v *Verifier) Forget(keep func(Key) bool) {
 // cache.
 func (v *Verifier) Verify(ctx context.Context, a *policy.SignatureAuthorities, repo, digest string, keychain authn.Keychain) Verdict {
 	v.init()
+	if v.Registry == nil {
+		return Verdict{Reason: securityv1alpha1.ReasonRegistryError, Message: "no registry client", CheckedAt: v.Clock.Now()}
+	}
 	m, err := v.material(ctx, a)
 	if err != nil {
 		return Verdict{Reason: securityv1alpha1.ReasonTrustRootInvalid, Message: truncate(err.Error()), CheckedAt: v.Clock.Now()}

@@ -373,9 +373,9 @@ func (e *legacyEntity) VerificationContent() (verify.VerificationContent, error)
 	return e.content, nil
 }
 func (e *legacyEntity) SignatureContent() (verify.SignatureContent, error) { return e.signature, nil }
-func (e *legacyEntity) Timestamps() ([][]byte, error)                       { return e.timestamps, nil }
-func (e *legacyEntity) TlogEntries() ([]*tlog.Entry, error)                 { return e.entries, nil }
-func (e *legacyEntity) Version() (string, error)                            { return "v0.3", nil }
+func (e *legacyEntity) Timestamps() ([][]byte, error)                      { return e.timestamps, nil }
+func (e *legacyEntity) TlogEntries() ([]*tlog.Entry, error)                { return e.entries, nil }
+func (e *legacyEntity) Version() (string, error)                           { return "v0.3", nil }
 
 // keyContent is the verification content of a signature by a key: the key is the policy's, which
 // the trusted material gives whatever the hint.

@@ -2,13 +2,23 @@ package testutil
 
 import (
 	"context"
+	"encoding/hex"
+	"time"
+
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
+	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
+	protodsse "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
+	protorekor "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
+	"github.com/sigstore/sigstore-go/pkg/root"
+	"github.com/sigstore/sigstore-go/pkg/testing/ca"
+	"github.com/sigstore/sigstore-go/pkg/tlog"
 	"strings"
 	"testing"
 
@@ -213,4 +223,80 @@ func BundleJSON(t testing.TB, b *protobundle.Bundle) []byte {
 		t.Fatal(err)
 	}
 	return data
+}
+
+// TrustRootJSON is vs's trusted_root.json. The test Sigstore's log IDs are the hex of its key's
+// digest where a trusted root holds the digest itself: they are decoded, or the round trip through
+// JSON would name another log.
+func TrustRootJSON(t testing.TB, vs *ca.VirtualSigstore) []byte {
+	t.Helper()
+	logs := map[string]*root.TransparencyLog{}
+	for id, l := range vs.RekorLogs() {
+		raw, err := hex.DecodeString(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := *l
+		c.ID = raw
+		logs[id] = &c
+	}
+	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, vs.FulcioCertificateAuthorities(), nil, vs.TimestampingAuthorities(), logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := tr.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// KeylessBundle is the test Sigstore's signature of statement (a DSSE envelope, a Rekor entry with
+// its inclusion proof, an RFC 3161 timestamp) as a v0.3 bundle, the form cosign v3 attaches.
+func KeylessBundle(t testing.TB, vs *ca.VirtualSigstore, identity, oidcIssuer string, statement []byte) []byte {
+	t.Helper()
+	e, err := vs.AttestAtTime(identity, oidcIssuer, statement, time.Now().Add(time.Minute), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vc, _ := e.VerificationContent()
+	sc, _ := e.SignatureContent()
+	env := sc.EnvelopeContent().RawEnvelope()
+	payload, _ := base64.StdEncoding.DecodeString(env.Payload)
+	sig, _ := base64.StdEncoding.DecodeString(env.Signatures[0].Sig)
+	entries, _ := e.TlogEntries()
+	tss, _ := e.Timestamps()
+	b := &protobundle.Bundle{
+		MediaType: BundleMediaType,
+		VerificationMaterial: &protobundle.VerificationMaterial{
+			Content: &protobundle.VerificationMaterial_Certificate{Certificate: &protocommon.X509Certificate{RawBytes: vc.Certificate().Raw}},
+		},
+		Content: &protobundle.Bundle_DsseEnvelope{DsseEnvelope: &protodsse.Envelope{
+			Payload: payload, PayloadType: env.PayloadType, Signatures: []*protodsse.Signature{{Sig: sig}},
+		}},
+	}
+	for _, entry := range entries {
+		b.VerificationMaterial.TlogEntries = append(b.VerificationMaterial.TlogEntries, withKind(t, entry))
+	}
+	for _, ts := range tss {
+		if b.VerificationMaterial.TimestampVerificationData == nil {
+			b.VerificationMaterial.TimestampVerificationData = &protobundle.TimestampVerificationData{}
+		}
+		b.VerificationMaterial.TimestampVerificationData.Rfc3161Timestamps = append(b.VerificationMaterial.TimestampVerificationData.Rfc3161Timestamps,
+			&protocommon.RFC3161SignedTimestamp{SignedTimestamp: ts})
+	}
+	return BundleJSON(t, b)
+}
+
+// withKind is entry's proto form with the kind and version its body names (tlog.NewEntry does not
+// fill them in).
+func withKind(t testing.TB, entry *tlog.Entry) *protorekor.TransparencyLogEntry {
+	t.Helper()
+	tle := entry.TransparencyLogEntry()
+	var body struct{ Kind, APIVersion string }
+	if err := json.Unmarshal(tle.CanonicalizedBody, &body); err != nil {
+		t.Fatal(err)
+	}
+	tle.KindVersion = &protorekor.KindVersion{Kind: body.Kind, Version: body.APIVersion}
+	return tle
 }
