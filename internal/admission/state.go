@@ -164,7 +164,7 @@ func (s *CacheState) Signatures(ctx context.Context, namespace string, spec *cor
 	out := make(map[string]policy.SignatureVerdict, len(sets))
 	if s.Verifier == nil {
 		for _, a := range sets {
-			if v, ok := known[a.ID]; ok {
+			if v, ok := known[a.ID]; ok && !v.Verified {
 				out[a.ID] = v
 			}
 		}
@@ -198,8 +198,10 @@ func (s *CacheState) Signatures(ctx context.Context, namespace string, spec *cor
 		a := <-answers
 		if a.ok {
 			out[a.id] = a.v
-		} else if v, ok := known[a.id]; ok {
-			out[a.id] = v // not verified in time: what the report last said
+		} else if v, ok := known[a.id]; ok && !v.Verified {
+			// Not verified in time: a report's failed verdict still refuses, but what a report
+			// says never admits (a status is writable by whoever may patch it, and may be old).
+			out[a.id] = v
 		}
 	}
 	return out

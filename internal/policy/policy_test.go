@@ -334,11 +334,12 @@ func TestSignatureAuthorities(t *testing.T) {
 	g.Expect(id(rule(func(r *securityv1alpha1.SignatureRule) { r.Keyless[0].SubjectRegExp = ".*@example.org" }))).NotTo(Equal(base))
 
 	for name, bad := range map[string]func(*securityv1alpha1.SignatureRule){
-		"bad regexp":     func(r *securityv1alpha1.SignatureRule) { r.Keyless[0].SubjectRegExp = "(" },
-		"two issuers":    func(r *securityv1alpha1.SignatureRule) { r.Keyless[0].IssuerRegExp = ".*" },
-		"no trust root":  func(r *securityv1alpha1.SignatureRule) { r.TrustRoot = nil },
-		"bad inline key": func(r *securityv1alpha1.SignatureRule) { r.Keys = []securityv1alpha1.SignatureKey{{PublicKey: "pem"}} },
-		"nothing":        func(r *securityv1alpha1.SignatureRule) { r.Keyless = nil },
+		"bad regexp":      func(r *securityv1alpha1.SignatureRule) { r.Keyless[0].SubjectRegExp = "(" },
+		"escaping regexp": func(r *securityv1alpha1.SignatureRule) { r.Keyless[0].SubjectRegExp = "x)|(?:.*" },
+		"two issuers":     func(r *securityv1alpha1.SignatureRule) { r.Keyless[0].IssuerRegExp = ".*" },
+		"no trust root":   func(r *securityv1alpha1.SignatureRule) { r.TrustRoot = nil },
+		"bad inline key":  func(r *securityv1alpha1.SignatureRule) { r.Keys = []securityv1alpha1.SignatureKey{{PublicKey: "pem"}} },
+		"nothing":         func(r *securityv1alpha1.SignatureRule) { r.Keyless = nil },
 	} {
 		_, err := Compile(rule(bad))
 		g.Expect(err).To(HaveOccurred(), name)

@@ -86,6 +86,10 @@ func compileSignatures(rule *securityv1alpha1.SignatureRule) (*SignatureAuthorit
 			if re == "" {
 				continue
 			}
+			// On its own first: `x)|(?:.*` compiles once wrapped, and then matches anything.
+			if _, err := regexp.Compile(re); err != nil {
+				return nil, fmt.Errorf("signatures.keyless[%d].%s: %w", i, field, err)
+			}
 			if _, err := regexp.Compile(AnchoredRegExp(re)); err != nil {
 				return nil, fmt.Errorf("signatures.keyless[%d].%s: %w", i, field, err)
 			}

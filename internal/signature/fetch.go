@@ -154,13 +154,14 @@ func fetchBundles(d name.Digest, opts []remote.Option) ([]candidate, error) {
 		return nil, registry.Classify(fmt.Errorf("listing the referrers of %s: %w", d.DigestStr(), err))
 	}
 	var out []candidate
+	inspected := 0
 	for _, desc := range im.Manifests {
 		// cosign names the bundle in artifactType; registries that do not keep artifactType give
 		// the config's media type, the empty one for a bundle.
 		if !strings.HasPrefix(desc.ArtifactType, bundleMediaTypeSub) && desc.ArtifactType != emptyMediaType && desc.ArtifactType != "" {
 			continue // an SBOM, a VEX document, another tool's artifact
 		}
-		if len(out) == MaxBundles {
+		if inspected++; inspected > MaxBundles {
 			out = append(out, candidate{source: securityv1alpha1.SignatureSourceReferrer, where: d.DigestStr(),
 				broken: fmt.Errorf("more than %d Sigstore bundles: the rest are not read", MaxBundles)})
 			break

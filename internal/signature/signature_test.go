@@ -397,3 +397,30 @@ type fakeClock struct{ now time.Time }
 
 func (c *fakeClock) Now() time.Time                  { return c.now }
 func (c *fakeClock) Since(t time.Time) time.Duration { return c.now.Sub(t) }
+
+// TestRotatedKeyRevokesVerdicts: once the key Secret holds another key, a verdict made with the
+// old one no longer stands (within the 30 s the material is reused), although the policy did not
+// change.
+func TestRotatedKeyRevokesVerdicts(t *testing.T) {
+	g := NewWithT(t)
+	w := newWorld(t)
+	d := w.image(t, "app")
+	w.reg.PushTagSignatures(t, "app", d.Digest, w.key.KeyTagSignature(t, w.repo("app"), d.Digest))
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "imageguard", Name: "cosign"}, Data: map[string][]byte{"cosign.pub": []byte(w.key.PublicPEM)}}
+	r := reader(t, secret).(client.Client)
+	now := time.Now()
+	clk := &fakeClock{now: now}
+	v := &Verifier{Registry: w.client, Reader: r, Clock: clk}
+	a := authorities(t, securityv1alpha1.SignatureRule{Keys: []securityv1alpha1.SignatureKey{{SecretRef: &securityv1alpha1.SecretKeySelector{Namespace: "imageguard", Name: "cosign", Key: "cosign.pub"}}}})
+	k := Key{Namespace: "shop", Digest: d.Digest.String(), Authorities: a.ID}
+	verdict, ok := v.Check(context.Background(), k, a, w.repo("app"), nil, 0)
+	g.Expect(ok && verdict.Verified).To(BeTrue(), verdict.Message)
+
+	secret.Data["cosign.pub"] = []byte(w.other.PublicPEM)
+	g.Expect(r.Update(context.Background(), secret)).To(Succeed())
+	clk.now = now.Add(materialFor + time.Second)
+	verdict, ok = v.Check(context.Background(), k, a, w.repo("app"), nil, 0)
+	g.Expect(ok).To(BeTrue())
+	g.Expect(verdict.Verified).To(BeFalse())
+	g.Expect(verdict.Reason).To(Equal(securityv1alpha1.ReasonSignatureInvalid))
+}

@@ -28,6 +28,8 @@ type Verdict struct {
 	// Signers are, per authority that verified, who signed and where.
 	Signers   []securityv1alpha1.Signer
 	CheckedAt time.Time
+	// material is the fingerprint of the keys and trust root it was made with.
+	material string
 }
 
 // Policy returns the verdict as a policy judges it.
@@ -171,6 +173,17 @@ func (v *Verifier) Check(ctx context.Context, k Key, a *policy.SignatureAuthorit
 		v.entries[k] = e
 	}
 	e.lastUsed = now
+	v.mu.Unlock()
+	// A verdict made with other key or trust-root bytes (rotated, revoked) never stands; the
+	// material is read again at most every materialFor.
+	current := ""
+	if m, err := v.material(ctx, a); err == nil {
+		current = m.fingerprint
+	}
+	v.mu.Lock()
+	if e.has && e.verdict.material != current {
+		e.has, e.verdict = false, Verdict{}
+	}
 	if e.has && v.fresh(e.verdict, maxAge) {
 		verdict := e.verdict
 		v.mu.Unlock()
@@ -198,7 +211,7 @@ func (v *Verifier) run(k Key, e *entry, a *policy.SignatureAuthorities, repo str
 	var verdict Verdict
 	select {
 	case v.sem <- struct{}{}:
-		verdict = v.Verify(ctx, a, repo, k.Digest, keychain)
+		verdict = v.safeVerify(ctx, a, repo, k.Digest, keychain)
 		<-v.sem
 	case <-ctx.Done():
 		verdict = Verdict{Reason: securityv1alpha1.ReasonRegistryError, CheckedAt: v.Clock.Now(),
@@ -216,6 +229,18 @@ func (v *Verifier) run(k Key, e *entry, a *policy.SignatureAuthorities, repo str
 	if changed && v.OnVerdict != nil {
 		v.OnVerdict(k, verdict)
 	}
+}
+
+// safeVerify is Verify, a panic in the libraries (on bytes a registry served) turned into an
+// invalid verdict: it runs outside any reconcile, whose recovery would not catch it.
+func (v *Verifier) safeVerify(ctx context.Context, a *policy.SignatureAuthorities, repo, digest string, keychain authn.Keychain) (verdict Verdict) {
+	defer func() {
+		if r := recover(); r != nil {
+			verdict = Verdict{Reason: securityv1alpha1.ReasonSignatureInvalid, CheckedAt: v.Clock.Now(),
+				Message: truncate(fmt.Sprintf("verifying the signatures failed: %v", r))}
+		}
+	}()
+	return v.Verify(ctx, a, repo, digest, keychain)
 }
 
 // sameVerdict compares verdicts but for when they were made.
@@ -276,7 +301,9 @@ func (v *Verifier) Verify(ctx context.Context, a *policy.SignatureAuthorities, r
 	}
 	v.reads.Add(1)
 	f := fetch(ctx, v.Registry, repo, digest, keychain)
-	return judge(m, f, digest, v.Clock.Now())
+	verdict := judge(m, f, digest, v.Clock.Now())
+	verdict.material = m.fingerprint
+	return verdict
 }
 
 // material returns a's keys and trust root, read at most every materialFor.
@@ -290,8 +317,15 @@ func (v *Verifier) material(ctx context.Context, a *policy.SignatureAuthorities)
 	}
 	m, err := readMaterial(ctx, v.Reader, a)
 	v.mu.Lock()
-	if len(v.materials) > 1024 {
-		clear(v.materials)
+	if len(v.materials) > 256 {
+		for id, c := range v.materials {
+			if now.Sub(c.at) >= materialFor {
+				delete(v.materials, id)
+			}
+		}
+		if len(v.materials) > 256 {
+			clear(v.materials)
+		}
 	}
 	v.materials[a.ID] = cachedMaterial{m: m, err: err, at: now}
 	v.mu.Unlock()

@@ -38,7 +38,10 @@ var errTrustRoot = errors.New("trust material")
 // material is a policy's authorities, read and parsed: one sigstore-go verifier per key, and one
 // for the keyless identities over the trust root.
 type material struct {
-	keys []keyAuthority
+	// fingerprint is a digest of the key and trust-root bytes read: a verdict made with other
+	// bytes (a rotated key, a CA removed) no longer stands.
+	fingerprint string
+	keys        []keyAuthority
 	// keyless verifies certificates against the trust root; nil without identities.
 	keyless    *verify.Verifier
 	identities []verify.CertificateIdentity
@@ -54,6 +57,8 @@ type keyAuthority struct {
 // through reader: uncached). Every error wraps errTrustRoot.
 func readMaterial(ctx context.Context, reader client.Reader, a *policy.SignatureAuthorities) (*material, error) {
 	m := &material{}
+	sum := sha256.New()
+	defer func() { m.fingerprint = hex.EncodeToString(sum.Sum(nil)) }()
 	for i, k := range a.Rule.Keys {
 		pemData := []byte(k.PublicKey)
 		if ref := k.SecretRef; ref != nil {
@@ -65,6 +70,8 @@ func readMaterial(ctx context.Context, reader client.Reader, a *policy.Signature
 				return nil, fmt.Errorf("%w: key Secret %s/%s has no key %q", errTrustRoot, ref.Namespace, ref.Name, ref.Key)
 			}
 		}
+		sum.Write(pemData)
+		sum.Write([]byte{0})
 		label := a.KeyAuthority(i)
 		pub, err := policy.ParsePublicKey(pemData)
 		if err != nil {
@@ -84,6 +91,7 @@ func readMaterial(ctx context.Context, reader client.Reader, a *policy.Signature
 	if err != nil {
 		return nil, err
 	}
+	sum.Write(data)
 	tr, err := root.NewTrustedRootFromJSON(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: trust root %s %s/%s[%s] does not parse: %v", errTrustRoot, t.Kind, t.Namespace, t.Name, t.Key, err)
@@ -305,6 +313,12 @@ func (c candidate) entity(digest string) (verify.SignedEntity, func() verify.Art
 		return nil, nil, fmt.Errorf("digest %q is not sha256", digest)
 	}
 	if c.bundle != nil {
+		// Only cosign's image signature: a DSSE statement (its predicate checked after
+		// verification). A message signature over bytes that happen to be a manifest is what
+		// `cosign sign-blob` makes of any file: not a signature of the image.
+		if sc, err := c.bundle.SignatureContent(); err != nil || sc.EnvelopeContent() == nil {
+			return nil, nil, fmt.Errorf("%s: a message signature, not a DSSE image signature", c.where)
+		}
 		return c.bundle, func() verify.ArtifactPolicyOption { return verify.WithArtifactDigest("sha256", raw) }, nil
 	}
 	l := c.legacy

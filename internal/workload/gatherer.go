@@ -535,15 +535,12 @@ func (g *Gatherer) Report(ctx context.Context, namespace string, img policy.Imag
 	return g.reportOf(g.find(ctx, IndexReportTag, img.Repository+":"+img.Tag, namespace, newestCreated))
 }
 
-// Signatures returns the verdicts on img's signatures that its report holds, as seen from
-// namespace: by digest in the namespace, else in any namespace (a signature verdict is the
-// digest's), else by the repository and tag the pod controller saw in the namespace.
+// Signatures returns the verdicts on img's signatures that its report in namespace holds: by
+// digest, else by the repository and tag the pod controller saw. Never another namespace's: a
+// verdict was made with the namespace's pull secrets, for the policies that apply there.
 func (g *Gatherer) Signatures(ctx context.Context, namespace string, img policy.Image) map[string]policy.SignatureVerdict {
 	if img.Digest != "" {
-		if v := policy.SignaturesOf(g.find(ctx, IndexReportDigest, img.Digest, namespace, mostSignatures)); v != nil {
-			return v
-		}
-		return policy.SignaturesOf(g.find(ctx, IndexReportDigest, img.Digest, "", mostSignatures))
+		return policy.SignaturesOf(g.find(ctx, IndexReportDigest, img.Digest, namespace, mostSignatures))
 	}
 	if img.Tag == "" {
 		return nil
