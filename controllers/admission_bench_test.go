@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	. "github.com/onsi/gomega"
 	admissionv1 "k8s.io/api/admission/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -22,6 +23,7 @@ import (
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/admission"
 	"github.com/imageguard/imageguard/internal/testsuite"
+	"github.com/imageguard/imageguard/internal/testutil"
 )
 
 // BenchmarkAdmissionLoad sends AdmissionReviews of Deployments to the running webhook server
@@ -70,6 +72,59 @@ func BenchmarkAdmissionLoad(b *testing.B) {
 			return allowed, true
 		})
 	}
+}
+
+// BenchmarkAdmissionLoadSignatures is BenchmarkAdmissionLoad with a third policy, Enforce,
+// requiring a signature by a key: the image is signed (cosign's signature tag) and its verdict is
+// kept after the first request, whose latency (a cold verification: material, registry reads,
+// sigstore-go) it reports as cold-verify-ms.
+func BenchmarkAdmissionLoadSignatures(b *testing.B) {
+	g := NewWithT(b)
+	duration := 30 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("IMAGEGUARD_BENCH_DURATION")); err == nil {
+		duration = d
+	}
+	const rate = 200
+	ns := "adm-bench-sig"
+	admissionNamespace(g, ns)
+	ref, _, digest := testsuite.Push(b, reg, "adm/signed", testsuite.Image("adm-bench-sig"))
+	key := testutil.NewSigningKey(b)
+	h, err := v1.NewHash(digest)
+	g.Expect(err).NotTo(HaveOccurred())
+	reg.PushTagSignatures(b, "adm/signed", h, key.KeyTagSignature(b, reg.Host()+"/adm/signed", h))
+	imagePolicy(g, ns, "enforce", securityv1alpha1.EnforcementEnforce, securityv1alpha1.PolicyRules{
+		Registries:      &securityv1alpha1.RegistryRule{Allowed: []string{reg.Host() + "/**"}},
+		Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](5)},
+	})
+	imagePolicy(g, ns, "warn", securityv1alpha1.EnforcementWarn, securityv1alpha1.PolicyRules{
+		Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxHigh: ptr.To[int32](0)},
+	})
+	imagePolicy(g, ns, "signed", securityv1alpha1.EnforcementEnforce, securityv1alpha1.PolicyRules{
+		Signatures: &securityv1alpha1.SignatureRule{Required: true, Keys: []securityv1alpha1.SignatureKey{{PublicKey: key.PublicPEM}}},
+	})
+	byDigest := reg.Host() + "/adm/signed@" + digest
+	allowed := review(b, ns, byDigest)
+	denied := review(b, ns, byDigest, "evil.example.com/app@"+digest)
+	client := webhookClient(b)
+	url := suite.WebhookURL(admission.ValidatePath)
+	start := time.Now()
+	yes := true
+	_, err = send(client, url, allowed, &yes)
+	g.Expect(err).NotTo(HaveOccurred())
+	cold := time.Since(start)
+	_, stderr, err := kubectlApply(deploymentYAML(ns, "warm", ref))
+	g.Expect(err).NotTo(HaveOccurred(), stderr)
+	readyReport(g, ns, "adm/signed", digest)
+
+	for b.Loop() {
+		openLoad(b, client, url, duration, rate, func(i int) ([]byte, bool) {
+			if i%2 == 1 {
+				return denied, false
+			}
+			return allowed, true
+		})
+	}
+	b.ReportMetric(float64(cold.Microseconds())/1000, "cold-verify-ms")
 }
 
 // BenchmarkAdmissionLoadHungRegistry sends, at 200 requests/s for IMAGEGUARD_BENCH_DURATION,
