@@ -290,6 +290,10 @@ func ruleResults(policyName string, w workload.Workload, v policy.Verdict, stamp
 		default:
 			continue
 		}
+		if pr.Properties == nil && res.Reason != "" {
+			// The typed reason of the rule's first failure (SignatureMissing, UntrustedRegistry, ...).
+			pr.Properties = map[string]string{"reason": res.Reason}
+		}
 		msg := res.Image + ": " + res.Message
 		if pr.Description == "" {
 			pr.Description = msg

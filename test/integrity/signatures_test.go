@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	wgpolicyv1alpha2 "github.com/imageguard/imageguard/api/wgpolicyk8s/v1alpha2"
 	"github.com/imageguard/imageguard/controllers"
 	"github.com/imageguard/imageguard/internal/admission"
 	"github.com/imageguard/imageguard/internal/testsuite"
@@ -135,6 +136,14 @@ spec:
 		g.Expect(p.Status.NonCompliant).To(HaveLen(1))
 		g.Expect(p.Status.NonCompliant[0].Name).To(Equal("unsigned"))
 		g.Expect(p.Status.NonCompliant[0].Reason).To(Equal(securityv1alpha1.ReasonSignatureMissing))
+	}).WithTimeout(timeout).Should(Succeed())
+	// The PolicyReport result of the rule names the typed reason.
+	g.Eventually(func(g Gomega) {
+		report := &wgpolicyv1alpha2.PolicyReport{}
+		g.Expect(suite.Env.Client.Get(ctx, client.ObjectKey{Namespace: audit, Name: controllers.PolicyReportName}, report)).To(Succeed())
+		g.Expect(report.Results).To(ContainElement(And(
+			HaveField("Rule", "signatures"), HaveField("Result", wgpolicyv1alpha2.ResultFail),
+			HaveField("Properties", HaveKeyWithValue("reason", securityv1alpha1.ReasonSignatureMissing)))))
 	}).WithTimeout(timeout).Should(Succeed())
 	for repo, digest := range map[string]string{"sig/signed": signedDigest, "sig/unsigned": unsignedDigest} {
 		g.Eventually(func(g Gomega) {
