@@ -94,11 +94,16 @@ func SignaturesOf(rep *securityv1alpha1.ImageScanReport) map[string]SignatureVer
 	}
 	out := make(map[string]SignatureVerdict, len(rep.Status.Signatures))
 	for _, c := range rep.Status.Signatures {
-		v := SignatureVerdict{Verified: c.Verified, Reason: c.Reason, Message: c.Message, CheckedAt: c.CheckedAt.Time}
-		for _, s := range c.SignedBy {
-			v.SignedBy = append(v.SignedBy, s.Identity+" ("+s.Authority+")")
-		}
-		out[c.Authorities] = v
+		out[c.Authorities] = SignatureVerdict{Verified: c.Verified, Reason: c.Reason, Message: c.Message, CheckedAt: c.CheckedAt.Time, SignedBy: SignerNames(c.SignedBy)}
+	}
+	return out
+}
+
+// SignerNames names each signer as results say who signed: "<identity> (<authority>)".
+func SignerNames(signers []securityv1alpha1.Signer) []string {
+	out := make([]string, 0, len(signers))
+	for _, s := range signers {
+		out = append(out, s.Identity+" ("+s.Authority+")")
 	}
 	return out
 }

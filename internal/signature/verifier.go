@@ -2,7 +2,6 @@ package signature
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -34,11 +33,7 @@ type Verdict struct {
 
 // Policy returns the verdict as a policy judges it.
 func (v Verdict) Policy() policy.SignatureVerdict {
-	out := policy.SignatureVerdict{Verified: v.Verified, Reason: v.Reason, Message: v.Message, CheckedAt: v.CheckedAt}
-	for _, s := range v.Signers {
-		out.SignedBy = append(out.SignedBy, s.Identity+" ("+s.Authority+")")
-	}
-	return out
+	return policy.SignatureVerdict{Verified: v.Verified, Reason: v.Reason, Message: v.Message, CheckedAt: v.CheckedAt, SignedBy: policy.SignerNames(v.Signers)}
 }
 
 // transient reports whether the verdict may change without the image or the policy changing: the
@@ -275,19 +270,6 @@ func (v *Verifier) evictLocked() {
 	}
 }
 
-// Forget drops the verdicts of namespace's keys for which keep returns false (nil: all of the
-// namespace's).
-func (v *Verifier) Forget(keep func(Key) bool) {
-	v.init()
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	for k, e := range v.entries {
-		if e.running == nil && (keep == nil || !keep(k)) {
-			delete(v.entries, k)
-		}
-	}
-}
-
 // Verify reads repo@digest's signatures with keychain and verifies them against a, without the
 // cache.
 func (v *Verifier) Verify(ctx context.Context, a *policy.SignatureAuthorities, repo, digest string, keychain authn.Keychain) Verdict {
@@ -386,6 +368,3 @@ func truncate(s string) string {
 	}
 	return strings.ToValidUTF8(s[:limit], "") + "..."
 }
-
-// IsTrustRootError reports whether err is an error of a policy's trust material.
-func IsTrustRootError(err error) bool { return errors.Is(err, errTrustRoot) }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sigstore/sigstore-go/pkg/bundle"
+	"github.com/sigstore/sigstore-go/pkg/fulcio/certificate"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	"github.com/sigstore/sigstore-go/pkg/tlog"
 	"github.com/sigstore/sigstore-go/pkg/verify"
@@ -248,11 +249,7 @@ func (m *material) check(c candidate, digest string) outcome {
 	var noMatch *verify.ErrNoMatchingCertificateIdentity
 	switch {
 	case errors.As(err, &noMatch):
-		who := "?"
-		if res == nil {
-			who = certificateIdentity(entity)
-		}
-		o.mismatch = fmt.Errorf("signed by %s, which no keyless identity of the policy names", who)
+		o.mismatch = fmt.Errorf("signed by %s, which no keyless identity of the policy names", certificateIdentity(entity))
 	case err != nil:
 		o.invalid = fmt.Errorf("keyless: %w", err)
 	default:
@@ -271,28 +268,18 @@ func (m *material) check(c candidate, digest string) outcome {
 	return o
 }
 
-// certificateIdentity is the subject and issuer of entity's certificate, for a message.
+// certificateIdentity is the subject and issuer of entity's certificate, for a message, as
+// sigstore-go summarises a Fulcio certificate.
 func certificateIdentity(entity verify.SignedEntity) string {
 	vc, err := entity.VerificationContent()
 	if err != nil || vc.Certificate() == nil {
 		return "?"
 	}
-	cert := vc.Certificate()
-	san := strings.Join(append(append([]string{}, cert.EmailAddresses...), urls(cert)...), ",")
-	for _, ext := range cert.Extensions {
-		if ext.Id.String() == "1.3.6.1.4.1.57264.1.1" || ext.Id.String() == "1.3.6.1.4.1.57264.1.8" {
-			return san + " (" + strings.Trim(string(ext.Value), "\x0c\x16\x13 ") + ")"
-		}
+	sum, err := certificate.SummarizeCertificate(vc.Certificate())
+	if err != nil {
+		return "?"
 	}
-	return san
-}
-
-func urls(cert *x509.Certificate) []string {
-	out := make([]string, 0, len(cert.URIs))
-	for _, u := range cert.URIs {
-		out = append(out, u.String())
-	}
-	return out
+	return sum.SubjectAlternativeName + " (" + sum.Issuer + ")"
 }
 
 // isSignature refuses a verified DSSE statement that is not cosign's image signature (an SBOM or
