@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -42,7 +44,9 @@ func Known(k Kind) bool {
 }
 
 // Error is a registry or image error with its cause. Its message never holds credentials:
-// go-containerregistry's errors name the URL and the registry's own message only.
+// go-containerregistry's errors name the URL (its query redacted) and the registry's own message
+// only, and the query of any other URL in it (a network error of Go's HTTP client names the
+// storage URL a blob download was redirected to, whose query is its signature) is cut.
 type Error struct {
 	Kind Kind
 	Err  error
@@ -51,7 +55,18 @@ type Error struct {
 	RetryAfter time.Duration
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("%s: %v", e.Kind, e.Err) }
+func (e *Error) Error() string { return fmt.Sprintf("%s: %s", e.Kind, redactQueries(e.Err.Error())) }
+
+// urlQuery is the query of a URL in a message, up to the next space or quote.
+var urlQuery = regexp.MustCompile(`(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s"'?]*)\?[^\s"']*`)
+
+// redactQueries cuts the query of every URL in msg.
+func redactQueries(msg string) string {
+	if !strings.Contains(msg, "?") {
+		return msg
+	}
+	return urlQuery.ReplaceAllString(msg, "$1?REDACTED")
+}
 
 func (e *Error) Unwrap() error { return e.Err }
 

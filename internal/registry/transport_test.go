@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	gcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
@@ -178,5 +181,66 @@ func TestParseRetryAfter(t *testing.T) {
 		if got != want {
 			t.Errorf("%q: %s, want %s", v, got, want)
 		}
+	}
+}
+
+// A blob download redirected to storage whose connection then fails: Go's HTTP client names the
+// storage URL in its error, and that URL's query is the download's signature. go-containerregistry
+// masks the query's values; the message keeps none of it.
+func TestAFailedRedirectedDownloadHidesItsSignature(t *testing.T) {
+	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err == nil {
+			_ = conn.Close() // no answer at all
+		}
+	}))
+	t.Cleanup(storage.Close)
+	reg := gcrregistry.New(gcrregistry.Logger(log.New(io.Discard, "", 0)))
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && blobPath.MatchString(r.URL.Path) {
+			http.Redirect(w, r, storage.URL+"/bucket/blob?X-Amz-Credential=AKIASECRET&X-Amz-Signature=s3cr3t", http.StatusTemporaryRedirect)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	host := strings.TrimPrefix(front.URL, "http://")
+	img, err := random.Image(256, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewClient(Options{InsecureHosts: []string{host}, Timeout: 5 * time.Second})
+	ref, err := c.ParseReference(host + "/team/app:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, c.RemoteOptions(context.Background(), ref, nil)...); err != nil {
+		t.Fatal(err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := layers[0].Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, err := remote.Layer(ref.Context().Digest(d.String()), c.RemoteOptions(context.Background(), ref, nil)...)
+	if err == nil {
+		var rc io.ReadCloser
+		if rc, err = layer.Compressed(); err == nil {
+			_, err = io.ReadAll(rc)
+			_ = rc.Close()
+		}
+	}
+	if err == nil {
+		t.Fatal("the download succeeded")
+	}
+	msg := Classify(err).Error()
+	if strings.Contains(msg, "s3cr3t") || strings.Contains(msg, "AKIASECRET") {
+		t.Fatalf("the message holds the signed query: %s", msg)
+	}
+	if !strings.Contains(msg, "/bucket/blob?REDACTED") {
+		t.Errorf("the message no longer names the storage URL: %s", msg)
 	}
 }
