@@ -38,7 +38,7 @@ func TestVerifyCommand(t *testing.T) {
 	reg.PushTagSignatures(t, "signed", signed.Digest, key.KeyTagSignature(t, reg.Host()+"/signed", signed.Digest))
 	keyless := push("keyless")
 	reg.PushBundle(t, "keyless", keyless, testutil.KeylessBundle(t, vs, "ci@example.com", "https://oidc.example.com",
-		testutil.CosignSignStatement(t, keyless.Digest, signature.CosignSignPredicate)))
+		testutil.CosignSignStatement(t, keyless.Digest, signature.CosignSignPredicate)), testutil.CosignBundleAnnotations(signature.CosignSignPredicate))
 	push("unsigned")
 
 	dir := t.TempDir()

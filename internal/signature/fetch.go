@@ -44,6 +44,9 @@ const (
 	annotationChain       = "dev.sigstore.cosign/chain"
 	annotationBundle      = "dev.sigstore.cosign/bundle"
 	annotationTimestamp   = "dev.sigstore.cosign/rfc3161timestamp"
+	// annotationPredicateType is what cosign names on a bundle referrer's descriptor: the
+	// predicate of its statement, CosignSignPredicate for a signature.
+	annotationPredicateType = "dev.sigstore.bundle.predicateType"
 )
 
 // candidate is one signature found for a digest, not verified yet.
@@ -160,6 +163,11 @@ func fetchBundles(d name.Digest, opts []remote.Option) ([]candidate, error) {
 		// the config's media type, the empty one for a bundle.
 		if !strings.HasPrefix(desc.ArtifactType, bundleMediaTypeSub) && desc.ArtifactType != emptyMediaType && desc.ArtifactType != "" {
 			continue // an SBOM, a VEX document, another tool's artifact
+		}
+		if p, ok := desc.Annotations[annotationPredicateType]; ok && p != CosignSignPredicate {
+			// An attestation (provenance, SBOM, VEX): it could not verify as a signature, so
+			// it takes none of the bound. A descriptor that lies only hides its own bundle.
+			continue
 		}
 		if inspected++; inspected > MaxBundles {
 			out = append(out, candidate{source: securityv1alpha1.SignatureSourceReferrer, where: d.DigestStr(),

@@ -8,13 +8,17 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	. "github.com/onsi/gomega"
 	protobundle "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
@@ -197,11 +201,14 @@ func testVerify(t *testing.T, w *world) {
 	w.reg.PushTagSignatures(t, "tag-key", tagKey.Digest, w.key.KeyTagSignature(t, w.repo("tag-key"), tagKey.Digest))
 	// Key, bundle referrer (cosign v3 --key).
 	bundleKey := w.image(t, "bundle-key")
-	w.reg.PushBundle(t, "bundle-key", bundleKey, w.key.KeyBundle(t, testutil.CosignSignStatement(t, bundleKey.Digest, CosignSignPredicate)))
+	w.reg.PushBundle(t, "bundle-key", bundleKey, w.key.KeyBundle(t, testutil.CosignSignStatement(t, bundleKey.Digest, CosignSignPredicate)), testutil.CosignBundleAnnotations(CosignSignPredicate))
 	// Keyless, bundle referrer, through the test Sigstore (Fulcio, Rekor, TSA).
 	keyless := w.image(t, "keyless")
-	w.reg.PushBundle(t, "keyless", keyless, testutil.KeylessBundle(t, w.sigstore, subject, issuer, testutil.CosignSignStatement(t, keyless.Digest, CosignSignPredicate)))
+	w.reg.PushBundle(t, "keyless", keyless, testutil.KeylessBundle(t, w.sigstore, subject, issuer, testutil.CosignSignStatement(t, keyless.Digest, CosignSignPredicate)), testutil.CosignBundleAnnotations(CosignSignPredicate))
 	// Unsigned.
+	// Keyless, legacy tag (cosign v2 without --new-bundle-format).
+	tagKeyless := w.image(t, "tag-keyless")
+	w.reg.PushTagSignatures(t, "tag-keyless", tagKeyless.Digest, testutil.KeylessTagSignature(t, w.sigstore, subject, issuer, w.repo("tag-keyless"), tagKeyless.Digest))
 	w.image(t, "unsigned")
 	// Signed by another key.
 	otherKey := w.image(t, "other-key")
@@ -216,14 +223,14 @@ func testVerify(t *testing.T, w *world) {
 	w.reg.PushTagSignatures(t, "tampered", tampered.Digest, sig)
 	// A bundle of the key that is an attestation, not a signature.
 	attested := w.image(t, "attested")
-	w.reg.PushBundle(t, "attested", attested, w.key.KeyBundle(t, testutil.CosignSignStatement(t, attested.Digest, "https://slsa.dev/provenance/v1")))
+	w.reg.PushBundle(t, "attested", attested, w.key.KeyBundle(t, testutil.CosignSignStatement(t, attested.Digest, "https://slsa.dev/provenance/v1")), nil)
 	// A keyless bundle for another digest.
 	keylessOther := w.image(t, "keyless-other")
-	w.reg.PushBundle(t, "keyless-other", keylessOther, testutil.KeylessBundle(t, w.sigstore, subject, issuer, testutil.CosignSignStatement(t, keyless.Digest, CosignSignPredicate)))
+	w.reg.PushBundle(t, "keyless-other", keylessOther, testutil.KeylessBundle(t, w.sigstore, subject, issuer, testutil.CosignSignStatement(t, keyless.Digest, CosignSignPredicate)), testutil.CosignBundleAnnotations(CosignSignPredicate))
 	// An expired certificate with no timestamp and no log entry.
 	expired := w.image(t, "expired")
 	expiredBundle, expiredRoot := expiredCertBundle(t, subject, issuer, testutil.CosignSignStatement(t, expired.Digest, CosignSignPredicate))
-	w.reg.PushBundle(t, "expired", expired, expiredBundle)
+	w.reg.PushBundle(t, "expired", expired, expiredBundle, testutil.CosignBundleAnnotations(CosignSignPredicate))
 
 	otherSigstore, err := ca.NewVirtualSigstore()
 	if err != nil {
@@ -253,6 +260,9 @@ func testVerify(t *testing.T, w *world) {
 		"key, bundle referrer":                  {image: "bundle-key", rule: keyRule(w.key.PublicPEM), wantSource: securityv1alpha1.SignatureSourceReferrer},
 		"keyless, exact identity":               {image: "keyless", rule: keylessRule("root", exactID), wantSource: securityv1alpha1.SignatureSourceReferrer},
 		"keyless, subject regexp":               {image: "keyless", rule: keylessRule("root", regexpID), wantSource: securityv1alpha1.SignatureSourceReferrer},
+		"keyless, legacy tag":                   {image: "tag-keyless", rule: keylessRule("root", regexpID), wantSource: securityv1alpha1.SignatureSourceTag},
+		"keyless, legacy tag, another identity": {image: "tag-keyless", rule: keylessRule("root", securityv1alpha1.KeylessIdentity{Issuer: issuer, Subject: "mallory@example.com"}), wantReason: securityv1alpha1.ReasonIdentityMismatch},
+		"keyless, legacy tag, another CA":       {image: "tag-keyless", rule: keylessRule("other-root", exactID), wantReason: securityv1alpha1.ReasonSignatureInvalid},
 		"no signature":                          {image: "unsigned", rule: keyRule(w.key.PublicPEM), wantReason: securityv1alpha1.ReasonSignatureMissing},
 		"no signature, keyless":                 {image: "unsigned", rule: keylessRule("root", exactID), wantReason: securityv1alpha1.ReasonSignatureMissing},
 		"another key":                           {image: "other-key", rule: keyRule(w.key.PublicPEM), wantReason: securityv1alpha1.ReasonSignatureInvalid},
@@ -423,4 +433,90 @@ func TestRotatedKeyRevokesVerdicts(t *testing.T) {
 	g.Expect(ok).To(BeTrue())
 	g.Expect(verdict.Verified).To(BeFalse())
 	g.Expect(verdict.Reason).To(Equal(securityv1alpha1.ReasonSignatureInvalid))
+}
+
+// TestAttestationsTakeNoShareOfTheBound: an image with more attestations than MaxBundles (as a
+// build system attaches provenance, SBOMs and VEX) still verifies by its signature where the
+// registry's referrers name each one's predicate type (the referrers API), and the attestations are
+// not even read. The referrers tag schema keeps no annotations (neither go-containerregistry's nor
+// cosign's fallback writes them): there the signature past the bound is not read, and the image is
+// refused, never passed.
+func TestAttestationsTakeNoShareOfTheBound(t *testing.T) {
+	for _, mode := range []string{"referrers API", "referrers tag schema"} {
+		t.Run(mode, func(t *testing.T) {
+			var opts []testutil.RegistryOption
+			if mode == "referrers API" {
+				opts = append(opts, testutil.WithReferrers())
+			}
+			g := NewWithT(t)
+			w := newWorld(t, opts...)
+			img := w.image(t, "attested")
+			const attestations = MaxBundles + 8
+			for i := range attestations {
+				pt := fmt.Sprintf("https://example.com/predicate/%d", i)
+				w.reg.PushBundle(t, "attested", img, w.key.KeyBundle(t, testutil.CosignSignStatement(t, img.Digest, pt)), testutil.CosignBundleAnnotations(pt))
+			}
+			sig := w.reg.PushBundle(t, "attested", img, w.key.KeyBundle(t, testutil.CosignSignStatement(t, img.Digest, CosignSignPredicate)), testutil.CosignBundleAnnotations(CosignSignPredicate))
+			// The fallback index is sorted by digest: where the signature falls is chance.
+			d, err := name.NewDigest(w.repo("attested")+"@"+img.Digest.String(), name.Insecure)
+			g.Expect(err).NotTo(HaveOccurred())
+			idx, err := remote.Referrers(d)
+			g.Expect(err).NotTo(HaveOccurred())
+			im, err := idx.IndexManifest()
+			g.Expect(err).NotTo(HaveOccurred())
+			position := slices.IndexFunc(im.Manifests, func(m v1.Descriptor) bool { return m.Digest == sig })
+			g.Expect(position).To(BeNumerically(">=", 0))
+			w.reg.ResetCounts()
+			v := &Verifier{Registry: w.client}
+			got := v.Verify(context.Background(), authorities(t, keyRule(w.key.PublicPEM)), w.repo("attested"), img.Digest.String(), nil)
+			if mode == "referrers tag schema" && position >= MaxBundles {
+				g.Expect(got.Verified).To(BeFalse())
+				g.Expect(got.Reason).To(Equal(securityv1alpha1.ReasonSignatureInvalid))
+				g.Expect(got.Message).To(ContainSubstring("more than %d Sigstore bundles", MaxBundles))
+				return
+			}
+			g.Expect(got.Verified).To(BeTrue(), got.Message)
+			g.Expect(got.Signers[0].Source).To(Equal(securityv1alpha1.SignatureSourceReferrer))
+			if mode == "referrers tag schema" {
+				return
+			}
+			// The signature tag (absent), the referrers, the signature's manifest; its bundle.
+			g.Expect(w.reg.Counts().ManifestGETs).To(BeNumerically("<=", 3))
+			g.Expect(w.reg.Counts().BlobGETs).To(Equal(1))
+		})
+	}
+}
+
+// TestASlowNamespaceLeavesSlotsToTheOthers: verifications of one namespace's images in a registry
+// that never answers hold at most half the slots; another namespace's images are verified
+// meanwhile.
+func TestASlowNamespaceLeavesSlotsToTheOthers(t *testing.T) {
+	g := NewWithT(t)
+	hang := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+			if strings.HasPrefix(req.URL.Path, "/v2/tarpit/") {
+				<-req.Context().Done()
+				return
+			}
+			next.ServeHTTP(rw, req)
+		})
+	}
+	w := newWorld(t, testutil.WithHandlerWrapper(hang))
+	d := w.image(t, "app")
+	w.reg.PushTagSignatures(t, "app", d.Digest, w.key.KeyTagSignature(t, w.repo("app"), d.Digest))
+	v := &Verifier{Registry: w.client, Reader: reader(t), MaxConcurrent: 4, Timeout: time.Minute}
+	a := authorities(t, keyRule(w.key.PublicPEM))
+	// More tarpit digests than there are slots; none can be verified.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range 8 {
+		digest := fmt.Sprintf("sha256:%064x", i)
+		go v.Check(ctx, Key{Namespace: "mallory", Digest: digest, Authorities: a.ID}, a, w.repo("tarpit"), nil, 0)
+	}
+	g.Eventually(func() int { return int(v.Reads()) }).Should(Equal(2), "half the slots are mallory's")
+	checked, stop := context.WithTimeout(context.Background(), 20*time.Second)
+	defer stop()
+	verdict, ok := v.Check(checked, Key{Namespace: "shop", Digest: d.Digest.String(), Authorities: a.ID}, a, w.repo("app"), nil, 0)
+	g.Expect(ok && verdict.Verified).To(BeTrue(), verdict.Message)
+	g.Consistently(func() int { return int(v.Reads()) }, 200*time.Millisecond).Should(Equal(3))
 }

@@ -72,13 +72,17 @@ type Verifier struct {
 	// Timeout bounds one verification (material, registry reads, crypto); 0: DefaultTimeout.
 	Timeout time.Duration
 	// MaxConcurrent bounds the verifications in flight (default 8); the others wait their turn.
+	// One namespace has at most half of them, so that images of a slow or hostile registry in one
+	// namespace cannot hold up the verifications of the others.
 	MaxConcurrent int
-	// OnVerdict, when set, is told of each verdict that differs from the one before for its key.
+	// OnVerdict, when set, is told of each verdict that differs from the one before for its key;
+	// it must not block. Set it before the first Check.
 	OnVerdict func(Key, Verdict)
 
 	once      sync.Once
 	sem       chan struct{}
 	mu        sync.Mutex
+	shares    map[string]*share
 	entries   map[Key]*entry
 	materials map[string]cachedMaterial
 	reads     atomic.Int64
@@ -89,6 +93,12 @@ type entry struct {
 	has      bool
 	running  chan struct{} // closed when the verification in flight ends; nil when none
 	lastUsed time.Time
+}
+
+// share is a namespace's part of the verification slots.
+type share struct {
+	slots chan struct{}
+	users int // verifications waiting for or holding a slot
 }
 
 type cachedMaterial struct {
@@ -112,6 +122,7 @@ func (v *Verifier) init() {
 			v.Clock = clock.RealClock{}
 		}
 		v.sem = make(chan struct{}, v.MaxConcurrent)
+		v.shares = map[string]*share{}
 		v.entries = map[Key]*entry{}
 		v.materials = map[string]cachedMaterial{}
 	})
@@ -204,11 +215,10 @@ func (v *Verifier) run(k Key, e *entry, a *policy.SignatureAuthorities, repo str
 	ctx, cancel := context.WithTimeout(context.Background(), v.Timeout)
 	defer cancel()
 	var verdict Verdict
-	select {
-	case v.sem <- struct{}{}:
+	if release, ok := v.acquire(ctx, k.Namespace); ok {
 		verdict = v.safeVerify(ctx, a, repo, k.Digest, keychain)
-		<-v.sem
-	case <-ctx.Done():
+		release()
+	} else {
 		verdict = Verdict{Reason: securityv1alpha1.ReasonRegistryError, CheckedAt: v.Clock.Now(),
 			Message: "too many signature verifications in flight; not verified within " + v.Timeout.String()}
 	}
@@ -224,6 +234,39 @@ func (v *Verifier) run(k Key, e *entry, a *policy.SignatureAuthorities, repo str
 	if changed && v.OnVerdict != nil {
 		v.OnVerdict(k, verdict)
 	}
+}
+
+// acquire takes one of namespace's share of the slots, then a slot, before ctx ends.
+func (v *Verifier) acquire(ctx context.Context, namespace string) (release func(), ok bool) {
+	v.mu.Lock()
+	sh := v.shares[namespace]
+	if sh == nil {
+		sh = &share{slots: make(chan struct{}, max(1, v.MaxConcurrent/2))}
+		v.shares[namespace] = sh
+	}
+	sh.users++
+	v.mu.Unlock()
+	leave := func() {
+		v.mu.Lock()
+		if sh.users--; sh.users == 0 {
+			delete(v.shares, namespace)
+		}
+		v.mu.Unlock()
+	}
+	select {
+	case sh.slots <- struct{}{}:
+	case <-ctx.Done():
+		leave()
+		return nil, false
+	}
+	select {
+	case v.sem <- struct{}{}:
+	case <-ctx.Done():
+		<-sh.slots
+		leave()
+		return nil, false
+	}
+	return func() { <-v.sem; <-sh.slots; leave() }, true
 }
 
 // safeVerify is Verify, a panic in the libraries (on bytes a registry served) turned into an

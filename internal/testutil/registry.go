@@ -2,10 +2,12 @@ package testutil
 
 import (
 	"crypto/subtle"
+	"encoding/json"
 	"io"
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -59,8 +61,9 @@ func WithBasicAuth(user, password string) RegistryOption {
 	}
 }
 
-// WithReferrers makes the registry serve the OCI 1.1 referrers API; without it, clients fall back
-// to the referrers tag schema.
+// WithReferrers makes the registry serve the OCI 1.1 referrers API, each descriptor with its
+// manifest's annotations as the distribution spec asks (go-containerregistry's registry leaves
+// them out); without it, clients fall back to the referrers tag schema.
 func WithReferrers() RegistryOption {
 	return func(o *registryOptions) { o.referrers = true }
 }
@@ -108,6 +111,9 @@ func NewRegistry(t testing.TB, opts ...RegistryOption) *Registry {
 	// The registry logs every request to stderr by default, which buries test output.
 	quiet := log.New(io.Discard, "", 0)
 	h := http.Handler(registry.New(registry.Logger(quiet), registry.WithReferrersSupport(o.referrers)))
+	if o.referrers {
+		h = referrerAnnotations(h)
+	}
 	r := &Registry{auth: authn.Anonymous, closed: make(chan struct{})}
 	if o.user != "" || o.password != "" {
 		h = basicAuth(h, o.user, o.password)
@@ -298,4 +304,51 @@ func (s setupTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	req = req.Clone(req.Context())
 	req.Header.Set(setupHeader, "1")
 	return s.next.RoundTrip(req)
+}
+
+// referrerAnnotations gives each descriptor of next's referrers answers the annotations of the
+// manifest it names.
+func referrerAnnotations(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		repo, _, ok := strings.Cut(strings.TrimPrefix(req.URL.Path, "/v2/"), "/referrers/")
+		if !ok || req.Method != http.MethodGet || !strings.HasPrefix(req.URL.Path, "/v2/") {
+			next.ServeHTTP(w, req)
+			return
+		}
+		rec := httptest.NewRecorder()
+		next.ServeHTTP(rec, req)
+		var idx v1.IndexManifest
+		if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &idx) != nil {
+			copyRecorded(w, rec, rec.Body.Bytes())
+			return
+		}
+		for i, d := range idx.Manifests {
+			get := httptest.NewRequestWithContext(req.Context(), http.MethodGet, "/v2/"+repo+"/manifests/"+d.Digest.String(), nil)
+			get.Header = req.Header.Clone()
+			get.Header.Set("Accept", string(d.MediaType))
+			m := httptest.NewRecorder()
+			next.ServeHTTP(m, get)
+			var manifest struct {
+				Annotations map[string]string `json:"annotations"`
+			}
+			if m.Code == http.StatusOK && json.Unmarshal(m.Body.Bytes(), &manifest) == nil {
+				idx.Manifests[i].Annotations = manifest.Annotations
+			}
+		}
+		body, err := json.Marshal(idx)
+		if err != nil {
+			copyRecorded(w, rec, rec.Body.Bytes())
+			return
+		}
+		copyRecorded(w, rec, body)
+	})
+}
+
+func copyRecorded(w http.ResponseWriter, rec *httptest.ResponseRecorder, body []byte) {
+	for k, v := range rec.Header() {
+		w.Header()[k] = v
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(rec.Code)
+	_, _ = w.Write(body)
 }

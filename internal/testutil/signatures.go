@@ -107,6 +107,69 @@ func (k *SigningKey) KeyTagSignature(t testing.TB, repo string, digest v1.Hash) 
 	}}
 }
 
+// KeylessTagSignature is cosign's legacy keyless signature of repo@digest by the test Sigstore:
+// the simple-signing payload signed with a Fulcio certificate for identity and oidcIssuer, the
+// certificate and its chain, the Rekor entry's signed entry timestamp (cosign's bundle
+// annotation) and an RFC 3161 timestamp, in the annotations cosign writes.
+func KeylessTagSignature(t testing.TB, vs *ca.VirtualSigstore, identity, oidcIssuer, repo string, digest v1.Hash) TagSignature {
+	t.Helper()
+	p := SimpleSigningPayload(t, repo, digest)
+	e, err := vs.SignAtTime(identity, oidcIssuer, p, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := e.SignatureContent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vc, err := e.VerificationContent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := e.TlogEntries()
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("the test Sigstore made %d log entries: %v", len(entries), err)
+	}
+	// The entry keeps its signed entry timestamp to itself: the log signs the same payload again.
+	tle := entries[0].TransparencyLogEntry()
+	rp := tlog.RekorPayload{Body: base64.StdEncoding.EncodeToString(tle.GetCanonicalizedBody()), IntegratedTime: tle.GetIntegratedTime(),
+		LogIndex: tle.GetLogIndex(), LogID: hex.EncodeToString(tle.GetLogId().GetKeyId())}
+	set, err := vs.RekorSignPayload(rp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rekor, err := json.Marshal(map[string]any{"SignedEntryTimestamp": set, "Payload": rp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tss, err := e.Timestamps()
+	if err != nil || len(tss) != 1 {
+		t.Fatalf("the test Sigstore made %d timestamps: %v", len(tss), err)
+	}
+	ts, err := json.Marshal(map[string][]byte{"SignedRFC3161Timestamp": tss[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chain []byte
+	for _, c := range vs.FulcioCertificateAuthorities() {
+		fca, ok := c.(*root.FulcioCertificateAuthority)
+		if !ok {
+			t.Fatal("the test Sigstore's CA is not a Fulcio CA")
+		}
+		for _, inter := range fca.Intermediates {
+			chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: inter.Raw})...)
+		}
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: fca.Root.Raw})...)
+	}
+	return TagSignature{Payload: p, Annotations: map[string]string{
+		"dev.cosignproject.cosign/signature":   base64.StdEncoding.EncodeToString(sc.MessageSignatureContent().Signature()),
+		"dev.sigstore.cosign/certificate":      string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: vc.Certificate().Raw})),
+		"dev.sigstore.cosign/chain":            string(chain),
+		"dev.sigstore.cosign/bundle":           string(rekor),
+		"dev.sigstore.cosign/rfc3161timestamp": string(ts),
+	}}
+}
+
 // PushTagSignatures writes sigs as the signature tag of repo@digest (sha256-<hex>.sig), as cosign
 // does: one simple-signing layer per signature.
 func (r *Registry) PushTagSignatures(t testing.TB, repo string, digest v1.Hash, sigs ...TagSignature) {
@@ -185,13 +248,26 @@ func (p *keypair) SignData(_ context.Context, data []byte) ([]byte, []byte, erro
 	return sig, nil, err
 }
 
+// CosignBundleAnnotations are the annotations cosign v3 gives a bundle referrer's manifest (and
+// so its descriptor among the referrers) for a DSSE statement of predicateType.
+func CosignBundleAnnotations(predicateType string) map[string]string {
+	return map[string]string{"dev.sigstore.bundle.content": "dsse-envelope", "dev.sigstore.bundle.predicateType": predicateType}
+}
+
 // PushBundle attaches a Sigstore bundle to repo@digest as cosign v3 does: an OCI manifest of an
-// empty config and one bundle layer, whose subject is the image (the registry lists it among the
-// image's referrers, or go-containerregistry updates the referrers tag schema's index).
-func (r *Registry) PushBundle(t testing.TB, repo string, subject v1.Descriptor, bundleJSON []byte) v1.Hash {
+// empty config and one bundle layer, with annotations (nil: none, as a registry that drops them
+// gives), whose subject is the image (the registry lists it among the image's referrers, or
+// go-containerregistry updates the referrers tag schema's index).
+func (r *Registry) PushBundle(t testing.TB, repo string, subject v1.Descriptor, bundleJSON []byte, annotations map[string]string) v1.Hash {
 	t.Helper()
 	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, "application/vnd.oci.empty.v1+json")
+	if annotations != nil {
+		var ok bool
+		if img, ok = mutate.Annotations(img, annotations).(v1.Image); !ok {
+			t.Fatal("mutate.Annotations of an image is not an image")
+		}
+	}
 	img, err := mutate.Append(img, mutate.Addendum{Layer: static.NewLayer(bundleJSON, BundleMediaType)})
 	if err != nil {
 		t.Fatal(err)
