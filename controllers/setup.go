@@ -133,6 +133,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if err := signatures.SetupWithManager(mgr); err != nil {
 		return err
 	}
+	verifier.OnVerdict = signatures.VerdictChanged
 	vdb := &VulnerabilityDatabaseReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), DB: opts.DB, Matches: matches, Recorder: mgr.GetEventRecorder("imageguard"),
 		Clock: opts.Clock, MaxAge: opts.DBMaxAge, RefreshInterval: opts.ReportRefreshInterval, Timeout: opts.ReconcileTimeout,

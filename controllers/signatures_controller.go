@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/policy"
@@ -43,6 +44,19 @@ type SignatureReconciler struct {
 	Clock           clock.PassiveClock
 	RefreshInterval time.Duration
 	Timeout         time.Duration
+
+	// verdicts carries the keys whose verdict changed (made at admission, usually), so that their
+	// reports say so at once rather than at their next recheck.
+	verdicts chan event.TypedGenericEvent[signature.Key]
+}
+
+// VerdictChanged queues the reports of k's digest in k's namespace. It never blocks (it is the
+// Verifier's OnVerdict): when the queue is full, the reports say it at their next recheck.
+func (r *SignatureReconciler) VerdictChanged(k signature.Key, _ signature.Verdict) {
+	select {
+	case r.verdicts <- event.TypedGenericEvent[signature.Key]{Object: k}:
+	default:
+	}
 }
 
 // Reconcile verifies the report's signatures under each authority set that applies and writes
@@ -177,8 +191,8 @@ func signatureRuleChanged() predicate.Funcs {
 
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get
 
-// SetupWithManager registers the controller: reports (created, or their spec changed), and the
-// policies whose signature rule or match changed.
+// SetupWithManager registers the controller: reports (created, or their spec changed), the
+// policies whose signature rule or match changed, and the verdicts that changed (VerdictChanged).
 func (r *SignatureReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	reportsOf := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
 		list := &securityv1alpha1.ImageScanReportList{}
@@ -195,8 +209,23 @@ func (r *SignatureReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}
 		return slices.Clip(out)
 	})
+	reportsOfKey := handler.TypedEnqueueRequestsFromMapFunc(func(ctx context.Context, k signature.Key) []reconcile.Request {
+		list := &securityv1alpha1.ImageScanReportList{}
+		if err := r.Client.List(ctx, list, client.InNamespace(k.Namespace), client.MatchingFields{workload.IndexReportDigest: k.Digest}); err != nil {
+			return nil
+		}
+		out := make([]reconcile.Request, 0, len(list.Items))
+		for _, rep := range list.Items {
+			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name}})
+		}
+		return out
+	})
+	if r.verdicts == nil {
+		r.verdicts = make(chan event.TypedGenericEvent[signature.Key], 1024)
+	}
 	return ctrl.NewControllerManagedBy(mgr).Named("imagescanreport-signatures").
 		For(&securityv1alpha1.ImageScanReport{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		WatchesRawSource(source.Channel(r.verdicts, reportsOfKey)).
 		Watches(&securityv1alpha1.ImagePolicy{}, reportsOf, builder.WithPredicates(signatureRuleChanged())).
 		Watches(&securityv1alpha1.ClusterImagePolicy{}, reportsOf, builder.WithPredicates(signatureRuleChanged())).
 		WithOptions(controller.Options{MaxConcurrentReconciles: 4, ReconciliationTimeout: r.Timeout}).

@@ -329,7 +329,8 @@ func TestRefusedForBeingUnscannedQueuesTheScan(t *testing.T) {
 }
 
 // TestDecideSignatures: a verdict decides (a failure names the rule and its reason); an image
-// whose signatures are not verified in time is onUnscanned's to decide; Audit policies cost no
+// whose signatures are not verified in time is refused under Enforce whatever onUnscanned says
+// (a slow registry gets no image past the rule), and warned of under Warn; Audit policies cost no
 // verification.
 func TestDecideSignatures(t *testing.T) {
 	key := "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEhJ7dxYgvE3kSrxrKMdszwP19Y/Sc\nhaQ36JeeApx/SPmcPHU70x4uQy+p6HIfgQMrW0GNIhxytt2SFs3iH3/pCw==\n-----END PUBLIC KEY-----\n"
@@ -346,24 +347,35 @@ func TestDecideSignatures(t *testing.T) {
 	tests := map[string]struct {
 		policy      *workload.Policy
 		digest      string
+		image       string // instead of digest
 		wantAllowed bool
 		wantMessage string
+		wantWarning string
 	}{
-		"signed":                        {policy: enforce, digest: good, wantAllowed: true},
-		"unsigned":                      {policy: enforce, digest: bad, wantMessage: "ClusterImagePolicy/signed: registry.example.com/app@" + bad + ": signatures: no signature"},
-		"not verified in time, Allow":   {policy: enforce, digest: slow, wantAllowed: true},
-		"not verified in time, Deny":    {policy: compiled(t, "ClusterImagePolicy/signed", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, signed), digest: slow, wantMessage: "signatures not verified in time (onUnscanned: Deny)"},
-		"audit: unsigned, yet admitted": {policy: compiled(t, "ClusterImagePolicy/signed", securityv1alpha1.EnforcementAudit, securityv1alpha1.UnscannedDeny, signed), digest: bad, wantAllowed: true},
+		"signed":   {policy: enforce, digest: good, wantAllowed: true},
+		"unsigned": {policy: enforce, digest: bad, wantMessage: "ClusterImagePolicy/signed: registry.example.com/app@" + bad + ": signatures: no signature"},
+		"not verified in time, onUnscanned Allow": {policy: enforce, digest: slow, wantMessage: "signatures: signatures not verified in time; verification continues, try again"},
+		"not verified in time, onUnscanned Deny":  {policy: compiled(t, "ClusterImagePolicy/signed", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, signed), digest: slow, wantMessage: "signatures not verified in time"},
+		"a tag whose digest is not told in time":  {policy: enforce, image: "registry.example.com/app:1", wantMessage: "signatures not verified in time"},
+		"warn: not verified in time, admitted":    {policy: compiled(t, "ClusterImagePolicy/signed", securityv1alpha1.EnforcementWarn, securityv1alpha1.UnscannedAllow, signed), digest: slow, wantAllowed: true, wantWarning: "signatures not verified in time"},
+		"audit: unsigned, yet admitted":           {policy: compiled(t, "ClusterImagePolicy/signed", securityv1alpha1.EnforcementAudit, securityv1alpha1.UnscannedDeny, signed), digest: bad, wantAllowed: true},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			g := NewWithT(t)
 			s := state{policies: []*workload.Policy{tt.policy}, signatures: verdicts}
-			req := Request{Namespace: "shop", Containers: []workload.Container{{Name: "app", Image: "registry.example.com/app@" + tt.digest, Type: workload.RegularContainer}}}
+			image := tt.image
+			if image == "" {
+				image = "registry.example.com/app@" + tt.digest
+			}
+			req := Request{Namespace: "shop", Containers: []workload.Container{{Name: "app", Image: image, Type: workload.RegularContainer}}}
 			d, err := Decide(context.Background(), s, req, now)
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(d.Allowed).To(Equal(tt.wantAllowed), d.Message)
 			g.Expect(d.Message).To(ContainSubstring(tt.wantMessage))
+			if tt.wantWarning != "" {
+				g.Expect(d.Warnings).To(ContainElement(ContainSubstring(tt.wantWarning)))
+			}
 		})
 	}
 }

@@ -123,7 +123,7 @@ func Decide(ctx context.Context, state State, req Request, now time.Time) (Decis
 
 // verifySignatures gives each image whose digest is known (digests, as looked up) the verdicts on its signatures of the
 // authority sets of the policies that enforce or warn on it, in parallel, within ctx: what is not
-// verified in time stays absent (SignaturePending, for onUnscanned to decide).
+// verified in time stays absent (SignaturePending: the rule fails).
 func verifySignatures(ctx context.Context, state State, req Request, policies []*workload.Policy, images []policy.Image, digests []string) {
 	type answer struct {
 		i        int
@@ -172,8 +172,9 @@ func lookupContext(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // judge evaluates every policy over the images it matches. An image without a report fails the
 // rules that need one only as onUnscanned says, and so does an unscanned one (judged by the
-// findings of its tag's last digest, which only refuse). Signatures not verified are left to
-// onUnscanned too, once final (before the lookups, they are not verified yet: no refusal).
+// findings of its tag's last digest, which only refuse). Signatures not verified in time fail,
+// once final (before the lookups, they are not verified yet: no refusal), whatever onUnscanned
+// says.
 func judge(policies []*workload.Policy, images []policy.Image, unscanned []bool, final bool, now time.Time) Decision {
 	d := Decision{Allowed: true, Audit: map[string]string{}}
 	var denials []string
@@ -192,8 +193,11 @@ func judge(policies []*workload.Policy, images []policy.Image, unscanned []bool,
 		}
 		for _, r := range p.Rules.Evaluate(matched, now).Results {
 			if r.Reason == policy.ReasonSignaturePending {
-				if final && p.OnUnscanned == securityv1alpha1.UnscannedDeny {
-					failures = append(failures, fmt.Sprintf("%s: %s: signatures not verified in time (onUnscanned: Deny)", r.Image, r.Rule))
+				// Whatever onUnscanned says: a registry that is slow to serve signatures (or
+				// never does) must not get an image past a signature rule. The verification
+				// goes on, and its verdict answers the next try at once.
+				if final {
+					failures = append(failures, fmt.Sprintf("%s: %s: signatures not verified in time; verification continues, try again", r.Image, r.Rule))
 					unscannedOnly = false
 				}
 				continue

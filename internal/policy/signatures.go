@@ -137,7 +137,7 @@ func ParsePublicKey(data []byte) (any, error) {
 
 // checkSignatures requires a signature that verified against one of the authorities. It judges
 // the verdict the image carries (Image.Signatures); without one, the image is not verified yet:
-// not evaluable (admission leaves it to onUnscanned), never passed.
+// not evaluable (SignaturePending: admission refuses it under Enforce), never passed.
 func checkSignatures(a *SignatureAuthorities) check {
 	return check{rule: RuleSignatures, severity: SeverityHigh, needsReport: true, judge: func(img Image, _ time.Time) (Result, time.Time) {
 		v, ok := img.Signatures[a.ID]

@@ -9,10 +9,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -119,6 +121,40 @@ spec:
 	mu.Lock()
 	g.Expect(signatureReads).To(Equal(0))
 	mu.Unlock()
+	suite.Registry.SetFault(nil)
+
+	// A registry that holds the signature reads gets no image past the rule, onUnscanned: Allow
+	// notwithstanding; the verification goes on, and once it ends the next try is admitted.
+	lateRef, _, lateDigest := testsuite.Push(t, suite.Registry, "sig/late", testsuite.ImageOf(t.Name()+"-late"))
+	lh, err := v1.NewHash(lateDigest)
+	g.Expect(err).NotTo(HaveOccurred())
+	suite.Registry.PushTagSignatures(t, "sig/late", lh, key.KeyTagSignature(t, suite.Registry.Host()+"/sig/late", lh))
+	release := make(chan struct{})
+	suite.Registry.SetFault(func(_ http.ResponseWriter, r *http.Request) bool {
+		if strings.Contains(r.URL.Path, "/sig/late/") && (strings.Contains(r.URL.Path, "sha256-") || strings.Contains(r.URL.Path, "/referrers/")) {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return true
+			}
+		}
+		return false
+	})
+	_, stderr, err = kubectl(deployment(ns, "late", lateRef), "apply", "-f", "-")
+	g.Expect(err).To(HaveOccurred())
+	g.Expect(stderr).To(ContainSubstring(lateRef + ": signatures: signatures not verified in time"))
+	allowed, reason = review(lateRef)
+	g.Expect(allowed).To(BeFalse())
+	g.Expect(reason).To(ContainSubstring("signatures not verified in time"))
+	close(release)
+	g.Eventually(func() error {
+		_, stderr, err := kubectl(deployment(ns, "late", lateRef), "apply", "-f", "-")
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, stderr)
+		}
+		return nil
+	}).WithTimeout(timeout).Should(Succeed())
+	suite.Registry.SetFault(nil)
 
 	// Audit: the unsigned Deployment runs, marked non-compliant; reports hold their verdicts.
 	audit := "signatures-audit"
@@ -162,4 +198,59 @@ spec:
 			}
 		}).WithTimeout(timeout).Should(Succeed())
 	}
+}
+
+// TestAVerdictMadeAtAdmissionReachesTheReport: under Warn, an unsigned image runs and its report
+// says SignatureMissing. Once it is signed, the next admission that verifies it again (a failed
+// verdict is verified again at admission after 30 s) writes the new verdict into the report at once,
+// not at the next recheck an hour later.
+func TestAVerdictMadeAtAdmissionReachesTheReport(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	key := testutil.NewSigningKey(t)
+	ns := "signatures-warn"
+	g.Expect(suite.Env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{admissionLabel: "true"}}})).To(Succeed())
+	g.Expect(suite.Env.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "cosign"},
+		Data: map[string][]byte{"cosign.pub": []byte(key.PublicPEM)}})).To(Succeed())
+	p := &securityv1alpha1.ImagePolicy{ObjectMeta: metav1.ObjectMeta{Name: "signed", Namespace: ns},
+		Spec: securityv1alpha1.ImagePolicySpec{Enforcement: securityv1alpha1.EnforcementWarn, Rules: securityv1alpha1.PolicyRules{
+			Signatures: &securityv1alpha1.SignatureRule{Required: true, Keys: []securityv1alpha1.SignatureKey{{SecretRef: &securityv1alpha1.SecretKeySelector{Name: "cosign"}}}}}}}
+	g.Expect(suite.Env.Client.Create(ctx, p)).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		g.Expect(suite.Env.Client.Get(ctx, client.ObjectKeyFromObject(p), p)).To(Succeed())
+		g.Expect(meta.IsStatusConditionTrue(p.Status.Conditions, securityv1alpha1.ConditionReady)).To(BeTrue())
+	}).WithTimeout(timeout).Should(Succeed())
+
+	ref, _, digest := testsuite.Push(t, suite.Registry, "sig/later", testsuite.ImageOf(t.Name()))
+	pod := fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: later, namespace: %s}
+spec:
+  containers: [{name: app, image: "%s"}]
+`, ns, ref)
+	_, stderr, err := kubectl(pod, "apply", "-f", "-")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(stderr).To(ContainSubstring("signatures: no signature"))
+	reportKey := client.ObjectKey{Namespace: ns, Name: controllers.ReportName(suite.Registry.Host()+"/sig/later", digest)}
+	g.Eventually(func(g Gomega) {
+		r := &securityv1alpha1.ImageScanReport{}
+		g.Expect(suite.Env.Client.Get(ctx, reportKey, r)).To(Succeed())
+		g.Expect(r.Status.Signatures).To(HaveLen(1))
+		g.Expect(r.Status.Signatures[0].Reason).To(Equal(securityv1alpha1.ReasonSignatureMissing))
+	}).WithTimeout(timeout).Should(Succeed())
+
+	h, err := v1.NewHash(digest)
+	g.Expect(err).NotTo(HaveOccurred())
+	suite.Registry.PushTagSignatures(t, "sig/later", h, key.KeyTagSignature(t, suite.Registry.Host()+"/sig/later", h))
+	// A server-side dry run goes through admission like a create; nothing else verifies the
+	// digest again within the hour.
+	dryRun := strings.Replace(pod, "name: later", "name: later-again", 1)
+	g.Eventually(func(g Gomega) {
+		_, _, err := kubectl(dryRun, "apply", "--dry-run=server", "-f", "-")
+		g.Expect(err).NotTo(HaveOccurred())
+		r := &securityv1alpha1.ImageScanReport{}
+		g.Expect(suite.Env.Client.Get(ctx, reportKey, r)).To(Succeed())
+		g.Expect(r.Status.Signatures).To(HaveLen(1))
+		g.Expect(r.Status.Signatures[0].Verified).To(BeTrue(), r.Status.Signatures[0].Message)
+	}).WithTimeout(2 * timeout).WithPolling(3 * time.Second).Should(Succeed())
 }
