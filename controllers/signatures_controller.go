@@ -85,6 +85,9 @@ func (r *SignatureReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 			Message: verdict.Message, SignedBy: verdict.Signers, CheckedAt: metav1.NewTime(verdict.CheckedAt),
 		})
 		due := verdict.CheckedAt.Add(r.Verifier.FreshFor(verdict)).Sub(now)
+		if due <= 0 {
+			due = time.Minute // a verified verdict kept through a failing registry
+		}
 		if next == 0 || due < next {
 			next = due
 		}

@@ -328,6 +328,30 @@ func TestRefusedForBeingUnscannedQueuesTheScan(t *testing.T) {
 	}
 }
 
+// TestDecideVerifiesAtMost64ImagesPerRequest: a request naming more signed images than one
+// request may have verified is refused under Enforce for the rest, never passed.
+func TestDecideVerifiesAtMost64ImagesPerRequest(t *testing.T) {
+	g := NewWithT(t)
+	key := "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEhJ7dxYgvE3kSrxrKMdszwP19Y/Sc\nhaQ36JeeApx/SPmcPHU70x4uQy+p6HIfgQMrW0GNIhxytt2SFs3iH3/pCw==\n-----END PUBLIC KEY-----\n"
+	signed := securityv1alpha1.PolicyRules{Signatures: &securityv1alpha1.SignatureRule{Required: true, Keys: []securityv1alpha1.SignatureKey{{PublicKey: key}}}}
+	enforce := compiled(t, "ClusterImagePolicy/signed", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, signed)
+	verdicts := map[string]map[string]policy.SignatureVerdict{}
+	req := Request{Namespace: "shop"}
+	for i := range maxSignatureDigests + 1 {
+		digest := fmt.Sprintf("sha256:%064x", i+1)
+		verdicts[digest] = map[string]policy.SignatureVerdict{enforce.Rules.Signatures().ID: {Verified: true}}
+		req.Containers = append(req.Containers, workload.Container{Name: fmt.Sprintf("c%d", i), Image: "registry.example.com/app@" + digest, Type: workload.RegularContainer})
+	}
+	d, err := Decide(context.Background(), state{policies: []*workload.Policy{enforce}, signatures: verdicts}, req, now)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(d.Allowed).To(BeFalse())
+	g.Expect(strings.Count(d.Message, "signatures not verified in time")).To(Equal(1))
+	req.Containers = req.Containers[:maxSignatureDigests]
+	d, err = Decide(context.Background(), state{policies: []*workload.Policy{enforce}, signatures: verdicts}, req, now)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(d.Allowed).To(BeTrue(), d.Message)
+}
+
 // TestDecideSignatures: a verdict decides (a failure names the rule and its reason); an image
 // whose signatures are not verified in time is refused under Enforce whatever onUnscanned says
 // (a slow registry gets no image past the rule), and warned of under Warn; Audit policies cost no

@@ -130,7 +130,7 @@ func verifySignatures(ctx context.Context, state State, req Request, policies []
 		verdicts map[string]policy.SignatureVerdict
 	}
 	answers := make(chan answer, len(images))
-	pending := 0
+	pending, verified := 0, 0
 	for i, img := range images {
 		if digests[i] != "" {
 			img.Digest = digests[i]
@@ -148,6 +148,9 @@ func verifySignatures(ctx context.Context, state State, req Request, policies []
 		if len(sets) == 0 {
 			continue
 		}
+		if verified++; verified > maxSignatureDigests {
+			continue // pending: refused under Enforce
+		}
 		pending++
 		go func(i int, img policy.Image) {
 			answers <- answer{i, state.Signatures(ctx, req.Namespace, req.PodSpec, img, sets)}
@@ -158,6 +161,10 @@ func verifySignatures(ctx context.Context, state State, req Request, policies []
 		images[a.i].Signatures = a.verdicts
 	}
 }
+
+// maxSignatureDigests bounds the images of one request whose signatures are verified; the others
+// stay not verified (refused under Enforce). A pod runs a handful.
+const maxSignatureDigests = 64
 
 // lookupContext is ctx for the lookups: they end a tenth of what is left of ctx's deadline (at
 // most 250ms) before it, so that the decision and its answer still fit in the budget.

@@ -131,8 +131,13 @@ func Classify(err error) error {
 		return nil
 	}
 	var typed *Error
+	if e, ok := err.(*Error); ok { //nolint:errorlint // only the outermost error needs no wrapping
+		return e
+	}
 	if errors.As(err, &typed) {
-		return err
+		// Wrapped (by Go's HTTP client, say, with a URL): wrapped again, so that the message
+		// of the whole is redacted.
+		return &Error{Kind: typed.Kind, RetryAfter: typed.RetryAfter, Err: err}
 	}
 	return &Error{Kind: KindOf(err), Err: err}
 }

@@ -519,4 +519,104 @@ func TestASlowNamespaceLeavesSlotsToTheOthers(t *testing.T) {
 	verdict, ok := v.Check(checked, Key{Namespace: "shop", Digest: d.Digest.String(), Authorities: a.ID}, a, w.repo("app"), nil, 0)
 	g.Expect(ok && verdict.Verified).To(BeTrue(), verdict.Message)
 	g.Consistently(func() int { return int(v.Reads()) }, 200*time.Millisecond).Should(Equal(3))
+
+	// A flood of digests: no more than maxNamespaceRuns verifications wait for mallory's share;
+	// the rest are answered at once with nothing kept (refused under Enforce).
+	for i := range 2 * maxNamespaceRuns {
+		digest := fmt.Sprintf("sha256:%064x", 100+i)
+		go v.Check(ctx, Key{Namespace: "mallory", Digest: digest, Authorities: a.ID}, a, w.repo("tarpit"), nil, 0)
+	}
+	users := func() int {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		if sh := v.shares["mallory"]; sh != nil {
+			return sh.users
+		}
+		return 0
+	}
+	g.Eventually(users).Should(Equal(maxNamespaceRuns))
+	_, ok = v.Check(context.Background(), Key{Namespace: "mallory", Digest: fmt.Sprintf("sha256:%064x", 999), Authorities: a.ID}, a, w.repo("tarpit"), nil, 0)
+	g.Expect(ok).To(BeFalse())
+	g.Expect(users()).To(Equal(maxNamespaceRuns))
+}
+
+// ctxReader fails every read whose context has ended, as the API server's client does.
+type ctxReader struct{ client.Reader }
+
+func (r ctxReader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return r.Reader.Get(ctx, key, obj, opts...)
+}
+
+// TestACallersDeadlineNeitherFailsNorForgets: a caller whose deadline has passed (an admission
+// request whose tag lookups used up its budget) gets the kept verdict, and neither drops the kept
+// verdicts of others nor leaves a failed read of the key Secret behind for them.
+func TestACallersDeadlineNeitherFailsNorForgets(t *testing.T) {
+	g := NewWithT(t)
+	w := newWorld(t)
+	d := w.image(t, "app")
+	w.reg.PushTagSignatures(t, "app", d.Digest, w.key.KeyTagSignature(t, w.repo("app"), d.Digest))
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "imageguard", Name: "cosign"}, Data: map[string][]byte{"cosign.pub": []byte(w.key.PublicPEM)}}
+	now := time.Now()
+	clk := &fakeClock{now: now}
+	v := &Verifier{Registry: w.client, Reader: ctxReader{reader(t, secret)}, Clock: clk}
+	a := authorities(t, securityv1alpha1.SignatureRule{Keys: []securityv1alpha1.SignatureKey{{SecretRef: &securityv1alpha1.SecretKeySelector{Namespace: "imageguard", Name: "cosign", Key: "cosign.pub"}}}})
+	k := Key{Namespace: "shop", Digest: d.Digest.String(), Authorities: a.ID}
+	verdict, ok := v.Check(context.Background(), k, a, w.repo("app"), nil, 0)
+	g.Expect(ok && verdict.Verified).To(BeTrue(), verdict.Message)
+
+	clk.now = now.Add(materialFor + time.Second) // the material is read again
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	verdict, ok = v.Check(ended, k, a, w.repo("app"), nil, 0)
+	g.Expect(ok && verdict.Verified).To(BeTrue(), "the kept verdict: %s", verdict.Message)
+	other := Key{Namespace: "other", Digest: d.Digest.String(), Authorities: a.ID}
+	verdict, ok = v.Check(context.Background(), other, a, w.repo("app"), nil, 0)
+	g.Expect(ok && verdict.Verified).To(BeTrue(), verdict.Message)
+	verdict, ok = v.Check(context.Background(), k, a, w.repo("app"), nil, 0)
+	g.Expect(ok && verdict.Verified).To(BeTrue(), verdict.Message)
+}
+
+// TestAFailingRegistryKeepsAVerifiedVerdict: past the recheck interval, a registry that fails
+// (or a verification that gets no slot) leaves a verified verdict made with the same key standing:
+// a digest's signatures stop verifying only when the key or trust root changes. It is verified
+// again a minute later, and the registry answering again refreshes it.
+func TestAFailingRegistryKeepsAVerifiedVerdict(t *testing.T) {
+	g := NewWithT(t)
+	w := newWorld(t)
+	d := w.image(t, "app")
+	w.reg.PushTagSignatures(t, "app", d.Digest, w.key.KeyTagSignature(t, w.repo("app"), d.Digest))
+	now := time.Now()
+	clk := &fakeClock{now: now}
+	v := &Verifier{Registry: w.client, Reader: reader(t), Clock: clk, RecheckInterval: time.Hour}
+	a := authorities(t, keyRule(w.key.PublicPEM))
+	k := Key{Namespace: "shop", Digest: d.Digest.String(), Authorities: a.ID}
+	verdict, ok := v.Check(context.Background(), k, a, w.repo("app"), nil, 0)
+	g.Expect(ok && verdict.Verified).To(BeTrue(), verdict.Message)
+
+	w.reg.SetFault(testutil.StatusFault(http.StatusServiceUnavailable))
+	clk.now = now.Add(2 * time.Hour)
+	verdict, ok = v.Check(context.Background(), k, a, w.repo("app"), nil, 0)
+	g.Expect(ok && verdict.Verified).To(BeTrue(), verdict.Message)
+	g.Expect(verdict.CheckedAt).To(Equal(now), "it claims no check that did not verify")
+	g.Expect(v.Reads()).To(Equal(int64(2)))
+	_, _ = v.Check(context.Background(), k, a, w.repo("app"), nil, 0)
+	g.Expect(v.Reads()).To(Equal(int64(2)), "not verified again within the minute")
+
+	w.reg.SetFault(nil)
+	clk.now = now.Add(2*time.Hour + transientFor + time.Second)
+	verdict, ok = v.Check(context.Background(), k, a, w.repo("app"), nil, 0)
+	g.Expect(ok && verdict.Verified).To(BeTrue(), verdict.Message)
+	g.Expect(verdict.CheckedAt).To(Equal(clk.now))
+	g.Expect(v.Reads()).To(Equal(int64(3)))
+
+	// Under another key's rule, a failing registry passes nothing.
+	w.reg.SetFault(testutil.StatusFault(http.StatusServiceUnavailable))
+	b := authorities(t, keyRule(w.other.PublicPEM))
+	kb := Key{Namespace: "shop", Digest: d.Digest.String(), Authorities: b.ID}
+	verdict, ok = v.Check(context.Background(), kb, b, w.repo("app"), nil, 0)
+	g.Expect(ok).To(BeTrue())
+	g.Expect(verdict.Verified).To(BeFalse())
 }

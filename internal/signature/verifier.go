@@ -2,6 +2,7 @@ package signature
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"golang.org/x/sync/singleflight"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -56,6 +58,12 @@ const (
 	maxEntries = 50_000
 	// materialFor is how long the keys and trust root read for an authority set are reused.
 	materialFor = 30 * time.Second
+	// materialTimeout bounds one read of them, whoever waits for it.
+	materialTimeout = 10 * time.Second
+	// maxRuns bounds the verifications waiting for a slot or holding one, maxNamespaceRuns those
+	// of one namespace: past them, a Check answers with what is kept (or nothing) at once.
+	maxRuns          = 256
+	maxNamespaceRuns = 64
 )
 
 // Verifier reads and verifies signatures, keeping verdicts per Key: one verification per key at
@@ -83,14 +91,21 @@ type Verifier struct {
 	sem       chan struct{}
 	mu        sync.Mutex
 	shares    map[string]*share
+	runs      int // verifications started and not ended
 	entries   map[Key]*entry
 	materials map[string]cachedMaterial
-	reads     atomic.Int64
+	// materialReads makes one read of an authority set's material at a time.
+	materialReads singleflight.Group
+	reads         atomic.Int64
 }
 
 type entry struct {
-	verdict  Verdict
-	has      bool
+	verdict Verdict
+	has     bool
+	// failedAt is when a verification last failed on the registry or the trust material's read
+	// while the verdict kept was a verified one made with the same material: the verdict stands,
+	// and is not verified again before transientFor.
+	failedAt time.Time
 	running  chan struct{} // closed when the verification in flight ends; nil when none
 	lastUsed time.Time
 }
@@ -98,7 +113,7 @@ type entry struct {
 // share is a namespace's part of the verification slots.
 type share struct {
 	slots chan struct{}
-	users int // verifications waiting for or holding a slot
+	users int // verifications started and not ended
 }
 
 type cachedMaterial struct {
@@ -151,7 +166,16 @@ func (v *Verifier) Cached(k Key, maxAge time.Duration) (Verdict, bool, bool) {
 		return Verdict{}, false, false
 	}
 	e.lastUsed = v.Clock.Now()
-	return e.verdict, true, v.fresh(e.verdict, maxAge)
+	return e.verdict, true, v.standing(e, maxAge)
+}
+
+// standing reports whether e's verdict stands without a new verification: it is younger than
+// maxAge (0: FreshFor), or a verification of it failed on the registry less than transientFor ago.
+func (v *Verifier) standing(e *entry, maxAge time.Duration) bool {
+	if since := v.Clock.Since(e.failedAt); !e.failedAt.IsZero() && since >= 0 && since < transientFor {
+		return true
+	}
+	return v.fresh(e.verdict, maxAge)
 }
 
 func (v *Verifier) fresh(verdict Verdict, maxAge time.Duration) bool {
@@ -162,10 +186,12 @@ func (v *Verifier) fresh(verdict Verdict, maxAge time.Duration) bool {
 	return age >= 0 && age < maxAge
 }
 
-// Check returns the verdict for k (of repo@k.Digest under a): the kept one when it is younger
-// than maxAge (0: FreshFor), else a new verification's, waited for until ctx ends. The
+// Check returns the verdict for k (of repo@k.Digest under a): the kept one when it stands
+// (younger than maxAge, 0: FreshFor), else a new verification's, waited for until ctx ends. The
 // verification goes on after ctx ends, within its own deadline, and its verdict is kept. When ctx
-// ends first, the kept verdict is returned however old (ok true), or none (ok false).
+// ends first, or too many verifications are in flight, the kept verdict is returned however old
+// (ok true), or none (ok false). A verdict made with other key or trust-root bytes than the
+// current ones is never returned.
 func (v *Verifier) Check(ctx context.Context, k Key, a *policy.SignatureAuthorities, repo string, keychain authn.Keychain, maxAge time.Duration) (Verdict, bool) {
 	v.init()
 	now := v.Clock.Now()
@@ -180,24 +206,37 @@ func (v *Verifier) Check(ctx context.Context, k Key, a *policy.SignatureAuthorit
 	}
 	e.lastUsed = now
 	v.mu.Unlock()
-	// A verdict made with other key or trust-root bytes (rotated, revoked) never stands; the
-	// material is read again at most every materialFor.
+	// A verdict made with other key or trust-root bytes (rotated, revoked, deleted) never
+	// stands. Material not known before ctx ends changes nothing kept.
+	c, known := v.material(ctx, a)
 	current := ""
-	if m, err := v.material(ctx, a); err == nil {
-		current = m.fingerprint
+	if known && c.err == nil {
+		current = c.m.fingerprint
 	}
 	v.mu.Lock()
-	if e.has && e.verdict.material != current {
-		e.has, e.verdict = false, Verdict{}
+	if known && e.has && e.verdict.material != current {
+		e.has, e.verdict, e.failedAt = false, Verdict{}, time.Time{}
 	}
-	if e.has && v.fresh(e.verdict, maxAge) {
-		verdict := e.verdict
+	if e.has && v.standing(e, maxAge) || !known {
+		verdict, has := e.verdict, e.has
 		v.mu.Unlock()
-		return verdict, true
+		return verdict, has
 	}
 	if e.running == nil {
+		sh := v.shares[k.Namespace]
+		if sh == nil {
+			sh = &share{slots: make(chan struct{}, max(1, v.MaxConcurrent/2))}
+		}
+		if v.runs >= maxRuns || sh.users >= maxNamespaceRuns {
+			verdict, has := e.verdict, e.has
+			v.mu.Unlock()
+			return verdict, has
+		}
+		v.shares[k.Namespace] = sh
+		sh.users++
+		v.runs++
 		e.running = make(chan struct{})
-		go v.run(k, e, a, repo, keychain)
+		go v.run(k, e, sh, a, repo, keychain)
 	}
 	running := e.running
 	v.mu.Unlock()
@@ -207,27 +246,42 @@ func (v *Verifier) Check(ctx context.Context, k Key, a *policy.SignatureAuthorit
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if e.has && e.verdict.material != current {
+		return Verdict{}, false // made with the material before the current one
+	}
 	return e.verdict, e.has
 }
 
-// run verifies k and keeps its verdict.
-func (v *Verifier) run(k Key, e *entry, a *policy.SignatureAuthorities, repo string, keychain authn.Keychain) {
+// run verifies k and keeps its verdict. A verification that got no slot in time keeps nothing; one
+// that failed on the registry or the material's read keeps a verified verdict made with the same
+// material (the digest's signatures cannot have stopped verifying but by the material changing).
+func (v *Verifier) run(k Key, e *entry, sh *share, a *policy.SignatureAuthorities, repo string, keychain authn.Keychain) {
 	ctx, cancel := context.WithTimeout(context.Background(), v.Timeout)
 	defer cancel()
 	var verdict Verdict
-	if release, ok := v.acquire(ctx, k.Namespace); ok {
+	got := v.acquire(ctx, sh)
+	if got {
 		verdict = v.safeVerify(ctx, a, repo, k.Digest, keychain)
-		release()
-	} else {
-		verdict = Verdict{Reason: securityv1alpha1.ReasonRegistryError, CheckedAt: v.Clock.Now(),
-			Message: "too many signature verifications in flight; not verified within " + v.Timeout.String()}
+		<-v.sem
+		<-sh.slots
 	}
 	v.mu.Lock()
-	changed := !e.has || !sameVerdict(e.verdict, verdict)
-	e.verdict, e.has = verdict, true
+	if sh.users--; sh.users == 0 && v.shares[k.Namespace] == sh {
+		delete(v.shares, k.Namespace)
+	}
+	v.runs--
+	changed := false
+	switch {
+	case !got:
+	case verdict.transient() && e.has && e.verdict.Verified && (verdict.material == e.verdict.material || verdict.material == ""):
+		e.failedAt = verdict.CheckedAt
+	default:
+		changed = !e.has || !sameVerdict(e.verdict, verdict)
+		e.verdict, e.has, e.failedAt = verdict, true, time.Time{}
+	}
 	close(e.running)
 	e.running = nil
-	if _, ok := v.entries[k]; !ok && len(v.entries) < maxEntries {
+	if _, ok := v.entries[k]; !ok && len(v.entries) < maxEntries && e.has {
 		v.entries[k] = e // evicted while it ran
 	}
 	v.mu.Unlock()
@@ -236,37 +290,20 @@ func (v *Verifier) run(k Key, e *entry, a *policy.SignatureAuthorities, repo str
 	}
 }
 
-// acquire takes one of namespace's share of the slots, then a slot, before ctx ends.
-func (v *Verifier) acquire(ctx context.Context, namespace string) (release func(), ok bool) {
-	v.mu.Lock()
-	sh := v.shares[namespace]
-	if sh == nil {
-		sh = &share{slots: make(chan struct{}, max(1, v.MaxConcurrent/2))}
-		v.shares[namespace] = sh
-	}
-	sh.users++
-	v.mu.Unlock()
-	leave := func() {
-		v.mu.Lock()
-		if sh.users--; sh.users == 0 {
-			delete(v.shares, namespace)
-		}
-		v.mu.Unlock()
-	}
+// acquire takes one of sh's slots, then one of all, before ctx ends.
+func (v *Verifier) acquire(ctx context.Context, sh *share) bool {
 	select {
 	case sh.slots <- struct{}{}:
 	case <-ctx.Done():
-		leave()
-		return nil, false
+		return false
 	}
 	select {
 	case v.sem <- struct{}{}:
+		return true
 	case <-ctx.Done():
 		<-sh.slots
-		leave()
-		return nil, false
+		return false
 	}
-	return func() { <-v.sem; <-sh.slots; leave() }, true
 }
 
 // safeVerify is Verify, a panic in the libraries (on bytes a registry served) turned into an
@@ -320,7 +357,11 @@ func (v *Verifier) Verify(ctx context.Context, a *policy.SignatureAuthorities, r
 	if v.Registry == nil {
 		return Verdict{Reason: securityv1alpha1.ReasonRegistryError, Message: "no registry client", CheckedAt: v.Clock.Now()}
 	}
-	m, err := v.material(ctx, a)
+	c, known := v.material(ctx, a)
+	m, err := c.m, c.err
+	if !known {
+		err = fmt.Errorf("%w: %w: the keys and trust root were not read in time", errTrustRoot, errReadFailed)
+	}
 	if err != nil {
 		return Verdict{Reason: securityv1alpha1.ReasonTrustRootInvalid, Message: truncate(err.Error()), CheckedAt: v.Clock.Now()}
 	}
@@ -331,30 +372,51 @@ func (v *Verifier) Verify(ctx context.Context, a *policy.SignatureAuthorities, r
 	return verdict
 }
 
-// material returns a's keys and trust root, read at most every materialFor.
-func (v *Verifier) material(ctx context.Context, a *policy.SignatureAuthorities) (*material, error) {
+// material returns a's keys and trust root, read at most every materialFor, one read at a time,
+// on a deadline of its own: a caller whose ctx ends first gets known false, and the read goes
+// on. A read that failed without an answer about the objects (the API server unavailable) gives
+// what was read before, when there is something, and is not kept.
+func (v *Verifier) material(ctx context.Context, a *policy.SignatureAuthorities) (cachedMaterial, bool) {
 	now := v.Clock.Now()
 	v.mu.Lock()
 	c, ok := v.materials[a.ID]
 	v.mu.Unlock()
 	if ok && now.Sub(c.at) < materialFor && now.Sub(c.at) >= 0 {
-		return c.m, c.err
+		return c, true
 	}
-	m, err := readMaterial(ctx, v.Reader, a)
-	v.mu.Lock()
-	if len(v.materials) > 256 {
-		for id, c := range v.materials {
-			if now.Sub(c.at) >= materialFor {
-				delete(v.materials, id)
+	ch := v.materialReads.DoChan(a.ID, func() (any, error) {
+		rctx, cancel := context.WithTimeout(context.Background(), materialTimeout)
+		defer cancel()
+		m, err := readMaterial(rctx, v.Reader, a)
+		now := v.Clock.Now()
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		if errors.Is(err, errReadFailed) {
+			if c, ok := v.materials[a.ID]; ok && c.err == nil {
+				return c, nil
 			}
+			return cachedMaterial{err: err, at: now}, nil
 		}
 		if len(v.materials) > 256 {
-			clear(v.materials)
+			for id, c := range v.materials {
+				if now.Sub(c.at) >= materialFor {
+					delete(v.materials, id)
+				}
+			}
+			if len(v.materials) > 256 {
+				clear(v.materials)
+			}
 		}
+		c := cachedMaterial{m: m, err: err, at: now}
+		v.materials[a.ID] = c
+		return c, nil
+	})
+	select {
+	case r := <-ch:
+		return r.Val.(cachedMaterial), true //nolint:forcetypeassert // the only type the function returns
+	case <-ctx.Done():
+		return cachedMaterial{}, false
 	}
-	v.materials[a.ID] = cachedMaterial{m: m, err: err, at: now}
-	v.mu.Unlock()
-	return m, err
 }
 
 // judge verifies what was found against m: verified when any candidate verifies against any

@@ -23,6 +23,7 @@ import (
 	sigsig "github.com/sigstore/sigstore/pkg/signature"
 	"github.com/sigstore/sigstore/pkg/signature/payload"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
@@ -35,6 +36,19 @@ const CosignSignPredicate = "https://sigstore.dev/cosign/sign/v1"
 
 // errTrustRoot marks an error of the policy's trust material (TrustRootInvalid).
 var errTrustRoot = errors.New("trust material")
+
+// errReadFailed marks a read of the trust material that failed without an answer about it (the
+// API server unavailable, a deadline): what was read before still stands.
+var errReadFailed = errors.New("the read failed")
+
+// readError is err of reading what, marked errReadFailed unless the API server said the object
+// is not there.
+func readError(what string, err error) error {
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("%w: reading %s: %v", errTrustRoot, what, err)
+	}
+	return fmt.Errorf("%w: %w: reading %s: %v", errTrustRoot, errReadFailed, what, err)
+}
 
 // material is a policy's authorities, read and parsed: one sigstore-go verifier per key, and one
 // for the keyless identities over the trust root.
@@ -65,7 +79,7 @@ func readMaterial(ctx context.Context, reader client.Reader, a *policy.Signature
 		if ref := k.SecretRef; ref != nil {
 			s := &corev1.Secret{}
 			if err := reader.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, s); err != nil {
-				return nil, fmt.Errorf("%w: reading key Secret %s/%s: %v", errTrustRoot, ref.Namespace, ref.Name, err)
+				return nil, readError(fmt.Sprintf("key Secret %s/%s", ref.Namespace, ref.Name), err)
 			}
 			if pemData = s.Data[ref.Key]; len(pemData) == 0 {
 				return nil, fmt.Errorf("%w: key Secret %s/%s has no key %q", errTrustRoot, ref.Namespace, ref.Name, ref.Key)
@@ -129,13 +143,13 @@ func readTrustRoot(ctx context.Context, reader client.Reader, t *securityv1alpha
 	case securityv1alpha1.TrustRootSecret:
 		s := &corev1.Secret{}
 		if err := reader.Get(ctx, key, s); err != nil {
-			return nil, fmt.Errorf("%w: reading trust root Secret %s/%s: %v", errTrustRoot, t.Namespace, t.Name, err)
+			return nil, readError(fmt.Sprintf("trust root Secret %s/%s", t.Namespace, t.Name), err)
 		}
 		data = s.Data[t.Key]
 	default:
 		cm := &corev1.ConfigMap{}
 		if err := reader.Get(ctx, key, cm); err != nil {
-			return nil, fmt.Errorf("%w: reading trust root ConfigMap %s/%s: %v", errTrustRoot, t.Namespace, t.Name, err)
+			return nil, readError(fmt.Sprintf("trust root ConfigMap %s/%s", t.Namespace, t.Name), err)
 		}
 		data = []byte(cm.Data[t.Key])
 		if len(data) == 0 {
