@@ -78,7 +78,12 @@ func (r *SignatureReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		key := signature.Key{Namespace: report.Namespace, Digest: report.Spec.Digest, Authorities: s.a.ID}
 		verdict, ok := r.Verifier.Check(ctx, key, s.a, report.Spec.Image, keychain, 0)
 		if !ok {
-			return ctrl.Result{}, ctx.Err()
+			if err := ctx.Err(); err != nil {
+				return ctrl.Result{}, err
+			}
+			// No verdict yet (too many verifications in flight, or one made with keys since
+			// rotated): again in a minute.
+			return ctrl.Result{RequeueAfter: time.Minute}, nil
 		}
 		checks = append(checks, securityv1alpha1.SignatureCheck{
 			Authorities: s.a.ID, Policy: s.policy, Verified: verdict.Verified, Reason: verdict.Reason,

@@ -130,7 +130,8 @@ func verifySignatures(ctx context.Context, state State, req Request, policies []
 		verdicts map[string]policy.SignatureVerdict
 	}
 	answers := make(chan answer, len(images))
-	pending, verified := 0, 0
+	pending := 0
+	var distinct []string // digests
 	for i, img := range images {
 		if digests[i] != "" {
 			img.Digest = digests[i]
@@ -148,7 +149,10 @@ func verifySignatures(ctx context.Context, state State, req Request, policies []
 		if len(sets) == 0 {
 			continue
 		}
-		if verified++; verified > maxSignatureDigests {
+		if !slices.Contains(distinct, img.Digest) {
+			distinct = append(distinct, img.Digest)
+		}
+		if len(distinct) > maxSignatureDigests {
 			continue // pending: refused under Enforce
 		}
 		pending++
@@ -162,8 +166,8 @@ func verifySignatures(ctx context.Context, state State, req Request, policies []
 	}
 }
 
-// maxSignatureDigests bounds the images of one request whose signatures are verified; the others
-// stay not verified (refused under Enforce). A pod runs a handful.
+// maxSignatureDigests bounds the distinct digests of one request whose signatures are verified;
+// the others stay not verified (refused under Enforce). A pod runs a handful.
 const maxSignatureDigests = 64
 
 // lookupContext is ctx for the lookups: they end a tenth of what is left of ctx's deadline (at

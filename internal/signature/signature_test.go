@@ -8,10 +8,12 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +30,7 @@ import (
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/sigstore/sigstore/pkg/signature/dsse"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/utils/ptr"
@@ -550,9 +553,10 @@ func (r ctxReader) Get(ctx context.Context, key client.ObjectKey, obj client.Obj
 	return r.Reader.Get(ctx, key, obj, opts...)
 }
 
-// TestACallersDeadlineNeitherFailsNorForgets: a caller whose deadline has passed (an admission
-// request whose tag lookups used up its budget) gets the kept verdict, and neither drops the kept
-// verdicts of others nor leaves a failed read of the key Secret behind for them.
+// TestACallersDeadlineNeitherFailsNorForgets: a caller whose deadline has passed before the key
+// Secret was read again (an admission request whose tag lookups used up its budget) gets no
+// verified verdict (the key may have been rotated), and neither drops the kept verdicts of others
+// nor leaves a failed read of the key Secret behind for them.
 func TestACallersDeadlineNeitherFailsNorForgets(t *testing.T) {
 	g := NewWithT(t)
 	w := newWorld(t)
@@ -570,8 +574,9 @@ func TestACallersDeadlineNeitherFailsNorForgets(t *testing.T) {
 	clk.now = now.Add(materialFor + time.Second) // the material is read again
 	ended, cancel := context.WithCancel(context.Background())
 	cancel()
-	verdict, ok = v.Check(ended, k, a, w.repo("app"), nil, 0)
-	g.Expect(ok && verdict.Verified).To(BeTrue(), "the kept verdict: %s", verdict.Message)
+	// Whether the key was rotated meanwhile is not known: no verified verdict for it.
+	_, ok = v.Check(ended, k, a, w.repo("app"), nil, 0)
+	g.Expect(ok).To(BeFalse())
 	other := Key{Namespace: "other", Digest: d.Digest.String(), Authorities: a.ID}
 	verdict, ok = v.Check(context.Background(), other, a, w.repo("app"), nil, 0)
 	g.Expect(ok && verdict.Verified).To(BeTrue(), verdict.Message)
@@ -619,4 +624,66 @@ func TestAFailingRegistryKeepsAVerifiedVerdict(t *testing.T) {
 	verdict, ok = v.Check(context.Background(), kb, b, w.repo("app"), nil, 0)
 	g.Expect(ok).To(BeTrue())
 	g.Expect(verdict.Verified).To(BeFalse())
+}
+
+// failingReader answers every read with err while it is set.
+type failingReader struct {
+	client.Reader
+	mu  sync.Mutex
+	err error
+}
+
+func (r *failingReader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	r.mu.Lock()
+	err := r.err
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return r.Reader.Get(ctx, key, obj, opts...)
+}
+
+// TestAnUnansweredKeyReadStandsInForAWhile: while the API server does not answer, the key read
+// last stands in for materialStaleFor, not longer; a Forbidden is an answer, and revokes.
+func TestAnUnansweredKeyReadStandsInForAWhile(t *testing.T) {
+	g := NewWithT(t)
+	w := newWorld(t)
+	d := w.image(t, "app")
+	w.reg.PushTagSignatures(t, "app", d.Digest, w.key.KeyTagSignature(t, w.repo("app"), d.Digest))
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "imageguard", Name: "cosign"}, Data: map[string][]byte{"cosign.pub": []byte(w.key.PublicPEM)}}
+	r := &failingReader{Reader: reader(t, secret)}
+	now := time.Now()
+	clk := &fakeClock{now: now}
+	v := &Verifier{Registry: w.client, Reader: r, Clock: clk, RecheckInterval: time.Minute}
+	a := authorities(t, securityv1alpha1.SignatureRule{Keys: []securityv1alpha1.SignatureKey{{SecretRef: &securityv1alpha1.SecretKeySelector{Namespace: "imageguard", Name: "cosign", Key: "cosign.pub"}}}})
+	k := Key{Namespace: "shop", Digest: d.Digest.String(), Authorities: a.ID}
+	check := func() Verdict {
+		verdict, ok := v.Check(context.Background(), k, a, w.repo("app"), nil, 0)
+		g.Expect(ok).To(BeTrue())
+		return verdict
+	}
+	g.Expect(check().Verified).To(BeTrue())
+
+	r.mu.Lock()
+	r.err = apierrors.NewServiceUnavailable("etcd is down")
+	r.mu.Unlock()
+	clk.now = now.Add(2 * time.Minute)
+	g.Expect(check().Verified).To(BeTrue(), "the last keys read stand in")
+	clk.now = now.Add(materialStaleFor + time.Second)
+	verdict := check()
+	g.Expect(verdict.Verified).To(BeFalse())
+	g.Expect(verdict.Reason).To(Equal(securityv1alpha1.ReasonTrustRootInvalid))
+
+	r.mu.Lock()
+	r.err = nil
+	r.mu.Unlock()
+	clk.now = now.Add(materialStaleFor + 2*time.Minute)
+	g.Expect(check().Verified).To(BeTrue())
+	r.mu.Lock()
+	r.err = apierrors.NewForbidden(corev1.Resource("secrets"), "cosign", errors.New("RBAC"))
+	r.mu.Unlock()
+	clk.now = now.Add(materialStaleFor + 3*time.Minute)
+	verdict = check()
+	g.Expect(verdict.Verified).To(BeFalse(), "a Forbidden is an answer")
+	g.Expect(verdict.Reason).To(Equal(securityv1alpha1.ReasonTrustRootInvalid))
 }

@@ -31,6 +31,9 @@ type Verdict struct {
 	CheckedAt time.Time
 	// material is the fingerprint of the keys and trust root it was made with.
 	material string
+	// readFailed says the keys or trust root could not be read (no answer), as opposed to an
+	// answer that they are missing or invalid.
+	readFailed bool
 }
 
 // Policy returns the verdict as a policy judges it.
@@ -61,9 +64,14 @@ const (
 	// materialTimeout bounds one read of them, whoever waits for it.
 	materialTimeout = 10 * time.Second
 	// maxRuns bounds the verifications waiting for a slot or holding one, maxNamespaceRuns those
-	// of one namespace: past them, a Check answers with what is kept (or nothing) at once.
+	// of one namespace (16 namespaces to fill it): past them, a Check answers with what is kept
+	// (or nothing) at once.
 	maxRuns          = 256
-	maxNamespaceRuns = 64
+	maxNamespaceRuns = 16
+	// materialStaleFor is how long the last keys and trust root read stand in for a read that
+	// failed without an answer (the API server unavailable): a rotation or deletion in that
+	// time takes effect once a read answers, or once this has passed (then nothing verifies).
+	materialStaleFor = 5 * time.Minute
 )
 
 // Verifier reads and verifies signatures, keeping verdicts per Key: one verification per key at
@@ -217,10 +225,20 @@ func (v *Verifier) Check(ctx context.Context, k Key, a *policy.SignatureAuthorit
 	if known && e.has && e.verdict.material != current {
 		e.has, e.verdict, e.failedAt = false, Verdict{}, time.Time{}
 	}
-	if e.has && v.standing(e, maxAge) || !known {
-		verdict, has := e.verdict, e.has
+	if !known {
+		// The material is not known in time: a kept verdict may be of a revoked key, so only a
+		// failed one (which can only refuse) is given.
+		verdict, has := e.verdict, e.has && !e.verdict.Verified
 		v.mu.Unlock()
-		return verdict, has
+		if !has {
+			return Verdict{}, false
+		}
+		return verdict, true
+	}
+	if e.has && v.standing(e, maxAge) {
+		verdict := e.verdict
+		v.mu.Unlock()
+		return verdict, true
 	}
 	if e.running == nil {
 		sh := v.shares[k.Namespace]
@@ -256,12 +274,15 @@ func (v *Verifier) Check(ctx context.Context, k Key, a *policy.SignatureAuthorit
 // that failed on the registry or the material's read keeps a verified verdict made with the same
 // material (the digest's signatures cannot have stopped verifying but by the material changing).
 func (v *Verifier) run(k Key, e *entry, sh *share, a *policy.SignatureAuthorities, repo string, keychain authn.Keychain) {
-	ctx, cancel := context.WithTimeout(context.Background(), v.Timeout)
-	defer cancel()
+	wait, stop := context.WithTimeout(context.Background(), v.Timeout)
+	got := v.acquire(wait, sh)
+	stop()
 	var verdict Verdict
-	got := v.acquire(ctx, sh)
 	if got {
+		// The verification's own deadline starts with its slot.
+		ctx, cancel := context.WithTimeout(context.Background(), v.Timeout)
 		verdict = v.safeVerify(ctx, a, repo, k.Digest, keychain)
+		cancel()
 		<-v.sem
 		<-sh.slots
 	}
@@ -273,7 +294,8 @@ func (v *Verifier) run(k Key, e *entry, sh *share, a *policy.SignatureAuthoritie
 	changed := false
 	switch {
 	case !got:
-	case verdict.transient() && e.has && e.verdict.Verified && (verdict.material == e.verdict.material || verdict.material == ""):
+	case e.has && e.verdict.Verified && (verdict.readFailed ||
+		verdict.Reason == securityv1alpha1.ReasonRegistryError && verdict.material == e.verdict.material):
 		e.failedAt = verdict.CheckedAt
 	default:
 		changed = !e.has || !sameVerdict(e.verdict, verdict)
@@ -363,7 +385,8 @@ func (v *Verifier) Verify(ctx context.Context, a *policy.SignatureAuthorities, r
 		err = fmt.Errorf("%w: %w: the keys and trust root were not read in time", errTrustRoot, errReadFailed)
 	}
 	if err != nil {
-		return Verdict{Reason: securityv1alpha1.ReasonTrustRootInvalid, Message: truncate(err.Error()), CheckedAt: v.Clock.Now()}
+		return Verdict{Reason: securityv1alpha1.ReasonTrustRootInvalid, Message: truncate(err.Error()), CheckedAt: v.Clock.Now(),
+			readFailed: errors.Is(err, errReadFailed)}
 	}
 	v.reads.Add(1)
 	f := fetch(ctx, v.Registry, repo, digest, keychain)
@@ -387,12 +410,12 @@ func (v *Verifier) material(ctx context.Context, a *policy.SignatureAuthorities)
 	ch := v.materialReads.DoChan(a.ID, func() (any, error) {
 		rctx, cancel := context.WithTimeout(context.Background(), materialTimeout)
 		defer cancel()
-		m, err := readMaterial(rctx, v.Reader, a)
+		m, err := safeReadMaterial(rctx, v.Reader, a)
 		now := v.Clock.Now()
 		v.mu.Lock()
 		defer v.mu.Unlock()
 		if errors.Is(err, errReadFailed) {
-			if c, ok := v.materials[a.ID]; ok && c.err == nil {
+			if c, ok := v.materials[a.ID]; ok && c.err == nil && now.Sub(c.at) < materialStaleFor {
 				return c, nil
 			}
 			return cachedMaterial{err: err, at: now}, nil
@@ -417,6 +440,17 @@ func (v *Verifier) material(ctx context.Context, a *policy.SignatureAuthorities)
 	case <-ctx.Done():
 		return cachedMaterial{}, false
 	}
+}
+
+// safeReadMaterial is readMaterial, a panic in the libraries (on a trust root's bytes) turned into
+// an error: it runs in a goroutine of its own, whose panic would end the process.
+func safeReadMaterial(ctx context.Context, reader client.Reader, a *policy.SignatureAuthorities) (m *material, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			m, err = nil, fmt.Errorf("%w: reading the keys and trust root failed: %v", errTrustRoot, r)
+		}
+	}()
+	return readMaterial(ctx, reader, a)
 }
 
 // judge verifies what was found against m: verified when any candidate verifies against any

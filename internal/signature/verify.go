@@ -41,10 +41,10 @@ var errTrustRoot = errors.New("trust material")
 // API server unavailable, a deadline): what was read before still stands.
 var errReadFailed = errors.New("the read failed")
 
-// readError is err of reading what, marked errReadFailed unless the API server said the object
-// is not there.
+// readError is err of reading what, marked errReadFailed unless the API server answered about
+// the object (not there, or not ours to read).
 func readError(what string, err error) error {
-	if apierrors.IsNotFound(err) {
+	if apierrors.IsNotFound(err) || apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) {
 		return fmt.Errorf("%w: reading %s: %v", errTrustRoot, what, err)
 	}
 	return fmt.Errorf("%w: %w: reading %s: %v", errTrustRoot, errReadFailed, what, err)
