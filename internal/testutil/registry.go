@@ -3,10 +3,13 @@ package testutil
 import (
 	"crypto/subtle"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,6 +83,8 @@ func WithHandlerWrapper(wrap func(http.Handler) http.Handler) RegistryOption {
 
 // Registry is an in-process OCI registry (go-containerregistry's pkg/registry, blobs in memory)
 // served over plain HTTP on 127.0.0.1, which go-containerregistry and Trivy reach without TLS.
+// Tag lists and the catalog are paginated as Distribution does it (n, last, and a Link header to
+// the next page), which go-containerregistry's registry does not do on its own.
 //
 // A request passes, outermost first: the counters, the fault set with SetFault, the handler
 // wrappers, the Basic auth check, the registry.
@@ -114,6 +119,7 @@ func NewRegistry(t testing.TB, opts ...RegistryOption) *Registry {
 	if o.referrers {
 		h = referrerAnnotations(h)
 	}
+	h = paginated(h)
 	r := &Registry{auth: authn.Anonymous, closed: make(chan struct{})}
 	if o.user != "" || o.password != "" {
 		h = basicAuth(h, o.user, o.password)
@@ -351,4 +357,60 @@ func copyRecorded(w http.ResponseWriter, rec *httptest.ResponseRecorder, body []
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(rec.Code)
 	_, _ = w.Write(body)
+}
+
+// paginated serves tag lists and the catalog of next in pages: sorted, from after last, n at a
+// time, with a Link header to the next page while there is one.
+func paginated(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		path := req.URL.Path
+		isTags := strings.HasPrefix(path, "/v2/") && strings.HasSuffix(path, "/tags/list")
+		if req.Method != http.MethodGet || !isTags && path != "/v2/_catalog" {
+			next.ServeHTTP(w, req)
+			return
+		}
+		q := req.URL.Query()
+		n, _ := strconv.Atoi(q.Get("n"))
+		last := q.Get("last")
+		all := req.Clone(req.Context())
+		all.URL.RawQuery = ""
+		if !isTags {
+			all.URL.RawQuery = "n=1000000"
+		}
+		rec := httptest.NewRecorder()
+		next.ServeHTTP(rec, all)
+		var body map[string]any
+		if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &body) != nil {
+			copyRecorded(w, rec, rec.Body.Bytes())
+			return
+		}
+		field := "tags"
+		if !isTags {
+			field = "repositories"
+		}
+		var items []string
+		if list, ok := body[field].([]any); ok {
+			for _, v := range list {
+				if s, ok := v.(string); ok && s > last {
+					items = append(items, s)
+				}
+			}
+		}
+		slices.Sort(items)
+		if n > 0 && len(items) > n {
+			items = items[:n]
+			u := url.URL{Path: path, RawQuery: url.Values{"n": {strconv.Itoa(n)}, "last": {items[n-1]}}.Encode()}
+			rec.Header().Set("Link", fmt.Sprintf("<%s>; rel=\"next\"", u.String()))
+		}
+		if items == nil {
+			items = []string{}
+		}
+		body[field] = items
+		data, err := json.Marshal(body)
+		if err != nil {
+			copyRecorded(w, rec, rec.Body.Bytes())
+			return
+		}
+		copyRecorded(w, rec, data)
+	})
 }

@@ -1,0 +1,199 @@
+package registryscan
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"golang.org/x/time/rate"
+
+	"github.com/imageguard/imageguard/internal/imageref"
+	"github.com/imageguard/imageguard/internal/registry"
+)
+
+// Defaults of a Lister.
+const (
+	DefaultPageSize        = 100
+	DefaultMaxTags         = 10_000
+	DefaultMaxRepositories = 1_000
+	// DefaultPagesPerSecond is each registry's pace of listing requests (a burst of as many).
+	DefaultPagesPerSecond = 10
+)
+
+// Lister lists repositories and tags, page by page (the registry's Link headers, as
+// go-containerregistry follows them), each registry at its own pace. A registry's Retry-After
+// holds every request to it (the registry client's transport), and the listing fails with the
+// wait, for the caller to try again after it.
+type Lister struct {
+	Registry *registry.Client
+	// PageSize is the n of each page's request; 0: DefaultPageSize.
+	PageSize int
+	// MaxTags bounds the tags of one repository, MaxRepositories those one prefix lists; past
+	// them the listing fails, so that nothing is left out unsaid. 0: the defaults.
+	MaxTags, MaxRepositories int
+	// PagesPerSecond paces the listing requests to each registry; 0: DefaultPagesPerSecond.
+	PagesPerSecond float64
+
+	once   sync.Once
+	mu     sync.Mutex
+	limits map[string]*rate.Limiter
+}
+
+func (l *Lister) init() {
+	l.once.Do(func() {
+		if l.PageSize <= 0 {
+			l.PageSize = DefaultPageSize
+		}
+		if l.MaxTags <= 0 {
+			l.MaxTags = DefaultMaxTags
+		}
+		if l.MaxRepositories <= 0 {
+			l.MaxRepositories = DefaultMaxRepositories
+		}
+		if l.PagesPerSecond <= 0 {
+			l.PagesPerSecond = DefaultPagesPerSecond
+		}
+		l.limits = map[string]*rate.Limiter{}
+	})
+}
+
+// wait holds until host's pace allows one more request, or ctx ends.
+func (l *Lister) wait(ctx context.Context, host string) error {
+	host = imageref.CanonicalHost(host)
+	l.mu.Lock()
+	lim := l.limits[host]
+	if lim == nil {
+		burst := max(1, int(l.PagesPerSecond))
+		lim = rate.NewLimiter(rate.Limit(l.PagesPerSecond), burst)
+		l.limits[host] = lim
+	}
+	l.mu.Unlock()
+	if err := lim.Wait(ctx); err != nil {
+		return registry.Errorf(registry.KindTimeout, "listing %s: %v", host, err)
+	}
+	return nil
+}
+
+// Prefix reports whether a spec.repositories entry names a prefix ("registry/team/**") and
+// returns the repository path it stands for ("registry/team"), or the repository itself.
+func Prefix(entry string) (string, bool) {
+	if p, ok := strings.CutSuffix(entry, "/**"); ok {
+		return p, true
+	}
+	return entry, false
+}
+
+// Repositories returns the repositories entry names: itself, or for a prefix
+// ("registry.example.com/team/**") every repository of the registry's catalog under it, sorted.
+func (l *Lister) Repositories(ctx context.Context, entry string, keychain authn.Keychain) ([]string, error) {
+	l.init()
+	path, prefix := Prefix(entry)
+	whole := prefix && !strings.Contains(path, "/") // "registry.example.com/**"
+	if whole {
+		path += "/all" // a repository of it, for its canonical host
+	}
+	repo, err := l.repository(path)
+	if err != nil {
+		return nil, err
+	}
+	if !prefix {
+		return []string{repo.Name()}, nil
+	}
+	under := repo.RepositoryStr() + "/"
+	if whole {
+		under = ""
+	}
+	reg := repo.Registry
+	p, err := remote.NewPuller(l.options(ctx, repo, keychain)...)
+	if err != nil {
+		return nil, registry.Classify(err)
+	}
+	if err := l.wait(ctx, reg.RegistryStr()); err != nil {
+		return nil, err
+	}
+	pages, err := p.Catalogger(ctx, reg)
+	if err != nil {
+		return nil, registry.Classify(fmt.Errorf("listing the catalog of %s: %w", reg.RegistryStr(), err))
+	}
+	var out []string
+	listed := 0
+	for pages.HasNext() {
+		if listed > 0 {
+			if err := l.wait(ctx, reg.RegistryStr()); err != nil {
+				return nil, err
+			}
+		}
+		page, err := pages.Next(ctx)
+		if err != nil {
+			return nil, registry.Classify(fmt.Errorf("listing the catalog of %s: %w", reg.RegistryStr(), err))
+		}
+		listed++
+		for _, r := range page.Repos {
+			if strings.HasPrefix(r, under) {
+				out = append(out, reg.RegistryStr()+"/"+r)
+			}
+		}
+		if len(out) > l.MaxRepositories {
+			return nil, registry.Errorf(registry.KindUnsupported, "%s holds more than %d repositories: name fewer", entry, l.MaxRepositories)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// Tags returns the tags of repo, all of them (sorted), or an error.
+func (l *Lister) Tags(ctx context.Context, repo string, keychain authn.Keychain) ([]string, error) {
+	l.init()
+	r, err := l.repository(repo)
+	if err != nil {
+		return nil, err
+	}
+	p, err := remote.NewPuller(l.options(ctx, r, keychain)...)
+	if err != nil {
+		return nil, registry.Classify(err)
+	}
+	if err := l.wait(ctx, r.RegistryStr()); err != nil {
+		return nil, err
+	}
+	pages, err := p.Lister(ctx, r)
+	if err != nil {
+		return nil, registry.Classify(fmt.Errorf("listing the tags of %s: %w", repo, err))
+	}
+	var out []string
+	listed := 0
+	for pages.HasNext() {
+		if listed > 0 {
+			if err := l.wait(ctx, r.RegistryStr()); err != nil {
+				return nil, err
+			}
+		}
+		page, err := pages.Next(ctx)
+		if err != nil {
+			return nil, registry.Classify(fmt.Errorf("listing the tags of %s: %w", repo, err))
+		}
+		listed++
+		out = append(out, page.Tags...)
+		if len(out) > l.MaxTags {
+			return nil, registry.Errorf(registry.KindUnsupported, "%s has more than %d tags: list fewer", repo, l.MaxTags)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+func (l *Lister) repository(repo string) (name.Repository, error) {
+	ref, err := l.Registry.ParseReference(repo + ":latest")
+	if err != nil {
+		return name.Repository{}, registry.Errorf(registry.KindUnsupported, "%s is not a repository: %v", repo, err)
+	}
+	return ref.Context(), nil
+}
+
+func (l *Lister) options(ctx context.Context, repo name.Repository, keychain authn.Keychain) []remote.Option {
+	return append(l.Registry.RemoteOptions(ctx, repo.Tag("latest"), keychain), remote.WithPageSize(l.PageSize))
+}
