@@ -120,30 +120,16 @@ func (l *Lister) Repositories(ctx context.Context, entry string, keychain authn.
 	if err != nil {
 		return nil, registry.Classify(fmt.Errorf("listing the catalog of %s: %w", reg.RegistryStr(), err))
 	}
-	var out []string
-	listed := 0
-	for pages.HasNext() {
-		if listed > 0 {
-			if err := l.wait(ctx, reg.RegistryStr()); err != nil {
-				return nil, err
-			}
-		}
-		page, err := pages.Next(ctx)
-		if err != nil {
-			return nil, registry.Classify(fmt.Errorf("listing the catalog of %s: %w", reg.RegistryStr(), err))
-		}
-		listed++
-		for _, r := range page.Repos {
-			if strings.HasPrefix(r, under) {
-				out = append(out, reg.RegistryStr()+"/"+r)
-			}
-		}
-		if len(out) > l.MaxRepositories {
-			return nil, registry.Errorf(registry.KindUnsupported, "%s holds more than %d repositories: name fewer", entry, l.MaxRepositories)
-		}
+	repos, err := collect(ctx, l, reg.RegistryStr(), "the catalog of "+reg.RegistryStr(), pages, func(c *remote.Catalogs) []string { return c.Repos },
+		func(r string) bool { return strings.HasPrefix(r, under) }, l.MaxRepositories,
+		registry.Errorf(registry.KindUnsupported, "%s holds more than %d repositories: name fewer", entry, l.MaxRepositories))
+	if err != nil {
+		return nil, err
 	}
-	slices.Sort(out)
-	return slices.Compact(out), nil
+	for i, r := range repos {
+		repos[i] = reg.RegistryStr() + "/" + r
+	}
+	return repos, nil
 }
 
 // Tags returns the tags of repo, all of them (sorted), or an error.
@@ -164,22 +150,37 @@ func (l *Lister) Tags(ctx context.Context, repo string, keychain authn.Keychain)
 	if err != nil {
 		return nil, registry.Classify(fmt.Errorf("listing the tags of %s: %w", repo, err))
 	}
+	return collect(ctx, l, r.RegistryStr(), "the tags of "+repo, pages, func(t *remote.Tags) []string { return t.Tags },
+		nil, l.MaxTags, registry.Errorf(registry.KindUnsupported, "%s has more than %d tags: list fewer", repo, l.MaxTags))
+}
+
+// pager is go-containerregistry's Lister or Catalogger: its first page read, the others to come.
+type pager[P any] interface {
+	HasNext() bool
+	Next(ctx context.Context) (P, error)
+}
+
+// collect returns the names of every page of pages that keep passes (nil: all), sorted, pacing
+// each request after the first to host; more than limit of them is tooMany.
+func collect[P any](ctx context.Context, l *Lister, host, what string, pages pager[P], names func(P) []string, keep func(string) bool, limit int, tooMany error) ([]string, error) {
 	var out []string
-	listed := 0
-	for pages.HasNext() {
+	for listed := 0; pages.HasNext(); listed++ {
 		if listed > 0 {
-			if err := l.wait(ctx, r.RegistryStr()); err != nil {
+			if err := l.wait(ctx, host); err != nil {
 				return nil, err
 			}
 		}
 		page, err := pages.Next(ctx)
 		if err != nil {
-			return nil, registry.Classify(fmt.Errorf("listing the tags of %s: %w", repo, err))
+			return nil, registry.Classify(fmt.Errorf("listing %s: %w", what, err))
 		}
-		listed++
-		out = append(out, page.Tags...)
-		if len(out) > l.MaxTags {
-			return nil, registry.Errorf(registry.KindUnsupported, "%s has more than %d tags: list fewer", repo, l.MaxTags)
+		for _, n := range names(page) {
+			if keep == nil || keep(n) {
+				out = append(out, n)
+			}
+		}
+		if len(out) > limit {
+			return nil, tooMany
 		}
 	}
 	slices.Sort(out)
