@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,9 +37,14 @@ type state struct {
 	resolved *[]string
 	// signatures are the verdicts by digest.
 	signatures map[string]map[string]policy.SignatureVerdict
+	// verifications counts the calls of Signatures, when set.
+	verifications *atomic.Int32
 }
 
 func (s state) Signatures(_ context.Context, _ string, _ *corev1.PodSpec, img policy.Image, _ []*policy.SignatureAuthorities) map[string]policy.SignatureVerdict {
+	if s.verifications != nil {
+		s.verifications.Add(1)
+	}
 	return s.signatures[img.Digest]
 }
 
@@ -350,6 +356,20 @@ func TestDecideVerifiesAtMost64ImagesPerRequest(t *testing.T) {
 	d, err = Decide(context.Background(), state{policies: []*workload.Policy{enforce}, signatures: verdicts}, req, now)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(d.Allowed).To(BeTrue(), d.Message)
+
+	// A thousand containers of one image: one verification, and admitted.
+	one := req.Containers[0]
+	req.Containers = nil
+	for i := range 1000 {
+		c := one
+		c.Name = fmt.Sprintf("c%d", i)
+		req.Containers = append(req.Containers, c)
+	}
+	calls := &atomic.Int32{}
+	d, err = Decide(context.Background(), state{policies: []*workload.Policy{enforce}, signatures: verdicts, verifications: calls}, req, now)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(d.Allowed).To(BeTrue(), d.Message)
+	g.Expect(calls.Load()).To(Equal(int32(1)))
 }
 
 // TestDecideSignatures: a verdict decides (a failure names the rule and its reason); an image

@@ -126,12 +126,14 @@ func Decide(ctx context.Context, state State, req Request, now time.Time) (Decis
 // verified in time stays absent (SignaturePending: the rule fails).
 func verifySignatures(ctx context.Context, state State, req Request, policies []*workload.Policy, images []policy.Image, digests []string) {
 	type answer struct {
-		i        int
+		key      string
 		verdicts map[string]policy.SignatureVerdict
 	}
-	answers := make(chan answer, len(images))
-	pending := 0
-	var distinct []string // digests
+	// One verification per repository, digest and authority sets, whatever the number of
+	// containers that name them.
+	keys := make([]string, len(images))
+	started := map[string]bool{}
+	answers := make(chan answer, min(len(images), maxSignatureDigests))
 	for i, img := range images {
 		if digests[i] != "" {
 			img.Digest = digests[i]
@@ -149,25 +151,36 @@ func verifySignatures(ctx context.Context, state State, req Request, policies []
 		if len(sets) == 0 {
 			continue
 		}
-		if !slices.Contains(distinct, img.Digest) {
-			distinct = append(distinct, img.Digest)
+		// Past the bound, a set has no verdict: pending, refused under Enforce.
+		sets = sets[:min(len(sets), securityv1alpha1.MaxSignatureChecks)]
+		key := img.Repository + "@" + img.Digest
+		for _, a := range sets {
+			key += " " + a.ID
 		}
-		if len(distinct) > maxSignatureDigests {
-			continue // pending: refused under Enforce
+		keys[i] = key
+		if started[key] || len(started) == maxSignatureDigests {
+			continue // verified already, or past the bound (pending: refused under Enforce)
 		}
-		pending++
-		go func(i int, img policy.Image) {
-			answers <- answer{i, state.Signatures(ctx, req.Namespace, req.PodSpec, img, sets)}
-		}(i, img)
+		started[key] = true
+		go func(img policy.Image) {
+			answers <- answer{key, state.Signatures(ctx, req.Namespace, req.PodSpec, img, sets)}
+		}(img)
 	}
-	for ; pending > 0; pending-- {
+	verdicts := make(map[string]map[string]policy.SignatureVerdict, len(started))
+	for range started {
 		a := <-answers // Signatures returns by the end of ctx
-		images[a.i].Signatures = a.verdicts
+		verdicts[a.key] = a.verdicts
+	}
+	for i := range images {
+		if v, ok := verdicts[keys[i]]; ok && keys[i] != "" {
+			images[i].Signatures = v
+		}
 	}
 }
 
-// maxSignatureDigests bounds the distinct digests of one request whose signatures are verified;
-// the others stay not verified (refused under Enforce). A pod runs a handful.
+// maxSignatureDigests bounds the verifications of one request (distinct repository, digest and
+// authority sets); the other images stay not verified (refused under Enforce). A pod runs a
+// handful.
 const maxSignatureDigests = 64
 
 // lookupContext is ctx for the lookups: they end a tenth of what is left of ctx's deadline (at

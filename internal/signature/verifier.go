@@ -426,8 +426,16 @@ func (v *Verifier) material(ctx context.Context, a *policy.SignatureAuthorities)
 					delete(v.materials, id)
 				}
 			}
-			if len(v.materials) > 256 {
-				clear(v.materials)
+			for len(v.materials) > 256 {
+				// The one read longest ago goes: not all of them, so that the keys of the
+				// policies still in use (and their stand-ins for failed reads) stay.
+				oldest := ""
+				for id, c := range v.materials {
+					if oldest == "" || c.at.Before(v.materials[oldest].at) {
+						oldest = id
+					}
+				}
+				delete(v.materials, oldest)
 			}
 		}
 		c := cachedMaterial{m: m, err: err, at: now}
