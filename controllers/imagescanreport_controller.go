@@ -523,7 +523,7 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	// concurrency pace the re-matches.
 	allReports := handler.TypedFuncs[scanner.DBInfo, reconcile.Request]{
 		GenericFunc: func(ctx context.Context, e event.TypedGenericEvent[scanner.DBInfo], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			reqs, err := r.reportRequests(ctx)
+			reqs, err := reportRequests(ctx, r.Client)
 			if err != nil {
 				ctrl.LoggerFrom(ctx).Error(err, "Listing reports to re-match after a DB update")
 				return
@@ -550,7 +550,7 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	// A ClusterImagePolicy's namespace is "": every report.
 	reportsOf := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
-		reqs, _ := r.reportRequests(ctx, client.InNamespace(obj.GetNamespace()))
+		reqs, _ := reportRequests(ctx, r.Client, client.InNamespace(obj.GetNamespace()))
 		return reqs
 	})
 	return ctrl.NewControllerManagedBy(mgr).
@@ -561,7 +561,7 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&securityv1alpha1.ClusterImagePolicy{}, reportsOf, builder.WithPredicates(analysisAgeChanged)).
 		// A namespace excluded or included again: its reports are skipped, or scanned again.
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
-			reqs, _ := r.reportRequests(ctx, client.InNamespace(obj.GetName()))
+			reqs, _ := reportRequests(ctx, r.Client, client.InNamespace(obj.GetName()))
 			return reqs
 		}), builder.WithPredicates(predicate.Funcs{
 			CreateFunc:  func(event.CreateEvent) bool { return false },
@@ -575,10 +575,10 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(r)
 }
 
-// reportRequests returns a request for each report the cache lists with opts.
-func (r *ImageScanReportReconciler) reportRequests(ctx context.Context, opts ...client.ListOption) ([]reconcile.Request, error) {
+// reportRequests returns a request for each report c lists with opts.
+func reportRequests(ctx context.Context, c client.Reader, opts ...client.ListOption) ([]reconcile.Request, error) {
 	reports := &securityv1alpha1.ImageScanReportList{}
-	if err := r.Client.List(ctx, reports, opts...); err != nil {
+	if err := c.List(ctx, reports, opts...); err != nil {
 		return nil, err
 	}
 	reqs := make([]reconcile.Request, 0, len(reports.Items))

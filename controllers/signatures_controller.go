@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"reflect"
-	"slices"
 	"sort"
 	"time"
 
@@ -203,30 +202,16 @@ func signatureRuleChanged() predicate.Funcs {
 // policies whose signature rule or match changed, and the verdicts that changed (VerdictChanged).
 func (r *SignatureReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	reportsOf := handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, obj client.Object) []reconcile.Request {
-		list := &securityv1alpha1.ImageScanReportList{}
 		var opts []client.ListOption
 		if obj.GetNamespace() != "" {
 			opts = append(opts, client.InNamespace(obj.GetNamespace()))
 		}
-		if err := r.Client.List(ctx, list, opts...); err != nil {
-			return nil
-		}
-		out := make([]reconcile.Request, 0, len(list.Items))
-		for _, rep := range list.Items {
-			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name}})
-		}
-		return slices.Clip(out)
+		reqs, _ := reportRequests(ctx, r.Client, opts...)
+		return reqs
 	})
 	reportsOfKey := handler.TypedEnqueueRequestsFromMapFunc(func(ctx context.Context, k signature.Key) []reconcile.Request {
-		list := &securityv1alpha1.ImageScanReportList{}
-		if err := r.Client.List(ctx, list, client.InNamespace(k.Namespace), client.MatchingFields{workload.IndexReportDigest: k.Digest}); err != nil {
-			return nil
-		}
-		out := make([]reconcile.Request, 0, len(list.Items))
-		for _, rep := range list.Items {
-			out = append(out, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name}})
-		}
-		return out
+		reqs, _ := reportRequests(ctx, r.Client, client.InNamespace(k.Namespace), client.MatchingFields{workload.IndexReportDigest: k.Digest})
+		return reqs
 	})
 	if r.verdicts == nil {
 		r.verdicts = make(chan event.TypedGenericEvent[signature.Key], 1024)

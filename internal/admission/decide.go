@@ -172,7 +172,7 @@ func verifySignatures(ctx context.Context, state State, req Request, policies []
 		verdicts[a.key] = a.verdicts
 	}
 	for i := range images {
-		if v, ok := verdicts[keys[i]]; ok && keys[i] != "" {
+		if v, ok := verdicts[keys[i]]; ok {
 			images[i].Signatures = v
 		}
 	}
