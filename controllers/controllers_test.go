@@ -275,8 +275,13 @@ func TestDBUpdateRematchesWithoutPulling(t *testing.T) {
 	namespace(g, "update")
 	createPod(g, "update", "a", refA, idA)
 	createPod(g, "update", "b", refB, idB)
+	// An image no pod runs, scanned in the registry.
+	_, registryOnly := reg.Push(t, "update/registry-only", "1.0.0", testsuite.Image(t.Name()+"r", testutil.APKPackage{Name: "zlib", Version: "1.3.1-r2"}))
+	registryScan(t, g, "update", "registry", securityv1alpha1.RegistryScanSpec{Repositories: []string{reg.Host() + "/update/registry-only"}})
 	readyReport(g, "update", "update/with-zlib", digestA)
 	readyReport(g, "update", "update/without", digestB)
+	readyScan(g, "update", "registry", timeout)
+	readyReport(g, "update", "update/registry-only", registryOnly.String())
 	// Ready may be written before the pod controller's status.workloads (when the scan wins the
 	// race with the pod controller's first status write): wait for both.
 	var before *securityv1alpha1.ImageScanReport
@@ -296,7 +301,13 @@ func TestDBUpdateRematchesWithoutPulling(t *testing.T) {
 		g.Expect(ids(a)).To(ContainElement("CVE-2026-1003"))
 		g.Expect(a.Status.VulnerabilityDB.Digest).To(Equal(newDB.Digest))
 	}).WithTimeout(timeout).Should(Succeed())
-	// Every report of the suite was re-matched from its kept inventory: no registry request at all.
+	g.Eventually(func(g Gomega) {
+		r := report(g, "update", "update/registry-only", registryOnly.String())
+		g.Expect(ids(r)).To(ContainElement("CVE-2026-1003"))
+		g.Expect(r.Status.VulnerabilityDB.Digest).To(Equal(newDB.Digest))
+	}).WithTimeout(timeout).Should(Succeed())
+	// Every report of the suite, the registry scan's too, was re-matched from its kept inventory:
+	// no registry request at all.
 	g.Consistently(func() int { return reg.Counts().Requests }).WithTimeout(3 * time.Second).Should(BeZero())
 	g.Expect(scan.Analyses()).To(Equal(analyses))
 	// The report whose findings did not change was not written.

@@ -397,15 +397,27 @@ func (r *ImageScanReportReconciler) nextVisit(report *securityv1alpha1.ImageScan
 	return next
 }
 
-// keychain returns the pull credentials of the pods of report's namespace that run its image.
+// keychain returns the pull credentials of the pods of report's namespace that run its image, and
+// of the registry scans that list it.
 func (r *ImageScanReportReconciler) keychain(ctx context.Context, report *securityv1alpha1.ImageScanReport) (authn.Keychain, error) {
 	pods, err := r.podsUsing(ctx, report)
 	if err != nil {
 		return nil, err
 	}
-	specs := make([]*corev1.PodSpec, 0, len(pods))
+	specs := make([]*corev1.PodSpec, 0, len(pods)+len(report.Status.Sources))
 	for _, pod := range pods {
 		specs = append(specs, &pod.Spec)
+	}
+	// The scans of the namespace that list the image's repository (a report a scan just made
+	// does not name it as a source yet).
+	scans := &securityv1alpha1.RegistryScanList{}
+	if err := r.Client.List(ctx, scans, client.InNamespace(report.Namespace)); err != nil {
+		return nil, err
+	}
+	for i := range scans.Items {
+		if scanCovers(&scans.Items[i], report.Spec.Image) {
+			specs = append(specs, scanPodSpec(&scans.Items[i]))
+		}
 	}
 	return workload.Keychain(ctx, r.APIReader, report.Namespace, specs...)
 }

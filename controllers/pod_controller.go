@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -324,6 +325,21 @@ func (r *PodReconciler) collectGarbage(ctx context.Context, namespace string, de
 		if _, used := desired[report.Spec.Digest]; used || !report.DeletionTimestamp.IsZero() {
 			continue
 		}
+		listed, err := r.listedByScan(ctx, report)
+		if err != nil {
+			return 0, err
+		}
+		if listed {
+			// A registry scan keeps it: not unused, whatever pods do.
+			if _, marked := report.Annotations[UnusedSinceAnnotation]; marked {
+				before := report.DeepCopy()
+				delete(report.Annotations, UnusedSinceAnnotation)
+				if _, err := writeObject(ctx, r.Client, before, report); err != nil {
+					return 0, client.IgnoreNotFound(err)
+				}
+			}
+			continue
+		}
 		since, marked := report.Annotations[UnusedSinceAnnotation]
 		t, err := time.Parse(time.RFC3339, since)
 		if !marked || err != nil {
@@ -349,11 +365,35 @@ func (r *PodReconciler) collectGarbage(ctx context.Context, namespace string, de
 	return next, nil
 }
 
+// listedByScan reports whether a RegistryScan of the report's namespace lists it: a source that
+// names a scan that is gone does not count.
+func (r *PodReconciler) listedByScan(ctx context.Context, report *securityv1alpha1.ImageScanReport) (bool, error) {
+	for _, s := range report.Status.Sources {
+		err := r.Client.Get(ctx, client.ObjectKey{Namespace: report.Namespace, Name: s.RegistryScan}, &securityv1alpha1.RegistryScan{})
+		if err == nil {
+			return true, nil
+		}
+		if !apierrors.IsNotFound(err) {
+			return false, err
+		}
+	}
+	return false, nil
+}
+
 func minPositive(a, b time.Duration) time.Duration {
 	if a == 0 || b < a {
 		return b
 	}
 	return a
+}
+
+// sourcesChanged passes a report update that changes the scans that list it.
+var sourcesChanged = predicate.Funcs{
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		a, okA := e.ObjectOld.(*securityv1alpha1.ImageScanReport)
+		b, okB := e.ObjectNew.(*securityv1alpha1.ImageScanReport)
+		return okA && okB && len(a.Status.Sources) != len(b.Status.Sources)
+	},
 }
 
 // SetupWithManager watches pods and reports, each event queueing its namespace.
@@ -376,9 +416,15 @@ func (r *PodReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("pod").
 		Watches(&corev1.Pod{}, toNamespace).
-		// Only a report's creation, deletion or spec change concerns its namespace's pods; the
-		// report controller's status writes do not.
-		Watches(&securityv1alpha1.ImageScanReport{}, toNamespace, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// Only a report's creation, deletion, spec change or change of the scans that list it
+		// concerns its namespace's pods; the report controller's status writes do not.
+		Watches(&securityv1alpha1.ImageScanReport{}, toNamespace, builder.WithPredicates(predicate.Or[client.Object](
+			predicate.GenerationChangedPredicate{}, sourcesChanged))).
+		// A scan deleted: the reports it listed may be unused now.
+		Watches(&securityv1alpha1.RegistryScan{}, toNamespace, builder.WithPredicates(predicate.Funcs{
+			CreateFunc: func(event.CreateEvent) bool { return false },
+			UpdateFunc: func(event.UpdateEvent) bool { return false },
+		})).
 		WatchesRawSource(source.Channel(r.lookups.Events(), handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: obj.GetName()}}}
 		}))).

@@ -15,6 +15,7 @@ import (
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/metrics"
 	"github.com/imageguard/imageguard/internal/registry"
+	"github.com/imageguard/imageguard/internal/registryscan"
 	"github.com/imageguard/imageguard/internal/signature"
 	"github.com/imageguard/imageguard/internal/vap"
 	"github.com/imageguard/imageguard/internal/workload"
@@ -61,6 +62,14 @@ type Options struct {
 	// Namespace is the controller's: a ClusterImagePolicy's signature keys and trust root are read
 	// there when it does not say.
 	Namespace string
+	// RegistryScanRequestsPerSecond paces the registry scans' requests (pages, tag lookups) to
+	// each registry; 0 means registryscan.DefaultPagesPerSecond.
+	RegistryScanRequestsPerSecond float64
+	// RegistryScanRetry is when a registry listing that failed in part is tried again; 0 means
+	// DefaultRegistryScanRetry.
+	RegistryScanRetry time.Duration
+	// ReceiverAddress, when set, serves registry push notifications there (RegistryReceiver).
+	ReceiverAddress string
 }
 
 func (o Options) policyReports() []ReportFormat {
@@ -134,6 +143,22 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		return err
 	}
 	verifier.OnVerdict = signatures.VerdictChanged
+	scans := &RegistryScanReconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: opts.Clock, RetryInterval: opts.RegistryScanRetry,
+		Lister:             &registryscan.Lister{Registry: opts.Registry, PagesPerSecond: opts.RegistryScanRequestsPerSecond},
+		ExcludedNamespaces: opts.ExcludedNamespaces,
+	}
+	if err := scans.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	if opts.ReceiverAddress != "" {
+		if err := mgr.Add(&RegistryReceiver{
+			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Address: opts.ReceiverAddress,
+			Log: mgr.GetLogger().WithName("receiver"), Clock: opts.Clock,
+		}); err != nil {
+			return err
+		}
+	}
 	vdb := &VulnerabilityDatabaseReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), DB: opts.DB, Matches: matches, Recorder: mgr.GetEventRecorder("imageguard"),
 		Clock: opts.Clock, MaxAge: opts.DBMaxAge, RefreshInterval: opts.ReportRefreshInterval, Timeout: opts.ReconcileTimeout,

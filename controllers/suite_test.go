@@ -27,6 +27,8 @@ var (
 	dbRepo   = testsuite.DBRepository
 	testTB   *testsuite.TB
 	cacheDir string
+	// receiverAddress is where the registry notification receiver listens.
+	receiverAddress string
 )
 
 const (
@@ -44,12 +46,18 @@ advisories:
 
 func TestMain(m *testing.M) {
 	var err error
+	if receiverAddress, err = testsuite.FreeAddress(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	suite, err = testsuite.Start(testsuite.Options{
 		AdmissionLabel: admissionTestLabel, DB: dbSpec(),
 		Controllers: controllers.Options{
 			ScanConcurrency: 2, ReportMaxBytes: reportMaxBytes, ReportRetention: retention, RescanInterval: time.Hour,
 			ExcludedNamespaces: []string{"kube-system"},
 			Admission:          &controllers.AdmissionOptions{ExcludedNamespaces: []string{"kube-system"}},
+			// Registry scans list the in-process registry unpaced, and retry soon.
+			RegistryScanRequestsPerSecond: 1000, RegistryScanRetry: 2 * time.Second, ReceiverAddress: receiverAddress,
 		},
 	})
 	if err != nil {

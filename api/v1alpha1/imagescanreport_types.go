@@ -369,6 +369,31 @@ type ImageScanReportStatus struct {
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=16
 	Signatures []SignatureCheck `json:"signatures,omitempty"`
+
+	// Sources are the RegistryScans of this namespace that list the digest, with the tags they
+	// found pointing at it. A report is kept while a scan lists it or a pod runs it, and removed
+	// --report-retention after neither does.
+	// +optional
+	// +listType=map
+	// +listMapKey=registryScan
+	// +kubebuilder:validation:MaxItems=16
+	Sources []ReportSource `json:"sources,omitempty"`
+}
+
+// ReportSource is a RegistryScan that lists a report's digest.
+type ReportSource struct {
+	// RegistryScan is the name of the scan, in the report's namespace.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	RegistryScan string `json:"registryScan"`
+
+	// Tags the scan found pointing at the digest (the first 16, sorted).
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=128
+	Tags []string `json:"tags,omitempty"`
 }
 
 // ImageScanReport holds the vulnerabilities of one image digest used in one namespace.

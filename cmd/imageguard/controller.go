@@ -66,6 +66,8 @@ type controllerOptions struct {
 	MetricsSecure            bool
 	EnableHTTP2              bool
 	ProbeAddr                string
+	ReceiverAddr             string
+	RegistryScanQPS          float64
 	LeaderElect              bool
 	LeaderElectID            string
 	LeaderElectNS            string
@@ -158,6 +160,10 @@ func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
 		"Serve HTTP/2 on the webhook and metrics servers; off by default against HTTP/2 stream attacks (rapid reset).")
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081",
 		"Address the /healthz and /readyz probes bind to.")
+	fs.StringVar(&o.ReceiverAddr, "receiver-bind-address", ":9292",
+		"Address the registry push notification receiver (/hooks/registry/<namespace>/<name>) binds to; 0 disables it.")
+	fs.Float64Var(&o.RegistryScanQPS, "registry-scan-qps", 10,
+		"Requests per second a RegistryScan's listing (pages, tag lookups) sends to each registry.")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", false,
 		"Elect a leader among replicas so that one does the work; turn on when running more than one replica.")
 	fs.StringVar(&o.LeaderElectID, "leader-election-id", "imageguard.security.imageguard.dev",
@@ -199,6 +205,9 @@ func parseControllerFlags(args []string, output io.Writer) (*controllerOptions, 
 	}
 	if opts.RefreshInterval <= 0 || opts.DBMaxAge <= 0 || opts.SignatureRecheckInterval <= 0 {
 		return nil, errors.New("--report-refresh-interval, --db-max-age and --signature-recheck-interval must be positive")
+	}
+	if opts.RegistryScanQPS <= 0 {
+		return nil, errors.New("--registry-scan-qps must be positive")
 	}
 	if opts.Webhook.DecisionBudget <= 0 {
 		return nil, errors.New("--admission-decision-budget must be positive")
@@ -280,7 +289,16 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 		PodConcurrency: opts.PodConcurrency, ReconcileTimeout: opts.ReconcileTimeout, ScanTimeout: opts.ScanTimeout,
 		ReportRetention: opts.ReportRetention, RescanInterval: opts.RescanInterval,
 		ExcludedNamespaces: opts.ExcludedNamespaces, Admission: admissionOpts,
+		ReceiverAddress: receiverAddress(opts.ReceiverAddr), RegistryScanRequestsPerSecond: opts.RegistryScanQPS,
 	})
+}
+
+// receiverAddress is the receiver's address, "" when disabled.
+func receiverAddress(flag string) string {
+	if flag == "0" {
+		return ""
+	}
+	return flag
 }
 
 // workersReserve is the memory the analysis workers may take at once.

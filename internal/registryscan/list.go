@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -197,4 +198,83 @@ func (l *Lister) repository(repo string) (name.Repository, error) {
 
 func (l *Lister) options(ctx context.Context, repo name.Repository, keychain authn.Keychain) []remote.Option {
 	return append(l.Registry.RemoteOptions(ctx, repo.Tag("latest"), keychain), remote.WithPageSize(l.PageSize))
+}
+
+// resolveWorkers is how many tags of a repository are resolved at once (each still paced).
+const resolveWorkers = 4
+
+// Digests returns the digest each of tags of repo points at now (a HEAD request each, paced as
+// the listing is), and the error of each tag that could not be resolved.
+func (l *Lister) Digests(ctx context.Context, repo string, tags []string, keychain authn.Keychain) (map[string]string, map[string]error) {
+	l.init()
+	digests := make(map[string]string, len(tags))
+	failed := map[string]error{}
+	r, err := l.repository(repo)
+	if err != nil {
+		for _, t := range tags {
+			failed[t] = err
+		}
+		return digests, failed
+	}
+	var mu sync.Mutex
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for range min(resolveWorkers, len(tags)) {
+		wg.Go(func() {
+			for tag := range work {
+				var digest string
+				err := l.wait(ctx, r.RegistryStr())
+				if err == nil {
+					digest, err = l.Registry.ResolveDigest(ctx, repo+":"+tag, keychain)
+				}
+				mu.Lock()
+				if err != nil {
+					failed[tag] = err
+				} else {
+					digests[tag] = digest
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for _, t := range tags {
+		work <- t
+	}
+	close(work)
+	wg.Wait()
+	return digests, failed
+}
+
+// maxConfigBytes bounds the image config read for its creation time.
+const maxConfigBytes = 1 << 20
+
+// Created returns a CreatedFunc reading a tag's creation time from its image's config in repo (of
+// the client's platform, for an index), paced as the listing is.
+func (l *Lister) Created(repo string, keychain authn.Keychain) CreatedFunc {
+	l.init()
+	return func(ctx context.Context, tag string) (time.Time, error) {
+		ref, err := l.Registry.ParseReference(repo + ":" + tag)
+		if err != nil {
+			return time.Time{}, registry.Errorf(registry.KindUnsupported, "%s:%s is not a reference: %v", repo, tag, err)
+		}
+		if err := l.wait(ctx, ref.Context().RegistryStr()); err != nil {
+			return time.Time{}, err
+		}
+		img, err := remote.Image(ref, l.Registry.RemoteOptions(ctx, ref, keychain)...)
+		if err != nil {
+			return time.Time{}, registry.Classify(fmt.Errorf("reading %s:%s: %w", repo, tag, err))
+		}
+		m, err := img.Manifest()
+		if err != nil {
+			return time.Time{}, registry.Classify(fmt.Errorf("reading %s:%s: %w", repo, tag, err))
+		}
+		if m.Config.Size > maxConfigBytes {
+			return time.Time{}, registry.Errorf(registry.KindUnsupported, "%s:%s: its config is %d bytes, more than %d", repo, tag, m.Config.Size, maxConfigBytes)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			return time.Time{}, registry.Classify(fmt.Errorf("reading the config of %s:%s: %w", repo, tag, err))
+		}
+		return cf.Created.Time, nil
+	}
 }

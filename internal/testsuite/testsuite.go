@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -274,6 +275,16 @@ func (s *Suite) Stop() {
 		_ = s.Env.Stop()
 	}
 	s.TB.cleanup()
+}
+
+// FreeAddress returns a loopback address with a port free now, for a server of the suite.
+func FreeAddress() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }
 
 // WebhookURL is the URL of path on the manager's webhook server.

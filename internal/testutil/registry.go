@@ -287,6 +287,15 @@ func (r *Registry) PushIndex(t testing.TB, repo, tag string, idx v1.ImageIndex) 
 	return tagRef.String(), d
 }
 
+// DeleteTag removes <host>/<repo>:<tag> (the manifest stays under its digest), neither counted
+// nor faulted.
+func (r *Registry) DeleteTag(t testing.TB, repo, tag string) {
+	t.Helper()
+	if err := remote.Delete(r.tag(t, repo, tag), r.setupOptions()...); err != nil {
+		t.Fatalf("delete %s/%s:%s: %v", r.host, repo, tag, err)
+	}
+}
+
 func (r *Registry) tag(t testing.TB, repo, tag string) name.Tag {
 	t.Helper()
 	ref, err := name.NewTag(r.host+"/"+repo+":"+tag, name.Insecure)

@@ -113,11 +113,12 @@ func TestTemplate(t *testing.T) {
 	}{
 		"default values": {kinds: map[string]int{
 			// The manager's, the webhook certificate keeper's, and who may read the metrics.
-			"CustomResourceDefinition": 4, "ServiceAccount": 1, "ClusterRole": 3, "ClusterRoleBinding": 2,
-			"Role": 2, "RoleBinding": 2, "Deployment": 1, "Service": 2, "ValidatingWebhookConfiguration": 1,
+			"CustomResourceDefinition": 5, "ServiceAccount": 1, "ClusterRole": 3, "ClusterRoleBinding": 2,
+			// Metrics, webhook and the registry notification receiver.
+			"Role": 2, "RoleBinding": 2, "Deployment": 1, "Service": 3, "ValidatingWebhookConfiguration": 1,
 		}},
 		"every optional feature": {args: allOptional, kinds: map[string]int{
-			"CustomResourceDefinition": 8, "ServiceMonitor": 1, "PodDisruptionBudget": 1,
+			"CustomResourceDefinition": 9, "ServiceMonitor": 1, "PodDisruptionBudget": 1,
 			"PersistentVolumeClaim": 0, "NetworkPolicy": 1, "Deployment": 1,
 			// cert-manager issues the webhook certificate: ImageGuard needs no Secret rights.
 			"Issuer": 1, "Certificate": 1, "ClusterRole": 2, "ClusterRoleBinding": 2, "Role": 1, "ValidatingWebhookConfiguration": 1,
@@ -126,7 +127,10 @@ func TestTemplate(t *testing.T) {
 			"PersistentVolumeClaim": 1, "Deployment": 1, "PodDisruptionBudget": 0,
 		}},
 		"admission off": {args: []string{"--set", "admission.enabled=false"}, kinds: map[string]int{
-			"ClusterRole": 2, "Role": 1, "Service": 1, "ValidatingWebhookConfiguration": 0,
+			"ClusterRole": 2, "Role": 1, "Service": 2, "ValidatingWebhookConfiguration": 0,
+		}},
+		"receiver off": {args: []string{"--set", "receiver.enabled=false"}, kinds: map[string]int{
+			"Service": 2, "Deployment": 1,
 		}},
 		"metrics over plain HTTP": {args: []string{"--set", "metrics.secure=false"}, kinds: map[string]int{
 			"ClusterRole": 2, "ClusterRoleBinding": 2,

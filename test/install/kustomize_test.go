@@ -47,7 +47,7 @@ func TestDefaultInstall(t *testing.T) {
 	g := NewWithT(t)
 	rendered, byKind := render(t)
 	for kind, n := range map[string]int{
-		"Namespace": 1, "CustomResourceDefinition": 4, "ServiceAccount": 1, "ClusterRole": 1,
+		"Namespace": 1, "CustomResourceDefinition": 5, "ServiceAccount": 1, "ClusterRole": 1,
 		"ClusterRoleBinding": 1, "Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 1,
 	} {
 		g.Expect(byKind[kind]).To(HaveLen(n), "kind %s", kind)
