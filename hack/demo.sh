@@ -71,6 +71,7 @@ nohup bin/imageguard controller --kubeconfig "$KUBECONFIG" --cache-dir "$demo/ca
   --metrics-bind-address 127.0.0.1:18443 --health-probe-bind-address 127.0.0.1:18081 \
   --webhook-port 19443 --webhook-cert-dir "$demo/webhook-certs" --webhook-cert-secret imageguard-webhook-tls \
   --webhook-cert-namespace imageguard-system --webhook-cert-hosts 127.0.0.1 --webhook-configurations imageguard-demo \
+  --receiver-bind-address 127.0.0.1:19292 \
   >"$demo/controller.log" 2>&1 &
 echo $! >"$demo/controller.pid"
 for _ in $(seq 1 120); do
@@ -151,6 +152,16 @@ for _ in $(seq 1 60); do
 done
 echo "\$ kubectl get pods -n demo-enforce"
 "$kubectl" get pods -n demo-enforce
+echo
+echo
+echo "demo: a RegistryScan of the demo registry: its images are scanned before anything runs them"
+sed "s|REGISTRY|$registry|g" config/demo/registryscan.yaml | "$kubectl" apply -f -
+"$kubectl" wait --for=condition=Ready registryscan/demo -n demo-registry --timeout=120s >/dev/null || true
+echo "\$ kubectl get registryscans -A"
+"$kubectl" get registryscans -A
+echo "\$ kubectl get imagescanreports -n demo-registry -l security.imageguard.dev/registry-scan=true"
+"$kubectl" get imagescanreports -n demo-registry -l security.imageguard.dev/registry-scan=true
+echo "(a registry notifies pushes at http://127.0.0.1:19292/hooks/registry/demo-registry/demo: docs/registry-scans.md)"
 echo
 echo "The cluster keeps running. To use it:"
 echo "  export KUBECONFIG=$KUBECONFIG PATH=$assets:\$PATH"
