@@ -397,6 +397,9 @@ func (r *ImageScanReportReconciler) nextVisit(report *securityv1alpha1.ImageScan
 	return next
 }
 
+// maxCoveringScans bounds the registry scans whose credentials a report's analysis uses.
+const maxCoveringScans = 4
+
 // keychain returns the pull credentials of the pods of report's namespace that run its image, and
 // of the registry scans that list it.
 func (r *ImageScanReportReconciler) keychain(ctx context.Context, report *securityv1alpha1.ImageScanReport) (authn.Keychain, error) {
@@ -414,9 +417,12 @@ func (r *ImageScanReportReconciler) keychain(ctx context.Context, report *securi
 	if err := r.Client.List(ctx, scans, client.InNamespace(report.Namespace)); err != nil {
 		return nil, err
 	}
+	covering := 0
 	for i := range scans.Items {
-		if scanCovers(&scans.Items[i], report.Spec.Image) {
+		// A few: each is a service account and Secret reads.
+		if covering < maxCoveringScans && scanCovers(&scans.Items[i], report.Spec.Image) {
 			specs = append(specs, scanPodSpec(&scans.Items[i]))
+			covering++
 		}
 	}
 	return workload.Keychain(ctx, r.APIReader, report.Namespace, specs...)

@@ -204,11 +204,13 @@ func group(uses []*imageUse) map[string]*desiredReport {
 			d = &desiredReport{repository: u.img.Repository, digest: u.digest, tags: map[string]bool{}, workloads: map[workloadRef]map[string]bool{}}
 			desired[u.digest] = d
 		}
-		// One digest under several repositories (a mirror): report the first in sort order.
+		// One digest under several repositories (a mirror): report the first in sort order, with
+		// its tags only (a tag of another repository names another image under this one's name).
 		if u.img.Repository < d.repository {
 			d.repository = u.img.Repository
+			clear(d.tags)
 		}
-		if u.img.Tag != "" {
+		if u.img.Tag != "" && u.img.Repository == d.repository {
 			d.tags[u.img.Tag] = true
 		}
 		if d.workloads[u.owner] == nil {
@@ -330,11 +332,18 @@ func (r *PodReconciler) collectGarbage(ctx context.Context, namespace string, de
 			return 0, err
 		}
 		if listed {
-			// A registry scan keeps it: not unused, whatever pods do.
+			// A registry scan keeps it: not unused, whatever pods do; no pod names it any more.
 			if _, marked := report.Annotations[UnusedSinceAnnotation]; marked {
 				before := report.DeepCopy()
 				delete(report.Annotations, UnusedSinceAnnotation)
 				if _, err := writeObject(ctx, r.Client, before, report); err != nil {
+					return 0, client.IgnoreNotFound(err)
+				}
+			}
+			if len(report.Status.Workloads) > 0 {
+				before := report.DeepCopy()
+				report.Status.Workloads = nil
+				if _, err := patchIfChanged(before, report, nil, func(p client.Patch) error { return r.Client.Status().Patch(ctx, report, p) }); err != nil {
 					return 0, client.IgnoreNotFound(err)
 				}
 			}
@@ -358,7 +367,14 @@ func (r *PodReconciler) collectGarbage(ctx context.Context, namespace string, de
 			next = minPositive(next, left)
 			continue
 		}
-		if err := r.Client.Delete(ctx, report, client.Preconditions{UID: &report.UID}); client.IgnoreNotFound(err) != nil {
+		// The version read: a report a scan or a pod took up since is not deleted (a conflict,
+		// looked at again).
+		err = r.Client.Delete(ctx, report, client.Preconditions{UID: &report.UID, ResourceVersion: &report.ResourceVersion})
+		if apierrors.IsConflict(err) {
+			next = minPositive(next, time.Second)
+			continue
+		}
+		if client.IgnoreNotFound(err) != nil {
 			return 0, err
 		}
 	}

@@ -138,7 +138,9 @@ func (rr *RegistryReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) 
 		if errors.As(err, &re) {
 			code, msg = re.code, re.msg
 		} else {
-			code, msg = http.StatusServiceUnavailable, "cannot take the notification now: "+err.Error()
+			// The cause is logged, not answered: it may name a Secret or the API server's error.
+			rr.Log.Error(err, "Cannot take a registry notification", "path", req.URL.Path)
+			code, msg = http.StatusServiceUnavailable, "cannot take the notification now; try again"
 		}
 	}
 	if code == http.StatusTooManyRequests {
@@ -261,6 +263,9 @@ func (rr *RegistryReceiver) token(ctx context.Context, scan *securityv1alpha1.Re
 		secret.Data = nil // no token: nothing authenticates
 	case err != nil:
 		return nil, fmt.Errorf("reading the receiver's Secret: %w", err)
+	case secret.Type == corev1.SecretTypeServiceAccountToken:
+		// Its "token" is a credential of the cluster, not one made for the receiver.
+		secret.Data = nil
 	}
 	token := []byte(strings.TrimSpace(string(secret.Data["token"])))
 	rr.mu.Lock()

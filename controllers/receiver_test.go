@@ -93,3 +93,14 @@ func TestScanCovers(t *testing.T) {
 		}
 	}
 }
+
+func TestScanCoversDockerHub(t *testing.T) {
+	scan := &securityv1alpha1.RegistryScan{Spec: securityv1alpha1.RegistryScanSpec{Repositories: []string{"index.docker.io/library/nginx", "Registry.Example.com:443/team/**"}}}
+	for repo, want := range map[string]bool{
+		"docker.io/library/nginx": true, "registry.example.com/team/app": true, "docker.io/library/redis": false,
+	} {
+		if got := scanCovers(scan, repo); got != want {
+			t.Errorf("scanCovers(%q) = %v, want %v", repo, got, want)
+		}
+	}
+}

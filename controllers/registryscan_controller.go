@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/imageref"
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/registryscan"
 	"github.com/imageguard/imageguard/internal/workload"
@@ -48,6 +49,8 @@ const (
 	DefaultRegistryScanTimeout = 10 * time.Minute
 	// MaxRegistryScanTags bounds the tags one scan selects, and so the reports it makes.
 	MaxRegistryScanTags = 10_000
+	// MaxRegistryScanReports bounds the reports the scans of one namespace keep.
+	MaxRegistryScanReports = 10_000
 	// maxScanFailures and maxWorst bound the lists of a scan's status.
 	maxScanFailures = 20
 	maxWorst        = 10
@@ -87,9 +90,13 @@ type RegistryScanReconciler struct {
 	ExcludedNamespaces []string
 
 	// listingFailures counts, per scan, what its last listing failed to list (the status lists
-	// only the first of them).
+	// only the first of them); failedListings how many listings in a row failed in part.
 	listingFailures sync.Map // types.NamespacedName -> int
+	failedListings  sync.Map // types.NamespacedName -> int
 }
+
+// listingReserve is kept of a reconcile's deadline to write what its listing found.
+const listingReserve = 30 * time.Second
 
 // +kubebuilder:rbac:groups=security.imageguard.dev,resources=registryscans,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=security.imageguard.dev,resources=registryscans/status,verbs=get;update;patch
@@ -106,6 +113,7 @@ func (r *RegistryScanReconciler) Reconcile(ctx context.Context, req ctrl.Request
 			// Gone: its reports lose it as a source (the pod controller also ignores a source
 			// that names no scan, should this never run).
 			r.listingFailures.Delete(req.NamespacedName)
+			r.failedListings.Delete(req.NamespacedName)
 			return ctrl.Result{}, r.syncReports(ctx, req.Namespace, req.Name, nil, true)
 		}
 		return ctrl.Result{}, err
@@ -121,7 +129,7 @@ func (r *RegistryScanReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if excludedNamespace(ns, r.ExcludedNamespaces) {
 		setStalled(scan, ReasonNamespaceExcluded, "the namespace is excluded from scanning")
 		_, err := writeStatus(ctx, r.Client, before, scan)
-		return ctrl.Result{}, err
+		return ctrl.Result{RequeueAfter: interval(scan)}, err
 	}
 	selector, err := compileScan(scan.Spec)
 	if err != nil {
@@ -134,9 +142,18 @@ func (r *RegistryScanReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	requested := scan.Annotations[securityv1alpha1.RequestedAtAnnotation]
 	var retryAfter time.Duration
 	if !scan.Spec.Suspend && r.listDue(scan, requested, now) {
-		l := r.list(ctx, scan, selector)
+		// The listing has the reconcile's deadline but a reserve, and what it found is written
+		// even when it ran out: the status says what this listing read, and when.
+		lctx, cancel := context.WithTimeout(ctx, max(r.Timeout-listingReserve, r.Timeout/2))
+		l := r.list(lctx, scan, selector)
+		cancel()
+		var done context.CancelFunc
+		ctx, done = context.WithTimeout(context.WithoutCancel(ctx), listingReserve)
+		defer done()
 		if err := r.syncReports(ctx, scan.Namespace, scan.Name, l.digests, l.complete()); err != nil {
-			return ctrl.Result{}, err
+			// Recorded as the listing's failure and retried as one (with backoff): a report
+			// that cannot be written must not make every retry list the registry again at once.
+			l.fail(scan.Spec.Repositories[0], "", fmt.Errorf("writing the reports: %w", err))
 		}
 		t := metav1.NewTime(now)
 		st := &scan.Status
@@ -145,6 +162,13 @@ func (r *RegistryScanReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		st.Failures = l.failures
 		r.listingFailures.Store(req.NamespacedName, l.failed)
 		retryAfter = l.retryAfter
+		if l.failed > 0 {
+			n, _ := r.failedListings.Load(req.NamespacedName)
+			count, _ := n.(int)
+			r.failedListings.Store(req.NamespacedName, count+1)
+		} else {
+			r.failedListings.Delete(req.NamespacedName)
+		}
 	}
 	pending, err := r.summarize(ctx, scan)
 	if err != nil {
@@ -205,12 +229,20 @@ func (r *RegistryScanReconciler) listDue(scan *securityv1alpha1.RegistryScan, re
 	return !now.Before(st.LastListTime.Add(r.sinceLastListing(scan)))
 }
 
-// sinceLastListing is how long after its last listing a scan is listed again.
+// sinceLastListing is how long after its last listing a scan is listed again: its interval, or
+// after a listing that failed in part the retry interval, doubled with each such listing in a
+// row, never past the interval.
 func (r *RegistryScanReconciler) sinceLastListing(scan *securityv1alpha1.RegistryScan) time.Duration {
-	if listingFailed(scan) {
-		return min(r.RetryInterval, interval(scan))
+	if !listingFailed(scan) {
+		return interval(scan)
 	}
-	return interval(scan)
+	n, _ := r.failedListings.Load(types.NamespacedName{Namespace: scan.Namespace, Name: scan.Name})
+	count, _ := n.(int)
+	wait := r.RetryInterval
+	for i := 1; i < count && wait < interval(scan); i++ {
+		wait *= 2
+	}
+	return min(wait, interval(scan))
 }
 
 // listingFailed reports whether the scan's last listing failed in part (a failure without a
@@ -325,7 +357,9 @@ func (r *RegistryScanReconciler) list(ctx context.Context, scan *securityv1alpha
 					l.digests[digest] = d
 				}
 				if repo < d.repository {
+					// Reported under the first repository in sort order, with its tags only.
 					d.repository = repo
+					clear(d.tags)
 				}
 				if repo == d.repository {
 					d.tags[tag] = true
@@ -348,16 +382,15 @@ func scanCovers(scan *securityv1alpha1.RegistryScan, repository string) bool {
 		if err != nil {
 			continue
 		}
-		canonical := repo.Name()
+		// The spelling the listing gives its repositories (and the pod controller its images).
+		canonical := imageref.CanonicalRepository(repo.RegistryStr(), repo.RepositoryStr())
 		if rest == "" {
-			canonical = repo.RegistryStr()
+			canonical = imageref.CanonicalHost(host)
 		}
 		switch {
 		case !prefix && repository == canonical:
 			return true
 		case prefix && strings.HasPrefix(repository, canonical+"/"):
-			return true
-		case prefix && rest == "" && strings.HasPrefix(repository, host+"/"):
 			return true
 		}
 	}
@@ -397,10 +430,16 @@ func (r *RegistryScanReconciler) syncReports(ctx context.Context, namespace, sca
 			errs = append(errs, err)
 		}
 	}
+	room := MaxRegistryScanReports - len(reports.Items)
 	for _, digest := range slices.Sorted(maps.Keys(listed)) {
 		if done[digest] {
 			continue
 		}
+		if room <= 0 {
+			errs = append(errs, registry.Errorf(registry.KindUnsupported, "the namespace holds %d reports of registry scans, the most it may: list fewer", MaxRegistryScanReports))
+			break
+		}
+		room--
 		d := listed[digest]
 		report, err := r.reportOf(ctx, namespace, digest, d)
 		if err == nil {
@@ -432,9 +471,9 @@ func (r *RegistryScanReconciler) reportOf(ctx context.Context, namespace, digest
 }
 
 // setSource makes report name scanName as a source with d's tags (none when d is nil: the scan
-// no longer lists it), with the label that marks reports some scan lists. A report no pod runs
-// shows the scan's tags in its spec. Each scan of the namespace writes the list of sources: on a
-// conflict the report is read again, live, and the write tried again.
+// no longer lists it), with the label that marks reports some scan lists. Each scan of the
+// namespace writes the list of sources: on a conflict the report is read again, live, and the
+// write tried again.
 func (r *RegistryScanReconciler) setSource(ctx context.Context, report *securityv1alpha1.ImageScanReport, scanName string, d *listedDigest) error {
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		err := r.writeSource(ctx, report, scanName, d)
@@ -472,25 +511,19 @@ func (r *RegistryScanReconciler) writeSource(ctx context.Context, report *securi
 			return err
 		}
 	}
-	updated := report.DeepCopy()
-	if len(sources) > 0 {
-		metav1.SetMetaDataLabel(&updated.ObjectMeta, RegistryScanLabel, "true")
+	// The label follows the sources the server holds now (report is what the patch returned),
+	// under the same lock: a scan adding itself meanwhile makes this write a conflict. spec.tags
+	// stay what the report was made with or the pods say: tags another scan (of another
+	// repository, perhaps) found must not be indexed under this report's image.
+	before = report.DeepCopy()
+	if len(report.Status.Sources) > 0 {
+		metav1.SetMetaDataLabel(&report.ObjectMeta, RegistryScanLabel, "true")
 	} else {
-		delete(updated.Labels, RegistryScanLabel)
+		delete(report.Labels, RegistryScanLabel)
 	}
-	if len(report.Status.Workloads) == 0 && len(sources) > 0 {
-		tags := map[string]bool{}
-		for _, s := range sources {
-			for _, t := range s.Tags {
-				tags[t] = true
-			}
-		}
-		updated.Spec.Tags = sortedKeys(tags)
-	}
-	_, err := writeObject(ctx, r.Client, report, updated)
-	if err == nil {
-		*report = *updated
-	}
+	_, err := patchIfChanged(before, report, []client.MergeFromOption{client.MergeFromWithOptimisticLock{}}, func(p client.Patch) error {
+		return r.Client.Patch(ctx, report, p)
+	})
 	return err
 }
 
@@ -539,6 +572,13 @@ func (r *RegistryScanReconciler) summarize(ctx context.Context, scan *securityv1
 			}
 		case scannedCond != nil && scannedCond.Status == metav1.ConditionFalse:
 			scanFailed++
+			if s := report.Status.Summary; s != nil { // the findings of its last scan, kept
+				for _, sev := range securityv1alpha1.Severities {
+					summary.Add(sev, s.Count(sev))
+				}
+				summary.Fixable += s.Fixable
+				summary.Total += s.Total
+			}
 			if len(failures) < maxScanFailures {
 				failures = append(failures, securityv1alpha1.RegistryScanFailure{
 					Repository: report.Spec.Image, Digest: report.Spec.Digest, Reason: scannedCond.Reason,

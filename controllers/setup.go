@@ -143,9 +143,15 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		return err
 	}
 	verifier.OnVerdict = signatures.VerdictChanged
+	// A client of their own: a registry's Retry-After that a listing earns holds the listings,
+	// not admission's tag lookups.
+	scanRegistry := opts.Registry
+	if scanRegistry != nil {
+		scanRegistry = registry.NewClient(opts.Registry.Options())
+	}
 	scans := &RegistryScanReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: opts.Clock, RetryInterval: opts.RegistryScanRetry,
-		Lister:             &registryscan.Lister{Registry: opts.Registry, PagesPerSecond: opts.RegistryScanRequestsPerSecond},
+		Lister:             &registryscan.Lister{Registry: scanRegistry, PagesPerSecond: opts.RegistryScanRequestsPerSecond},
 		ExcludedNamespaces: opts.ExcludedNamespaces,
 	}
 	if err := scans.SetupWithManager(mgr); err != nil {

@@ -103,7 +103,7 @@ func (l *Lister) Repositories(ctx context.Context, entry string, keychain authn.
 		return nil, err
 	}
 	if !prefix {
-		return []string{repo.Name()}, nil
+		return []string{imageref.CanonicalRepository(repo.RegistryStr(), repo.RepositoryStr())}, nil
 	}
 	under := repo.RepositoryStr() + "/"
 	if whole {
@@ -128,7 +128,7 @@ func (l *Lister) Repositories(ctx context.Context, entry string, keychain authn.
 		return nil, err
 	}
 	for i, r := range repos {
-		repos[i] = reg.RegistryStr() + "/" + r
+		repos[i] = imageref.CanonicalRepository(reg.RegistryStr(), r)
 	}
 	return repos, nil
 }

@@ -95,6 +95,10 @@ func (s *Selector) Passes(tag string) bool {
 	return true
 }
 
+// MaxCreatedLookups bounds the tags whose creation time one Select reads (each is a manifest and
+// a config read).
+const MaxCreatedLookups = 500
+
 // CreatedFunc tells when the image a tag names was created (its config's created time).
 type CreatedFunc func(ctx context.Context, tag string) (time.Time, error)
 
@@ -129,6 +133,9 @@ func (s *Selector) Select(ctx context.Context, tags []string, created CreatedFun
 	}
 	if created == nil {
 		return nil, errors.New("latest: some tags are no semantic version, and their creation times cannot be read")
+	}
+	if len(out) > MaxCreatedLookups {
+		return nil, fmt.Errorf("latest: %d tags would have their creation time read (at most %d): select fewer with pattern, semver or exclude", len(out), MaxCreatedLookups)
 	}
 	times := make(map[string]time.Time, len(out))
 	for _, t := range out {
