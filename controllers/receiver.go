@@ -34,9 +34,12 @@ const ReceiverPath = "/hooks/registry/"
 const (
 	// maxNotificationBytes bounds a notification's body.
 	maxNotificationBytes = 1 << 20
-	// receiverRequestsPerSecond paces every request, authenticated or not (a burst of twice as
-	// many): each may cost a Secret read.
-	receiverRequestsPerSecond = 20
+	// receiverRequestsPerSecond paces the requests to each scan's path, authenticated or not (a
+	// burst of twice as many): a flood of one path holds no other scan's notifications. A token is
+	// read at most once per tokenTTL, so requests cost no API call beyond that.
+	receiverRequestsPerSecond = 5
+	// maxPacedScans bounds the paths paced at once (paths of scans that do not exist count too).
+	maxPacedScans = 4096
 	// tokenTTL is how long a scan's token is kept after it was read: a Secret changed takes that
 	// long to count.
 	tokenTTL = 30 * time.Second
@@ -60,10 +63,10 @@ type RegistryReceiver struct {
 	Log     logr.Logger
 	Clock   clock.PassiveClock
 
-	once    sync.Once
-	limiter *rate.Limiter
-	mu      sync.Mutex
-	tokens  map[tokenKey]keptToken
+	once   sync.Once
+	limits map[types.NamespacedName]*rate.Limiter
+	mu     sync.Mutex
+	tokens map[tokenKey]keptToken
 }
 
 type tokenKey struct {
@@ -81,7 +84,7 @@ func (rr *RegistryReceiver) init() {
 		if rr.Clock == nil {
 			rr.Clock = clock.RealClock{}
 		}
-		rr.limiter = rate.NewLimiter(receiverRequestsPerSecond, 2*receiverRequestsPerSecond)
+		rr.limits = map[types.NamespacedName]*rate.Limiter{}
 		rr.tokens = map[tokenKey]keptToken{}
 	})
 }
@@ -164,7 +167,7 @@ func (rr *RegistryReceiver) receive(req *http.Request, w http.ResponseWriter) (s
 	if !ok {
 		return "", refuse(http.StatusNotFound, "the path is %s<namespace>/<name>", ReceiverPath)
 	}
-	if !rr.limiter.Allow() {
+	if !rr.allow(key) {
 		return "", refuse(http.StatusTooManyRequests, "too many notifications")
 	}
 	ctx, cancel := context.WithTimeout(req.Context(), 10*time.Second)
@@ -212,6 +215,29 @@ func (rr *RegistryReceiver) receive(req *http.Request, w http.ResponseWriter) (s
 	}
 	rr.Log.Info("A registry notified a push: listing the scan now", "scan", key.String(), "repositories", matched)
 	return fmt.Sprintf("listing %s now", key.Name), nil
+}
+
+// allow reports whether a request to key's path fits its pace.
+func (rr *RegistryReceiver) allow(key types.NamespacedName) bool {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	lim := rr.limits[key]
+	if lim == nil {
+		if len(rr.limits) >= maxPacedScans {
+			// Full: the limiters that are full of tokens again pace nothing; drop them.
+			for k, l := range rr.limits {
+				if l.Tokens() >= float64(l.Burst()) {
+					delete(rr.limits, k)
+				}
+			}
+			if len(rr.limits) >= maxPacedScans {
+				return false
+			}
+		}
+		lim = rate.NewLimiter(receiverRequestsPerSecond, 2*receiverRequestsPerSecond)
+		rr.limits[key] = lim
+	}
+	return lim.Allow()
 }
 
 // scanKey reads <namespace>/<name> from a receiver path.

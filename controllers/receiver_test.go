@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"testing"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 )
 
@@ -102,5 +104,24 @@ func TestScanCoversDockerHub(t *testing.T) {
 		if got := scanCovers(scan, repo); got != want {
 			t.Errorf("scanCovers(%q) = %v, want %v", repo, got, want)
 		}
+	}
+}
+
+func TestReceiverPacesEachPath(t *testing.T) {
+	rr := &RegistryReceiver{}
+	rr.init()
+	a, b := types.NamespacedName{Namespace: "ns", Name: "a"}, types.NamespacedName{Namespace: "ns", Name: "b"}
+	allowed := 0
+	for range 50 {
+		if rr.allow(a) {
+			allowed++
+		}
+	}
+	// The burst, and what refilled while the loop ran (5 a second).
+	if allowed < 2*receiverRequestsPerSecond || allowed > 2*receiverRequestsPerSecond+5 {
+		t.Errorf("%d of 50 requests allowed at once to one path", allowed)
+	}
+	if !rr.allow(b) {
+		t.Error("a flood of one path held another's")
 	}
 }

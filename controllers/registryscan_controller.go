@@ -490,7 +490,10 @@ func (r *RegistryScanReconciler) setSource(ctx context.Context, report *security
 func (r *RegistryScanReconciler) writeSource(ctx context.Context, report *securityv1alpha1.ImageScanReport, scanName string, d *listedDigest) error {
 	before := report.DeepCopy()
 	sources := slices.DeleteFunc(slices.Clone(report.Status.Sources), func(s securityv1alpha1.ReportSource) bool { return s.RegistryScan == scanName })
-	if d != nil && len(sources) < maxSources {
+	if d != nil && len(sources) >= maxSources {
+		return registry.Errorf(registry.KindUnsupported, "report %s is listed by %d scans already, the most it names", report.Name, maxSources)
+	}
+	if d != nil {
 		tags := sortedKeys(d.tags)
 		if len(tags) > maxSourceTags {
 			tags = tags[:maxSourceTags]
