@@ -159,3 +159,60 @@ func rssMiB() float64 {
 	}
 	return 0
 }
+
+// BenchmarkRegistryScan1500Tags measures a RegistryScan of every tag of three repositories: 1,500
+// tags (5 per image, paginated 100 a page) over 300 digests, each analysed once. It prints the
+// listing time (the listing, the tag lookups and the 300 reports made), the time until every
+// digest is scanned, and the analyses made. It runs once whatever b.N is:
+//
+//	KUBEBUILDER_ASSETS=$(hack/control-plane.sh) GOEXPERIMENT=jsonv2 \
+//	  go test ./controllers -run '^$' -bench RegistryScan1500Tags -benchtime 1x
+func BenchmarkRegistryScan1500Tags(b *testing.B) {
+	ctx := context.Background()
+	c := benchClient(b)
+	for _, repo := range []string{"bench/api", "bench/web", "bench/worker"} {
+		for i := range 100 {
+			img := testsuite.Image(fmt.Sprintf("%s-%d", repo, i))
+			for _, tag := range []string{fmt.Sprintf("%d.%d.0", 1+i/25, i%25), fmt.Sprintf("v%d.%d.0", 1+i/25, i%25), fmt.Sprintf("rc-%d", i), fmt.Sprintf("sha-%07x", i*7919), fmt.Sprintf("build-%03d", i)} {
+				reg.Push(b, repo, tag, img)
+			}
+		}
+	}
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bench-rscan"}}); err != nil {
+		b.Fatal(err)
+	}
+	analyses := scan.Analyses()
+	reg.ResetCounts()
+	start := time.Now()
+	s := &securityv1alpha1.RegistryScan{
+		ObjectMeta: metav1.ObjectMeta{Name: "all", Namespace: "bench-rscan"},
+		Spec:       securityv1alpha1.RegistryScanSpec{Repositories: []string{reg.Host() + "/bench/**"}},
+	}
+	if err := c.Create(ctx, s); err != nil {
+		b.Fatal(err)
+	}
+	var listed time.Duration
+	for deadline := time.Now().Add(20 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			b.Fatalf("not scanned in time: %+v", s.Status)
+		}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(s), s); err != nil {
+			b.Fatal(err)
+		}
+		if listed == 0 && s.Status.LastListTime != nil {
+			listed = time.Since(start)
+		}
+		if s.Status.Scanned+s.Status.Failed >= 300 && meta.IsStatusConditionTrue(s.Status.Conditions, securityv1alpha1.ConditionReady) {
+			break
+		}
+	}
+	total := time.Since(start)
+	b.ReportMetric(listed.Seconds(), "s-listed")
+	b.ReportMetric(total.Seconds(), "s-scanned")
+	b.ReportMetric(float64(scan.Analyses()-analyses), "analyses")
+	b.ReportMetric(float64(s.Status.Digests), "digests")
+	b.ReportMetric(float64(reg.Counts().Requests), "registry-requests")
+	fmt.Printf("RegistryScan of 1,500 tags (3 repositories, 300 digests): listed and 300 reports made in %s, all scanned in %s, %d analyses, %d registry requests\n",
+		listed.Round(time.Millisecond), total.Round(time.Millisecond), scan.Analyses()-analyses, reg.Counts().Requests)
+	_ = c.Delete(ctx, s)
+}
