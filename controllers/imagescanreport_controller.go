@@ -417,13 +417,24 @@ func (r *ImageScanReportReconciler) keychain(ctx context.Context, report *securi
 	if err := r.Client.List(ctx, scans, client.InNamespace(report.Namespace)); err != nil {
 		return nil, err
 	}
-	covering := 0
-	for i := range scans.Items {
-		// A few: each is a service account and Secret reads.
-		if covering < maxCoveringScans && scanCovers(&scans.Items[i], report.Spec.Image) {
-			specs = append(specs, scanPodSpec(&scans.Items[i]))
-			covering++
+	// A few (each is a service account and Secret reads), always the same: those that list the
+	// report first, then by name.
+	named := map[string]bool{}
+	for _, s := range report.Status.Sources {
+		named[s.RegistryScan] = true
+	}
+	covering := slices.DeleteFunc(scans.Items, func(s securityv1alpha1.RegistryScan) bool { return !scanCovers(&s, report.Spec.Image) })
+	slices.SortFunc(covering, func(a, b securityv1alpha1.RegistryScan) int {
+		if named[a.Name] != named[b.Name] {
+			if named[a.Name] {
+				return -1
+			}
+			return 1
 		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	for i := range covering[:min(len(covering), maxCoveringScans)] {
+		specs = append(specs, scanPodSpec(&covering[i]))
 	}
 	return workload.Keychain(ctx, r.APIReader, report.Namespace, specs...)
 }

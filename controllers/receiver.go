@@ -167,18 +167,19 @@ func (rr *RegistryReceiver) receive(req *http.Request, w http.ResponseWriter) (s
 	if !ok {
 		return "", refuse(http.StatusNotFound, "the path is %s<namespace>/<name>", ReceiverPath)
 	}
-	if !rr.allow(key) {
-		return "", refuse(http.StatusTooManyRequests, "too many notifications")
-	}
 	ctx, cancel := context.WithTimeout(req.Context(), 10*time.Second)
 	defer cancel()
 	scan := &securityv1alpha1.RegistryScan{}
-	if err := rr.Client.Get(ctx, key, scan); err != nil {
+	if err := rr.Client.Get(ctx, key, scan); err != nil { // the cache: no API request
 		if apierrors.IsNotFound(err) {
 			// The same answer as a wrong token: the receiver tells no one which scans exist.
 			return "", refuse(http.StatusUnauthorized, "unknown scan or wrong token")
 		}
 		return "", err
+	}
+	// Paced per scan that exists: paths of no scan fill no limiter.
+	if !rr.allow(key) {
+		return "", refuse(http.StatusTooManyRequests, "too many notifications")
 	}
 	if err := rr.authenticate(ctx, scan, req.Header.Get("Authorization")); err != nil {
 		return "", err

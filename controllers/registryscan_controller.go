@@ -95,8 +95,12 @@ type RegistryScanReconciler struct {
 	failedListings  sync.Map // types.NamespacedName -> int
 }
 
-// listingReserve is kept of a reconcile's deadline to write what its listing found.
-const listingReserve = 30 * time.Second
+// reportWritesTimeout bounds the report writes of one listing (10,000 reports are some 30,000
+// API requests, paced by the client's rate limit), statusWriteTimeout the status write after.
+const (
+	reportWritesTimeout = 10 * time.Minute
+	statusWriteTimeout  = 30 * time.Second
+)
 
 // +kubebuilder:rbac:groups=security.imageguard.dev,resources=registryscans,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=security.imageguard.dev,resources=registryscans/status,verbs=get;update;patch
@@ -142,15 +146,22 @@ func (r *RegistryScanReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	requested := scan.Annotations[securityv1alpha1.RequestedAtAnnotation]
 	var retryAfter time.Duration
 	if !scan.Spec.Suspend && r.listDue(scan, requested, now) {
-		// The listing has the reconcile's deadline but a reserve, and what it found is written
-		// even when it ran out: the status says what this listing read, and when.
-		lctx, cancel := context.WithTimeout(ctx, max(r.Timeout-listingReserve, r.Timeout/2))
+		if scan.Status.ObservedGeneration != scan.Generation {
+			r.failedListings.Delete(req.NamespacedName) // a new spec starts without backoff
+		}
+		// The listing, then the report writes, each have a deadline of their own (the reconcile's
+		// is their sum and the status write's), and what the listing found is written even when it
+		// ran out: the status says what this listing read, and when.
+		lctx, cancel := context.WithTimeout(ctx, r.Timeout)
 		l := r.list(lctx, scan, selector)
 		cancel()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reportWritesTimeout)
+		err := r.syncReports(sctx, scan.Namespace, scan.Name, l.digests, l.complete())
+		cancel()
 		var done context.CancelFunc
-		ctx, done = context.WithTimeout(context.WithoutCancel(ctx), listingReserve)
+		ctx, done = context.WithTimeout(context.WithoutCancel(ctx), statusWriteTimeout)
 		defer done()
-		if err := r.syncReports(ctx, scan.Namespace, scan.Name, l.digests, l.complete()); err != nil {
+		if err != nil {
 			// Recorded as the listing's failure and retried as one (with backoff): a report
 			// that cannot be written must not make every retry list the registry again at once.
 			l.fail(scan.Spec.Repositories[0], "", fmt.Errorf("writing the reports: %w", err))
@@ -416,6 +427,7 @@ func (r *RegistryScanReconciler) syncReports(ctx context.Context, namespace, sca
 		return err
 	}
 	var errs []error
+	released := 0
 	done := map[string]bool{}
 	for i := range reports.Items {
 		report := &reports.Items[i]
@@ -429,8 +441,11 @@ func (r *RegistryScanReconciler) syncReports(ctx context.Context, namespace, sca
 		if err := r.setSource(ctx, report, scanName, d); err != nil {
 			errs = append(errs, err)
 		}
+		if len(report.Status.Sources) == 0 {
+			released++ // no scan keeps it now: it does not count against the bound
+		}
 	}
-	room := MaxRegistryScanReports - len(reports.Items)
+	room := MaxRegistryScanReports - len(reports.Items) + released
 	for _, digest := range slices.Sorted(maps.Keys(listed)) {
 		if done[digest] {
 			continue
@@ -498,7 +513,7 @@ func (r *RegistryScanReconciler) writeSource(ctx context.Context, report *securi
 		if len(tags) > maxSourceTags {
 			tags = tags[:maxSourceTags]
 		}
-		sources = append(sources, securityv1alpha1.ReportSource{RegistryScan: scanName, Tags: tags})
+		sources = append(sources, securityv1alpha1.ReportSource{RegistryScan: scanName, Repository: d.repository, Tags: tags})
 		sort.Slice(sources, func(i, j int) bool { return sources[i].RegistryScan < sources[j].RegistryScan })
 	}
 	if len(sources) == 0 {
@@ -515,12 +530,23 @@ func (r *RegistryScanReconciler) writeSource(ctx context.Context, report *securi
 		}
 	}
 	// The label follows the sources the server holds now (report is what the patch returned),
-	// under the same lock: a scan adding itself meanwhile makes this write a conflict. spec.tags
-	// stay what the report was made with or the pods say: tags another scan (of another
-	// repository, perhaps) found must not be indexed under this report's image.
+	// under the same lock: a scan adding itself meanwhile makes this write a conflict. A report
+	// no pod runs has the tags that point at its digest now (admission's last-known lookup reads
+	// them): those the sources found in the report's own repository only, never another's.
 	before = report.DeepCopy()
 	if len(report.Status.Sources) > 0 {
 		metav1.SetMetaDataLabel(&report.ObjectMeta, RegistryScanLabel, "true")
+		if len(report.Status.Workloads) == 0 {
+			tags := map[string]bool{}
+			for _, s := range report.Status.Sources {
+				if s.Repository == report.Spec.Image {
+					for _, t := range s.Tags {
+						tags[t] = true
+					}
+				}
+			}
+			report.Spec.Tags = sortedKeys(tags)
+		}
 	} else {
 		delete(report.Labels, RegistryScanLabel)
 	}
@@ -700,6 +726,6 @@ func (r *RegistryScanReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&securityv1alpha1.RegistryScan{}, builder.WithPredicates(requestedOrSpecChanged)).
 		Watches(&securityv1alpha1.ImageScanReport{}, handler.EnqueueRequestsFromMapFunc(scansOfReport),
 			builder.WithPredicates(reportCountsChanged)).
-		WithOptions(controller.Options{MaxConcurrentReconciles: 2, ReconciliationTimeout: r.Timeout}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: 2, ReconciliationTimeout: r.Timeout + reportWritesTimeout + statusWriteTimeout}).
 		Complete(r)
 }

@@ -123,7 +123,8 @@ func TestRegistryScanSelectsTagsAndAnalysesEachDigestOnce(t *testing.T) {
 		r := reports[digest]
 		g.Expect(r).NotTo(BeNil(), "no report of %s", digest)
 		g.Expect(r.Labels[controllers.RegistryScanLabel]).To(Equal("true"))
-		g.Expect(r.Status.Sources).To(ConsistOf(securityv1alpha1.ReportSource{RegistryScan: "many", Tags: sortedCopy(tags)}))
+		g.Expect(r.Status.Sources).To(ConsistOf(securityv1alpha1.ReportSource{RegistryScan: "many", Repository: r.Spec.Image, Tags: sortedCopy(tags)}))
+		g.Expect(r.Spec.Tags).To(Equal(sortedCopy(tags)))
 		g.Expect(meta.IsStatusConditionTrue(r.Status.Conditions, securityv1alpha1.ConditionScanned)).To(BeTrue())
 	}
 	// One analysis per digest, although two tags name each.
@@ -231,7 +232,8 @@ func TestPushNotificationsListAtOnce(t *testing.T) {
 	readyScan(g, ns, "app", timeout)
 
 	// Harbor's webhook, with the token as its whole auth header.
-	_, d3 := reg.Push(t, "push/app", "1.2.0", testsuite.Image("push-3"))
+	img3 := testsuite.Image("push-3")
+	_, d3 := reg.Push(t, "push/app", "1.2.0", img3)
 	code, msg = postNotification(g, ns, "app", "the-token", harborPush("push/app", "1.2.0", d3.String()))
 	g.Expect(code).To(Equal(http.StatusAccepted), msg)
 	g.Eventually(func(g Gomega) {
@@ -241,6 +243,18 @@ func TestPushNotificationsListAtOnce(t *testing.T) {
 		s := readyScan(g, ns, "app", timeout)
 		g.Expect(s.Status.Digests).To(BeEquivalentTo(3))
 		g.Expect(s.Status.Scanned).To(BeEquivalentTo(3))
+	}).WithTimeout(timeout).Should(Succeed())
+
+	// The tag 1.1.0 moved to the third image: that report has it (admission's last-known lookup
+	// reads spec.tags), and the second image, no longer listed, loses the scan.
+	reg.Push(t, "push/app", "1.1.0", img3)
+	code, msg = postNotification(g, ns, "app", "Bearer the-token", distributionPush("push/app", "1.1.0", d3.String()))
+	g.Expect(code).To(Equal(http.StatusAccepted), msg)
+	g.Eventually(func(g Gomega) {
+		reports := scanReports(g, ns, "app")
+		g.Expect(reports).NotTo(HaveKey(d2.String()))
+		g.Expect(reports).To(HaveKey(d3.String()))
+		g.Expect(reports[d3.String()].Spec.Tags).To(Equal([]string{"1.1.0", "1.2.0"}))
 	}).WithTimeout(timeout).Should(Succeed())
 }
 

@@ -388,6 +388,11 @@ type ReportSource struct {
 	// +kubebuilder:validation:MaxLength=253
 	RegistryScan string `json:"registryScan"`
 
+	// Repository the scan found the digest in; its tags are those of this repository.
+	// +required
+	// +kubebuilder:validation:MaxLength=512
+	Repository string `json:"repository"`
+
 	// Tags the scan found pointing at the digest (the first 16, sorted).
 	// +optional
 	// +listType=atomic
