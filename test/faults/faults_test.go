@@ -214,7 +214,7 @@ func startController(t *testing.T, reg *testutil.Registry, cache string, extra .
 	args := append([]string{"controller",
 		"--kubeconfig=" + env.Kubeconfig, "--cache-dir=" + cache,
 		"--db-repository=" + reg.Host() + "/" + dbRepo + ":2", "--insecure-registries=" + reg.Host(),
-		"--webhook-port=0", "--metrics-bind-address=0", "--health-probe-bind-address=0",
+		"--webhook-port=0", "--metrics-bind-address=0", "--health-probe-bind-address=0", "--receiver-bind-address=0",
 		"--registry-timeout=2s", "--db-check-interval=2s", "--scan-concurrency=2", "--reconcile-timeout=30s",
 	}, extra...)
 	cmd := exec.Command(binary, args...)
