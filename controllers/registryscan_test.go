@@ -216,6 +216,13 @@ func TestPushNotificationsListAtOnce(t *testing.T) {
 	}
 	code, _ := postNotification(g, ns, "no-such-scan", "Bearer the-token", body)
 	g.Expect(code).To(Equal(http.StatusUnauthorized))
+	// Past 1 MiB: refused before it is read whole.
+	code, _ = postNotification(g, ns, "app", "Bearer the-token", append([]byte(`{"events":[],"pad":"`), bytes.Repeat([]byte("x"), 2<<20)...))
+	g.Expect(code).To(Equal(http.StatusRequestEntityTooLarge))
+	resp, err := http.Get("http://" + receiverAddress + controllers.ReceiverPath + ns + "/app")
+	g.Expect(err).NotTo(HaveOccurred())
+	resp.Body.Close()
+	g.Expect(resp.StatusCode).To(Equal(http.StatusMethodNotAllowed))
 	// A push of another repository asks for nothing.
 	code, msg := postNotification(g, ns, "app", "Bearer the-token", distributionPush("push/other", "1.0.0", d2.String()))
 	g.Expect(code).To(Equal(http.StatusAccepted))
