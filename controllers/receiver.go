@@ -398,19 +398,11 @@ func parseNotification(body []byte) ([]string, error) {
 }
 
 // covers reports whether one of a scan's repositories is the repository path repo, or a prefix
-// of it. Only the path is compared: a registry often knows itself by another host name than the
-// one clients use, and the token, not the payload, is what authenticates; a listing asked for in
-// vain costs one listing.
+// of it (registryscan.Entry.CoversPath: the path only); a listing asked for in vain costs one
+// listing.
 func covers(entries []string, repo string) bool {
 	for _, entry := range entries {
-		path, prefix := registryscan.Prefix(entry)
-		_, repoPath, _ := strings.Cut(path, "/")
-		switch {
-		case prefix && repoPath == "":
-			return true
-		case prefix && strings.HasPrefix(repo, repoPath+"/"):
-			return true
-		case !prefix && repo == repoPath:
+		if e, err := registryscan.ParseEntry(entry); err == nil && e.CoversPath(repo) {
 			return true
 		}
 	}

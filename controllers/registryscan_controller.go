@@ -7,11 +7,9 @@ import (
 	"maps"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -30,7 +28,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
-	"github.com/imageguard/imageguard/internal/imageref"
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/registryscan"
 	"github.com/imageguard/imageguard/internal/workload"
@@ -89,10 +86,20 @@ type RegistryScanReconciler struct {
 	// ExcludedNamespaces (and namespaces labelled ExcludeLabel) are not scanned.
 	ExcludedNamespaces []string
 
-	// listingFailures counts, per scan, what its last listing failed to list (the status lists
-	// only the first of them); failedListings how many listings in a row failed in part.
-	listingFailures sync.Map // types.NamespacedName -> int
-	failedListings  sync.Map // types.NamespacedName -> int
+	// listings holds, per scan, what its last listings failed (listingState).
+	listings sync.Map // types.NamespacedName -> listingState
+}
+
+// listingState is what a scan's last listings failed: what the last one failed to list (the
+// status names only the first of them), and how many in a row failed in part.
+type listingState struct {
+	failed, failedInARow int
+}
+
+func (r *RegistryScanReconciler) listingState(scan *securityv1alpha1.RegistryScan) (listingState, bool) {
+	v, ok := r.listings.Load(types.NamespacedName{Namespace: scan.Namespace, Name: scan.Name})
+	st, _ := v.(listingState)
+	return st, ok
 }
 
 // reportWritesTimeout bounds the report writes of one listing (10,000 reports are some 30,000
@@ -116,8 +123,7 @@ func (r *RegistryScanReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		if apierrors.IsNotFound(err) {
 			// Gone: its reports lose it as a source (the pod controller also ignores a source
 			// that names no scan, should this never run).
-			r.listingFailures.Delete(req.NamespacedName)
-			r.failedListings.Delete(req.NamespacedName)
+			r.listings.Delete(req.NamespacedName)
 			return ctrl.Result{}, r.syncReports(ctx, req.Namespace, req.Name, nil, true)
 		}
 		return ctrl.Result{}, err
@@ -147,7 +153,7 @@ func (r *RegistryScanReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	var retryAfter time.Duration
 	if !scan.Spec.Suspend && r.listDue(scan, requested, now) {
 		if scan.Status.ObservedGeneration != scan.Generation {
-			r.failedListings.Delete(req.NamespacedName) // a new spec starts without backoff
+			r.listings.Delete(req.NamespacedName) // a new spec starts without backoff
 		}
 		// The listing, then the report writes, each have a deadline of their own (the reconcile's
 		// is their sum and the status write's), and what the listing found is written even when it
@@ -171,15 +177,15 @@ func (r *RegistryScanReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		st.LastListTime, st.LastHandledRequest = &t, requested
 		st.Repositories, st.Tags, st.Digests = int32(l.repositories), int32(l.tags), int32(len(l.digests))
 		st.Failures = l.failures
-		r.listingFailures.Store(req.NamespacedName, l.failed)
 		retryAfter = l.retryAfter
+		state, _ := r.listingState(scan)
+		state.failed = l.failed
 		if l.failed > 0 {
-			n, _ := r.failedListings.Load(req.NamespacedName)
-			count, _ := n.(int)
-			r.failedListings.Store(req.NamespacedName, count+1)
+			state.failedInARow++
 		} else {
-			r.failedListings.Delete(req.NamespacedName)
+			state.failedInARow = 0
 		}
+		r.listings.Store(req.NamespacedName, state)
 	}
 	pending, err := r.summarize(ctx, scan)
 	if err != nil {
@@ -199,16 +205,8 @@ func (r *RegistryScanReconciler) Reconcile(ctx context.Context, req ctrl.Request
 // that each repository parses.
 func compileScan(spec securityv1alpha1.RegistryScanSpec) (*registryscan.Selector, error) {
 	for _, entry := range spec.Repositories {
-		path, prefix := registryscan.Prefix(entry)
-		host, rest, _ := strings.Cut(path, "/")
-		if !strings.ContainsAny(host, ".:") && host != "localhost" || (rest == "" && !prefix) {
-			return nil, fmt.Errorf("repositories: %q names no registry host and repository (registry.example.com/team/app, registry.example.com/team/**)", entry)
-		}
-		if rest == "" {
-			path += "/all" // a repository of the whole registry, to check the host
-		}
-		if _, err := name.NewRepository(path, name.StrictValidation); err != nil {
-			return nil, fmt.Errorf("repositories: %q: %w", entry, err)
+		if _, err := registryscan.ParseEntry(entry); err != nil {
+			return nil, fmt.Errorf("repositories: %w", err)
 		}
 	}
 	var f registryscan.TagFilter
@@ -247,10 +245,9 @@ func (r *RegistryScanReconciler) sinceLastListing(scan *securityv1alpha1.Registr
 	if !listingFailed(scan) {
 		return interval(scan)
 	}
-	n, _ := r.failedListings.Load(types.NamespacedName{Namespace: scan.Namespace, Name: scan.Name})
-	count, _ := n.(int)
+	state, _ := r.listingState(scan)
 	wait := r.RetryInterval
-	for i := 1; i < count && wait < interval(scan); i++ {
+	for i := 1; i < state.failedInARow && wait < interval(scan); i++ {
 		wait *= 2
 	}
 	return min(wait, interval(scan))
@@ -304,19 +301,14 @@ func (l *listing) fail(repository, tag string, err error) {
 	}
 	if len(l.failures) < maxScanFailures {
 		l.failures = append(l.failures, securityv1alpha1.RegistryScanFailure{
-			Repository: repository, Tag: tag, Reason: failureReason(err), Message: truncate(err.Error(), 1024),
+			Repository: repository, Tag: tag, Reason: string(registry.KindOf(err)), Message: cut(err.Error(), maxFailureMessage),
 		})
 	}
 }
 
-func failureReason(err error) string { return string(registry.KindOf(err)) }
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n-3] + "..."
-}
+// maxFailureMessage bounds a failure's message, and the Ready message that quotes one, so that
+// cut's result (the "..." added) stays within the API's 1024 characters.
+const maxFailureMessage = 1024 - len("...")
 
 // list lists the scan's repositories, their tags, the tags the selector selects and their digests,
 // within the reconcile's deadline; what fails is in the listing's failures.
@@ -384,24 +376,7 @@ func (r *RegistryScanReconciler) list(ctx context.Context, scan *securityv1alpha
 // scanCovers reports whether one of scan's repositories is repository, or a prefix of it.
 func scanCovers(scan *securityv1alpha1.RegistryScan, repository string) bool {
 	for _, entry := range scan.Spec.Repositories {
-		path, prefix := registryscan.Prefix(entry)
-		host, rest, _ := strings.Cut(path, "/")
-		if rest == "" {
-			path += "/all"
-		}
-		repo, err := name.NewRepository(path)
-		if err != nil {
-			continue
-		}
-		// The spelling the listing gives its repositories (and the pod controller its images).
-		canonical := imageref.CanonicalRepository(repo.RegistryStr(), repo.RepositoryStr())
-		if rest == "" {
-			canonical = imageref.CanonicalHost(host)
-		}
-		switch {
-		case !prefix && repository == canonical:
-			return true
-		case prefix && strings.HasPrefix(repository, canonical+"/"):
+		if e, err := registryscan.ParseEntry(entry); err == nil && e.Covers(repository) {
 			return true
 		}
 	}
@@ -569,8 +544,8 @@ func (r *RegistryScanReconciler) summarize(ctx context.Context, scan *securityv1
 	// What the last listing failed to list: known since it ran, else (a restart) as many as the
 	// status names, until the next listing (soon: a listing that failed is retried).
 	failed := len(listingFailures)
-	if n, ok := r.listingFailures.Load(types.NamespacedName{Namespace: scan.Namespace, Name: scan.Name}); ok {
-		failed = n.(int)
+	if state, ok := r.listingState(scan); ok {
+		failed = state.failed
 	}
 	failures := listingFailures
 	var scanned, scanFailed int32
@@ -583,15 +558,21 @@ func (r *RegistryScanReconciler) summarize(ctx context.Context, scan *securityv1
 			continue
 		}
 		scannedCond := meta.FindStatusCondition(report.Status.Conditions, securityv1alpha1.ConditionScanned)
-		switch {
-		case scannedCond != nil && scannedCond.Status == metav1.ConditionTrue && report.Status.Summary != nil:
-			scanned++
-			s := report.Status.Summary
+		if scannedCond == nil {
+			continue // waits for its first scan
+		}
+		// The findings of its last scan: current, or kept through a failed rescan.
+		s := report.Status.Summary
+		if s != nil {
 			for _, sev := range securityv1alpha1.Severities {
 				summary.Add(sev, s.Count(sev))
 			}
 			summary.Fixable += s.Fixable
 			summary.Total += s.Total
+		}
+		switch {
+		case scannedCond.Status == metav1.ConditionTrue && s != nil:
+			scanned++
 			if s.Critical+s.High > 0 {
 				tags := report.Status.Sources[i].Tags
 				worst = append(worst, securityv1alpha1.RegistryScanImage{
@@ -599,19 +580,12 @@ func (r *RegistryScanReconciler) summarize(ctx context.Context, scan *securityv1
 					Report: report.Name, Critical: s.Critical, High: s.High,
 				})
 			}
-		case scannedCond != nil && scannedCond.Status == metav1.ConditionFalse:
+		case scannedCond.Status == metav1.ConditionFalse:
 			scanFailed++
-			if s := report.Status.Summary; s != nil { // the findings of its last scan, kept
-				for _, sev := range securityv1alpha1.Severities {
-					summary.Add(sev, s.Count(sev))
-				}
-				summary.Fixable += s.Fixable
-				summary.Total += s.Total
-			}
 			if len(failures) < maxScanFailures {
 				failures = append(failures, securityv1alpha1.RegistryScanFailure{
 					Repository: report.Spec.Image, Digest: report.Spec.Digest, Reason: scannedCond.Reason,
-					Message: truncate(scannedCond.Message, 1024),
+					Message: cut(scannedCond.Message, maxFailureMessage),
 				})
 			}
 		}
@@ -656,7 +630,7 @@ func (r *RegistryScanReconciler) setConditions(scan *securityv1alpha1.RegistrySc
 	case listingFailed(scan):
 		f := st.Failures[slices.IndexFunc(st.Failures, func(f securityv1alpha1.RegistryScanFailure) bool { return f.Digest == "" })]
 		msg := fmt.Sprintf("listing failed in part (%s), retried: %s: %s", counts, f.Repository, f.Message)
-		setCondition(scan, securityv1alpha1.ConditionReady, metav1.ConditionFalse, f.Reason, truncate(msg, 1024))
+		setCondition(scan, securityv1alpha1.ConditionReady, metav1.ConditionFalse, f.Reason, cut(msg, maxFailureMessage))
 		setCondition(scan, securityv1alpha1.ConditionReconciling, metav1.ConditionTrue, f.Reason, "the listing is retried")
 	case pending > 0:
 		msg := fmt.Sprintf("%d of %d digests wait for their scan (%s)", pending, st.Digests, counts)

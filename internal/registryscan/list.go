@@ -80,33 +80,23 @@ func (l *Lister) wait(ctx context.Context, host string) error {
 	return nil
 }
 
-// Prefix reports whether a spec.repositories entry names a prefix ("registry/team/**") and
-// returns the repository path it stands for ("registry/team"), or the repository itself.
-func Prefix(entry string) (string, bool) {
-	if p, ok := strings.CutSuffix(entry, "/**"); ok {
-		return p, true
-	}
-	return entry, false
-}
-
 // Repositories returns the repositories entry names: itself, or for a prefix
 // ("registry.example.com/team/**") every repository of the registry's catalog under it, sorted.
 func (l *Lister) Repositories(ctx context.Context, entry string, keychain authn.Keychain) ([]string, error) {
 	l.init()
-	path, prefix := Prefix(entry)
-	whole := prefix && !strings.Contains(path, "/") // "registry.example.com/**"
-	if whole {
-		path += "/all" // a repository of it, for its canonical host
+	e, err := ParseEntry(entry)
+	if err != nil {
+		return nil, registry.Errorf(registry.KindUnsupported, "%v", err)
 	}
-	repo, err := l.repository(path)
+	repo, err := l.repository(e.someRepository())
 	if err != nil {
 		return nil, err
 	}
-	if !prefix {
+	if !e.Prefix {
 		return []string{imageref.CanonicalRepository(repo.RegistryStr(), repo.RepositoryStr())}, nil
 	}
 	under := repo.RepositoryStr() + "/"
-	if whole {
+	if e.Path == "" {
 		under = ""
 	}
 	reg := repo.Registry
