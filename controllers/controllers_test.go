@@ -123,8 +123,9 @@ func TestSharedImageIsAnalysedOnce(t *testing.T) {
 	a := readyReport(g, "shared-a", "shared/app", digest)
 	b := readyReport(g, "shared-b", "shared/app", digest)
 	g.Expect(scan.Analyses() - before).To(BeEquivalentTo(1))
-	// The config and the two layers, each read once for the whole cluster.
-	g.Expect(reg.Counts().BlobGETs).To(Equal(3))
+	// The config and the two layers, each read once for the whole cluster; the base layer not at
+	// all when the layer cache has it from an earlier test's image.
+	g.Expect(reg.Counts().BlobGETs).To(BeElementOf(2, 3))
 
 	for _, r := range []*securityv1alpha1.ImageScanReport{a, b} {
 		g.Expect(r.Spec.Image).To(Equal(reg.Host() + "/shared/app"))

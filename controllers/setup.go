@@ -16,6 +16,7 @@ import (
 	"github.com/imageguard/imageguard/internal/metrics"
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/registryscan"
+	"github.com/imageguard/imageguard/internal/scanner"
 	"github.com/imageguard/imageguard/internal/signature"
 	"github.com/imageguard/imageguard/internal/vap"
 	"github.com/imageguard/imageguard/internal/workload"
@@ -189,10 +190,26 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 			return err
 		}
 	}
-	return metrics.RegisterDBAge(func() (time.Time, bool) {
+	if err := metrics.RegisterDBAge(func() (time.Time, bool) {
 		info, ok := opts.DB.Info()
 		return info.UpdatedAt, ok
-	})
+	}); err != nil {
+		return err
+	}
+	if layers, ok := opts.Scanner.(interface {
+		LayerCacheStats() (scanner.LayerCacheStats, bool)
+	}); ok {
+		if _, on := layers.LayerCacheStats(); on {
+			return metrics.RegisterLayerCache(func() metrics.LayerCache {
+				s, _ := layers.LayerCacheStats()
+				return metrics.LayerCache{
+					Hits: float64(s.Hits), Misses: float64(s.Misses), Corrupt: float64(s.Corrupt), Evictions: float64(s.Evictions),
+					Bytes: float64(s.Bytes), Entries: float64(s.Entries), MaxBytes: float64(s.MaxBytes),
+				}
+			})
+		}
+	}
+	return nil
 }
 
 // SetupPolicies adds the reconcilers of ImagePolicies and ClusterImagePolicies (their status,

@@ -3,6 +3,7 @@ package controllers_test
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -50,8 +51,17 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// BenchmarkClusterScale runs once with the layer cache and once without it
+	// (IMAGEGUARD_TEST_LAYER_CACHE_MAX_BYTES=-1).
+	var layerCache int64
+	if v := os.Getenv("IMAGEGUARD_TEST_LAYER_CACHE_MAX_BYTES"); v != "" {
+		if layerCache, err = strconv.ParseInt(v, 10, 64); err != nil {
+			fmt.Fprintln(os.Stderr, "IMAGEGUARD_TEST_LAYER_CACHE_MAX_BYTES:", err)
+			os.Exit(2)
+		}
+	}
 	suite, err = testsuite.Start(testsuite.Options{
-		AdmissionLabel: admissionTestLabel, DB: dbSpec(),
+		AdmissionLabel: admissionTestLabel, DB: dbSpec(), LayerCacheMaxBytes: layerCache,
 		Controllers: controllers.Options{
 			ScanConcurrency: 2, ReportMaxBytes: reportMaxBytes, ReportRetention: retention, RescanInterval: time.Hour,
 			ExcludedNamespaces: []string{"kube-system"},

@@ -61,6 +61,7 @@ type controllerOptions struct {
 	Limits                   limitOptions
 	MemoryLimitRatio         float64
 	AnalysisMemory           int64
+	LayerCacheMaxBytes       int64
 	CacheDir                 string
 	MetricsAddr              string
 	MetricsSecure            bool
@@ -128,6 +129,8 @@ func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
 	o.Limits.bindFlags(fs)
 	fs.Int64Var(&o.AnalysisMemory, "analysis-memory-bytes", 512<<20,
 		"Resident memory of the worker process each analysis runs in; past it the worker is stopped and the image is UnsupportedImage. -1 analyses in the controller's own process.")
+	fs.Int64Var(&o.LayerCacheMaxBytes, "layer-cache-max-bytes", 1<<30,
+		"Bytes of the layer cache under --cache-dir: Trivy's analysis of each image layer, kept so that an image whose layers were analysed before pulls only its config and its new layers; least recently used entries are evicted past it. 0 keeps no layer cache.")
 	fs.Float64Var(&o.MemoryLimitRatio, "memory-limit-ratio", 0.9,
 		"Fraction of the container's memory limit, read from its cgroup, less what the analysis workers may take (--scan-concurrency x --analysis-memory-bytes), set as the Go runtime's soft memory limit (GOMEMLIMIT, when set, wins); 0 leaves it alone.")
 	fs.IntVar(&o.ScanConcurrency, "scan-concurrency", 2, "Reports scanned at once, and image analyses running at once.")
@@ -206,6 +209,9 @@ func parseControllerFlags(args []string, output io.Writer) (*controllerOptions, 
 	if opts.RefreshInterval <= 0 || opts.DBMaxAge <= 0 || opts.SignatureRecheckInterval <= 0 {
 		return nil, errors.New("--report-refresh-interval, --db-max-age and --signature-recheck-interval must be positive")
 	}
+	if opts.LayerCacheMaxBytes < 0 {
+		return nil, errors.New("--layer-cache-max-bytes must not be negative (0 keeps no layer cache)")
+	}
 	if opts.RegistryScanQPS <= 0 {
 		return nil, errors.New("--registry-scan-qps must be positive")
 	}
@@ -248,7 +254,7 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 	}
 	s, err := scanner.New(scanner.Options{Worker: worker,
 		CacheDir: opts.CacheDir, Timeout: opts.ScanTimeout, Limits: opts.Limits.Image, CrashRetryAfter: opts.RescanInterval,
-		Concurrency: opts.ScanConcurrency,
+		Concurrency: opts.ScanConcurrency, LayerCacheMaxBytes: opts.LayerCacheMaxBytes,
 	}, reg, db)
 	if err != nil {
 		return err

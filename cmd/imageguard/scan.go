@@ -89,6 +89,8 @@ type scanOptions struct {
 	Output   string
 	Timeout  time.Duration
 	Image    string
+	// LayerCacheMaxBytes bounds the layer cache; 0: none.
+	LayerCacheMaxBytes int64
 }
 
 func defaultCacheDir() string {
@@ -112,6 +114,8 @@ func parseScanFlags(args []string, output io.Writer) (*scanOptions, error) {
 	fs.StringVar(&opts.CacheDir, "cache-dir", defaultCacheDir(), "Folder for the downloaded DB and the kept image inventories.")
 	fs.StringVarP(&opts.Output, "output", "o", "table", "Output format: table or json.")
 	fs.DurationVar(&opts.Timeout, "scan-timeout", 10*time.Minute, "Time limit of the image analysis.")
+	fs.Int64Var(&opts.LayerCacheMaxBytes, "layer-cache-max-bytes", 1<<30,
+		"Bytes of the layer cache under --cache-dir, so that an image whose layers an earlier run analysed pulls only its new layers; 0 keeps none.")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -121,6 +125,9 @@ func parseScanFlags(args []string, output io.Writer) (*scanOptions, error) {
 	}
 	if opts.Output != "table" && opts.Output != "json" {
 		return nil, fmt.Errorf("unknown output format %q: use table or json", opts.Output)
+	}
+	if opts.LayerCacheMaxBytes < 0 {
+		return nil, errors.New("--layer-cache-max-bytes must not be negative (0 keeps no layer cache)")
 	}
 	opts.Image = fs.Arg(0)
 	return opts, nil
@@ -197,7 +204,8 @@ func scanImage(ctx context.Context, opts *scanOptions, stderr io.Writer) (*scanR
 	if err := db.LastError(); err != nil {
 		fmt.Fprintf(stderr, "imageguard scan: warning: checking for a newer vulnerability DB failed; the one kept from an earlier run is used: %v\n", err)
 	}
-	s, err := scanner.New(scanner.Options{CacheDir: opts.CacheDir, Timeout: opts.Timeout, Limits: opts.Limits.Image}, client, db)
+	s, err := scanner.New(scanner.Options{CacheDir: opts.CacheDir, Timeout: opts.Timeout, Limits: opts.Limits.Image,
+		LayerCacheMaxBytes: opts.LayerCacheMaxBytes}, client, db)
 	if err != nil {
 		return nil, err
 	}

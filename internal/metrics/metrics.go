@@ -104,3 +104,46 @@ func Observe(kind, result string, start time.Time) {
 	ScansTotal.WithLabelValues(kind, result).Inc()
 	ScanDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds())
 }
+
+// LayerCache is what the layer cache metrics read at scrape time.
+type LayerCache struct {
+	Hits, Misses, Corrupt, Evictions float64
+	Bytes, Entries, MaxBytes         float64
+}
+
+// layerCache holds the collectors RegisterLayerCache registered last.
+var layerCache []prometheus.Collector
+
+// RegisterLayerCache exposes the layer cache's counters and size, read from stats at scrape
+// time. Registering again (a manager made anew in the same process) replaces the earlier ones.
+func RegisterLayerCache(stats func() LayerCache) error {
+	for _, c := range layerCache {
+		ctrlmetrics.Registry.Unregister(c)
+	}
+	layerCache = nil
+	counter := func(name, help string, read func(LayerCache) float64) {
+		layerCache = append(layerCache, prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return read(stats()) }))
+	}
+	gauge := func(name, help string, read func(LayerCache) float64) {
+		layerCache = append(layerCache, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help},
+			func() float64 { return read(stats()) }))
+	}
+	counter("imageguard_layer_cache_hits_total", "Image layers whose analysis was found in the layer cache (not pulled).",
+		func(s LayerCache) float64 { return s.Hits })
+	counter("imageguard_layer_cache_misses_total", "Image layers pulled and analysed, and kept in the layer cache.",
+		func(s LayerCache) float64 { return s.Misses })
+	counter("imageguard_layer_cache_corrupt_total", "Layer cache entries that failed their check, removed and analysed again.",
+		func(s LayerCache) float64 { return s.Corrupt })
+	counter("imageguard_layer_cache_evictions_total", "Layer cache entries removed, least recently used first, to stay under --layer-cache-max-bytes.",
+		func(s LayerCache) float64 { return s.Evictions })
+	gauge("imageguard_layer_cache_bytes", "Bytes the layer cache holds.", func(s LayerCache) float64 { return s.Bytes })
+	gauge("imageguard_layer_cache_entries", "Layers the layer cache holds.", func(s LayerCache) float64 { return s.Entries })
+	gauge("imageguard_layer_cache_max_bytes", "The layer cache's bound (--layer-cache-max-bytes).", func(s LayerCache) float64 { return s.MaxBytes })
+	for _, c := range layerCache {
+		if err := ctrlmetrics.Registry.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}

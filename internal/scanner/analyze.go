@@ -60,53 +60,88 @@ type ImageRef struct {
 // String returns repository@digest.
 func (r ImageRef) String() string { return r.Repository + "@" + r.Digest }
 
-// analyze pulls ref's layers once and runs Trivy's analyzers over them.
-func (s *Scanner) analyze(ctx context.Context, ref ImageRef) (*Inventory, error) {
+// layerCacheDir is where analyses read and write the layer cache: set in the controller's
+// process (from its LayerCache) and in a worker's (from its request); empty: no layer cache.
+type layerCacheDir struct {
+	dir string
+	// maxEntry bounds one entry; writeBudget the bytes one analysis writes.
+	maxEntry, writeBudget int64
+	// now, when set, stamps the entries written (the analysis's start by the controller's clock).
+	now time.Time
+}
+
+// analyze pulls ref's config and the layers the layer cache lacks, once each, and runs Trivy's
+// analyzers over them. It returns what it did with the layer cache (nil without one).
+func (s *Scanner) analyze(ctx context.Context, ref ImageRef) (*Inventory, *LayerUse, error) {
 	started := time.Now()
 	parsed, err := s.registry.ParseReference(ref.String())
 	if err != nil {
-		return nil, err
+		return nil, &LayerUse{}, err
 	}
 	digestRef, ok := parsed.(name.Digest)
 	if !ok {
-		return nil, registry.Errorf(registry.KindUnsupported, "%s is not a digest reference", ref)
+		return nil, &LayerUse{}, registry.Errorf(registry.KindUnsupported, "%s is not a digest reference", ref)
 	}
 	img, err := remote.Image(digestRef, s.registry.RemoteOptions(ctx, digestRef, ref.Keychain)...)
 	if err != nil {
-		return nil, s.scanError(ctx, fmt.Errorf("fetching %s: %w", ref, err))
+		return nil, &LayerUse{}, s.scanError(ctx, fmt.Errorf("fetching %s: %w", ref, err))
 	}
 
 	dir, err := os.MkdirTemp(s.opts.TempDir, "analysis-")
 	if err != nil {
-		return nil, err
+		return nil, &LayerUse{}, err
 	}
 	defer os.RemoveAll(dir)
 	fetched, err := fetchImage(ctx, img, dir, s.opts.Limits)
 	if err != nil {
-		return nil, s.scanError(ctx, err)
+		return nil, &LayerUse{}, s.scanError(ctx, err)
 	}
 	configName, err := img.ConfigName()
 	if err != nil {
-		return nil, s.scanError(ctx, err)
+		return nil, &LayerUse{}, s.scanError(ctx, err)
 	}
 	trivyImg := &trivyImage{Image: fetched, name: ref.String(), id: configName, repoDigest: ref.String()}
 
-	detail, err := s.inspect(ctx, trivyImg)
+	// The blob cache: the layer cache's view for this image, or one for this analysis only.
+	var blobs cache.Cache = cache.NewMemoryCache()
+	var view *layerView
+	if s.layerDir.dir != "" {
+		view = newLayerView(s.layerDir.dir, layerViewOptions{
+			MaxEntry: s.layerDir.maxEntry, WriteBudget: s.layerDir.writeBudget, Spend: fetched.spendCached,
+			AnalyzedAfter: ref.AnalyzedAfter, Verified: fetched.verified, Now: s.analysisNow(),
+		}, fetched.diffIDStrings(), fetched.layerDigests())
+		defer view.Close()
+		blobs = view
+	}
+	detail, err := s.inspect(ctx, trivyImg, blobs)
+	var use *LayerUse
+	if view != nil {
+		view.Close()
+		use = view.Use()
+	}
 	if err != nil {
-		return nil, s.scanError(ctx, err)
+		return nil, use, s.scanError(ctx, err)
 	}
 	inv := newInventory(ref, s.trivyVersion, detail)
 	if limit := s.opts.Limits.MaxPackages; limit > 0 && inv.PackageCount() > limit {
-		return nil, registry.Errorf(registry.KindUnsupported, "the image has %d packages, more than the limit of %d (--max-packages)", inv.PackageCount(), limit)
+		return nil, use, registry.Errorf(registry.KindUnsupported, "the image has %d packages, more than the limit of %d (--max-packages)", inv.PackageCount(), limit)
 	}
 	inv.AnalyzedAt = started.UTC().Truncate(time.Second)
-	return inv, nil
+	return inv, use, nil
 }
 
-// inspect runs Trivy's analyzers over img and merges the layers, as Trivy's own scan service does.
-func (s *Scanner) inspect(ctx context.Context, img ftypes.Image) (ftypes.ArtifactDetail, error) {
-	// The blob cache lives for one analysis only: what we keep is the merged inventory.
-	blobs := cache.NewMemoryCache()
+// analysisNow is the time an analysis stamps what it keeps with: the scanner's clock, or in a
+// worker the start its controller gave.
+func (s *Scanner) analysisNow() time.Time {
+	if s.opts.Clock != nil {
+		return s.opts.Clock.Now()
+	}
+	return s.layerDir.now
+}
+
+// inspect runs Trivy's analyzers over img and merges the layers, as Trivy's own scan service
+// does, with blobs as Trivy's cache.
+func (s *Scanner) inspect(ctx context.Context, img ftypes.Image, blobs cache.Cache) (ftypes.ArtifactDetail, error) {
 	art, err := imageartifact.NewArtifact(img, blobs, artifact.Option{
 		DisabledAnalyzers: disabledAnalyzers(),
 		// One layer at a time: Trivy holds each file an analyzer reads in memory when it is
@@ -126,6 +161,11 @@ func (s *Scanner) inspect(ctx context.Context, img ftypes.Image) (ftypes.Artifac
 		// A full cache volume is ours to fix, not the image's.
 		if errors.Is(err, syscall.ENOSPC) {
 			return ftypes.ArtifactDetail{}, registry.Errorf(registry.KindUnavailable, "analysing the image: the cache volume is full: %v", err)
+		}
+		// A layer that failed to download or a check as Trivy asked for it says why itself.
+		var typed *registry.Error
+		if errors.As(err, &typed) {
+			return ftypes.ArtifactDetail{}, typed
 		}
 		return ftypes.ArtifactDetail{}, registry.Errorf(registry.KindUnsupported, "analysing the image: %v", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
@@ -89,29 +90,126 @@ func (l Limits) withDefaults() Limits {
 	}
 }
 
-// fetchedImage is a remote image whose layers were downloaded once into a private folder and
-// checked against the limits; Trivy reads them from there.
+// fetchedImage is a remote image whose layers are downloaded, when Trivy first asks for one,
+// once into a private folder and checked against the limits; Trivy reads them from there. Trivy
+// asks only for the layers its cache lacks, so a layer analysed before is never pulled.
 type fetchedImage struct {
 	v1.Image
-	layers []v1.Layer
-	byDiff map[v1.Hash]v1.Layer
-	byDig  map[v1.Hash]v1.Layer
+	ctx    context.Context
+	dir    string
+	limits Limits
+	descs  []v1.Descriptor
+	diffs  []v1.Hash
+
+	mu     sync.Mutex
+	budget packageBudget
+	got    map[int]v1.Layer
+	// pulled counts the layers downloaded.
+	pulled int
 }
 
-func (f *fetchedImage) Layers() ([]v1.Layer, error) { return f.layers, nil }
+func (f *fetchedImage) Layers() ([]v1.Layer, error) {
+	out := make([]v1.Layer, len(f.descs))
+	for i := range f.descs {
+		l, err := f.layer(i)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = l
+	}
+	return out, nil
+}
 
 func (f *fetchedImage) LayerByDigest(h v1.Hash) (v1.Layer, error) {
-	if l, ok := f.byDig[h]; ok {
-		return l, nil
+	for i, d := range f.descs {
+		if d.Digest == h {
+			return f.layer(i)
+		}
 	}
 	return nil, fmt.Errorf("no layer with digest %s", h)
 }
 
 func (f *fetchedImage) LayerByDiffID(h v1.Hash) (v1.Layer, error) {
-	if l, ok := f.byDiff[h]; ok {
-		return l, nil
+	for i, d := range f.diffs {
+		if d == h {
+			return f.layer(i)
+		}
 	}
 	return nil, fmt.Errorf("no layer with diff ID %s", h)
+}
+
+// layer downloads and checks layer i, once.
+func (f *fetchedImage) layer(i int) (v1.Layer, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if l, ok := f.got[i]; ok {
+		return l, nil
+	}
+	desc := f.descs[i]
+	fl := &fileLayer{
+		path:      filepath.Join(f.dir, fmt.Sprintf("layer-%03d", i)),
+		digest:    desc.Digest,
+		diffID:    f.diffs[i],
+		size:      desc.Size,
+		mediaType: desc.MediaType,
+	}
+	if err := download(f.ctx, f.Image, desc, fl.path); err != nil {
+		return nil, registry.Classify(err)
+	}
+	f.pulled++
+	layer, err := partial.CompressedToLayer(fl)
+	if err != nil {
+		return nil, registry.Classify(err)
+	}
+	if err := checkLayer(f.ctx, layer, desc.Digest, f.diffs[i], f.limits, &f.budget); err != nil {
+		return nil, registry.Classify(err)
+	}
+	f.got[i] = layer
+	return layer, nil
+}
+
+// verified returns the compressed digest of the layer whose diff ID is diffID when it was
+// downloaded and passed checkLayer (its content hashes to diffID) in this analysis.
+func (f *fetchedImage) verified(diffID string) (string, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, d := range f.diffs {
+		if _, ok := f.got[i]; ok && d.String() == diffID {
+			return f.descs[i].Digest.String(), true
+		}
+	}
+	return "", false
+}
+
+// spendCached counts n packages of a layer read from the layer cache into the image's package
+// budget, where its downloaded layers' packages count, and fails past --max-packages.
+func (f *fetchedImage) spendCached(n int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.budget.packages += n
+	if limit := f.limits.MaxPackages; limit > 0 && f.budget.packages > int64(limit) {
+		return registry.Errorf(registry.KindUnsupported, "the image's layers hold %d packages or more, more than the limit of %d (--max-packages)", f.budget.packages, limit)
+	}
+	return nil
+}
+
+// layerDigests are the compressed digests of the image's layers in order, as its manifest gives
+// them.
+func (f *fetchedImage) layerDigests() []string {
+	out := make([]string, len(f.descs))
+	for i, d := range f.descs {
+		out[i] = d.Digest.String()
+	}
+	return out
+}
+
+// diffIDStrings are the image's layers' diff IDs in order.
+func (f *fetchedImage) diffIDStrings() []string {
+	out := make([]string, len(f.diffs))
+	for i, d := range f.diffs {
+		out[i] = d.String()
+	}
+	return out
 }
 
 // fileLayer is a compressed layer kept in a local file.
@@ -129,8 +227,9 @@ func (l *fileLayer) Size() (int64, error)                { return l.size, nil }
 func (l *fileLayer) MediaType() (types.MediaType, error) { return l.mediaType, nil }
 func (l *fileLayer) Compressed() (io.ReadCloser, error)  { return os.Open(l.path) }
 
-// fetchImage downloads img's layers into dir after checking the manifest against limits, then
-// checks each layer's content. Each blob is read from the registry exactly once.
+// fetchImage checks img's manifest and config against limits, and returns the image whose
+// layers are downloaded into dir when first read (each blob is read from the registry at most
+// once), checked as they arrive.
 func fetchImage(ctx context.Context, img v1.Image, dir string, limits Limits) (*fetchedImage, error) {
 	manifest, err := img.Manifest()
 	if err != nil {
@@ -161,41 +260,31 @@ func fetchImage(ctx context.Context, img v1.Image, dir string, limits Limits) (*
 		if l.Size < 0 {
 			return nil, registry.Errorf(registry.KindUnsupported, "layer %s has a negative size", l.Digest)
 		}
+		if !isLayerMediaType(l.MediaType) {
+			return nil, registry.Errorf(registry.KindUnsupported, "layer %s has media type %q, not an image layer", l.Digest, l.MediaType)
+		}
 		total += l.Size
 	}
 	if limits.MaxCompressedBytes > 0 && total > limits.MaxCompressedBytes {
 		return nil, registry.Errorf(registry.KindUnsupported, "the image's layers are %d bytes compressed, more than the limit of %d (--max-image-bytes)",
 			total, limits.MaxCompressedBytes)
 	}
-
-	budget := &packageBudget{}
-	f := &fetchedImage{Image: img, byDiff: map[v1.Hash]v1.Layer{}, byDig: map[v1.Hash]v1.Layer{}}
-	for i, desc := range manifest.Layers {
-		if !isLayerMediaType(desc.MediaType) {
-			return nil, registry.Errorf(registry.KindUnsupported, "layer %s has media type %q, not an image layer", desc.Digest, desc.MediaType)
+	// Trivy finds a layer by its diff ID: two layers that claim one diff ID with different blobs
+	// would leave one of them unread.
+	blobOf := map[v1.Hash]v1.Hash{}
+	for i, diffID := range config.RootFS.DiffIDs {
+		if diffID.Algorithm != "sha256" || len(diffID.Hex) != 64 {
+			return nil, registry.Errorf(registry.KindUnsupported, "the config gives layer %d the diff ID %q, not a sha256 digest", i, diffID)
 		}
-		fl := &fileLayer{
-			path:      filepath.Join(dir, fmt.Sprintf("layer-%03d", i)),
-			digest:    desc.Digest,
-			diffID:    config.RootFS.DiffIDs[i],
-			size:      desc.Size,
-			mediaType: desc.MediaType,
+		if prev, ok := blobOf[diffID]; ok && prev != manifest.Layers[i].Digest {
+			return nil, registry.Errorf(registry.KindUnsupported, "the config gives layers %s and %s the same diff ID %s", prev, manifest.Layers[i].Digest, diffID)
 		}
-		if err := download(ctx, img, desc, fl.path); err != nil {
-			return nil, err
-		}
-		layer, err := partial.CompressedToLayer(fl)
-		if err != nil {
-			return nil, err
-		}
-		if err := checkLayer(ctx, layer, desc.Digest, limits, budget); err != nil {
-			return nil, err
-		}
-		f.layers = append(f.layers, layer)
-		f.byDiff[fl.diffID] = layer
-		f.byDig[fl.digest] = layer
+		blobOf[diffID] = manifest.Layers[i].Digest
 	}
-	return f, nil
+	return &fetchedImage{
+		Image: img, ctx: ctx, dir: dir, limits: limits,
+		descs: manifest.Layers, diffs: config.RootFS.DiffIDs, got: map[int]v1.Layer{},
+	}, nil
 }
 
 func isLayerMediaType(mt types.MediaType) bool {
@@ -258,7 +347,7 @@ type packageBudget struct{ packages int64 }
 // the limit, hold no more entries than the limit, no sparse file, and no path that climbs out
 // of the root; each file an analyzer parses into packages must be under the package database
 // limit, and the packages they hold, counted into budget, under the package limit.
-func checkLayer(ctx context.Context, layer v1.Layer, digest v1.Hash, limits Limits, budget *packageBudget) error {
+func checkLayer(ctx context.Context, layer v1.Layer, digest, diffID v1.Hash, limits Limits, budget *packageBudget) error {
 	oracle, err := packageFileOracle()
 	if err != nil {
 		return fmt.Errorf("preparing Trivy's analyzers: %w", err)
@@ -268,7 +357,10 @@ func checkLayer(ctx context.Context, layer v1.Layer, digest v1.Hash, limits Limi
 		return registry.Errorf(registry.KindUnsupported, "layer %s cannot be decompressed: %v", digest, err)
 	}
 	defer rc.Close()
-	lr := &limitedReader{r: rc, left: limits.MaxUncompressedBytes, limit: limits.MaxUncompressedBytes}
+	// The whole stream is hashed: the layer cache keeps what is found in a layer under its diff
+	// ID, so a layer must be the one its config names before its analysis may serve other images.
+	hasher := sha256.New()
+	lr := &limitedReader{r: io.TeeReader(rc, hasher), left: limits.MaxUncompressedBytes, limit: limits.MaxUncompressedBytes}
 	tr := tar.NewReader(&ctxReader{ctx: ctx, r: lr})
 	for files := 0; ; files++ {
 		hdr, err := tr.Next()
@@ -309,6 +401,19 @@ func checkLayer(ctx context.Context, layer v1.Layer, digest v1.Hash, limits Limi
 		}
 		switch {
 		case errors.Is(err, io.EOF):
+			// What follows the end of the archive is part of the layer too.
+			if _, err := io.Copy(io.Discard, &ctxReader{ctx: ctx, r: lr}); err != nil {
+				if ctx.Err() != nil {
+					return registry.Errorf(registry.KindTimeout, "reading layer %s: %v", digest, ctx.Err())
+				}
+				if errors.Is(err, errTooLarge) {
+					return registry.Errorf(registry.KindUnsupported, "layer %s expands to more than %d bytes (--max-layer-bytes)", digest, limits.MaxUncompressedBytes)
+				}
+				return registry.Errorf(registry.KindUnsupported, "layer %s is not a valid stream: %v", digest, err)
+			}
+			if got := hex.EncodeToString(hasher.Sum(nil)); got != diffID.Hex {
+				return registry.Errorf(registry.KindUnsupported, "layer %s expands to content of digest sha256:%s, not the diff ID %s its config gives", digest, got, diffID)
+			}
 			return nil
 		case err == nil:
 			continue

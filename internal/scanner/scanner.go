@@ -45,6 +45,10 @@ type Options struct {
 	CrashRetryAfter time.Duration
 	// Clock stamps analyses (Inventory.AnalyzedAt); nil is the real clock.
 	Clock clock.PassiveClock
+	// LayerCacheMaxBytes bounds the layer cache (<CacheDir>/layers/): Trivy's analysis of each
+	// layer, kept so that an image whose layers were seen before pulls only its new ones. 0
+	// keeps no layer cache.
+	LayerCacheMaxBytes int64
 }
 
 // Scanner analyses each digest once and matches kept inventories against the DB.
@@ -58,6 +62,9 @@ type Scanner struct {
 	flights      singleflight.Group
 	marks        *crashMarks
 	analyses     atomic.Int64
+	// layers bounds the layer cache; layerDir is where analyses find it (both unset without one).
+	layers   *LayerCache
+	layerDir layerCacheDir
 
 	// Of re-analyses (Reanalyse): the digests being analysed again, and until when a digest
 	// whose re-analysis failed is not tried again.
@@ -107,10 +114,31 @@ func New(opts Options, client *registry.Client, db DB) (*Scanner, error) {
 	}
 	// A minute past its deadline, an analysis that has not ended is stuck.
 	marks.stuckAfter = opts.Timeout + time.Minute
-	return &Scanner{
+	s := &Scanner{
 		opts: opts, registry: client, store: store, db: db, marks: marks,
 		matcher: newMatcher(), trivyVersion: version,
-	}, nil
+	}
+	if opts.LayerCacheMaxBytes > 0 {
+		if s.layers, err = OpenLayerCache(opts.CacheDir, version, opts.LayerCacheMaxBytes); err != nil {
+			return nil, err
+		}
+		// One entry may take an eighth of the cache (16 MiB at most), and one analysis write a
+		// quarter of it, so that one image's layers never push out all the others.
+		s.layerDir = layerCacheDir{dir: s.layers.Dir(),
+			maxEntry:    max(min(opts.LayerCacheMaxBytes/8, maxLayerEntry), 1),
+			writeBudget: max(opts.LayerCacheMaxBytes/4, 1)}
+	} else if err := os.RemoveAll(filepath.Join(opts.CacheDir, "layers")); err != nil {
+		return nil, fmt.Errorf("scanner: removing the layer cache: %w", err)
+	}
+	return s, nil
+}
+
+// LayerCacheStats returns the layer cache's counters and size, and false without a layer cache.
+func (s *Scanner) LayerCacheStats() (LayerCacheStats, bool) {
+	if s.layers == nil {
+		return LayerCacheStats{}, false
+	}
+	return s.layers.Stats(), true
 }
 
 var quietOnce sync.Once
@@ -186,10 +214,15 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 		}()
 		s.analyses.Add(1)
 		var inv *Inventory
+		var use *LayerUse
+		if s.layers != nil {
+			// nil (a worker that ended without an answer, a panic): the folder is read again.
+			defer func() { s.layers.Record(use) }()
+		}
 		if s.opts.Worker != nil {
-			inv, err = s.analyzeInWorker(actx, ref)
+			inv, use, err = s.analyzeInWorker(actx, ref)
 		} else {
-			inv, err = s.analyze(actx, ref)
+			inv, use, err = s.analyze(actx, ref)
 		}
 		if err != nil {
 			return nil, err

@@ -66,7 +66,7 @@ func TestASparseFileIsRefused(t *testing.T) {
 		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil })
 		g.Expect(err).NotTo(HaveOccurred())
 		start := time.Now()
-		err = checkLayer(context.Background(), layer, v1.Hash{Algorithm: "sha256", Hex: "00"}, DefaultLimits, &packageBudget{})
+		err = checkLayer(context.Background(), layer, v1.Hash{Algorithm: "sha256", Hex: "00"}, v1.Hash{Algorithm: "sha256", Hex: "00"}, DefaultLimits, &packageBudget{})
 		g.Expect(registry.KindOf(err)).To(Equal(registry.KindUnsupported), "%v", err)
 		g.Expect(err).To(MatchError(ContainSubstring("sparse")), "%d bytes", size)
 		t.Logf("%d bytes: refused in %s: %v", size, time.Since(start), err)

@@ -45,12 +45,25 @@ type workerRequest struct {
 	TempDir     string            `json:"tempDir"`
 	Timeout     time.Duration     `json:"timeout"`
 	MemoryBytes int64             `json:"memoryBytes"`
+	// LayerDir and LayerMaxEntry give the layer cache's folder and the bound of one entry; empty:
+	// no layer cache.
+	LayerDir         string `json:"layerDir,omitempty"`
+	LayerMaxEntry    int64  `json:"layerMaxEntry,omitempty"`
+	LayerWriteBudget int64  `json:"layerWriteBudget,omitempty"`
+	// AnalyzedAfter: layer cache entries made before it are not used.
+	AnalyzedAfter time.Time `json:"analyzedAfter,omitzero"`
+	// StartedAt is the analysis's start by the controller's clock: it stamps the entries written.
+	StartedAt time.Time `json:"startedAt,omitzero"`
 }
 
 // workerAnswer is what a worker writes: an inventory or a typed error.
 type workerAnswer struct {
 	Inventory *Inventory   `json:"inventory,omitempty"`
 	Error     *workerError `json:"error,omitempty"`
+	// Layers is what the analysis did with the layer cache.
+	Layers *LayerUse `json:"layers,omitempty"`
+	// notStarted: the answer of no worker (it was never started).
+	notStarted bool
 }
 
 type workerError struct {
@@ -86,15 +99,16 @@ func RunWorker(in io.Reader, out io.Writer) int {
 	s := &Scanner{
 		opts:     Options{TempDir: req.TempDir, Timeout: req.Timeout, Limits: req.Limits},
 		registry: registry.NewClient(req.Registry), trivyVersion: TrivyVersion(),
+		layerDir: layerCacheDir{dir: req.LayerDir, maxEntry: req.LayerMaxEntry, writeBudget: req.LayerWriteBudget, now: req.StartedAt},
 	}
-	ref := ImageRef{Repository: req.Repository, Digest: req.Digest}
+	ref := ImageRef{Repository: req.Repository, Digest: req.Digest, AnalyzedAfter: req.AnalyzedAfter}
 	if req.Auth != nil {
 		ref.Keychain = staticKeychain{authn.FromConfig(*req.Auth)}
 	}
-	inv, err := s.analyze(ctx, ref)
-	answer := workerAnswer{Inventory: inv}
+	inv, use, err := s.analyze(ctx, ref)
+	answer := workerAnswer{Inventory: inv, Layers: use}
 	if err != nil {
-		answer = workerAnswer{Error: &workerError{Kind: registry.KindOf(err), Message: err.Error()}}
+		answer = workerAnswer{Error: &workerError{Kind: registry.KindOf(err), Message: err.Error()}, Layers: use}
 		if wait, ok := registry.RetryAfter(err); ok {
 			answer.Error.RetryAfter = wait
 		}
@@ -111,31 +125,50 @@ type staticKeychain struct{ auth authn.Authenticator }
 
 func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { return k.auth, nil }
 
-// analyzeInWorker runs ref's analysis in a worker process.
-func (s *Scanner) analyzeInWorker(ctx context.Context, ref ImageRef) (*Inventory, error) {
+// analyzeInWorker runs ref's analysis in a worker process. The LayerUse is nil when the worker
+// gave no answer.
+func (s *Scanner) analyzeInWorker(ctx context.Context, ref ImageRef) (*Inventory, *LayerUse, error) {
+	inv, answer, err := s.runWorker(ctx, ref)
+	var use *LayerUse
+	switch {
+	case answer != nil && answer.Layers != nil:
+		use = answer.Layers
+	case answer != nil && (s.layerDir.dir == "" || answer.notStarted):
+		// No layer cache, or no worker ran: nothing to learn.
+		use = &LayerUse{}
+	}
+	// Otherwise nil: a worker that said nothing of the layer cache; the folder is read again.
+	return inv, use, err
+}
+
+// runWorker runs ref's analysis in a worker process, and returns the worker's answer when it gave
+// one.
+func (s *Scanner) runWorker(ctx context.Context, ref ImageRef) (*Inventory, *workerAnswer, error) {
 	w := s.opts.Worker
 	// The worker's folder is made and removed here: a worker that is killed cleans nothing.
 	dir, err := os.MkdirTemp(s.opts.TempDir, "worker-")
 	if err != nil {
-		return nil, err
+		return nil, &workerAnswer{notStarted: true}, err
 	}
 	defer os.RemoveAll(dir)
 	req := workerRequest{
 		Repository: ref.Repository, Digest: ref.Digest, Registry: s.registry.Options(), Limits: s.opts.Limits,
 		TempDir: dir, Timeout: s.opts.Timeout, MemoryBytes: w.MemoryBytes,
+		LayerDir: s.layerDir.dir, LayerMaxEntry: s.layerDir.maxEntry, LayerWriteBudget: s.layerDir.writeBudget,
+		AnalyzedAfter: ref.AnalyzedAfter, StartedAt: s.opts.Clock.Now(),
 	}
 	if ref.Keychain != nil {
 		parsed, err := s.registry.ParseReference(ref.String())
 		if err != nil {
-			return nil, err
+			return nil, &workerAnswer{notStarted: true}, err
 		}
 		auth, err := ref.Keychain.Resolve(parsed.Context())
 		if err != nil {
-			return nil, registry.Classify(fmt.Errorf("credentials for %s: %w", parsed.Context().RegistryStr(), err))
+			return nil, &workerAnswer{notStarted: true}, registry.Classify(fmt.Errorf("credentials for %s: %w", parsed.Context().RegistryStr(), err))
 		}
 		cfg, err := authn.Authorization(ctx, auth)
 		if err != nil {
-			return nil, registry.Classify(fmt.Errorf("credentials for %s: %w", parsed.Context().RegistryStr(), err))
+			return nil, &workerAnswer{notStarted: true}, registry.Classify(fmt.Errorf("credentials for %s: %w", parsed.Context().RegistryStr(), err))
 		}
 		if *cfg != (authn.AuthConfig{}) {
 			req.Auth = cfg
@@ -143,7 +176,7 @@ func (s *Scanner) analyzeInWorker(ctx context.Context, ref ImageRef) (*Inventory
 	}
 	stdin, err := json.Marshal(&req)
 	if err != nil {
-		return nil, err
+		return nil, &workerAnswer{notStarted: true}, err
 	}
 	// The worker's own deadline ends it first, with a typed error; this one is for a worker
 	// that does not end.
@@ -164,7 +197,7 @@ func (s *Scanner) analyzeInWorker(ctx context.Context, ref ImageRef) (*Inventory
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting an analysis worker: %w", err)
+		return nil, &workerAnswer{notStarted: true}, fmt.Errorf("starting an analysis worker: %w", err)
 	}
 	var exceeded atomic.Bool
 	var peak atomic.Int64
@@ -178,34 +211,34 @@ func (s *Scanner) analyzeInWorker(ctx context.Context, ref ImageRef) (*Inventory
 	nearCap := w.MemoryBytes > 0 && peak.Load() > w.MemoryBytes/2 && exitCode(err) == 2
 	switch {
 	case exceeded.Load(), err != nil && (oom.seen || nearCap):
-		return nil, registry.Errorf(registry.KindUnsupported, "the analysis of %s took more than %d bytes of memory, and was stopped (--analysis-memory-bytes)", ref, w.MemoryBytes)
+		return nil, nil, registry.Errorf(registry.KindUnsupported, "the analysis of %s took more than %d bytes of memory, and was stopped (--analysis-memory-bytes)", ref, w.MemoryBytes)
 	case err != nil && wctx.Err() != nil:
-		return nil, registry.Errorf(registry.KindTimeout, "the analysis of %s did not finish within its time limit", ref)
+		return nil, nil, registry.Errorf(registry.KindTimeout, "the analysis of %s did not finish within its time limit", ref)
 	case err != nil && killed(err):
 		// Not by us, and not out of its own bound: the kernel's OOM killer may have chosen it for
 		// another's excess. Retried, not blamed on the image.
-		return nil, registry.Errorf(registry.KindUnavailable, "the analysis worker of %s was killed (%v)", ref, err)
+		return nil, nil, registry.Errorf(registry.KindUnavailable, "the analysis worker of %s was killed (%v)", ref, err)
 	case err != nil:
-		return nil, registry.Errorf(registry.KindUnsupported, "the analysis worker of %s failed (%v): %s", ref, err, failureLine(stderr.String()))
+		return nil, nil, registry.Errorf(registry.KindUnsupported, "the analysis worker of %s failed (%v): %s", ref, err, failureLine(stderr.String()))
 	}
 	if stdout.truncated {
-		return nil, registry.Errorf(registry.KindUnsupported, "the image's inventory is more than %d bytes encoded (--max-inventory-bytes)", s.opts.Limits.MaxInventoryBytes)
+		return nil, nil, registry.Errorf(registry.KindUnsupported, "the image's inventory is more than %d bytes encoded (--max-inventory-bytes)", s.opts.Limits.MaxInventoryBytes)
 	}
 	var answer workerAnswer
 	if err := json.Unmarshal(stdout.Bytes(), &answer); err != nil {
-		return nil, fmt.Errorf("reading the analysis worker's answer: %w", err)
+		return nil, nil, fmt.Errorf("reading the analysis worker's answer: %w", err)
 	}
 	if e := answer.Error; e != nil {
 		kind := e.Kind
 		if !registry.Known(kind) {
 			kind = registry.KindUnavailable
 		}
-		return nil, &registry.Error{Kind: kind, RetryAfter: min(max(e.RetryAfter, 0), 24*time.Hour), Err: errors.New(bounded(e.Message, 4<<10))}
+		return nil, &answer, &registry.Error{Kind: kind, RetryAfter: min(max(e.RetryAfter, 0), 24*time.Hour), Err: errors.New(bounded(e.Message, 4<<10))}
 	}
 	if answer.Inventory == nil || answer.Inventory.Digest != ref.Digest {
-		return nil, errors.New("the analysis worker answered no inventory of the digest asked for")
+		return nil, &answer, errors.New("the analysis worker answered no inventory of the digest asked for")
 	}
-	return answer.Inventory, nil
+	return answer.Inventory, &answer, nil
 }
 
 // exitCode is the exit status err reports, or -1.

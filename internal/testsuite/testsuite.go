@@ -104,7 +104,13 @@ type Options struct {
 	// Clock, when set, is the time of the DB manager, the scanner and the reconcilers (a test
 	// moves it).
 	Clock clock.PassiveClock
+	// LayerCacheMaxBytes bounds the scanner's layer cache: 0 is the controller's default (1 GiB),
+	// a negative value keeps none.
+	LayerCacheMaxBytes int64
 }
+
+// DefaultLayerCacheMaxBytes is the controller's --layer-cache-max-bytes default.
+const DefaultLayerCacheMaxBytes = 1 << 30
 
 // Suite is a running ImageGuard.
 type Suite struct {
@@ -198,7 +204,14 @@ func (s *Suite) startImageGuard() error {
 	if err != nil {
 		return err
 	}
-	s.Scanner, err = scanner.New(scanner.Options{CacheDir: s.CacheDir, Timeout: time.Minute, Clock: opts.Clock}, client, s.DB)
+	layerCache := opts.LayerCacheMaxBytes
+	switch {
+	case layerCache == 0:
+		layerCache = DefaultLayerCacheMaxBytes
+	case layerCache < 0:
+		layerCache = 0
+	}
+	s.Scanner, err = scanner.New(scanner.Options{CacheDir: s.CacheDir, Timeout: time.Minute, Clock: opts.Clock, LayerCacheMaxBytes: layerCache}, client, s.DB)
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,8 @@ type Counts struct {
 	BlobGETs int
 	// BlobHEADs counts HEAD /v2/<name>/blobs/<digest> (blob uploads excluded).
 	BlobHEADs int
+	// BlobBytes counts the bytes of the bodies of blob GETs.
+	BlobBytes int64
 }
 
 // FaultFunc answers a request instead of the registry when it returns true. It may write any
@@ -204,8 +206,31 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if fault != nil && fault(w, req) {
 		return
 	}
+	if req.Method == http.MethodGet && classify(req.URL.Path) == "blobs" {
+		cw := &countingWriter{ResponseWriter: w}
+		r.guarded.ServeHTTP(cw, req)
+		r.mu.Lock()
+		r.counts.BlobBytes += cw.n
+		r.mu.Unlock()
+		return
+	}
 	r.guarded.ServeHTTP(w, req)
 }
+
+// countingWriter counts the body bytes written through it.
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Unwrap gives http.ResponseController the writer below.
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
 // count classifies req; the caller holds r.mu.
 func (r *Registry) count(req *http.Request) {

@@ -60,6 +60,15 @@ func TestRegistryCountsRequests(t *testing.T) {
 	g.Expect(c.ManifestHEADs).To(Equal(1))
 	g.Expect(c.ManifestGETs).To(Equal(1))
 	g.Expect(c.BlobGETs).To(Equal(len(layers)+1), "each layer and the config")
+	var size int64
+	for _, l := range layers {
+		n, err := l.Size()
+		g.Expect(err).NotTo(HaveOccurred())
+		size += n
+	}
+	manifest, err := pulled.Manifest()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(c.BlobBytes).To(Equal(size+manifest.Config.Size), "the bytes of the layers and the config")
 	g.Expect(c.BlobHEADs).To(BeZero())
 	// Each client call pings /v2/ first; the ping is counted only in Requests.
 	g.Expect(c.Requests).To(BeNumerically(">=", c.ManifestHEADs+c.ManifestGETs+c.BlobGETs))
