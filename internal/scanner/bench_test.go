@@ -3,6 +3,8 @@ package scanner_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -97,5 +99,46 @@ func BenchmarkMatch(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "images/s")
 	if findings != 42 {
 		b.Fatalf("want 42 findings (40 pkgNNN, openssl, lodash), got %d", findings)
+	}
+}
+
+// BenchmarkAnalyzeLayers measures the two parts of an analysis's cost the scaling model uses: an
+// image of a 4 MiB base layer and a small app layer analysed with nothing cached ("uncached": the
+// per-image cost plus two layers' pull and walk), and with both layers in the layer cache
+// ("cached": the per-image cost alone: manifest, config, merge, kept inventory).
+func BenchmarkAnalyzeLayers(b *testing.B) {
+	f := newFixture(b)
+	base := testutil.PaddingLayer(4<<20, 9)
+	img := must(testutil.NPMImage([]v1.Layer{base}, []testutil.NPMPackage{{Name: "lodash", Version: "4.17.20"}}))
+	ref := f.push(b, "bench/layers", img)
+	ctx := context.Background()
+	warm := b.TempDir()
+	if _, _, err := f.newScanner(b, scanner.Options{CacheDir: warm, LayerCacheMaxBytes: 64 << 20}).Inventory(ctx, ref); err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		cached bool
+	}{{"uncached", false}, {"cached", true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			for b.Loop() {
+				b.StopTimer()
+				dir := b.TempDir()
+				opts := scanner.Options{CacheDir: dir}
+				if tc.cached {
+					// The warm layer cache, without the kept inventory.
+					if err := os.CopyFS(filepath.Join(dir, "layers"), os.DirFS(filepath.Join(warm, "layers"))); err != nil {
+						b.Fatal(err)
+					}
+					opts.LayerCacheMaxBytes = 64 << 20
+				}
+				s := f.newScanner(b, opts)
+				b.StartTimer()
+				if _, _, err := s.Inventory(ctx, ref); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(b.Elapsed().Seconds()*1000/float64(b.N), "ms/analysis")
+		})
 	}
 }

@@ -16,8 +16,6 @@ import (
 	"github.com/aquasecurity/trivy/pkg/scan/ospkg"
 	"github.com/aquasecurity/trivy/pkg/types"
 	"github.com/aquasecurity/trivy/pkg/vulnerability"
-
-	trivydb "github.com/aquasecurity/trivy-db/pkg/db"
 )
 
 // DBInfo identifies the vulnerability DB findings were matched against.
@@ -69,14 +67,20 @@ type Result struct {
 type matcher struct {
 	service local.Service
 	index   advisoryIndex
+	memo    *dbMemo
 }
 
 func newMatcher() *matcher {
 	// The applier is not used: ScanTarget detects from an inventory we hand it. Alpine's detector
-	// is replaced by a batched copy of it; every other family keeps Trivy's.
-	osScanner := ospkg.NewScanner(ospkgDetector.WithDriver(ftypes.Alpine, newAlpineDriver()))
-	return &matcher{service: local.NewService(nil, osScanner, langpkg.NewScanner(),
-		vulnerability.NewClient(trivydb.Config{}))}
+	// is replaced by a batched copy of it and Debian's by one that reads the memo; every other
+	// family keeps Trivy's. Trivy's vulnerability client reads its records through the memo.
+	memo := newDBMemo()
+	osScanner := ospkg.NewScanner(
+		ospkgDetector.WithDriver(ftypes.Alpine, newAlpineDriver()),
+		ospkgDetector.WithDriver(ftypes.Debian, newDebianDriver(memo)),
+	)
+	return &matcher{memo: memo, service: local.NewService(nil, osScanner, langpkg.NewScanner(),
+		vulnerability.NewClient(memoOperation{memo: memo}))}
 }
 
 // scanOptions are those of `trivy image --scanners vuln`; Trivy's zero values would silently
@@ -97,6 +101,7 @@ var filterOptions = result.FilterOptions{
 
 // match detects the vulnerabilities of inv with the DB as it is; the caller holds the DB still.
 func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo) (*Result, error) {
+	m.memo.use(db.Digest)
 	// The candidates are copies: ScanTarget filters the slices it is given in place.
 	pkgs, apps, err := m.index.candidates(db.Digest, inv)
 	if err != nil {

@@ -199,6 +199,25 @@ advisories:
 - {id: GHSA-seal-0000-0001, ecosystem: "seal npm::Seal Security npm", package: "@seal-security/ejs", vulnerableVersions: ["<3.1.11"], patchedVersions: ["3.1.11"], severity: HIGH}
 `
 
+// debianEdgeAdvisories exercise Debian detection: epochs, a fix in the installed version, an
+// unparseable fixed version, unfixed advisories with and without a status, binNMU source versions,
+// another release's bucket, and a package with no source of its own.
+const debianEdgeAdvisories = `
+updatedAt: 2026-11-01T00:00:00Z
+advisories:
+- {id: CVE-2026-4001, ecosystem: debian 12, package: zlib, fixedVersion: "1:1.2.13.dfsg-2", severity: HIGH, title: epoch fix later}
+- {id: CVE-2026-4002, ecosystem: debian 12, package: zlib, fixedVersion: "1:1.2.13.dfsg-1", severity: HIGH}
+- {id: CVE-2026-4003, ecosystem: debian 12, package: zlib, severity: LOW}
+- {id: CVE-2026-4004, ecosystem: debian 12, package: zlib, status: will_not_fix, severity: MEDIUM}
+- {id: CVE-2026-4005, ecosystem: debian 12, package: zlib, fixedVersion: "not a version!", severity: LOW}
+- {id: CVE-2026-4006, ecosystem: debian 12, package: zlib, fixedVersion: "1.2.14-1", severity: HIGH, title: no epoch is below an epoch}
+- {id: CVE-2026-4010, ecosystem: debian 12, package: openssl, fixedVersion: "3.0.16-1~deb12u1", severity: CRITICAL}
+- {id: CVE-2026-4011, ecosystem: debian 12, package: openssl, fixedVersion: "3.0.15-1~deb12u1"}
+- {id: CVE-2026-4020, ecosystem: debian 12, package: foo, fixedVersion: "1.0-2", severity: MEDIUM}
+- {id: CVE-2026-4021, ecosystem: debian 12, package: foo, fixedVersion: "1.0-1+b1", severity: MEDIUM, title: the binary version is not the source one}
+- {id: CVE-2026-4030, ecosystem: debian 11, package: bar, fixedVersion: "3.0-1", severity: HIGH}
+`
+
 // edgeInventory is an Alpine inventory for edgeAdvisories, with repo as its package repository.
 func edgeInventory(osName string, repo *ftypes.Repository) *scanner.Inventory {
 	apk := func(name, version, origin string) ftypes.Package {
@@ -269,6 +288,29 @@ func TestMatchEqualsTrivyScanTarget(t *testing.T) {
 		f := newFixtureWithDB(t, benchDB())
 		want := check(t, f, analyzed(t, f, "dense", benchImage(t, 250)))
 		NewWithT(t).Expect(want).To(HaveLen(42))
+	})
+
+	t.Run("debian edge cases", func(t *testing.T) {
+		f := newFixtureWithDB(t, must(testutil.ParseAdvisories([]byte(debianEdgeAdvisories))))
+		img := must(testutil.DebianImage("12.11", []testutil.DebPackage{
+			{Name: "zlib1g", Version: "1:1.2.13.dfsg-1", Source: "zlib"},
+			{Name: "libssl3", Version: "3.0.15-1~deb12u1", Source: "openssl"},
+			{Name: "openssl", Version: "3.0.15-1~deb12u1"},
+			{Name: "libfoo1", Version: "1.0-1+b1", Source: "foo", SourceVersion: "1.0-1"},
+			{Name: "bar", Version: "2.0-1"},
+		}))
+		inv := analyzed(t, f, "debian-edge", img)
+		for range 2 { // the second match reads the memo
+			got := check(t, f, inv)
+			var ids []string
+			for _, finding := range got {
+				ids = append(ids, finding.ID+" "+finding.Package)
+			}
+			NewWithT(t).Expect(ids).To(ConsistOf(
+				"CVE-2026-4001 zlib1g", "CVE-2026-4003 zlib1g", "CVE-2026-4004 zlib1g",
+				"CVE-2026-4010 libssl3", "CVE-2026-4010 openssl", "CVE-2026-4020 libfoo1", "CVE-2026-4021 libfoo1",
+			))
+		}
 	})
 
 	t.Run("alpine edge cases", func(t *testing.T) {
