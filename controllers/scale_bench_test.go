@@ -26,7 +26,7 @@ import (
 // a DB update that changes every report. It runs once whatever b.N is:
 //
 //	KUBEBUILDER_ASSETS=$(hack/control-plane.sh) GOEXPERIMENT=jsonv2 \
-//	  go test ./controllers -run '^$' -bench ClusterScale -benchtime 1x
+//	  go test ./controllers -run '^$' -bench 'ClusterScale$' -benchtime 1x
 func BenchmarkClusterScale(b *testing.B) {
 	const namespaces, podsPerNamespace, digests, digestsPerNamespace = 40, 50, 200, 25
 	ctx := context.Background()
