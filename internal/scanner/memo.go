@@ -266,7 +266,7 @@ func (d debianDriver) Detect(ctx context.Context, osVer string, _ *ftypes.Reposi
 			if adv.Severity != dbTypes.SeverityUnknown {
 				// Package-specific severity
 				vuln.SeveritySource = trivyvuln.Debian
-				vuln.Vulnerability = dbTypes.Vulnerability{Severity: adv.Severity.String()}
+				vuln.Vulnerability = dbTypes.Vulnerability{Severity: adv.Severity.String()} //nolint:staticcheck // SA1019: as Trivy's debian.Scanner sets it
 			}
 			vulns = append(vulns, vuln)
 		}
