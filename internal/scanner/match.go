@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	dbTypes "github.com/aquasecurity/trivy-db/pkg/types"
@@ -155,13 +156,23 @@ func severityRank(s string) int {
 // SortFindings orders findings by severity, then id, package, installed version and target, so
 // that equal inputs always give equal lists.
 func SortFindings(findings []Finding) {
+	// The keys are compared one after the other, the next only on a tie (cmp.Or would compute all
+	// of them first: a visible part of a re-match).
 	slices.SortFunc(findings, func(a, b Finding) int {
-		return cmp.Or(
-			cmp.Compare(severityRank(a.Severity), severityRank(b.Severity)),
-			cmp.Compare(a.ID, b.ID),
-			cmp.Compare(a.Package, b.Package),
-			cmp.Compare(a.InstalledVersion, b.InstalledVersion),
-			cmp.Compare(a.Target, b.Target),
-		)
+		if a.Severity != b.Severity {
+			if c := cmp.Compare(severityRank(a.Severity), severityRank(b.Severity)); c != 0 {
+				return c
+			}
+		}
+		if c := strings.Compare(a.ID, b.ID); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a.Package, b.Package); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a.InstalledVersion, b.InstalledVersion); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Target, b.Target)
 	})
 }
