@@ -116,7 +116,6 @@ func (s *Scanner) analyze(ctx context.Context, ref ImageRef) (*Inventory, *Layer
 	detail, err := s.inspect(ctx, trivyImg, blobs)
 	var use *LayerUse
 	if view != nil {
-		view.Close()
 		use = view.Use()
 	}
 	if err != nil {

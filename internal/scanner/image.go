@@ -104,8 +104,6 @@ type fetchedImage struct {
 	mu     sync.Mutex
 	budget packageBudget
 	got    map[int]v1.Layer
-	// pulled counts the layers downloaded.
-	pulled int
 }
 
 func (f *fetchedImage) Layers() ([]v1.Layer, error) {
@@ -156,7 +154,6 @@ func (f *fetchedImage) layer(i int) (v1.Layer, error) {
 	if err := download(f.ctx, f.Image, desc, fl.path); err != nil {
 		return nil, registry.Classify(err)
 	}
-	f.pulled++
 	layer, err := partial.CompressedToLayer(fl)
 	if err != nil {
 		return nil, registry.Classify(err)

@@ -321,19 +321,20 @@ func newLayerView(dir string, opts layerViewOptions, diffIDs, digests []string) 
 // most) and looks again, so two analyses sharing a layer at once pull it once. A view takes all
 // its stripes at once or none, and holds none while it waits, so no two views wait on each other.
 func (v *layerView) MissingBlobs(ctx context.Context, artifactID string, blobIDs []string) (bool, []string, error) {
-	if len(blobIDs) != len(v.diffIDs) || len(v.digests) != len(v.diffIDs) {
-		// Not the image this view was made for: nothing from the folder.
+	// Keys that are not those of this view's image (another number of them, one key for two
+	// layers): nothing from the folder.
+	uncached := func() (bool, []string, error) {
 		v.expected = nil
 		_, missing, err := v.mem.MissingBlobs(ctx, artifactID, blobIDs)
 		return true, missing, err
 	}
+	if len(blobIDs) != len(v.diffIDs) || len(v.digests) != len(v.diffIDs) {
+		return uncached()
+	}
 	v.expected = make(map[string]int, len(blobIDs))
 	for i, key := range blobIDs {
 		if prev, ok := v.expected[key]; ok && v.diffIDs[prev] != v.diffIDs[i] {
-			// One key for two layers: nothing from the folder.
-			v.expected = nil
-			_, missing, err := v.mem.MissingBlobs(ctx, artifactID, blobIDs)
-			return true, missing, err
+			return uncached()
 		}
 		v.expected[key] = i
 	}

@@ -147,13 +147,14 @@ func (m *dbMemo) advisories(bucketName, pkgName string) ([]memoAdvisory, error) 
 // nothing after FillInfo writes to it. The memo holds the DB still (its callers are inside
 // DB.View), so what it reads is the DB its digest names.
 func (m *dbMemo) vulnerability(id string) (dbTypes.Vulnerability, error) {
+	var e *memoVulnerability
 	m.mu.Lock()
-	el, ok := m.vulnByID[id]
-	if ok {
+	if el, ok := m.vulnByID[id]; ok {
 		m.vulnLRU.MoveToFront(el)
+		e = el.Value.(*memoVulnerability)
 	}
 	m.mu.Unlock()
-	if !ok {
+	if e == nil {
 		vuln, err := trivydb.Config{}.GetVulnerability(id)
 		entry := &memoVulnerability{id: id, vuln: vuln, err: err, size: vulnerabilitySize(id, vuln)}
 		m.mu.Lock()
@@ -171,9 +172,8 @@ func (m *dbMemo) vulnerability(id string) (dbTypes.Vulnerability, error) {
 			}
 		}
 		m.mu.Unlock()
-		el = &list.Element{Value: entry}
+		e = entry
 	}
-	e := el.Value.(*memoVulnerability)
 	if e.err != nil {
 		return dbTypes.Vulnerability{}, e.err
 	}
