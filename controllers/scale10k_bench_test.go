@@ -3,8 +3,6 @@ package controllers_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/testsuite"
@@ -142,7 +139,7 @@ func BenchmarkClusterScale10000Pods(b *testing.B) {
 	}
 	created := time.Since(start)
 	want := namespaces * (appsPerNamespace + sidecars + inits)
-	waitReportsFor(b, c, want, 30*time.Minute, func(r *securityv1alpha1.ImageScanReport) bool {
+	waitReports(b, c, want, 30*time.Minute, func(r *securityv1alpha1.ImageScanReport) bool {
 		return meta.IsStatusConditionTrue(r.Status.Conditions, securityv1alpha1.ConditionReady)
 	})
 	covered := time.Since(start)
@@ -187,7 +184,7 @@ func BenchmarkClusterScale10000Pods(b *testing.B) {
 			alpine++
 		}
 	}
-	waitReportsFor(b, c, alpine, 30*time.Minute, func(r *securityv1alpha1.ImageScanReport) bool {
+	waitReports(b, c, alpine, 30*time.Minute, func(r *securityv1alpha1.ImageScanReport) bool {
 		return r.Status.Summary != nil && r.Status.Summary.Low >= 1
 	})
 	rematch := time.Since(start)
@@ -202,42 +199,5 @@ func BenchmarkClusterScale10000Pods(b *testing.B) {
 		alpine, want, rematch.Round(100*time.Millisecond), reg.Counts().Requests, writes-writesBefore)
 }
 
-// waitReportsFor polls until want reports of the scale namespaces satisfy ok, for at most limit.
-func waitReportsFor(b *testing.B, c client.Client, want int, limit time.Duration, ok func(*securityv1alpha1.ImageScanReport) bool) {
-	b.Helper()
-	deadline := time.Now().Add(limit)
-	for {
-		list := &securityv1alpha1.ImageScanReportList{}
-		if err := c.List(context.Background(), list); err != nil {
-			b.Fatal(err)
-		}
-		n := 0
-		for i := range list.Items {
-			if strings.HasPrefix(list.Items[i].Namespace, "scale-") && ok(&list.Items[i]) {
-				n++
-			}
-		}
-		if n >= want {
-			return
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("only %d of %d reports after %s", n, want, limit)
-		}
-		time.Sleep(time.Second)
-	}
-}
-
 // peakRSSMiB is this test process's peak resident memory (VmHWM).
-func peakRSSMiB() float64 {
-	raw, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
-			kb, _ := strconv.ParseFloat(strings.Fields(line)[1], 64)
-			return kb / 1024
-		}
-	}
-	return 0
-}
+func peakRSSMiB() float64 { return testutil.ProcessMiB("VmHWM") }

@@ -3,9 +3,7 @@ package controllers_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -64,7 +62,7 @@ func BenchmarkClusterScale(b *testing.B) {
 	}
 	created := time.Since(start)
 	want := namespaces * digestsPerNamespace
-	waitReports(b, c, want, func(r *securityv1alpha1.ImageScanReport) bool {
+	waitReports(b, c, want, 10*time.Minute, func(r *securityv1alpha1.ImageScanReport) bool {
 		return meta.IsStatusConditionTrue(r.Status.Conditions, securityv1alpha1.ConditionReady)
 	})
 	covered := time.Since(start)
@@ -89,7 +87,7 @@ func BenchmarkClusterScale(b *testing.B) {
 	reg.ResetCounts()
 	writesBefore, _ = reportWrites(b)
 	start = time.Now()
-	waitReports(b, c, want, func(r *securityv1alpha1.ImageScanReport) bool {
+	waitReports(b, c, want, 10*time.Minute, func(r *securityv1alpha1.ImageScanReport) bool {
 		return r.Status.Summary != nil && r.Status.Summary.Low >= 1
 	})
 	b.ReportMetric(time.Since(start).Seconds(), "s-to-rematch")
@@ -110,9 +108,10 @@ func benchClient(tb testing.TB) client.Client {
 	return c
 }
 
-// waitReports polls until want reports of the scale namespaces satisfy ok.
-func waitReports(b *testing.B, c client.Client, want int, ok func(*securityv1alpha1.ImageScanReport) bool) {
-	deadline := time.Now().Add(10 * time.Minute)
+// waitReports polls until want reports of the scale namespaces satisfy ok, for at most limit.
+func waitReports(b *testing.B, c client.Client, want int, limit time.Duration, ok func(*securityv1alpha1.ImageScanReport) bool) {
+	b.Helper()
+	deadline := time.Now().Add(limit)
 	for {
 		list := &securityv1alpha1.ImageScanReportList{}
 		if err := c.List(context.Background(), list); err != nil {
@@ -128,7 +127,7 @@ func waitReports(b *testing.B, c client.Client, want int, ok func(*securityv1alp
 			return
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("only %d of %d reports after 10 minutes", n, want)
+			b.Fatalf("only %d of %d reports after %s", n, want, limit)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
@@ -146,19 +145,7 @@ func reportWrites(b *testing.B) (float64, float64) {
 
 // rssMiB is this test process's resident memory: the controller, but also the API client, the
 // registry and the fixtures of the benchmark.
-func rssMiB() float64 {
-	raw, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			kb, _ := strconv.ParseFloat(strings.Fields(line)[1], 64)
-			return kb / 1024
-		}
-	}
-	return 0
-}
+func rssMiB() float64 { return testutil.ProcessMiB("VmRSS") }
 
 // BenchmarkRegistryScan1500Tags measures a RegistryScan of every tag of three repositories: 1,500
 // tags (5 per image, paginated 100 a page) over 300 digests, each analysed once. It prints the

@@ -76,12 +76,18 @@ func newFixture(t testing.TB, opts ...testutil.RegistryOption) *fixture {
 // newFixtureWithDB is newFixture with the DB built from spec.
 func newFixtureWithDB(t testing.TB, spec *testutil.DBSpec, opts ...testutil.RegistryOption) *fixture {
 	t.Helper()
-	f := &fixture{reg: testutil.NewRegistry(t, opts...), cache: t.TempDir()}
 	dbDir := t.TempDir()
 	if err := testutil.BuildDB(dbDir, spec); err != nil {
 		t.Fatal(err)
 	}
-	f.db = must(vulndb.New(vulndb.Options{LocalPath: filepath.Join(dbDir, "db"), Log: logr.Discard()}))
+	return newFixtureOfDB(t, filepath.Join(dbDir, "db"), opts...)
+}
+
+// newFixtureOfDB is newFixture with the DB in dbDir (holding trivy.db and metadata.json).
+func newFixtureOfDB(t testing.TB, dbDir string, opts ...testutil.RegistryOption) *fixture {
+	t.Helper()
+	f := &fixture{reg: testutil.NewRegistry(t, opts...), cache: t.TempDir()}
+	f.db = must(vulndb.New(vulndb.Options{LocalPath: dbDir, Log: logr.Discard()}))
 	if err := f.db.LoadLocal(); err != nil {
 		t.Fatal(err)
 	}

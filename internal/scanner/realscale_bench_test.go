@@ -6,8 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -56,17 +54,12 @@ func realScaleFixture(tb testing.TB) *fixture {
 	started := time.Now()
 	src := testutil.RealScaleDB(tb)
 	tb.Logf("real-scale DB ready in %s (built once, then kept)", time.Since(started).Round(time.Millisecond))
-	f := &fixture{reg: testutil.NewRegistry(tb), cache: tb.TempDir()}
 	dbDir := filepath.Join(tb.TempDir(), "db")
 	must(0, os.MkdirAll(dbDir, 0o755))
 	for _, name := range []string{"trivy.db", "metadata.json"} {
 		must(0, os.Link(filepath.Join(src, "db", name), filepath.Join(dbDir, name)))
 	}
-	f.db = must(vulndb.New(vulndb.Options{LocalPath: dbDir, Log: logr.Discard()}))
-	must(0, f.db.LoadLocal())
-	f.client = registry.NewClient(registry.Options{InsecureHosts: []string{f.reg.Host()}})
-	f.scanner = f.newScanner(tb, scanner.Options{})
-	return f
+	return newFixtureOfDB(tb, dbDir)
 }
 
 // BenchmarkRematchRealScaleDB measures re-matches of kept inventories against the real-scale DB
@@ -199,16 +192,4 @@ func TestRealScaleDBMatchEqualsTrivy(t *testing.T) {
 }
 
 // rssMiB is this process's resident memory.
-func rssMiB() float64 {
-	raw, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			kb, _ := strconv.ParseFloat(strings.Fields(line)[1], 64)
-			return kb / 1024
-		}
-	}
-	return 0
-}
+func rssMiB() float64 { return testutil.ProcessMiB("VmRSS") }

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -14,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aquasecurity/trivy-db/pkg/metadata"
 	dbtypes "github.com/aquasecurity/trivy-db/pkg/types"
 	bolt "go.etcd.io/bbolt"
 )
@@ -86,28 +84,12 @@ var loremWords = strings.Fields(`a flaw was found in the handling of crafted inp
 // BuildRealScaleDB writes a generated DB of spec to <dir>/db, as BuildDB does (trivy-db's bucket
 // layout and JSON values, metadata.json beside it).
 func BuildRealScaleDB(dir string, spec RealScaleSpec) error {
-	dbDir := filepath.Join(dir, "db")
-	if err := os.MkdirAll(dbDir, 0o755); err != nil {
-		return err
-	}
-	dbPath := filepath.Join(dbDir, "trivy.db")
-	if err := os.Remove(dbPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	bdb, err := bolt.Open(dbPath, 0o644, &bolt.Options{Timeout: 5 * time.Second, NoSync: true, NoFreelistSync: true})
-	if err != nil {
-		return err
-	}
-	err = writeRealScale(bdb, spec)
-	if cerr := bdb.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", dbPath, err)
-	}
 	updated := time.Now().UTC().Truncate(time.Second)
-	return metadata.NewClient(dbDir).Update(metadata.Metadata{
-		Version: DBSchemaVersion, UpdatedAt: updated, NextUpdate: updated.Add(24 * time.Hour), DownloadedAt: updated,
+	// Not synced while written: a DB cut short is rebuilt (RealScaleDBDir renames it into place
+	// only once whole).
+	opts := &bolt.Options{Timeout: 5 * time.Second, NoSync: true, NoFreelistSync: true}
+	return writeBoltDB(dir, opts, updated, updated.Add(24*time.Hour), func(bdb *bolt.DB) error {
+		return writeRealScale(bdb, spec)
 	})
 }
 
@@ -137,7 +119,7 @@ func writeRealScale(bdb *bolt.DB, spec RealScaleSpec) error {
 		n := 1 + rng.IntN(2*spec.AdvisoriesPerVulnerability-1)
 		for range n {
 			b := rng.IntN(len(buckets))
-			pkgs := packagesOf(b2s(buckets, b))
+			pkgs := packagesOf(buckets[b])
 			// A skewed pick: the square of a uniform number favours low indexes.
 			u := rng.Float64()
 			p := int(u * u * float64(pkgs))
@@ -241,8 +223,6 @@ func writeRealScale(bdb *bolt.DB, spec RealScaleSpec) error {
 		return nil
 	})
 }
-
-func b2s(buckets []string, i int) string { return buckets[i] }
 
 // realScaleID is the ID of vulnerability v: CVE-<year>-<number>, sorted as v is.
 func realScaleID(v int) string { return fmt.Sprintf("CVE-%d-%07d", 2000+v/20_000, v) }

@@ -240,6 +240,13 @@ func BuildDB(dir string, spec *DBSpec) error {
 		nextUpdate = updatedAt.Add(24 * time.Hour)
 	}
 
+	return writeBoltDB(dir, &bolt.Options{Timeout: 5 * time.Second}, updatedAt, nextUpdate, func(bdb *bolt.DB) error {
+		return bdb.Update(func(tx *bolt.Tx) error { return writeDB(tx, spec, sources) })
+	})
+}
+
+// writeBoltDB writes <dir>/db/trivy.db anew with fill, and <dir>/db/metadata.json beside it.
+func writeBoltDB(dir string, opts *bolt.Options, updatedAt, nextUpdate time.Time, fill func(*bolt.DB) error) error {
 	dbDir := filepath.Join(dir, "db")
 	if err := os.MkdirAll(dbDir, 0o755); err != nil {
 		return err
@@ -248,11 +255,11 @@ func BuildDB(dir string, spec *DBSpec) error {
 	if err := os.Remove(dbPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	bdb, err := bolt.Open(dbPath, 0o644, &bolt.Options{Timeout: 5 * time.Second})
+	bdb, err := bolt.Open(dbPath, 0o644, opts)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", dbPath, err)
 	}
-	err = bdb.Update(func(tx *bolt.Tx) error { return writeDB(tx, spec, sources) })
+	err = fill(bdb)
 	if cerr := bdb.Close(); err == nil {
 		err = cerr
 	}
