@@ -419,7 +419,7 @@ func TestDecoyDigestDoesNotBlockTheRealReport(t *testing.T) {
 		decoy = digest[:len("sha256:")+12] + strings.Repeat("1", 52)
 	}
 	createPod(g, ns, "decoy", reg.Host()+"/decoy/app@"+decoy, reg.Host()+"/decoy/app@"+decoy)
-	first := controllers.ReportNames(reg.Host()+"/decoy/app", digest)[0]
+	first := controllers.ReportNames(reg.Host()+"/decoy/app", digest, "")[0]
 	g.Eventually(func(g Gomega) {
 		r := &securityv1alpha1.ImageScanReport{}
 		g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: first}, r)).To(Succeed())
@@ -427,7 +427,7 @@ func TestDecoyDigestDoesNotBlockTheRealReport(t *testing.T) {
 	}).WithTimeout(timeout).Should(Succeed())
 
 	createPod(g, ns, "real", ref, imageID)
-	second := controllers.ReportNames(reg.Host()+"/decoy/app", digest)[1]
+	second := controllers.ReportNames(reg.Host()+"/decoy/app", digest, "")[1]
 	g.Expect(second).NotTo(Equal(first))
 	g.Eventually(func(g Gomega) {
 		r := &securityv1alpha1.ImageScanReport{}

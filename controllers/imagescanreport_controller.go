@@ -41,7 +41,7 @@ import (
 
 // ImageScanner is what the report controller needs of the scanner.
 type ImageScanner interface {
-	Analysed(digest string) bool
+	Analysed(digest, platform string) bool
 	// Reanalyse starts a new analysis of a kept inventory older than ref.AnalyzedAfter in the
 	// background, and reports whether it did (see scanner.Scanner.Reanalyse).
 	Reanalyse(ref scanner.ImageRef, done func(error)) bool
@@ -349,7 +349,7 @@ func (r *ImageScanReportReconciler) reanalyse(report *securityv1alpha1.ImageScan
 		defer cancel()
 		return r.keychain(ctx, regarding)
 	})
-	ref := scanner.ImageRef{Repository: report.Spec.Image, Digest: report.Spec.Digest, Keychain: keychain, AnalyzedAfter: after}
+	ref := scanner.ImageRef{Repository: report.Spec.Image, Digest: report.Spec.Digest, Platform: report.Spec.Platform, Keychain: keychain, AnalyzedAfter: after}
 	r.Scanner.Reanalyse(ref, func(err error) {
 		if err != nil {
 			if r.Recorder != nil {
@@ -446,7 +446,7 @@ func (r *ImageScanReportReconciler) scan(ctx context.Context, report *securityv1
 	metrics.ScansInFlight.Inc()
 	defer metrics.ScansInFlight.Dec()
 	start := time.Now()
-	inv, analysed, err := r.Scanner.Inventory(ctx, scanner.ImageRef{Repository: report.Spec.Image, Digest: report.Spec.Digest, Keychain: keychain})
+	inv, analysed, err := r.Scanner.Inventory(ctx, scanner.ImageRef{Repository: report.Spec.Image, Digest: report.Spec.Digest, Platform: report.Spec.Platform, Keychain: keychain})
 	if analysed || err != nil {
 		metrics.Observe(metrics.KindAnalysis, resultLabel(err), start)
 	}

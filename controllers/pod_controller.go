@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"regexp"
 	"slices"
 	"sort"
 	"time"
@@ -47,8 +48,10 @@ type PodReconciler struct {
 	// reported an image ID for yet.
 	ResolveTTL time.Duration
 	// Inventories tells whether a digest was analysed already; nil: never.
-	Inventories interface{ Analysed(digest string) bool }
-	Clock       clock.PassiveClock
+	Inventories interface {
+		Analysed(digest, platform string) bool
+	}
+	Clock clock.PassiveClock
 	// Concurrency is how many namespaces are reconciled at once, so that one slow namespace
 	// never holds the others; 0 means 1.
 	Concurrency int
@@ -63,6 +66,7 @@ const ExcludeLabel = "imageguard.dev/exclude"
 
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups=apps,resources=replicasets,verbs=get;list;watch
@@ -114,10 +118,17 @@ func excludedNamespace(ns *corev1.Namespace, excluded []string) bool {
 	return slices.Contains(excluded, ns.Name) || ns.Labels[ExcludeLabel] == "true"
 }
 
-// desiredReport is what the pods of a namespace say about one digest.
+// reportKey is what tells reports of a namespace apart: the digest, and the platform of the nodes
+// that run it ("" for DefaultPlatform), whose image of an index digest is scanned.
+type reportKey struct {
+	digest, platform string
+}
+
+// desiredReport is what the pods of a namespace say about one digest on one platform.
 type desiredReport struct {
 	repository string
 	digest     string
+	platform   string
 	tags       map[string]bool
 	workloads  map[workloadRef]map[string]bool
 }
@@ -136,6 +147,8 @@ type imageUse struct {
 	image  string
 	img    policy.Image
 	digest string
+	// platform is that of the pod's node ("" for DefaultPlatform).
+	platform string
 }
 
 // imageUses lists the images the pods run, with the digest the kubelet reported or the reference
@@ -154,6 +167,11 @@ func (r *PodReconciler) imageUses(ctx context.Context, pods []corev1.Pod) ([]*im
 			errs = append(errs, err)
 			continue
 		}
+		platform, err := r.podPlatform(ctx, pod)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		for _, c := range podContainers(pod) {
 			img, err := policy.ParseImage(c.Image)
 			if err != nil {
@@ -164,10 +182,46 @@ func (r *PodReconciler) imageUses(ctx context.Context, pods []corev1.Pod) ([]*im
 			if digest == "" {
 				digest = img.Digest
 			}
-			uses = append(uses, &imageUse{pod: pod, owner: workloadRef{Kind: top.Kind, Name: top.Name}, name: c.Name, image: c.Image, img: img, digest: digest})
+			uses = append(uses, &imageUse{pod: pod, owner: workloadRef{Kind: top.Kind, Name: top.Name}, name: c.Name, image: c.Image, img: img, digest: digest, platform: platform})
 		}
 	}
 	return uses, errors.Join(errs...)
+}
+
+// podPlatform returns the platform whose image pod runs of an index digest: its node's
+// (status.nodeInfo), else, while it is not scheduled (or its node is not known yet), the one its
+// nodeSelector asks for, else DefaultPlatform; "" stands for DefaultPlatform.
+func (r *PodReconciler) podPlatform(ctx context.Context, pod *corev1.Pod) (string, error) {
+	var osName, arch string
+	if pod.Spec.NodeName != "" {
+		node := &corev1.Node{}
+		err := r.Client.Get(ctx, client.ObjectKey{Name: pod.Spec.NodeName}, node)
+		if client.IgnoreNotFound(err) != nil {
+			return "", fmt.Errorf("pod %s: reading its node %s: %w", pod.Name, pod.Spec.NodeName, err)
+		}
+		osName, arch = node.Status.NodeInfo.OperatingSystem, node.Status.NodeInfo.Architecture
+	}
+	if arch == "" {
+		osName, arch = pod.Spec.NodeSelector[corev1.LabelOSStable], pod.Spec.NodeSelector[corev1.LabelArchStable]
+	}
+	return nodePlatform(osName, arch), nil
+}
+
+var platformPart = regexp.MustCompile(`^[a-z0-9][a-z0-9_]{0,30}$`)
+
+// nodePlatform returns the report platform of a node's OS and architecture: "" for
+// DefaultPlatform, and for an architecture that is missing or malformed.
+func nodePlatform(osName, arch string) string {
+	if osName == "" {
+		osName = "linux"
+	}
+	if !platformPart.MatchString(osName) || !platformPart.MatchString(arch) {
+		return ""
+	}
+	if p := osName + "/" + arch; p != DefaultPlatform {
+		return p
+	}
+	return ""
 }
 
 // lookUpTags gives the uses without a digest the digest of their tag, as tagLookups knows it:
@@ -192,17 +246,18 @@ func (r *PodReconciler) lookUpTags(uses []*imageUse) (pending bool, err error) {
 	return pending, errors.Join(errs...)
 }
 
-// group collects the uses with a digest into one desired report per digest.
-func group(uses []*imageUse) map[string]*desiredReport {
-	desired := map[string]*desiredReport{}
+// group collects the uses with a digest into one desired report per digest and platform.
+func group(uses []*imageUse) map[reportKey]*desiredReport {
+	desired := map[reportKey]*desiredReport{}
 	for _, u := range uses {
 		if u.digest == "" {
 			continue
 		}
-		d := desired[u.digest]
+		key := reportKey{digest: u.digest, platform: u.platform}
+		d := desired[key]
 		if d == nil {
-			d = &desiredReport{repository: u.img.Repository, digest: u.digest, tags: map[string]bool{}, workloads: map[workloadRef]map[string]bool{}}
-			desired[u.digest] = d
+			d = &desiredReport{repository: u.img.Repository, digest: u.digest, platform: u.platform, tags: map[string]bool{}, workloads: map[workloadRef]map[string]bool{}}
+			desired[key] = d
 		}
 		// One digest under several repositories (a mirror): report the first in sort order, with
 		// its tags only (a tag of another repository names another image under this one's name).
@@ -235,7 +290,7 @@ func (r *PodReconciler) lookUp(ctx context.Context, namespace string, spec *core
 
 // spec and workloads of a desired report, in the order the API keeps them.
 func (d *desiredReport) spec() securityv1alpha1.ImageScanReportSpec {
-	return securityv1alpha1.ImageScanReportSpec{Image: d.repository, Digest: d.digest, Tags: sortedKeys(d.tags)}
+	return securityv1alpha1.ImageScanReportSpec{Image: d.repository, Digest: d.digest, Platform: d.platform, Tags: sortedKeys(d.tags)}
 }
 
 func (d *desiredReport) statusWorkloads() []securityv1alpha1.Workload {
@@ -268,7 +323,7 @@ func sortedKeys(m map[string]bool) []string {
 
 // ensureReports creates missing reports and patches spec tags, workloads and the unused mark only
 // where they differ: a steady namespace costs no write.
-func (r *PodReconciler) ensureReports(ctx context.Context, namespace string, desired map[string]*desiredReport) error {
+func (r *PodReconciler) ensureReports(ctx context.Context, namespace string, desired map[reportKey]*desiredReport) error {
 	var errs []error
 	for _, d := range desired {
 		report, created, err := reportFor(ctx, r.Client, r.APIReader, namespace, d.spec())
@@ -298,7 +353,7 @@ func (r *PodReconciler) ensureReports(ctx context.Context, namespace string, des
 func (r *PodReconciler) writeWorkloads(ctx context.Context, report *securityv1alpha1.ImageScanReport, d *desiredReport, created bool) error {
 	before := report.DeepCopy()
 	report.Status.Workloads = d.statusWorkloads()
-	if !created || (r.Inventories != nil && r.Inventories.Analysed(report.Spec.Digest)) {
+	if !created || (r.Inventories != nil && r.Inventories.Analysed(report.Spec.Digest, report.Spec.Platform)) {
 		_, err := writeStatus(ctx, r.Client, before, report)
 		return err
 	}
@@ -316,7 +371,7 @@ func (r *PodReconciler) writeWorkloads(ctx context.Context, report *securityv1al
 
 // collectGarbage marks reports no pod uses and deletes them once marked for Retention; it returns
 // when to look again. A report is never deleted for a scan error, only for being unused.
-func (r *PodReconciler) collectGarbage(ctx context.Context, namespace string, desired map[string]*desiredReport) (time.Duration, error) {
+func (r *PodReconciler) collectGarbage(ctx context.Context, namespace string, desired map[reportKey]*desiredReport) (time.Duration, error) {
 	reports := &securityv1alpha1.ImageScanReportList{}
 	if err := r.Client.List(ctx, reports, client.InNamespace(namespace)); err != nil {
 		return 0, err
@@ -324,7 +379,7 @@ func (r *PodReconciler) collectGarbage(ctx context.Context, namespace string, de
 	var next time.Duration
 	for i := range reports.Items {
 		report := &reports.Items[i]
-		if _, used := desired[report.Spec.Digest]; used || !report.DeletionTimestamp.IsZero() {
+		if _, used := desired[reportKey{digest: report.Spec.Digest, platform: report.Spec.Platform}]; used || !report.DeletionTimestamp.IsZero() {
 			continue
 		}
 		listed, err := r.listedByScan(ctx, report)

@@ -32,22 +32,31 @@ const (
 
 var nonLabelChars = regexp.MustCompile(`[^a-z0-9-]+`)
 
-// ReportName returns the name of the report of digest: the repository's last path element, a
-// dash and the digest's first 12 hex characters, cut to fit a DNS label. When another digest's
-// report holds that name (the 12 hex are the same, by chance or made so), the report takes the
-// next of ReportNames.
-func ReportName(repository, digest string) string { return reportName(repository, digest, 12) }
+// DefaultPlatform is the platform of a report whose spec.platform is empty: the image an index
+// digest names for it is scanned.
+const DefaultPlatform = "linux/amd64"
 
-// ReportNames returns the names the report of digest may have, in the order they are tried: the
-// 12-hex name, then one with 40 hex of the digest (160 bits: no image can be made to collide).
-func ReportNames(repository, digest string) []string {
-	return []string{reportName(repository, digest, 12), reportName(repository, digest, 40)}
+// ReportName returns the name of the report of digest on the default platform: the repository's
+// last path element, a dash and the digest's first 12 hex characters, cut to fit a DNS label. When
+// another digest's report holds that name (the 12 hex are the same, by chance or made so), the
+// report takes the next of ReportNames.
+func ReportName(repository, digest string) string { return reportName(repository, digest, "", 12) }
+
+// ReportNames returns the names the report of digest on platform may have, in the order they are
+// tried: the 12-hex name, then one with 40 hex of the digest (160 bits: no image can be made to
+// collide). A platform other than the default adds its architecture (and its OS when not
+// linux): app-0123456789ab-arm64.
+func ReportNames(repository, digest, platform string) []string {
+	return []string{reportName(repository, digest, platform, 12), reportName(repository, digest, platform, 40)}
 }
 
-func reportName(repository, digest string, hexLen int) string {
+func reportName(repository, digest, platform string, hexLen int) string {
 	hex := strings.TrimPrefix(digest, "sha256:")
 	if len(hex) > hexLen {
 		hex = hex[:hexLen]
+	}
+	if suffix := platformSuffix(platform); suffix != "" {
+		hex += "-" + suffix
 	}
 	base := repository[strings.LastIndex(repository, "/")+1:]
 	base = strings.Trim(nonLabelChars.ReplaceAllString(strings.ToLower(base), "-"), "-")
@@ -60,6 +69,33 @@ func reportName(repository, digest string, hexLen int) string {
 	return base + "-" + hex
 }
 
+// platformSuffix names platform in a report name: "" for the default, else its architecture and
+// variant (arm64, armv7), after its OS when that is not linux (windows-amd64); at most 20
+// characters.
+func platformSuffix(platform string) string {
+	if platform == "" || platform == DefaultPlatform {
+		return ""
+	}
+	parts := strings.SplitN(platform, "/", 3)
+	suffix := strings.Join(parts[1:], "")
+	if parts[0] != "linux" {
+		suffix = parts[0] + "-" + suffix
+	}
+	suffix = strings.Trim(nonLabelChars.ReplaceAllString(strings.ToLower(suffix), "-"), "-")
+	if len(suffix) > 20 {
+		suffix = strings.TrimRight(suffix[:20], "-")
+	}
+	return suffix
+}
+
+// platformOrDefault returns platform, or DefaultPlatform when it is empty.
+func platformOrDefault(platform string) string {
+	if platform == "" {
+		return DefaultPlatform
+	}
+	return platform
+}
+
 // DigestLabelValue returns the value of DigestLabel for digest.
 func DigestLabelValue(digest string) string {
 	hex := strings.TrimPrefix(digest, "sha256:")
@@ -69,13 +105,13 @@ func DigestLabelValue(digest string) string {
 	return hex
 }
 
-// reportFor returns the report of spec's digest in namespace, creating it when there is none:
-// the report under the first of ReportNames that is free or holds this digest. A name held by
-// another digest's report is passed over, so that no pod can keep an image's report from existing
+// reportFor returns the report of spec's digest and platform in namespace, creating it when there
+// is none: the report under the first of ReportNames that is free or holds this digest and
+// platform. A name held by another digest's (or platform's) report is passed over, so that no pod can keep an image's report from existing
 // by running a look-alike digest first. live reads what the cache may not show yet (a report an
 // earlier reconcile made a moment ago). created says whether this call made it.
 func reportFor(ctx context.Context, c client.Client, live client.Reader, namespace string, spec securityv1alpha1.ImageScanReportSpec) (report *securityv1alpha1.ImageScanReport, created bool, err error) {
-	for _, name := range ReportNames(spec.Image, spec.Digest) {
+	for _, name := range ReportNames(spec.Image, spec.Digest, spec.Platform) {
 		key := client.ObjectKey{Namespace: namespace, Name: name}
 		report = &securityv1alpha1.ImageScanReport{}
 		err := c.Get(ctx, key, report)
@@ -98,11 +134,11 @@ func reportFor(ctx context.Context, c client.Client, live client.Reader, namespa
 		if err != nil {
 			return nil, false, err
 		}
-		if report.Spec.Digest == spec.Digest {
+		if report.Spec.Digest == spec.Digest && report.Spec.Platform == spec.Platform {
 			return report, false, nil
 		}
 	}
-	return nil, false, fmt.Errorf("every name of the report of %s@%s in %s is held by another digest's report", spec.Image, spec.Digest, namespace)
+	return nil, false, fmt.Errorf("every name of the report of %s@%s (%s) in %s is held by another digest's or platform's report", spec.Image, spec.Digest, platformOrDefault(spec.Platform), namespace)
 }
 
 // ScanStatus is what the report controller writes for a successful scan.
@@ -119,6 +155,7 @@ type ScanStatus struct {
 func applyScan(report *securityv1alpha1.ImageScanReport, s ScanStatus) {
 	st := &report.Status
 	res := s.Result
+	st.Platform = res.Platform
 	st.OS = &securityv1alpha1.OperatingSystem{Family: res.OS.Family, Name: res.OS.Name, EOSL: res.OS.EOSL}
 	st.Scanner = &securityv1alpha1.Scanner{Name: "Trivy", Version: s.ScannerVersion}
 	updated := metav1.NewTime(res.DB.UpdatedAt)

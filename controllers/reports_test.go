@@ -45,11 +45,51 @@ func TestReportName(t *testing.T) {
 	}
 	NewWithT(t).Expect(DigestLabelValue(digest)).To(Equal(strings.TrimPrefix(digest, "sha256:")[:63]))
 	// The name taken when another digest's report holds the first: 40 hex, still a DNS label.
-	names := ReportNames("r.example.com/"+strings.Repeat("x", 80), digest)
+	names := ReportNames("r.example.com/"+strings.Repeat("x", 80), digest, "")
 	g := NewWithT(t)
 	g.Expect(names[0]).To(Equal(strings.Repeat("x", 50) + "-0123456789ab"))
 	g.Expect(names[1]).To(Equal(strings.Repeat("x", 22) + "-0123456789abcdef0123456789abcdef01234567"))
 	g.Expect(len(names[1])).To(BeNumerically("<=", 63))
+}
+
+func TestPlatformReportNames(t *testing.T) {
+	tests := map[string]struct{ platform, want string }{
+		"the default platform":     {"", "app-0123456789ab"},
+		"the default, spelled out": {"linux/amd64", "app-0123456789ab"},
+		"arm64":                    {"linux/arm64", "app-0123456789ab-arm64"},
+		"a variant":                {"linux/arm/v7", "app-0123456789ab-armv7"},
+		"another OS":               {"windows/amd64", "app-0123456789ab-windows-amd64"},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			names := ReportNames("registry.example.com/team/app", digest, tt.platform)
+			g.Expect(names[0]).To(Equal(tt.want))
+			long := ReportNames("r.example.com/"+strings.Repeat("x", 80), digest, tt.platform)
+			g.Expect(len(long[0])).To(BeNumerically("<=", 63))
+			g.Expect(len(long[1])).To(BeNumerically("<=", 63))
+		})
+	}
+	// Two platforms never share a name.
+	NewWithT(t).Expect(ReportNames("r/app", digest, "linux/arm64")).NotTo(ContainElement(ReportName("r/app", digest)))
+}
+
+func TestNodePlatform(t *testing.T) {
+	tests := map[string]struct{ os, arch, want string }{
+		"amd64 is the default":     {"linux", "amd64", ""},
+		"arm64":                    {"linux", "arm64", "linux/arm64"},
+		"no OS reported":           {"", "arm64", "linux/arm64"},
+		"nothing reported":         {"", "", ""},
+		"windows":                  {"windows", "amd64", "windows/amd64"},
+		"a malformed arch":         {"linux", "arm64/../x", ""},
+		"an upper-case spelling":   {"Linux", "ARM64", ""},
+		"an architecture too long": {"linux", strings.Repeat("a", 40), ""},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			NewWithT(t).Expect(nodePlatform(tt.os, tt.arch)).To(Equal(tt.want))
+		})
+	}
 }
 
 func TestDigestOf(t *testing.T) {

@@ -264,15 +264,32 @@ func CacheOptions() cache.Options {
 	return cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Pod{}: {Transform: TrimPod},
+			&corev1.Pod{}:  {Transform: TrimPod},
+			&corev1.Node{}: {Transform: TrimNode},
 			&admissionregistrationv1.ValidatingAdmissionPolicy{}:        {Label: generatedSelector},
 			&admissionregistrationv1.ValidatingAdmissionPolicyBinding{}: {Label: generatedSelector},
 		},
 	}
 }
 
+// TrimNode keeps of a node its name and the OS and architecture its kubelet reports: the platform
+// of the images its pods run.
+func TrimNode(obj any) (any, error) {
+	node, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Node{
+		TypeMeta:   node.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{Name: node.Name, UID: node.UID, ResourceVersion: node.ResourceVersion},
+		Status: corev1.NodeStatus{NodeInfo: corev1.NodeSystemInfo{
+			OperatingSystem: node.Status.NodeInfo.OperatingSystem, Architecture: node.Status.NodeInfo.Architecture,
+		}},
+	}, nil
+}
+
 // TrimPod keeps of a pod its identity, owners, images (image volumes too), image IDs, pull
-// secrets, service account and phase.
+// secrets, service account, node (and the platform its nodeSelector asks for) and phase.
 func TrimPod(obj any) (any, error) {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -288,8 +305,17 @@ func TrimPod(obj any) (any, error) {
 		Spec: corev1.PodSpec{
 			ServiceAccountName: pod.Spec.ServiceAccountName,
 			ImagePullSecrets:   pod.Spec.ImagePullSecrets,
+			NodeName:           pod.Spec.NodeName,
 		},
 		Status: corev1.PodStatus{Phase: pod.Status.Phase},
+	}
+	for _, key := range []string{corev1.LabelOSStable, corev1.LabelArchStable} {
+		if v, ok := pod.Spec.NodeSelector[key]; ok {
+			if trimmed.Spec.NodeSelector == nil {
+				trimmed.Spec.NodeSelector = map[string]string{}
+			}
+			trimmed.Spec.NodeSelector[key] = v
+		}
 	}
 	for _, c := range workload.Containers(&pod.Spec) {
 		kept := corev1.Container{Name: c.Name, Image: c.Image}

@@ -24,6 +24,7 @@ var Severities = []Severity{SeverityCritical, SeverityHigh, SeverityMedium, Seve
 // digest never change once set, so a report is always about one immutable image.
 // +kubebuilder:validation:XValidation:rule="self.image == oldSelf.image",message="spec.image is immutable"
 // +kubebuilder:validation:XValidation:rule="self.digest == oldSelf.digest",message="spec.digest is immutable"
+// +kubebuilder:validation:XValidation:rule="has(self.platform) == has(oldSelf.platform) && (!has(self.platform) || self.platform == oldSelf.platform)",message="spec.platform is immutable"
 type ImageScanReportSpec struct {
 	// Image is the repository without tag or digest, e.g. registry.example.com/team/app.
 	// +required
@@ -32,10 +33,19 @@ type ImageScanReportSpec struct {
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([a-z0-9._:-]*[a-z0-9])?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*$`
 	Image string `json:"image"`
 
-	// Digest is the manifest digest of the image the pods run.
+	// Digest is the manifest digest of the image the pods run: an image manifest, or a
+	// multi-platform index whose image for Platform is scanned.
 	// +required
 	// +kubebuilder:validation:Pattern=`^sha256:[a-f0-9]{64}$`
 	Digest string `json:"digest"`
+
+	// Platform is the platform, os/architecture[/variant], whose image of an index digest the
+	// report is about: that of the nodes the pods run on. Empty means linux/amd64. An image
+	// manifest is one image whatever the platform.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$`
+	Platform string `json:"platform,omitempty"`
 
 	// Tags are the tags pods used to refer to this digest, sorted.
 	// +optional
@@ -320,6 +330,12 @@ type ImageScanReportStatus struct {
 	// +kubebuilder:validation:MaxItems=256
 	Workloads []Workload `json:"workloads,omitempty"`
 
+	// Platform of the image scanned (os/architecture[/variant], from its config): for an index
+	// digest, the image spec.platform picked.
+	// +optional
+	// +kubebuilder:validation:MaxLength=128
+	Platform string `json:"platform,omitempty"`
+
 	// OS detected in the image.
 	// +optional
 	OS *OperatingSystem `json:"os,omitempty"`
@@ -409,6 +425,7 @@ type ReportSource struct {
 // +kubebuilder:printcolumn:name="Repository",type=string,JSONPath=`.spec.image`
 // +kubebuilder:printcolumn:name="Tag",type=string,JSONPath=`.spec.tags[0]`
 // +kubebuilder:printcolumn:name="Digest",type=string,JSONPath=`.spec.digest`,priority=1
+// +kubebuilder:printcolumn:name="Platform",type=string,JSONPath=`.status.platform`,priority=1
 // +kubebuilder:printcolumn:name="Critical",type=integer,JSONPath=`.status.summary.critical`
 // +kubebuilder:printcolumn:name="High",type=integer,JSONPath=`.status.summary.high`
 // +kubebuilder:printcolumn:name="Medium",type=integer,JSONPath=`.status.summary.medium`

@@ -236,6 +236,27 @@ func TestReportImageAndDigestAreImmutable(t *testing.T) {
 	g.Expect(apierrors.IsInvalid(err)).To(BeTrue(), "got %v", err)
 	g.Expect(err.Error()).To(ContainSubstring("spec.digest is immutable"))
 
+	// A report is about one platform's image too: the platform can be neither set nor changed.
+	for _, platform := range []string{"linux/arm64", ""} {
+		changed = report.DeepCopy()
+		changed.Spec.Platform = platform
+		if platform == "" {
+			changed = report.DeepCopy()
+			changed.Name = "immutable-arm64"
+			changed.ResourceVersion = ""
+			changed.Spec.Platform = "linux/arm64"
+			g.Expect(env.Client.Create(ctx, changed)).To(Succeed())
+			changed.Spec.Platform = ""
+		}
+		err = env.Client.Update(ctx, changed)
+		g.Expect(apierrors.IsInvalid(err)).To(BeTrue(), "platform %q: got %v", platform, err)
+		g.Expect(err.Error()).To(ContainSubstring("spec.platform is immutable"))
+	}
+	bad := report.DeepCopy()
+	bad.Name, bad.ResourceVersion, bad.Spec.Platform = "bad-platform", "", "linux"
+	err = env.Client.Create(ctx, bad)
+	g.Expect(apierrors.IsInvalid(err)).To(BeTrue(), "got %v", err)
+
 	// Tags may change: pods start using a digest under a new tag.
 	report.Spec.Tags = []string{"v2"}
 	g.Expect(env.Client.Update(ctx, report)).To(Succeed())

@@ -89,6 +89,8 @@ type scanOptions struct {
 	Output   string
 	Timeout  time.Duration
 	Image    string
+	// Platform picks the image of an index (os/architecture[/variant]); empty: linux/amd64.
+	Platform string
 	// LayerCacheMaxBytes bounds the layer cache; 0: none.
 	LayerCacheMaxBytes int64
 }
@@ -114,6 +116,8 @@ func parseScanFlags(args []string, output io.Writer) (*scanOptions, error) {
 	fs.StringVar(&opts.CacheDir, "cache-dir", defaultCacheDir(), "Folder for the downloaded DB and the kept image inventories.")
 	fs.StringVarP(&opts.Output, "output", "o", "table", "Output format: table or json.")
 	fs.DurationVar(&opts.Timeout, "scan-timeout", 10*time.Minute, "Time limit of the image analysis.")
+	fs.StringVar(&opts.Platform, "platform", "linux/amd64",
+		"Platform whose image of a multi-platform index is scanned: os/architecture[/variant], as a node's status.nodeInfo gives it.")
 	fs.Int64Var(&opts.LayerCacheMaxBytes, "layer-cache-max-bytes", 1<<30,
 		"Bytes of the layer cache under --cache-dir, so that an image whose layers an earlier run analysed pulls only its new layers; 0 keeps none.")
 	if err := fs.Parse(args); err != nil {
@@ -128,6 +132,9 @@ func parseScanFlags(args []string, output io.Writer) (*scanOptions, error) {
 	}
 	if opts.LayerCacheMaxBytes < 0 {
 		return nil, errors.New("--layer-cache-max-bytes must not be negative (0 keeps no layer cache)")
+	}
+	if _, err := scanner.ParsePlatform(opts.Platform); err != nil {
+		return nil, fmt.Errorf("--platform: %w", err)
 	}
 	opts.Image = fs.Arg(0)
 	return opts, nil
@@ -160,6 +167,7 @@ func runScan(args []string, stdout, stderr io.Writer) int {
 type scanReport struct {
 	Image           string            `json:"image"`
 	Digest          string            `json:"digest"`
+	Platform        string            `json:"platform"`
 	OS              scanner.OS        `json:"os"`
 	Scanner         string            `json:"scanner"`
 	DB              scanDB            `json:"vulnerabilityDB"`
@@ -210,12 +218,12 @@ func scanImage(ctx context.Context, opts *scanOptions, stderr io.Writer) (*scanR
 		return nil, err
 	}
 	repository := imageref.CanonicalRepository(ref.Context().RegistryStr(), ref.Context().RepositoryStr())
-	_, res, err := s.Scan(ctx, scanner.ImageRef{Repository: repository, Digest: digest, Keychain: keychain})
+	_, res, err := s.Scan(ctx, scanner.ImageRef{Repository: repository, Digest: digest, Platform: opts.Platform, Keychain: keychain})
 	if err != nil {
 		return nil, err
 	}
 	report := &scanReport{
-		Image: repository, Digest: digest, OS: res.OS, Scanner: "Trivy " + s.Version(),
+		Image: repository, Digest: digest, Platform: res.Platform, OS: res.OS, Scanner: "Trivy " + s.Version(),
 		DB:              scanDB{UpdatedAt: res.DB.UpdatedAt, Digest: res.DB.Digest},
 		Summary:         map[string]int{},
 		Vulnerabilities: res.Findings,
@@ -235,7 +243,7 @@ func printReport(w io.Writer, format string, r *scanReport) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(r)
 	}
-	fmt.Fprintf(w, "%s@%s (%s %s)\n", r.Image, r.Digest, r.OS.Family, r.OS.Name)
+	fmt.Fprintf(w, "%s@%s (%s %s, %s)\n", r.Image, r.Digest, r.OS.Family, r.OS.Name, r.Platform)
 	var counts []string
 	for _, sev := range scanner.Severities {
 		counts = append(counts, fmt.Sprintf("%s: %d", sev, r.Summary[strings.ToLower(sev)]))

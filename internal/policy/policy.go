@@ -60,6 +60,12 @@ type Report struct {
 	// to the listed ones, the omitted ones count as they are in the summary.
 	Vulnerabilities []securityv1alpha1.Vulnerability
 	Omitted         int32
+	// Platform is the platform of the image these findings are of (the report's spec.platform,
+	// "" for the default).
+	Platform string
+	// Others are the scanned reports of the same index digest on the other platforms the pods
+	// run on: a rule passes only when it passes on every one of them.
+	Others []*Report
 }
 
 // ReportOf returns what a policy reads of an ImageScanReport: nil until the report holds a scan.
@@ -70,7 +76,7 @@ func ReportOf(rep *securityv1alpha1.ImageScanReport) *Report {
 	if rep == nil || rep.Status.Summary == nil {
 		return nil
 	}
-	out := &Report{Summary: *rep.Status.Summary, Vulnerabilities: rep.Status.Vulnerabilities, Omitted: rep.Status.VulnerabilitiesOmitted}
+	out := &Report{Summary: *rep.Status.Summary, Vulnerabilities: rep.Status.Vulnerabilities, Omitted: rep.Status.VulnerabilitiesOmitted, Platform: rep.Spec.Platform}
 	if rep.Status.LastScanTime != nil {
 		out.ScannedAt = rep.Status.LastScanTime.Time
 	}
@@ -248,12 +254,46 @@ func (p *Policy) Rules() []string {
 	return out
 }
 
+// judgeEveryPlatform judges img, and when its report has reports of other platforms (an index
+// digest run on nodes of several), each of them too: the first failure, said with its platform,
+// else the pass of img's own report; the earliest change of any.
+func (c check) judgeEveryPlatform(img Image, now time.Time) (Result, time.Time) {
+	r, next := c.judge(img, now)
+	if !c.needsReport || img.Report == nil || len(img.Report.Others) == 0 {
+		return r, next
+	}
+	if r.Failed || r.NotEvaluable {
+		r.Message = "on " + platformName(img.Report.Platform) + ": " + r.Message
+	}
+	for _, other := range img.Report.Others {
+		one := img
+		one.Report = other
+		or, onext := c.judge(one, now)
+		if !onext.IsZero() && (next.IsZero() || onext.Before(next)) {
+			next = onext
+		}
+		if !r.Failed && !r.NotEvaluable && (or.Failed || or.NotEvaluable) {
+			or.Message = "on " + platformName(other.Platform) + ": " + or.Message
+			r = or
+		}
+	}
+	return r, next
+}
+
+// platformName names a report's platform ("" is the default).
+func platformName(p string) string {
+	if p == "" {
+		return "linux/amd64"
+	}
+	return p
+}
+
 // Evaluate judges images at time now: every check of the chain, for every image, in rule order.
 func (p *Policy) Evaluate(images []Image, now time.Time) Verdict {
 	var v Verdict
 	for _, c := range p.checks {
 		for _, img := range images {
-			r, next := c.judge(img, now)
+			r, next := c.judgeEveryPlatform(img, now)
 			r.Rule, r.Severity, r.Image = c.rule, c.severity, img.Reference()
 			v.Results = append(v.Results, r)
 			if !next.IsZero() && (v.NextChange.IsZero() || next.Before(v.NextChange)) {

@@ -236,6 +236,31 @@ func TestCheckVulnerabilities(t *testing.T) {
 	}
 }
 
+func TestEveryPlatformIsJudged(t *testing.T) {
+	rule := securityv1alpha1.PolicyRules{Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)}}
+	clean := scanned("r/a")
+	arm := scanned("r/a", vuln("CVE-1", securityv1alpha1.SeverityCritical, "1.1")).Report
+	arm.Platform = "linux/arm64"
+
+	g := NewWithT(t)
+	// The default platform's report passes, the arm64 one of the same index digest does not.
+	img := clean
+	img.Report = &Report{ScannedAt: clean.Report.ScannedAt, Others: []*Report{arm}}
+	v := evaluate(t, rule, img, now)
+	g.Expect(v.Compliant()).To(BeFalse())
+	g.Expect(v.Results[0].Message).To(Equal("on linux/arm64: 1 critical (max 0)"))
+
+	// The other way round: the default platform's failure names it.
+	img.Report = &Report{ScannedAt: arm.ScannedAt, Summary: arm.Summary, Vulnerabilities: arm.Vulnerabilities, Others: []*Report{{ScannedAt: now.Add(-time.Hour), Platform: "linux/arm64"}}}
+	v = evaluate(t, rule, img, now)
+	g.Expect(v.Compliant()).To(BeFalse())
+	g.Expect(v.Results[0].Message).To(Equal("on linux/amd64: 1 critical (max 0)"))
+
+	// Both clean: a plain pass.
+	img.Report = &Report{ScannedAt: now.Add(-time.Hour), Others: []*Report{{ScannedAt: now.Add(-time.Hour), Platform: "linux/arm64"}}}
+	g.Expect(evaluate(t, rule, img, now).Compliant()).To(BeTrue())
+}
+
 func TestExceptions(t *testing.T) {
 	expires := now.Add(time.Hour)
 	rules := securityv1alpha1.PolicyRules{

@@ -47,9 +47,12 @@ func disabledAnalyzers() []analyzer.Type {
 type ImageRef struct {
 	// Repository is the image repository without tag or digest, e.g. registry.example.com/app.
 	Repository string
-	// Digest is the manifest digest (sha256:...). For a multi-arch index, the platform of the
-	// registry client picks the image.
+	// Digest is the manifest digest (sha256:...): an image's, or a multi-platform index's, whose
+	// image for Platform is analysed.
 	Digest string
+	// Platform picks the image of an index digest: os/architecture[/variant] (ParsePlatform);
+	// empty is the registry client's platform (linux/amd64).
+	Platform string
 	// Keychain has the credentials for the registry; nil is anonymous.
 	Keychain authn.Keychain
 	// AnalyzedAfter, when set, asks for an inventory analysed after it: a kept one that is older
@@ -71,20 +74,22 @@ type layerCacheDir struct {
 }
 
 // analyze pulls ref's config and the layers the layer cache lacks, once each, and runs Trivy's
-// analyzers over them. It returns what it did with the layer cache (nil without one).
-func (s *Scanner) analyze(ctx context.Context, ref ImageRef) (*Inventory, *LayerUse, error) {
+// analyzers over them. img is ref's image when the caller fetched its manifest already, else nil.
+// It returns what it did with the layer cache (nil without one).
+func (s *Scanner) analyze(ctx context.Context, ref ImageRef, img v1.Image) (*Inventory, *LayerUse, error) {
 	started := time.Now()
-	parsed, err := s.registry.ParseReference(ref.String())
-	if err != nil {
-		return nil, &LayerUse{}, err
-	}
-	digestRef, ok := parsed.(name.Digest)
-	if !ok {
-		return nil, &LayerUse{}, registry.Errorf(registry.KindUnsupported, "%s is not a digest reference", ref)
-	}
-	img, err := remote.Image(digestRef, s.registry.RemoteOptions(ctx, digestRef, ref.Keychain)...)
-	if err != nil {
-		return nil, &LayerUse{}, s.scanError(ctx, fmt.Errorf("fetching %s: %w", ref, err))
+	if img == nil {
+		parsed, err := s.registry.ParseReference(ref.String())
+		if err != nil {
+			return nil, &LayerUse{}, err
+		}
+		digestRef, ok := parsed.(name.Digest)
+		if !ok {
+			return nil, &LayerUse{}, registry.Errorf(registry.KindUnsupported, "%s is not a digest reference", ref)
+		}
+		if img, err = remote.Image(digestRef, s.registry.RemoteOptions(ctx, digestRef, ref.Keychain)...); err != nil {
+			return nil, &LayerUse{}, s.scanError(ctx, fmt.Errorf("fetching %s: %w", ref, err))
+		}
 	}
 
 	dir, err := os.MkdirTemp(s.opts.TempDir, "analysis-")
@@ -122,11 +127,26 @@ func (s *Scanner) analyze(ctx context.Context, ref ImageRef) (*Inventory, *Layer
 		return nil, use, s.scanError(ctx, err)
 	}
 	inv := newInventory(ref, s.trivyVersion, detail)
+	inv.Platform = platformOfConfig(fetched)
 	if limit := s.opts.Limits.MaxPackages; limit > 0 && inv.PackageCount() > limit {
 		return nil, use, registry.Errorf(registry.KindUnsupported, "the image has %d packages, more than the limit of %d (--max-packages)", inv.PackageCount(), limit)
 	}
 	inv.AnalyzedAt = started.UTC().Truncate(time.Second)
 	return inv, use, nil
+}
+
+// platformOfConfig returns the platform img's config names (os/architecture[/variant]), or
+// "unknown" when it names none.
+func platformOfConfig(img v1.Image) string {
+	cfg, err := img.ConfigFile()
+	if err != nil || cfg.OS == "" || cfg.Architecture == "" {
+		return "unknown"
+	}
+	p := v1.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant}.String()
+	if len(p) > 64 {
+		return "unknown"
+	}
+	return p
 }
 
 // analysisNow is the time an analysis stamps what it keeps with: the scanner's clock, or in a

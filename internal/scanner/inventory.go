@@ -12,6 +12,8 @@ import (
 	"regexp"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
 
 	"github.com/imageguard/imageguard/internal/durable"
@@ -25,6 +27,9 @@ type Inventory struct {
 	Digest       string    `json:"digest"`
 	TrivyVersion string    `json:"trivyVersion"`
 	AnalyzedAt   time.Time `json:"analyzedAt"`
+	// Platform is the image's, from its config (os/architecture[/variant]; "unknown" when it
+	// names none). Digest is always an image manifest's, never an index's.
+	Platform string `json:"platform,omitempty"`
 
 	OS            ftypes.OS            `json:"os"`
 	PkgRepository *ftypes.Repository   `json:"pkgRepository,omitempty"`
@@ -139,6 +144,53 @@ func (s *Store) Get(digest string) (*Inventory, error) {
 		return nil, nil //nolint:nilerr // corrupt: analyse again
 	}
 	return inv, nil
+}
+
+// aliasPath is where the digest of the image the index names for platform is kept.
+func (s *Store) aliasPath(index string, platform v1.Platform) (string, error) {
+	name, err := DigestFileName(index)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(s.dir, "index", name, sanitize(platform.String())), nil
+}
+
+// Alias returns the digest of the image the index names for platform, as PutAlias kept it; ""
+// when none is kept. An index is immutable: what it names never changes.
+func (s *Store) Alias(index string, platform v1.Platform) (string, error) {
+	p, err := s.aliasPath(index, platform)
+	if err != nil {
+		return "", err
+	}
+	raw, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if d := string(raw); digestPattern.MatchString(d) {
+		return d, nil
+	}
+	return "", nil // corrupt: resolved again
+}
+
+// PutAlias keeps that the index names image for platform.
+func (s *Store) PutAlias(index string, platform v1.Platform, image string) error {
+	p, err := s.aliasPath(index, platform)
+	if err != nil {
+		return err
+	}
+	if !digestPattern.MatchString(image) {
+		return fmt.Errorf("malformed digest %q", image)
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
+		return err
+	}
+	return durable.Write(p, 0o640, func(w io.Writer) error {
+		_, err := io.WriteString(w, image)
+		return err
+	})
 }
 
 // Has reports whether an inventory of digest is kept (it may still turn out corrupt).

@@ -11,10 +11,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"k8s.io/utils/clock"
 
 	trivylog "github.com/aquasecurity/trivy/pkg/log"
@@ -173,22 +177,69 @@ func (s *Scanner) Version() string { return s.trivyVersion }
 // Analyses returns how many analyses (image pulls) this Scanner performed.
 func (s *Scanner) Analyses() int64 { return s.analyses.Load() }
 
-// Analysed reports whether digest's inventory is kept, so that matching it needs no analysis.
-func (s *Scanner) Analysed(digest string) bool { return s.store.Has(digest) }
+// Analysed reports whether the inventory that serves digest on platform is kept, so that matching
+// it needs no analysis (see ImageRef.Platform).
+func (s *Scanner) Analysed(digest, platform string) bool {
+	inv, err := s.kept(ImageRef{Digest: digest, Platform: platform})
+	return err == nil && inv != nil
+}
+
+// kept returns the kept inventory that serves ref without a registry request: ref.Digest's own
+// when it is an image manifest (one image whatever the platform), else that of the image its index
+// names for ref's platform, once an analysis has told which; nil when there is none. An inventory
+// kept before platforms were recorded is not used: its digest may be an index analysed for
+// another platform.
+func (s *Scanner) kept(ref ImageRef) (*Inventory, error) {
+	inv, err := s.store.Get(ref.Digest)
+	if err != nil || (inv != nil && inv.Platform != "") {
+		return inv, err
+	}
+	platform, err := s.platformOf(ref)
+	if err != nil {
+		return nil, err
+	}
+	image, err := s.store.Alias(ref.Digest, platform)
+	if err != nil || image == "" {
+		return nil, err
+	}
+	return s.store.Get(image)
+}
+
+// platformOf returns ref's platform, the registry client's when it names none.
+func (s *Scanner) platformOf(ref ImageRef) (v1.Platform, error) {
+	if ref.Platform == "" {
+		return s.registry.Platform(), nil
+	}
+	return ParsePlatform(ref.Platform)
+}
+
+// ParsePlatform parses os/architecture[/variant], as spec.platform and --platform give it.
+func ParsePlatform(s string) (v1.Platform, error) {
+	p, err := v1.ParsePlatform(s)
+	if err != nil || p.OS == "" || p.Architecture == "" || strings.Contains(s, ":") {
+		return v1.Platform{}, registry.Errorf(registry.KindUnsupported, "malformed platform %q: want os/architecture[/variant], e.g. linux/arm64", s)
+	}
+	return *p, nil
+}
 
 // Inventory returns ref's inventory: the kept one when there is one, otherwise from a new
-// analysis, which concurrent callers for the same digest share. The bool says whether an
-// analysis ran for this call.
+// analysis, which concurrent callers for the same digest and platform share. The bool says
+// whether an analysis ran for this call. For an index digest the inventory is that of its image
+// for ref's platform, kept under that image's digest (Inventory.Digest).
 func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool, error) {
-	if inv, err := s.store.Get(ref.Digest); err != nil || servesRef(inv, ref) {
+	if inv, err := s.kept(ref); err != nil || servesRef(inv, ref) {
 		return inv, false, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, false, registry.Errorf(registry.KindTimeout, "not analysing %s: %v", ref, err)
 	}
-	ch := s.flights.DoChan(ref.Digest, func() (_ any, err error) {
+	platform, err := s.platformOf(ref)
+	if err != nil {
+		return nil, false, err
+	}
+	ch := s.flights.DoChan(ref.Digest+" "+platform.String(), func() (_ any, err error) {
 		// Another flight may have just finished and kept it.
-		if inv, err := s.store.Get(ref.Digest); err != nil || servesRef(inv, ref) {
+		if inv, err := s.kept(ref); err != nil || servesRef(inv, ref) {
 			return inv, err
 		}
 		started := s.opts.Clock.Now()
@@ -196,8 +247,20 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 		// wait for a slot is bounded on its own, and its time limit starts once it has one.
 		wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
 		defer wcancel()
+		// The image the digest names for the platform: a registry request, within the time limit.
+		img, imageRef, err := s.resolve(wctx, ref, platform)
+		if err != nil {
+			return nil, err
+		}
+		if imageRef.Digest != ref.Digest {
+			// An index: its image for this platform may be kept already (another index, another
+			// platform's node with the same image, a pod naming the image's own digest).
+			if inv, err := s.store.Get(imageRef.Digest); err != nil || (servesRef(inv, imageRef) && inv.Platform != "") {
+				return inv, err
+			}
+		}
 		// Marked in the cache first, so that if it takes the process down the next start knows.
-		end, err := s.marks.begin(wctx, ref.Digest)
+		end, err := s.marks.begin(wctx, imageRef.Digest)
 		if err != nil {
 			return nil, err
 		}
@@ -220,16 +283,16 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 			defer func() { s.layers.Record(use) }()
 		}
 		if s.opts.Worker != nil {
-			inv, use, err = s.analyzeInWorker(actx, ref)
+			inv, use, err = s.analyzeInWorker(actx, imageRef)
 		} else {
-			inv, use, err = s.analyze(actx, ref)
+			inv, use, err = s.analyze(actx, imageRef, img)
 		}
 		if err != nil {
 			return nil, err
 		}
 		inv.AnalyzedAt = started.UTC().Truncate(time.Second)
 		if err := s.store.Put(inv); err != nil {
-			return nil, fmt.Errorf("keeping the inventory of %s: %w", ref.Digest, err)
+			return nil, fmt.Errorf("keeping the inventory of %s: %w", imageRef.Digest, err)
 		}
 		return inv, nil
 	})
@@ -242,6 +305,44 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 		}
 		return res.Val.(*Inventory), !res.Shared, nil
 	}
+}
+
+// resolve returns the image ref's digest names for platform (the index's child, as
+// go-containerregistry picks it, or the manifest itself) and a ref to that image's own digest,
+// keeping which image an index names so that matching it again needs no registry request.
+func (s *Scanner) resolve(ctx context.Context, ref ImageRef, platform v1.Platform) (v1.Image, ImageRef, error) {
+	parsed, err := s.registry.ParseReference(ref.String())
+	if err != nil {
+		return nil, ref, err
+	}
+	digestRef, ok := parsed.(name.Digest)
+	if !ok {
+		return nil, ref, registry.Errorf(registry.KindUnsupported, "%s is not a digest reference", ref)
+	}
+	opts := append(s.registry.RemoteOptions(ctx, digestRef, ref.Keychain), remote.WithPlatform(platform))
+	desc, err := remote.Get(digestRef, opts...)
+	if err != nil {
+		return nil, ref, s.scanError(ctx, fmt.Errorf("fetching %s: %w", ref, err))
+	}
+	img, err := desc.Image()
+	if err != nil {
+		if desc.MediaType.IsIndex() {
+			return nil, ref, registry.Errorf(registry.KindUnsupported, "the image index %s has no image for %s: %v", ref, platform.String(), err)
+		}
+		return nil, ref, s.scanError(ctx, fmt.Errorf("fetching %s: %w", ref, err))
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return nil, ref, s.scanError(ctx, fmt.Errorf("fetching the image of %s for %s: %w", ref, platform.String(), err))
+	}
+	imageRef := ref
+	imageRef.Digest = digest.String()
+	if imageRef.Digest != ref.Digest {
+		if err := s.store.PutAlias(ref.Digest, platform, imageRef.Digest); err != nil {
+			return nil, ref, fmt.Errorf("keeping which image %s names for %s: %w", ref, platform.String(), err)
+		}
+	}
+	return img, imageRef, nil
 }
 
 // Re-analysis waits after a failure: at least ReanalysisRetry (or the registry's Retry-After);
@@ -259,8 +360,8 @@ const (
 // Retry-After, or ReanalysisRetryTerminal) ago, or analyses of it crashed the process: the kept
 // inventory serves meanwhile. The analysis shares Inventory's slots, time limit and crash marks.
 func (s *Scanner) Reanalyse(ref ImageRef, done func(error)) bool {
-	kept, err := s.store.Get(ref.Digest)
-	if err != nil || kept == nil || ref.AnalyzedAfter.IsZero() || servesRef(kept, ref) || s.marks.Crashes(ref.Digest) > 0 {
+	kept, err := s.kept(ref)
+	if err != nil || kept == nil || ref.AnalyzedAfter.IsZero() || servesRef(kept, ref) || s.marks.Crashes(kept.Digest) > 0 {
 		return false
 	}
 	now := s.opts.Clock.Now()
@@ -268,16 +369,16 @@ func (s *Scanner) Reanalyse(ref ImageRef, done func(error)) bool {
 	if s.reRunning == nil {
 		s.reRunning, s.reFailedAt = map[string]bool{}, map[string]time.Time{}
 	}
-	if s.reRunning[ref.Digest] || now.Before(s.reFailedAt[ref.Digest]) {
+	if s.reRunning[kept.Digest] || now.Before(s.reFailedAt[kept.Digest]) {
 		s.reMu.Unlock()
 		return false
 	}
-	s.reRunning[ref.Digest] = true
+	s.reRunning[kept.Digest] = true
 	s.reMu.Unlock()
 	go func() {
 		_, _, err := s.Inventory(context.Background(), ref)
 		s.reMu.Lock()
-		delete(s.reRunning, ref.Digest)
+		delete(s.reRunning, kept.Digest)
 		if err != nil {
 			wait := ReanalysisRetry
 			if after, ok := registry.RetryAfter(err); ok && after > wait {
@@ -286,9 +387,9 @@ func (s *Scanner) Reanalyse(ref ImageRef, done func(error)) bool {
 			if kind := registry.KindOf(err); kind == registry.KindUnsupported || kind == registry.KindAnalysisCrashed {
 				wait = ReanalysisRetryTerminal
 			}
-			s.reFailedAt[ref.Digest] = s.opts.Clock.Now().Add(wait)
+			s.reFailedAt[kept.Digest] = s.opts.Clock.Now().Add(wait)
 		} else {
-			delete(s.reFailedAt, ref.Digest)
+			delete(s.reFailedAt, kept.Digest)
 		}
 		s.reMu.Unlock()
 		if done != nil {

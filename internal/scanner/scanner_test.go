@@ -159,17 +159,48 @@ func TestMultiArchIndexPicksThePlatform(t *testing.T) {
 	_, digest := f.reg.PushIndex(t, "multi/app", "1.0", idx)
 	ref := scanner.ImageRef{Repository: f.reg.Host() + "/multi/app", Digest: digest.String()}
 
-	armClient := registry.NewClient(registry.Options{
-		InsecureHosts: []string{f.reg.Host()}, Platform: &v1.Platform{OS: "linux", Architecture: "arm64"},
-	})
-	armScanner := must(scanner.New(scanner.Options{CacheDir: t.TempDir()}, armClient, f.db))
-	_, res, err := armScanner.Scan(testContext(t), ref)
+	// One scanner, one index digest, two platforms: each gets its own image's findings.
+	armRef := ref
+	armRef.Platform = "linux/arm64"
+	inv, res, err := f.scanner.Scan(testContext(t), armRef)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(res.Findings).To(ConsistOf(finding("CVE-2026-1002", "busybox", "1.36.0-r0", "1.37.0-r10", "HIGH", "alpine")))
+	g.Expect(res.Platform).To(Equal("linux/arm64"))
+	armDigest := must(arm.Digest())
+	g.Expect(inv.Digest).To(Equal(armDigest.String()), "kept under the arm64 image's own digest")
 
 	_, res, err = f.scanner.Scan(testContext(t), ref)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(res.Findings).To(ConsistOf(finding("CVE-2026-1001", "libcrypto3", "3.5.1-r0", "3.5.2-r0", "CRITICAL", "alpine")))
+	g.Expect(res.Platform).To(Equal("linux/amd64"))
+	g.Expect(f.scanner.Analyses()).To(BeEquivalentTo(2))
+
+	// Matched again, on either platform, from what is kept: no registry request.
+	before := f.reg.Counts().Requests
+	for _, r := range []scanner.ImageRef{ref, armRef} {
+		g.Expect(f.scanner.Analysed(r.Digest, r.Platform)).To(BeTrue())
+		_, _, err = f.scanner.Scan(testContext(t), r)
+		g.Expect(err).NotTo(HaveOccurred())
+	}
+	g.Expect(f.reg.Counts().Requests).To(Equal(before))
+	g.Expect(f.scanner.Analyses()).To(BeEquivalentTo(2))
+
+	// The arm64 image's own digest is the same image: no new analysis, whatever platform asks.
+	_, res, err = f.scanner.Scan(testContext(t), scanner.ImageRef{Repository: ref.Repository, Digest: armDigest.String()})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.Platform).To(Equal("linux/arm64"))
+	g.Expect(f.scanner.Analyses()).To(BeEquivalentTo(2))
+
+	// A platform the index lacks is a clear, terminal error; a malformed one too.
+	s390 := ref
+	s390.Platform = "linux/s390x"
+	_, _, err = f.scanner.Scan(testContext(t), s390)
+	g.Expect(registry.KindOf(err)).To(Equal(registry.KindUnsupported), "got %v", err)
+	g.Expect(err.Error()).To(ContainSubstring("has no image for linux/s390x"))
+	bad := ref
+	bad.Platform = "linux"
+	_, _, err = f.scanner.Scan(testContext(t), bad)
+	g.Expect(registry.KindOf(err)).To(Equal(registry.KindUnsupported), "got %v", err)
 }
 
 func TestPrivateRegistryNeedsThePullSecret(t *testing.T) {

@@ -105,7 +105,7 @@ func RunWorker(in io.Reader, out io.Writer) int {
 	if req.Auth != nil {
 		ref.Keychain = staticKeychain{authn.FromConfig(*req.Auth)}
 	}
-	inv, use, err := s.analyze(ctx, ref)
+	inv, use, err := s.analyze(ctx, ref, nil)
 	answer := workerAnswer{Inventory: inv, Layers: use}
 	if err != nil {
 		answer = workerAnswer{Error: &workerError{Kind: registry.KindOf(err), Message: err.Error()}, Layers: use}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -524,15 +525,46 @@ func (g *Gatherer) Images(ctx context.Context, namespace string, containers []Co
 // the newer.
 func (g *Gatherer) Report(ctx context.Context, namespace string, img policy.Image) *policy.Report {
 	if img.Digest != "" {
-		if rep := g.reportOf(g.find(ctx, IndexReportDigest, img.Digest, namespace, newestScan)); rep != nil {
+		if rep := g.platformReports(ctx, img.Digest, namespace); rep != nil {
 			return rep
 		}
-		return g.reportOf(g.find(ctx, IndexReportDigest, img.Digest, "", newestScan))
+		return g.platformReports(ctx, img.Digest, "")
 	}
 	if img.Tag == "" {
 		return nil
 	}
 	return g.reportOf(g.find(ctx, IndexReportTag, img.Repository+":"+img.Tag, namespace, newestCreated))
+}
+
+// platformReports returns the scanned report of digest in namespace (all when empty) with the
+// newest scan, for each platform, as one: the default platform's (else the first by name) with
+// the others in Others; nil when none is scanned.
+func (g *Gatherer) platformReports(ctx context.Context, digest, namespace string) *policy.Report {
+	list := &securityv1alpha1.ImageScanReportList{}
+	opts := []client.ListOption{client.MatchingFields{IndexReportDigest: digest}, client.UnsafeDisableDeepCopy}
+	if namespace != "" {
+		opts = append(opts, client.InNamespace(namespace))
+	}
+	if err := g.reader.List(ctx, list, opts...); err != nil {
+		return nil
+	}
+	best := map[string]*securityv1alpha1.ImageScanReport{}
+	for i := range list.Items {
+		rep := &list.Items[i]
+		if b := best[rep.Spec.Platform]; (b == nil && policy.ReportOf(rep) != nil) || (b != nil && newestScan(rep, b)) {
+			best[rep.Spec.Platform] = rep
+		}
+	}
+	var out *policy.Report
+	for _, platform := range slices.Sorted(maps.Keys(best)) {
+		rep := g.reportOf(best[platform])
+		if out == nil {
+			out = rep
+		} else {
+			out.Others = append(out.Others, rep)
+		}
+	}
+	return out
 }
 
 // Signatures returns the verdicts on img's signatures that its report in namespace holds: by
