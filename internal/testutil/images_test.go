@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"crypto/sha256"
 	"debug/buildinfo"
 	"errors"
@@ -314,4 +315,21 @@ func TestGoBinaryImage(t *testing.T) {
 		deps = append(deps, d.Path+"@"+d.Version)
 	}
 	g.Expect(deps).To(ContainElement("golang.org/x/text@v0.3.7"))
+}
+
+func TestDebianFilesUnpacksARealPackage(t *testing.T) {
+	pkg, err := DebianFiles(context.Background(), "python3-requests")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var metadata string
+	for p := range pkg.Files {
+		if strings.HasSuffix(p, "/PKG-INFO") || strings.HasSuffix(p, "/METADATA") {
+			metadata = p
+		}
+	}
+	if pkg.Version == "" || metadata == "" {
+		t.Fatalf("python3-requests %s: no package metadata among %d files", pkg.Version, len(pkg.Files))
+	}
+	t.Logf("python3-requests %s: %s", pkg.Version, metadata)
 }
