@@ -53,6 +53,7 @@ func TestKubectlShowsReports(t *testing.T) {
 	g.Expect(env.Client.Create(ctx, report)).To(Succeed())
 	report.Status = securityv1alpha1.ImageScanReportStatus{
 		ObservedGeneration: report.Generation,
+		Platform:           "linux/arm64",
 		Summary: &securityv1alpha1.VulnerabilitySummary{
 			Critical: 2, High: 7, Medium: 11, Low: 3, Unknown: 1, Fixable: 9, Total: 24,
 		},
@@ -82,13 +83,14 @@ func TestKubectlShowsReports(t *testing.T) {
 	g.Expect(row).To(HaveKeyWithValue("FIXABLE", "9"))
 	g.Expect(row).To(HaveKeyWithValue("READY", "True"))
 
-	// The digest and unknown count are in the wide view only.
+	// The digest, platform and unknown count are in the wide view only.
 	out, err = env.RunKubectl(ctx, "get", "isr", "-n", "team-kubectl", "-o", "wide")
 	g.Expect(err).NotTo(HaveOccurred())
 	rows = table(out)
-	g.Expect(rows[0]).To(ContainElements("DIGEST", "UNKNOWN"))
+	g.Expect(rows[0]).To(ContainElements("DIGEST", "PLATFORM", "UNKNOWN"))
 	row = rowOf(rows, "app-0123456789ab")
 	g.Expect(row).To(HaveKeyWithValue("DIGEST", testDigest))
+	g.Expect(row).To(HaveKeyWithValue("PLATFORM", "linux/arm64"))
 	g.Expect(row).To(HaveKeyWithValue("UNKNOWN", "1"))
 }
 
