@@ -367,10 +367,15 @@ func DBArchive(dir string) ([]byte, error) {
 	if _, err := os.Stat(filepath.Join(dbDir, "trivy.db")); err != nil {
 		dbDir = dir
 	}
+	return archiveOf(dbDir, "trivy.db", "metadata.json")
+}
+
+// archiveOf returns a gzip tar of the files names of dir, at its root.
+func archiveOf(dbDir string, names ...string) ([]byte, error) {
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
 	tw := tar.NewWriter(zw)
-	for _, n := range []string{"trivy.db", "metadata.json"} {
+	for _, n := range names {
 		b, err := os.ReadFile(filepath.Join(dbDir, n))
 		if err != nil {
 			return nil, err
@@ -411,7 +416,12 @@ func OneLayerArtifact(layer []byte, mediaType types.MediaType) (v1.Image, error)
 // The manifest is written by hand, as oras does, rather than through mutate, which would turn the
 // config into an image config.
 func DBArtifact(archive []byte) (v1.Image, error) {
-	layer := &blobLayer{b: archive, mt: DBLayerMediaType}
+	return oneArchiveArtifact(archive, DBLayerMediaType, DBArchiveName)
+}
+
+// oneArchiveArtifact is DBArtifact for a layer of mediaType named title.
+func oneArchiveArtifact(archive []byte, mediaType types.MediaType, title string) (v1.Image, error) {
+	layer := &blobLayer{b: archive, mt: mediaType}
 	layerDigest, _, err := v1.SHA256(bytes.NewReader(archive))
 	if err != nil {
 		return nil, err
@@ -427,10 +437,10 @@ func DBArtifact(archive []byte) (v1.Image, error) {
 		MediaType:     types.OCIManifestSchema1,
 		Config:        v1.Descriptor{MediaType: DBConfigMediaType, Digest: configDigest, Size: int64(len(config))},
 		Layers: []v1.Descriptor{{
-			MediaType:   DBLayerMediaType,
+			MediaType:   mediaType,
 			Digest:      layerDigest,
 			Size:        int64(len(archive)),
-			Annotations: map[string]string{DBTitleAnnotation: DBArchiveName},
+			Annotations: map[string]string{DBTitleAnnotation: title},
 		}},
 	})
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,12 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	bolt "go.etcd.io/bbolt"
 
+	// The SQLite driver of the Java DB (and of RPM databases), as Trivy's own main imports it.
+	_ "modernc.org/sqlite"
+
+	javadb "github.com/aquasecurity/trivy-java-db/pkg/db"
+	trivydb "github.com/aquasecurity/trivy/pkg/db"
+
 	"github.com/imageguard/imageguard/internal/registry"
 )
 
@@ -27,13 +34,54 @@ const (
 	LayerMediaType = "application/vnd.aquasec.trivy.db.layer.v1.tar+gzip"
 	// SchemaVersion is the DB schema this Trivy reads.
 	SchemaVersion = 2
+	// JavaLayerMediaType is the media type of the one layer of Trivy's Java DB artifact.
+	JavaLayerMediaType = "application/vnd.aquasec.trivy.javadb.layer.v1.tar+gzip"
+	// JavaSchemaVersion is the Java DB schema this Trivy reads (trivy-java-db's db.SchemaVersion).
+	JavaSchemaVersion = javadb.SchemaVersion
 
-	dbFile       = "trivy.db"
 	metadataFile = "metadata.json"
 	digestFile   = "artifact-digest"
 	// sourceFile names the repository the DB was downloaded from.
 	sourceFile = "artifact-source"
 )
+
+// Artifact is a DB a Manager keeps current: Trivy's vulnerability DB or its Java DB. Both are OCI
+// artifacts of one gzip tar layer holding the DB file and metadata.json.
+type Artifact struct {
+	// Name is what logs and errors call it.
+	Name string
+	// Folder is its folder under the cache folder.
+	Folder string
+	// LayerMediaType is the media type of the artifact's one layer.
+	LayerMediaType string
+	// File is the DB file beside metadata.json.
+	File string
+	// SchemaVersion is the metadata version this Trivy reads.
+	SchemaVersion int
+	// DefaultRepositories are the public repositories of the artifact, tried in order.
+	DefaultRepositories []string
+	// verify checks that the DB file opens and holds what Trivy reads.
+	verify func(path string) error
+	// open makes the DB in dir the one Trivy reads; close closes it (both nil: the DB is read
+	// from its folder by whoever holds it, see Manager.Dir).
+	open  func(dir string) error
+	close func() error
+}
+
+// VulnerabilityDB is Trivy's vulnerability DB, opened as Trivy's process-global DB.
+var VulnerabilityDB = &Artifact{
+	Name: "vulnerability DB", Folder: "db", LayerMediaType: LayerMediaType, File: "trivy.db", SchemaVersion: SchemaVersion,
+	DefaultRepositories: []string{"mirror.gcr.io/aquasec/trivy-db:2", "ghcr.io/aquasecurity/trivy-db:2"},
+	verify:              verifyBolt, open: func(dir string) error { return trivydb.Init(dir) }, close: trivydb.Close,
+}
+
+// JavaDB is Trivy's Java DB (Maven artifacts by SHA-1, for jar files without their Maven
+// properties). Analyses read it from its folder (Manager.Dir) through Trivy's javadb package.
+var JavaDB = &Artifact{
+	Name: "Java DB", Folder: "java-db", LayerMediaType: JavaLayerMediaType, File: "trivy-java.db", SchemaVersion: JavaSchemaVersion,
+	DefaultRepositories: []string{"mirror.gcr.io/aquasec/trivy-java-db:1", "ghcr.io/aquasecurity/trivy-java-db:1"},
+	verify:              verifySQLite,
+}
 
 // Metadata is the DB's metadata.json.
 type Metadata struct {
@@ -61,8 +109,8 @@ func (m *Manager) download(ctx context.Context, repo, digest, dir string) error 
 	if err != nil {
 		return registry.Classify(fmt.Errorf("reading the DB artifact's manifest: %w", err))
 	}
-	if len(manifest.Layers) != 1 || string(manifest.Layers[0].MediaType) != LayerMediaType {
-		return registry.Errorf(registry.KindUnsupported, "the artifact is not a Trivy DB: want one layer of media type %s", LayerMediaType)
+	if len(manifest.Layers) != 1 || string(manifest.Layers[0].MediaType) != m.art.LayerMediaType {
+		return registry.Errorf(registry.KindUnsupported, "the artifact is not a Trivy %s: want one layer of media type %s", m.art.Name, m.art.LayerMediaType)
 	}
 	desc := manifest.Layers[0]
 	if desc.Size > m.opts.MaxBytes {
@@ -79,7 +127,7 @@ func (m *Manager) download(ctx context.Context, repo, digest, dir string) error 
 	}
 	defer rc.Close()
 	// go-containerregistry verifies the layer's digest once it was read to its end.
-	if err := untarDB(io.LimitReader(rc, min(desc.Size, math.MaxInt64-1)+1), dir, m.opts.MaxBytes); err != nil {
+	if err := untarDB(io.LimitReader(rc, min(desc.Size, math.MaxInt64-1)+1), dir, m.art.File, m.opts.MaxBytes); err != nil {
 		if ctx.Err() != nil {
 			return registry.Errorf(registry.KindTimeout, "downloading the DB: %v", ctx.Err())
 		}
@@ -98,9 +146,9 @@ func nameOptions(ref name.Reference) []name.Option {
 	return nil
 }
 
-// untarDB extracts trivy.db and metadata.json from a gzip tar into dir; other entries are
-// skipped, and neither file may expand past maxBytes.
-func untarDB(r io.Reader, dir string, maxBytes int64) error {
+// untarDB extracts dbFile and metadata.json from a gzip tar into dir; other entries are skipped,
+// and neither file may expand past maxBytes.
+func untarDB(r io.Reader, dir, dbFile string, maxBytes int64) error {
 	zr, err := gzip.NewReader(r)
 	if err != nil {
 		return registry.Errorf(registry.KindUnsupported, "the DB layer is not gzip: %v", err)
@@ -153,13 +201,13 @@ func writeLimited(path string, r io.Reader, maxBytes int64) error {
 	return nil
 }
 
-// verifyDir checks that dir holds a DB this Trivy can read: metadata of schema version 2 and a
-// BoltDB with the buckets detection reads.
-func verifyDir(dir string) (_ *Metadata, err error) {
+// verifyDir checks that dir holds a DB of art this Trivy can read: metadata of its schema version
+// and a DB file with what Trivy reads.
+func verifyDir(art *Artifact, dir string) (_ *Metadata, err error) {
 	// bbolt panics on some corrupt pages: a bad DB is an error, not a crash.
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("%s is corrupt: %v", dbFile, p)
+			err = fmt.Errorf("%s is corrupt: %v", art.File, p)
 		}
 	}()
 	raw, err := os.ReadFile(filepath.Join(dir, metadataFile))
@@ -170,24 +218,57 @@ func verifyDir(dir string) (_ *Metadata, err error) {
 	if err := json.Unmarshal(raw, meta); err != nil {
 		return nil, fmt.Errorf("malformed %s: %w", metadataFile, err)
 	}
-	if meta.Version != SchemaVersion {
-		return nil, fmt.Errorf("schema version %d, this ImageGuard reads version %d", meta.Version, SchemaVersion)
+	if meta.Version != art.SchemaVersion {
+		return nil, fmt.Errorf("%s schema version %d, this ImageGuard reads version %d", art.Name, meta.Version, art.SchemaVersion)
 	}
-	db, err := bolt.Open(filepath.Join(dir, dbFile), 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	if err := art.verify(filepath.Join(dir, art.File)); err != nil {
+		return nil, fmt.Errorf("%s: %w", art.File, err)
+	}
+	return meta, nil
+}
+
+// verifyBolt checks that path is a BoltDB with the bucket Trivy's detection reads.
+func verifyBolt(path string) error {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
 	if err != nil {
-		return nil, fmt.Errorf("%s does not open as a BoltDB: %w", dbFile, err)
+		return fmt.Errorf("it does not open as a BoltDB: %w", err)
 	}
 	defer db.Close()
-	err = db.View(func(tx *bolt.Tx) error {
+	return db.View(func(tx *bolt.Tx) error {
 		if tx.Bucket([]byte("vulnerability")) == nil {
 			return errors.New("it has no vulnerability bucket")
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", dbFile, err)
+}
+
+// verifySQLite checks that path is a SQLite DB with the tables Trivy's Java DB client reads, and
+// that SQLite finds it intact.
+func verifySQLite(path string) error {
+	if _, err := os.Stat(path); err != nil {
+		return err
 	}
-	return meta, nil
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var check string
+	if err := db.QueryRowContext(ctx, "PRAGMA quick_check").Scan(&check); err != nil {
+		return fmt.Errorf("it does not open as a SQLite DB: %w", err)
+	}
+	if check != "ok" {
+		return fmt.Errorf("SQLite finds it corrupt: %s", check)
+	}
+	for _, table := range []string{"artifacts", "indices"} {
+		var n int
+		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", table).Scan(&n); err != nil || n != 1 {
+			return fmt.Errorf("it has no %s table", table)
+		}
+	}
+	return nil
 }
 
 func fileDigest(path string) (string, error) {

@@ -26,15 +26,13 @@ import (
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
-	trivydb "github.com/aquasecurity/trivy/pkg/db"
-
 	"github.com/imageguard/imageguard/internal/durable"
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
 )
 
-// DefaultRepositories are the public DB repositories, tried in order.
-var DefaultRepositories = []string{"mirror.gcr.io/aquasec/trivy-db:2", "ghcr.io/aquasecurity/trivy-db:2"}
+// DefaultRepositories are the public vulnerability DB repositories, tried in order.
+var DefaultRepositories = VulnerabilityDB.DefaultRepositories
 
 // DefaultCheckTimeout bounds one check for a new DB, its download included.
 const DefaultCheckTimeout = 15 * time.Minute
@@ -48,16 +46,26 @@ var ErrNoDB = errors.New("no vulnerability DB is loaded yet")
 
 // Options configure a Manager.
 type Options struct {
+	// Artifact is the DB kept current; nil is VulnerabilityDB.
+	Artifact *Artifact
+	// OnDemand downloads nothing until Want is called, unless the cache holds a DB from an
+	// earlier run: a cluster that never needs the DB never downloads it. Once loaded, the DB is
+	// checked every CheckInterval as any other.
+	OnDemand bool
+	// WantRetry is how soon after a failed check a Want asks again while no DB is loaded; 0
+	// means a minute.
+	WantRetry time.Duration
 	// Repositories of the DB artifact, tried in order.
 	Repositories []string
 	// CheckInterval is how often the repositories are checked for a new DB.
 	CheckInterval time.Duration
 	// CheckTimeout bounds one check, a download included; 0 means DefaultCheckTimeout.
 	CheckTimeout time.Duration
-	// LocalPath is a folder holding trivy.db and metadata.json; when set the Manager serves it
-	// and never downloads.
+	// LocalPath is a folder holding the DB file (trivy.db, trivy-java.db) and metadata.json;
+	// when set the Manager serves it and never downloads.
 	LocalPath string
-	// CacheDir holds the downloaded DB (under db/), so a restart serves it at once.
+	// CacheDir holds the downloaded DB (under the artifact's Folder), so a restart serves it at
+	// once.
 	CacheDir string
 	// Registry reaches the repositories; Keychain has their credentials (nil: anonymous).
 	Registry *registry.Client
@@ -87,9 +95,13 @@ type State struct {
 	LastErr   error
 }
 
-// Manager owns Trivy's process-global DB. It implements scanner.DB and manager.Runnable.
+// Manager keeps one DB (its Artifact) current; for the vulnerability DB it owns Trivy's
+// process-global DB. It implements scanner.DB, scanner.JavaDB and manager.Runnable.
 type Manager struct {
 	opts Options
+	art  *Artifact
+	// wanted is signalled by Want.
+	wanted chan struct{}
 
 	mu      sync.RWMutex
 	info    *scanner.DBInfo
@@ -107,11 +119,15 @@ type Manager struct {
 
 // New returns a Manager for opts.
 func New(opts Options) (*Manager, error) {
+	art := opts.Artifact
+	if art == nil {
+		art = VulnerabilityDB
+	}
 	if opts.LocalPath == "" && len(opts.Repositories) == 0 {
-		return nil, errors.New("vulndb: a DB repository or a local DB path is required")
+		return nil, fmt.Errorf("vulndb: a %s repository or a local path is required", art.Name)
 	}
 	if opts.LocalPath == "" && opts.CacheDir == "" {
-		return nil, errors.New("vulndb: a cache folder is required to download the DB")
+		return nil, fmt.Errorf("vulndb: a cache folder is required to download the %s", art.Name)
 	}
 	if opts.CheckInterval <= 0 {
 		opts.CheckInterval = time.Hour
@@ -131,8 +147,60 @@ func New(opts Options) (*Manager, error) {
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
 	}
-	return &Manager{opts: opts}, nil
+	if opts.WantRetry <= 0 {
+		opts.WantRetry = time.Minute
+	}
+	return &Manager{opts: opts, art: art, wanted: make(chan struct{}, 1)}, nil
 }
+
+// Artifact returns the DB this Manager keeps current.
+func (m *Manager) Artifact() *Artifact { return m.art }
+
+// Want asks an OnDemand Manager to download its DB now, if it has none; it returns at once.
+func (m *Manager) Want() {
+	select {
+	case m.wanted <- struct{}{}:
+	default:
+	}
+}
+
+// Dir returns the folder of the DB in use, which does not change while a View runs; false before
+// any DB was loaded.
+func (m *Manager) Dir() (string, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.info == nil {
+		return "", false
+	}
+	return m.dirLocked(), true
+}
+
+func (m *Manager) dirLocked() string {
+	if m.opts.LocalPath != "" {
+		return m.opts.LocalPath
+	}
+	return m.currentDir()
+}
+
+// ViewDir runs fn with the folder of the DB in use, which is not swapped until fn returns; with ""
+// before any DB was loaded. The scanner analyses jar files under it (scanner.JavaDB).
+func (m *Manager) ViewDir(fn func(dir string) error) error {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.info == nil {
+		return fn("")
+	}
+	return fn(m.dirLocked())
+}
+
+// Loaded reports whether a DB is loaded.
+func (m *Manager) Loaded() bool {
+	_, ok := m.Info()
+	return ok
+}
+
+// folder is the artifact's folder in the cache.
+func (m *Manager) folder() string { return filepath.Join(m.opts.CacheDir, m.art.Folder) }
 
 // View runs fn with the current DB, which cannot be swapped until fn returns.
 func (m *Manager) View(fn func(scanner.DBInfo) error) error {
@@ -241,18 +309,42 @@ func (m *Manager) Start(ctx context.Context) error {
 		return m.Close()
 	}
 	m.openCache()
-	for {
-		cctx, cancel := context.WithTimeout(ctx, m.opts.CheckTimeout)
-		if _, err := m.Check(cctx); err != nil && ctx.Err() == nil {
-			log.Error(err, "Checking for a new vulnerability DB failed; the current DB keeps serving")
-		}
-		cancel()
-		// Jitter spreads the checks of many clusters behind one mirror.
-		wait := m.opts.CheckInterval + time.Duration(rand.Int64N(int64(m.opts.CheckInterval/10)+1))
+	if _, loaded := m.Info(); m.opts.OnDemand && !loaded {
+		m.opts.Log.Info("Not downloading the "+m.art.Name+" until an image needs it", "repositories", m.opts.Repositories)
 		select {
 		case <-ctx.Done():
 			return m.Close()
-		case <-time.After(wait):
+		case <-m.wanted:
+		}
+	}
+	for {
+		cctx, cancel := context.WithTimeout(ctx, m.opts.CheckTimeout)
+		if _, err := m.Check(cctx); err != nil && ctx.Err() == nil {
+			log.Error(err, "Checking for a new "+m.art.Name+" failed; the current one keeps serving", "artifact", m.art.Name)
+		}
+		cancel()
+		checked := time.Now()
+		// Jitter spreads the checks of many clusters behind one mirror.
+		wait := m.opts.CheckInterval + time.Duration(rand.Int64N(int64(m.opts.CheckInterval/10)+1))
+	waiting:
+		for {
+			// While no DB is loaded, an image that needs it asks again, at most every WantRetry.
+			var wanted <-chan struct{}
+			if !m.Loaded() {
+				wanted = m.wanted
+			}
+			select {
+			case <-ctx.Done():
+				return m.Close()
+			case <-time.After(wait):
+				break waiting
+			case <-wanted:
+				if early := m.opts.WantRetry - time.Since(checked); early > 0 {
+					wait = min(wait, early)
+					continue
+				}
+				break waiting
+			}
 		}
 	}
 }
@@ -264,7 +356,7 @@ func (m *Manager) openCache() {
 		m.opts.Log.Error(err, "Cleaning what an interrupted download or swap left in the cache")
 	}
 	if err := m.loadCached(); err != nil {
-		m.opts.Log.Info("No usable downloaded DB in the cache; downloading", "reason", err.Error())
+		m.opts.Log.Info("No usable downloaded "+m.art.Name+" in the cache", "reason", err.Error())
 	}
 }
 
@@ -291,7 +383,10 @@ func (m *Manager) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.info = nil
-	return trivydb.Close()
+	if m.art.close == nil {
+		return nil
+	}
+	return m.art.close()
 }
 
 func (m *Manager) setErr(err error) error {
@@ -315,16 +410,16 @@ func (m *Manager) beginDownload(digest string) (func(), error) {
 	// One mark per digest, so that another repository's DB does not erase this one's history.
 	name, err := scanner.DigestFileName(digest)
 	if err != nil {
-		return nil, fmt.Errorf("the DB artifact: %w", err)
+		return nil, fmt.Errorf("the %s artifact: %w", m.art.Name, err)
 	}
-	p := filepath.Join(m.opts.CacheDir, "db", "downloading-"+name)
+	p := filepath.Join(m.folder(), "downloading-"+name)
 	// A missing or unreadable mark is no mark.
 	prev, _ := scanner.ReadCrashMark(p)
 	now := time.Now()
 	if until, refused := prev.RefusedUntil(DownloadCrashLimit, DownloadRetryAfter, now); refused {
 		return nil, &registry.Error{Kind: registry.KindAnalysisCrashed, RetryAfter: until.Sub(now),
-			Err: fmt.Errorf("downloading or opening the DB %s stopped the controller %d times; it is tried again after %s",
-				digest, prev.Attempts, until.UTC().Format(time.RFC3339))}
+			Err: fmt.Errorf("downloading or opening the %s %s stopped the controller %d times; it is tried again after %s",
+				m.art.Name, digest, prev.Attempts, until.UTC().Format(time.RFC3339))}
 	}
 	if err := scanner.WriteCrashMark(p, scanner.CrashMark{Attempts: prev.Attempts + 1, LastStart: now.UTC()}); err != nil {
 		return nil, err
@@ -333,14 +428,14 @@ func (m *Manager) beginDownload(digest string) (func(), error) {
 }
 
 // currentDir is where the downloaded DB in use lives.
-func (m *Manager) currentDir() string { return filepath.Join(m.opts.CacheDir, "db", "current") }
+func (m *Manager) currentDir() string { return filepath.Join(m.folder(), "current") }
 
 // LoadLocal loads the DB of LocalPath.
 func (m *Manager) LoadLocal() error {
 	defer m.checkEnded()
-	meta, err := verifyDir(m.opts.LocalPath)
+	meta, err := verifyDir(m.art, m.opts.LocalPath)
 	if err != nil {
-		return m.setErr(fmt.Errorf("the local DB at %s: %w", m.opts.LocalPath, err))
+		return m.setErr(fmt.Errorf("the local %s at %s: %w", m.art.Name, m.opts.LocalPath, err))
 	}
 	digest, err := m.localDigest()
 	if err != nil {
@@ -362,7 +457,7 @@ type origin struct {
 // it into place or does not verify. Only one process writes the cache (the chart refuses a
 // shared volume), so nothing here is another's work in progress.
 func (m *Manager) cleanLeftovers() error {
-	root := filepath.Join(m.opts.CacheDir, "db")
+	root := m.folder()
 	entries, err := os.ReadDir(root)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -373,14 +468,14 @@ func (m *Manager) cleanLeftovers() error {
 	var errs []error
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), ".download-") {
-			m.opts.Log.Info("Removing an interrupted DB download", "folder", e.Name())
+			m.opts.Log.Info("Removing an interrupted "+m.art.Name+" download", "folder", e.Name())
 			errs = append(errs, os.RemoveAll(filepath.Join(root, e.Name())))
 		}
 	}
 	current := m.currentDir()
 	old := current + ".old"
 	if _, err := os.Stat(old); err == nil {
-		if _, cerr := verifyDir(current); cerr != nil {
+		if _, cerr := verifyDir(m.art, current); cerr != nil {
 			m.opts.Log.Info("Putting back the DB an interrupted swap moved aside", "reason", cerr.Error())
 			errs = append(errs, os.RemoveAll(current), durable.Rename(old, current))
 		} else {
@@ -394,7 +489,7 @@ func (m *Manager) cleanLeftovers() error {
 // loadCached serves the DB a previous run downloaded.
 func (m *Manager) loadCached() error {
 	dir := m.currentDir()
-	meta, err := verifyDir(dir)
+	meta, err := verifyDir(m.art, dir)
 	if err != nil {
 		return err
 	}
@@ -441,7 +536,7 @@ func (m *Manager) checkRepository(ctx context.Context, repo string) (bool, error
 	if info, ok := m.Info(); ok && info.Digest == digest {
 		return false, nil
 	}
-	if err := os.MkdirAll(filepath.Join(m.opts.CacheDir, "db"), 0o750); err != nil {
+	if err := os.MkdirAll(m.folder(), 0o750); err != nil {
 		return false, err
 	}
 	// Marked first, so that a DB whose download or opening takes the process down is not
@@ -451,7 +546,7 @@ func (m *Manager) checkRepository(ctx context.Context, repo string) (bool, error
 		return false, err
 	}
 	defer end()
-	staging, err := os.MkdirTemp(filepath.Join(m.opts.CacheDir, "db"), ".download-")
+	staging, err := os.MkdirTemp(m.folder(), ".download-")
 	if err != nil {
 		return false, err
 	}
@@ -459,9 +554,9 @@ func (m *Manager) checkRepository(ctx context.Context, repo string) (bool, error
 	if err := m.download(ctx, repo, digest, staging); err != nil {
 		return false, err
 	}
-	meta, err := verifyDir(staging)
+	meta, err := verifyDir(m.art, staging)
 	if err != nil {
-		return false, fmt.Errorf("the downloaded DB %s: %w", digest, err)
+		return false, fmt.Errorf("the downloaded %s %s: %w", m.art.Name, digest, err)
 	}
 	// Every file and the folder are on disk before the folder is renamed into place.
 	if err := durable.WriteFile(filepath.Join(staging, digestFile), []byte(digest+"\n"), 0o640); err != nil {
@@ -474,7 +569,7 @@ func (m *Manager) checkRepository(ctx context.Context, repo string) (bool, error
 	if err := m.swap(staging, m.currentDir(), scanner.DBInfo{UpdatedAt: meta.UpdatedAt, Digest: digest}, o); err != nil {
 		return false, err
 	}
-	m.opts.Log.Info("Vulnerability DB updated", "repository", repo, "digest", digest, "updatedAt", meta.UpdatedAt)
+	m.opts.Log.Info("DB updated", "artifact", m.art.Name, "repository", repo, "digest", digest, "updatedAt", meta.UpdatedAt)
 	return true, nil
 }
 
@@ -483,8 +578,10 @@ func (m *Manager) checkRepository(ctx context.Context, repo string) (bool, error
 func (m *Manager) swap(src, dst string, info scanner.DBInfo, o origin) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if err := trivydb.Close(); err != nil {
-		return err
+	if m.art.close != nil {
+		if err := m.art.close(); err != nil {
+			return err
+		}
 	}
 	dir := src
 	var old string
@@ -502,7 +599,7 @@ func (m *Manager) swap(src, dst string, info scanner.DBInfo, o origin) error {
 		}
 		dir = dst
 	}
-	if err := trivydb.Init(dir); err != nil {
+	if err := m.openLocked(dir); err != nil {
 		if dst != "" {
 			_ = os.RemoveAll(dst)
 			m.restoreLocked(old, dst)
@@ -531,15 +628,19 @@ func (m *Manager) reopenLocked(cause error) error {
 	if m.info == nil {
 		return cause
 	}
-	dir := m.currentDir()
-	if m.opts.LocalPath != "" {
-		dir = m.opts.LocalPath
-	}
-	if err := trivydb.Init(dir); err != nil {
+	if err := m.openLocked(m.dirLocked()); err != nil {
 		m.info = nil
-		return errors.Join(cause, fmt.Errorf("reopening the previous DB: %w", err))
+		return errors.Join(cause, fmt.Errorf("reopening the previous %s: %w", m.art.Name, err))
 	}
 	return cause
+}
+
+// openLocked opens the DB in dir as the artifact's Trivy DB, if it has one to open.
+func (m *Manager) openLocked(dir string) error {
+	if m.art.open == nil {
+		return nil
+	}
+	return m.art.open(dir)
 }
 
 // HashedFiles counts the DB files this process hashed to learn their digest (local DBs whose
@@ -560,7 +661,7 @@ type localIdentity struct {
 // size, modification time and metadata are those it was computed for, else hashed (and kept).
 // Hashing a DB of a gigabyte takes seconds; a stat and a small read do not.
 func (m *Manager) localDigest() (string, error) {
-	path := filepath.Join(m.opts.LocalPath, dbFile)
+	path := filepath.Join(m.opts.LocalPath, m.art.File)
 	fi, err := os.Stat(path)
 	if err != nil {
 		return "", err
@@ -573,7 +674,7 @@ func (m *Manager) localDigest() (string, error) {
 	id := localIdentity{Path: path, Size: fi.Size(), ModTime: fi.ModTime().UnixNano(), Metadata: hex.EncodeToString(sum[:])}
 	var kept string
 	if m.opts.CacheDir != "" {
-		kept = filepath.Join(m.opts.CacheDir, "db", "local-identity.json")
+		kept = filepath.Join(m.folder(), "local-identity.json")
 		var prev localIdentity
 		if raw, err := os.ReadFile(kept); err == nil && json.Unmarshal(raw, &prev) == nil {
 			want := prev

@@ -182,7 +182,7 @@ func TestOldDBKeepsServingWhenTheNewOneIsBad(t *testing.T) {
 			publish: func(t *testing.T, f *fixture) {
 				f.reg.Push(t, "aquasecurity/trivy-db", "2", artifact(t, good(t), types.OCILayer))
 			},
-			wantErr: "not a Trivy DB",
+			wantErr: "not a Trivy vulnerability DB",
 		},
 		"a DB of another schema": {
 			publish: func(t *testing.T, f *fixture) {

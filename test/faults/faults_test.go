@@ -646,7 +646,7 @@ func TestFaults(t *testing.T) {
 			a := dbArchive(t, dbSpec(t, ""))
 			reg.Push(t, dbRepo, "2", dbArtifact(t, a[:len(a)/2], testutil.DBLayerMediaType))
 		}},
-		{"DB artifact of a wrong media type", "UnsupportedImage: the artifact is not a Trivy DB", func(t *testing.T) {
+		{"DB artifact of a wrong media type", "UnsupportedImage: the artifact is not a Trivy vulnerability DB", func(t *testing.T) {
 			reg.Push(t, dbRepo, "2", dbArtifact(t, dbArchive(t, dbSpec(t, "")), types.OCILayer))
 		}},
 	}
