@@ -61,6 +61,15 @@ type VulnerabilityDB interface {
 	Checked() <-chan event.TypedGenericEvent[vulndb.State]
 }
 
+// JavaDB is what the report controller needs of the Java DB manager.
+type JavaDB interface {
+	Info() (scanner.DBInfo, bool)
+	// Subscribe returns a channel that gets an event after each Java DB swap.
+	Subscribe() <-chan event.TypedGenericEvent[scanner.DBInfo]
+	// Want asks for the Java DB when none is loaded (the manager paces its tries).
+	Want()
+}
+
 // ImageScanReportReconciler fills a report's status from the scanner: the kept inventory of its
 // digest (one analysis cluster-wide) matched against the current DB.
 type ImageScanReportReconciler struct {
@@ -68,7 +77,10 @@ type ImageScanReportReconciler struct {
 	APIReader client.Reader
 	Scanner   ImageScanner
 	DB        VulnerabilityDB
-	Recorder  recorder.EventRecorder
+	// JavaDB, when set, queues the reports of images whose Java archives waited for it when it
+	// is loaded or swapped.
+	JavaDB   JavaDB
+	Recorder recorder.EventRecorder
 	// MaxBytes bounds the encoded size of a report.
 	MaxBytes int
 	// RescanInterval is when a report is checked again without any event (with 10% jitter).
@@ -305,6 +317,12 @@ func (r *ImageScanReportReconciler) current(report *securityv1alpha1.ImageScanRe
 	if report.Status.ObservedGeneration != report.Generation ||
 		!meta.IsStatusConditionTrue(report.Status.Conditions, securityv1alpha1.ConditionScanned) {
 		return false
+	}
+	if r.JavaDB != nil && meta.FindStatusCondition(report.Status.Conditions, securityv1alpha1.ConditionScanned).Reason == securityv1alpha1.ReasonJavaDBUnavailable {
+		if _, loaded := r.JavaDB.Info(); loaded {
+			return false // its jars are analysed now
+		}
+		r.JavaDB.Want()
 	}
 	if st := report.Status.VulnerabilityDB; st != nil && st.Digest == db.Digest {
 		return true
@@ -582,7 +600,14 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		reqs, _ := reportRequests(ctx, r.Client, client.InNamespace(obj.GetNamespace()))
 		return reqs
 	})
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr)
+	if r.JavaDB != nil {
+		b = b.WatchesRawSource(source.Channel(r.JavaDB.Subscribe(), handler.TypedEnqueueRequestsFromMapFunc(
+			func(ctx context.Context, _ scanner.DBInfo) []reconcile.Request {
+				return waitingForJavaDB(ctx, r.Client)
+			})))
+	}
+	return b.
 		For(&securityv1alpha1.ImageScanReport{}).
 		WatchesRawSource(source.Channel(r.DB.Subscribe(), allReports)).
 		WatchesRawSource(source.Channel(r.reanalysed, &handler.EnqueueRequestForObject{})).
@@ -602,6 +627,22 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: r.Concurrency, ReconciliationTimeout: r.Timeout}).
 		Complete(r)
+}
+
+// waitingForJavaDB returns a request for each report whose image's Java archives were not analysed
+// for want of the Java DB.
+func waitingForJavaDB(ctx context.Context, c client.Reader) []reconcile.Request {
+	reports := &securityv1alpha1.ImageScanReportList{}
+	if err := c.List(ctx, reports); err != nil {
+		return nil
+	}
+	var reqs []reconcile.Request
+	for _, rep := range reports.Items {
+		if cond := meta.FindStatusCondition(rep.Status.Conditions, securityv1alpha1.ConditionScanned); cond != nil && cond.Reason == securityv1alpha1.ReasonJavaDBUnavailable {
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name}})
+		}
+	}
+	return reqs
 }
 
 // reportRequests returns a request for each report c lists with opts.

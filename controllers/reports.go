@@ -174,10 +174,20 @@ func applyScan(report *securityv1alpha1.ImageScanReport, s ScanStatus) {
 	st.LastAnalysisTime = &s.AnalyzedAt
 	st.ObservedGeneration = report.Generation
 	// No DB date in the message: a re-match that finds the same must not change the status.
-	setCondition(report, securityv1alpha1.ConditionScanned, metav1.ConditionTrue, securityv1alpha1.ReasonScanSucceeded,
-		"the image's packages were matched against the vulnerability DB")
-	setCondition(report, securityv1alpha1.ConditionReady, metav1.ConditionTrue, securityv1alpha1.ReasonScanSucceeded,
-		summaryMessage(st.Summary))
+	if res.JavaArchives > 0 {
+		// Not a silent gap: the findings lack the Java archives' packages until a Java DB is
+		// loaded, when the image is analysed again.
+		gap := fmt.Sprintf("%d Java archives (jar, war, ear, par) were not analysed: no Java DB is loaded yet (--java-db-repository, --java-db-path); the image is analysed again once one is", res.JavaArchives)
+		setCondition(report, securityv1alpha1.ConditionScanned, metav1.ConditionTrue, securityv1alpha1.ReasonJavaDBUnavailable,
+			"the image's packages were matched against the vulnerability DB; "+gap)
+		setCondition(report, securityv1alpha1.ConditionReady, metav1.ConditionTrue, securityv1alpha1.ReasonJavaDBUnavailable,
+			summaryMessage(st.Summary)+"; "+gap)
+	} else {
+		setCondition(report, securityv1alpha1.ConditionScanned, metav1.ConditionTrue, securityv1alpha1.ReasonScanSucceeded,
+			"the image's packages were matched against the vulnerability DB")
+		setCondition(report, securityv1alpha1.ConditionReady, metav1.ConditionTrue, securityv1alpha1.ReasonScanSucceeded,
+			summaryMessage(st.Summary))
+	}
 	removeCondition(report, securityv1alpha1.ConditionReconciling)
 	removeCondition(report, securityv1alpha1.ConditionStalled)
 	// Last, so that everything else in the object is measured.

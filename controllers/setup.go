@@ -24,9 +24,11 @@ import (
 
 // Options configure the reconcilers.
 type Options struct {
-	Registry           *registry.Client
-	Scanner            ImageScanner
-	DB                 VulnerabilityDB
+	Registry *registry.Client
+	Scanner  ImageScanner
+	DB       VulnerabilityDB
+	// JavaDB is the Java DB the scanner's jar analyzer reads; nil: none.
+	JavaDB             JavaDB
 	ScanConcurrency    int
 	ReportMaxBytes     int
 	ReportRetention    time.Duration
@@ -124,7 +126,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		return err
 	}
 	reports := &ImageScanReportReconciler{
-		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scanner: opts.Scanner, DB: opts.DB,
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scanner: opts.Scanner, DB: opts.DB, JavaDB: opts.JavaDB,
 		Recorder: mgr.GetEventRecorder("imageguard"), MaxBytes: opts.ReportMaxBytes,
 		RescanInterval: opts.RescanInterval, Concurrency: opts.ScanConcurrency,
 		ExcludedNamespaces: opts.ExcludedNamespaces, Clock: opts.Clock,
@@ -195,6 +197,14 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		return info.UpdatedAt, ok
 	}); err != nil {
 		return err
+	}
+	if opts.JavaDB != nil {
+		if err := metrics.RegisterJavaDBAge(func() (time.Time, bool) {
+			info, ok := opts.JavaDB.Info()
+			return info.UpdatedAt, ok
+		}); err != nil {
+			return err
+		}
 	}
 	if layers, ok := opts.Scanner.(interface {
 		LayerCacheStats() (scanner.LayerCacheStats, bool)

@@ -43,6 +43,7 @@ updatedAt: 2026-11-01T00:00:00Z
 advisories:
 - {id: CVE-2026-1001, ecosystem: alpine 3.22, package: openssl, fixedVersion: 3.5.2-r0, severity: CRITICAL}
 - {id: CVE-2026-1002, ecosystem: alpine 3.22, package: busybox, fixedVersion: 1.37.0-r20, severity: HIGH}
+- {id: CVE-2026-5301, ecosystem: "maven::GitHub Security Advisory Maven", package: "org.apache.logging.log4j:log4j-core", vulnerableVersions: ["<2.20.0"], patchedVersions: ["2.20.0"], severity: CRITICAL}
 `
 
 func TestMain(m *testing.M) {

@@ -35,6 +35,9 @@ const (
 const (
 	// ReasonScanSucceeded says the image was analysed and matched against the current DB.
 	ReasonScanSucceeded = "ScanSucceeded"
+	// ReasonJavaDBUnavailable says the image was scanned but its Java archives were not
+	// analysed, for want of the Java DB: the findings lack their packages until it is loaded.
+	ReasonJavaDBUnavailable = "JavaDBUnavailable"
 
 	// ReasonScanPending says the report exists but its first scan has not finished yet (set by the
 	// pod controller when it creates the report).

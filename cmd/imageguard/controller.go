@@ -57,23 +57,25 @@ type controllerOptions struct {
 	KubeAPIQPS               float32
 	KubeAPIBurst             int
 	DB                       dbOptions
-	Registry                 registryOptions
-	Limits                   limitOptions
-	MemoryLimitRatio         float64
-	AnalysisMemory           int64
-	LayerCacheMaxBytes       int64
-	CacheDir                 string
-	MetricsAddr              string
-	MetricsSecure            bool
-	EnableHTTP2              bool
-	ProbeAddr                string
-	ReceiverAddr             string
-	RegistryScanQPS          float64
-	LeaderElect              bool
-	LeaderElectID            string
-	LeaderElectNS            string
-	Webhook                  webhookOptions
-	Zap                      zap.Options
+	// JavaDB are the Java DB's repositories and local folder.
+	JavaDB             javaDBOptions
+	Registry           registryOptions
+	Limits             limitOptions
+	MemoryLimitRatio   float64
+	AnalysisMemory     int64
+	LayerCacheMaxBytes int64
+	CacheDir           string
+	MetricsAddr        string
+	MetricsSecure      bool
+	EnableHTTP2        bool
+	ProbeAddr          string
+	ReceiverAddr       string
+	RegistryScanQPS    float64
+	LeaderElect        bool
+	LeaderElectID      string
+	LeaderElectNS      string
+	Webhook            webhookOptions
+	Zap                zap.Options
 }
 
 // webhookOptions configure admission: the webhook server and its certificates.
@@ -119,8 +121,22 @@ func (o *webhookOptions) bindFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.ScanQueueCapacity, "admission-scan-queue", 1024, "Images seen unscanned at admission whose reports wait to be created; beyond it the pod controller creates them when a pod runs.")
 }
 
+// javaDBOptions are the Java DB flags.
+type javaDBOptions struct {
+	Repositories []string
+	Path         string
+}
+
+func (o *javaDBOptions) bindFlags(fs *pflag.FlagSet) {
+	fs.StringSliceVar(&o.Repositories, "java-db-repository", vulndb.JavaDB.DefaultRepositories,
+		"OCI repositories of Trivy's Java DB artifact (about 1 GB unpacked), tried in order (comma list); downloaded when the first image with Java archives is analysed, then checked every --db-check-interval.")
+	fs.StringVar(&o.Path, "java-db-path", "",
+		"Folder holding a Trivy Java DB (trivy-java.db and metadata.json) to use as it is, never downloading: for air-gapped clusters.")
+}
+
 func (o *controllerOptions) bindFlags(fs *pflag.FlagSet) {
 	o.DB.bindFlags(fs)
+	o.JavaDB.bindFlags(fs)
 	fs.DurationVar(&o.DB.CheckInterval, "db-check-interval", time.Hour,
 		"How often the DB repositories are checked for a new DB (one manifest request when unchanged).")
 	fs.DurationVar(&o.DB.CheckTimeout, "db-check-timeout", vulndb.DefaultCheckTimeout,
@@ -248,13 +264,31 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 	if err := mgr.Add(db); err != nil {
 		return err
 	}
+	// The Java DB: the same manager, on demand (a cluster without Java images never downloads it).
+	javaDB, err := vulndb.New(vulndb.Options{
+		Artifact: vulndb.JavaDB, OnDemand: true,
+		Repositories:  opts.JavaDB.Repositories,
+		CheckInterval: opts.DB.CheckInterval,
+		CheckTimeout:  opts.DB.CheckTimeout,
+		LocalPath:     opts.JavaDB.Path,
+		CacheDir:      opts.CacheDir,
+		Registry:      reg,
+		MaxBytes:      opts.Limits.DBBytes,
+		Log:           ctrl.Log.WithName("javadb"),
+	})
+	if err != nil {
+		return err
+	}
+	if err := mgr.Add(javaDB); err != nil {
+		return err
+	}
 	worker, err := analysisWorker(opts)
 	if err != nil {
 		return err
 	}
 	s, err := scanner.New(scanner.Options{Worker: worker,
 		CacheDir: opts.CacheDir, Timeout: opts.ScanTimeout, Limits: opts.Limits.Image, CrashRetryAfter: opts.RescanInterval,
-		Concurrency: opts.ScanConcurrency, LayerCacheMaxBytes: opts.LayerCacheMaxBytes,
+		Concurrency: opts.ScanConcurrency, LayerCacheMaxBytes: opts.LayerCacheMaxBytes, JavaDB: javaDB,
 	}, reg, db)
 	if err != nil {
 		return err
@@ -290,7 +324,7 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 		AdmissionPolicies: admissionPolicies, PolicyReports: formats,
 		ReportRefreshInterval: opts.RefreshInterval, DBMaxAge: opts.DBMaxAge,
 		SignatureRecheckInterval: opts.SignatureRecheckInterval, Namespace: os.Getenv("POD_NAMESPACE"),
-		Registry: reg, Scanner: s, DB: db,
+		Registry: reg, Scanner: s, DB: db, JavaDB: javaDB,
 		ScanConcurrency: opts.ScanConcurrency, ReportMaxBytes: opts.ReportMaxBytes,
 		PodConcurrency: opts.PodConcurrency, ReconcileTimeout: opts.ReconcileTimeout, ScanTimeout: opts.ScanTimeout,
 		ReportRetention: opts.ReportRetention, RescanInterval: opts.RescanInterval,

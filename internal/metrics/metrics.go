@@ -75,27 +75,36 @@ func init() {
 		AdmissionDecisions, AdmissionDuration, NewVulnerabilities)
 }
 
-// dbAge is the gauge RegisterDBAge registered last.
-var dbAge prometheus.Collector
+// dbAges are the gauges RegisterDBAge registered last, by metric name.
+var dbAges = map[string]prometheus.Collector{}
 
 // RegisterDBAge exposes the build time of the vulnerability DB in use, read from info at scrape
 // time (0 before any DB is loaded). Registering again (a manager made anew in the same process)
 // replaces the earlier one.
 func RegisterDBAge(info func() (time.Time, bool)) error {
-	gauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "imageguard_vulnerability_db_updated_timestamp_seconds",
-		Help: "When the vulnerability DB in use was built, in seconds since the epoch.",
-	}, func() float64 {
+	return registerDBAge("imageguard_vulnerability_db_updated_timestamp_seconds",
+		"When the vulnerability DB in use was built, in seconds since the epoch.", info)
+}
+
+// RegisterJavaDBAge is RegisterDBAge for the Java DB (0 while none is loaded: an on-demand Java DB
+// is fetched when the first image with Java archives is analysed).
+func RegisterJavaDBAge(info func() (time.Time, bool)) error {
+	return registerDBAge("imageguard_java_db_updated_timestamp_seconds",
+		"When the Java DB in use was built, in seconds since the epoch; 0 while none is loaded.", info)
+}
+
+func registerDBAge(name, help string, info func() (time.Time, bool)) error {
+	gauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
 		t, ok := info()
 		if !ok {
 			return 0
 		}
 		return float64(t.Unix())
 	})
-	if dbAge != nil {
-		ctrlmetrics.Registry.Unregister(dbAge)
+	if old := dbAges[name]; old != nil {
+		ctrlmetrics.Registry.Unregister(old)
 	}
-	dbAge = gauge
+	dbAges[name] = gauge
 	return ctrlmetrics.Registry.Register(gauge)
 }
 

@@ -25,9 +25,16 @@ import (
 
 // disabledAnalyzers are Trivy's analyzers that find nothing the vulnerability match uses: what
 // `trivy image --scanners vuln` disables (lock files, removed apk packages, secrets, config files,
-// licenses, Dockerfile history, executables, RPM archives), plus jar files, whose analysis needs
-// the separate Java DB.
-func disabledAnalyzers() []analyzer.Type {
+// licenses, Dockerfile history, executables, RPM archives). Without a Java DB (javaDir empty)
+// jar files are not analysed, only counted; with one, they are analysed as Trivy does.
+func disabledAnalyzers(javaDir string) []analyzer.Type {
+	if javaDir != "" {
+		return append(trivyDisabledAnalyzers(), typeJavaArchives)
+	}
+	return append(trivyDisabledAnalyzers(), analyzer.TypeJar)
+}
+
+func trivyDisabledAnalyzers() []analyzer.Type {
 	disabled := append([]analyzer.Type{}, analyzer.TypeLockfiles...)
 	disabled = append(disabled, analyzer.TypeConfigFiles...)
 	return append(disabled,
@@ -39,7 +46,6 @@ func disabledAnalyzers() []analyzer.Type {
 		analyzer.TypeHistoryDockerfile,
 		analyzer.TypeExecutable,
 		analyzer.TypeRpmArchive,
-		analyzer.TypeJar,
 	)
 }
 
@@ -74,10 +80,16 @@ type layerCacheDir struct {
 }
 
 // analyze pulls ref's config and the layers the layer cache lacks, once each, and runs Trivy's
-// analyzers over them. img is ref's image when the caller fetched its manifest already, else nil.
+// analyzers over them. img is ref's image when the caller fetched its manifest already, else nil;
+// javaDir the folder of the Java DB, empty without one (jar files are then only counted).
 // It returns what it did with the layer cache (nil without one).
-func (s *Scanner) analyze(ctx context.Context, ref ImageRef, img v1.Image) (*Inventory, *LayerUse, error) {
+func (s *Scanner) analyze(ctx context.Context, ref ImageRef, img v1.Image, javaDir string) (*Inventory, *LayerUse, error) {
 	started := time.Now()
+	if javaDir != "" {
+		if err := useJavaDB(s.opts.TempDir, javaDir); err != nil {
+			return nil, &LayerUse{}, err
+		}
+	}
 	if img == nil {
 		parsed, err := s.registry.ParseReference(ref.String())
 		if err != nil {
@@ -118,7 +130,7 @@ func (s *Scanner) analyze(ctx context.Context, ref ImageRef, img v1.Image) (*Inv
 		defer view.Close()
 		blobs = view
 	}
-	detail, err := s.inspect(ctx, trivyImg, blobs)
+	detail, err := s.inspect(ctx, trivyImg, blobs, javaDir)
 	var use *LayerUse
 	if view != nil {
 		use = view.Use()
@@ -128,6 +140,7 @@ func (s *Scanner) analyze(ctx context.Context, ref ImageRef, img v1.Image) (*Inv
 	}
 	inv := newInventory(ref, s.trivyVersion, detail)
 	inv.Platform = platformOfConfig(fetched)
+	inv.JavaArchives = javaArchives(detail)
 	if limit := s.opts.Limits.MaxPackages; limit > 0 && inv.PackageCount() > limit {
 		return nil, use, registry.Errorf(registry.KindUnsupported, "the image has %d packages, more than the limit of %d (--max-packages)", inv.PackageCount(), limit)
 	}
@@ -160,9 +173,9 @@ func (s *Scanner) analysisNow() time.Time {
 
 // inspect runs Trivy's analyzers over img and merges the layers, as Trivy's own scan service
 // does, with blobs as Trivy's cache.
-func (s *Scanner) inspect(ctx context.Context, img ftypes.Image, blobs cache.Cache) (ftypes.ArtifactDetail, error) {
+func (s *Scanner) inspect(ctx context.Context, img ftypes.Image, blobs cache.Cache, javaDir string) (ftypes.ArtifactDetail, error) {
 	art, err := imageartifact.NewArtifact(img, blobs, artifact.Option{
-		DisabledAnalyzers: disabledAnalyzers(),
+		DisabledAnalyzers: disabledAnalyzers(javaDir),
 		// One layer at a time: Trivy holds each file an analyzer reads in memory when it is
 		// under 100 MB, so what one analysis holds is bounded by about two such files.
 		Parallel:   1,

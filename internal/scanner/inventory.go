@@ -30,6 +30,9 @@ type Inventory struct {
 	// Platform is the image's, from its config (os/architecture[/variant]; "unknown" when it
 	// names none). Digest is always an image manifest's, never an index's.
 	Platform string `json:"platform,omitempty"`
+	// JavaArchives counts the jar, war, ear and par files not analysed for want of a Java DB:
+	// their packages are missing, and the image is analysed again once a Java DB is loaded.
+	JavaArchives int `json:"javaArchives,omitempty"`
 
 	OS            ftypes.OS            `json:"os"`
 	PkgRepository *ftypes.Repository   `json:"pkgRepository,omitempty"`

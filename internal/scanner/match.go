@@ -60,10 +60,13 @@ type OS struct {
 // Result is an inventory matched against a DB.
 type Result struct {
 	// Platform is the image's (Inventory.Platform).
-	Platform string    `json:"platform,omitempty"`
-	OS       OS        `json:"os"`
-	Findings []Finding `json:"findings"`
-	DB       DBInfo    `json:"-"`
+	Platform string `json:"platform,omitempty"`
+	// JavaArchives counts the Java archives not analysed for want of a Java DB
+	// (Inventory.JavaArchives): the findings lack their packages.
+	JavaArchives int       `json:"javaArchives,omitempty"`
+	OS           OS        `json:"os"`
+	Findings     []Finding `json:"findings"`
+	DB           DBInfo    `json:"-"`
 }
 
 // matcher runs Trivy's own detection over kept inventories.
@@ -124,7 +127,7 @@ func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo) (*Result
 	if err := result.Filter(ctx, types.Report{Results: results}, filterOptions); err != nil {
 		return nil, fmt.Errorf("filtering findings: %w", err)
 	}
-	res := &Result{Platform: inv.Platform, OS: OS{Family: string(detectedOS.Family), Name: detectedOS.Name, EOSL: detectedOS.Eosl}}
+	res := &Result{Platform: inv.Platform, JavaArchives: inv.JavaArchives, OS: OS{Family: string(detectedOS.Family), Name: detectedOS.Name, EOSL: detectedOS.Eosl}}
 	for _, r := range results {
 		for _, v := range r.Vulnerabilities {
 			res.Findings = append(res.Findings, Finding{

@@ -26,7 +26,7 @@ type packageFiles struct {
 var packageFileOracle = sync.OnceValues(func() (*packageFiles, error) {
 	g, err := analyzer.NewAnalyzerGroup(analyzer.AnalyzerOptions{
 		Parallel:          1,
-		DisabledAnalyzers: append(disabledAnalyzers(), analyzer.TypeGoBinary, analyzer.TypeRustBinary),
+		DisabledAnalyzers: append(disabledAnalyzers(""), analyzer.TypeGoBinary, analyzer.TypeRustBinary, typeJavaArchives),
 	})
 	if err != nil {
 		return nil, err

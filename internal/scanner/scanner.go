@@ -53,6 +53,10 @@ type Options struct {
 	// layer, kept so that an image whose layers were seen before pulls only its new ones. 0
 	// keeps no layer cache.
 	LayerCacheMaxBytes int64
+	// JavaDB, when set, is the Java DB the jar analyzer reads; an image with Java archives
+	// analysed before one was loaded is analysed again once it is. nil: jar files are only
+	// counted (Inventory.JavaArchives).
+	JavaDB JavaDB
 }
 
 // Scanner analyses each digest once and matches kept inventories against the DB.
@@ -227,7 +231,7 @@ func ParsePlatform(s string) (v1.Platform, error) {
 // whether an analysis ran for this call. For an index digest the inventory is that of its image
 // for ref's platform, kept under that image's digest (Inventory.Digest).
 func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool, error) {
-	if inv, err := s.kept(ref); err != nil || servesRef(inv, ref) {
+	if inv, err := s.kept(ref); err != nil || s.serves(inv, ref) {
 		return inv, false, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -239,7 +243,7 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 	}
 	ch := s.flights.DoChan(ref.Digest+" "+platform.String(), func() (_ any, err error) {
 		// Another flight may have just finished and kept it.
-		if inv, err := s.kept(ref); err != nil || servesRef(inv, ref) {
+		if inv, err := s.kept(ref); err != nil || s.serves(inv, ref) {
 			return inv, err
 		}
 		started := s.opts.Clock.Now()
@@ -255,7 +259,7 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 		if imageRef.Digest != ref.Digest {
 			// An index: its image for this platform may be kept already (another index, another
 			// platform's node with the same image, a pod naming the image's own digest).
-			if inv, err := s.store.Get(imageRef.Digest); err != nil || (servesRef(inv, imageRef) && inv.Platform != "") {
+			if inv, err := s.store.Get(imageRef.Digest); err != nil || (s.serves(inv, imageRef) && inv.Platform != "") {
 				return inv, err
 			}
 		}
@@ -282,13 +286,25 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 			// nil (a worker that ended without an answer, a panic): the folder is read again.
 			defer func() { s.layers.Record(use) }()
 		}
-		if s.opts.Worker != nil {
-			inv, use, err = s.analyzeInWorker(actx, imageRef)
+		analyse := func(javaDir string) error {
+			if s.opts.Worker != nil {
+				inv, use, err = s.analyzeInWorker(actx, imageRef, javaDir)
+			} else {
+				inv, use, err = s.analyze(actx, imageRef, img, javaDir)
+			}
+			return err
+		}
+		if s.opts.JavaDB != nil {
+			// The Java DB is not swapped while the jar analyzer reads it.
+			err = s.opts.JavaDB.ViewDir(analyse)
 		} else {
-			inv, use, err = s.analyze(actx, imageRef, img)
+			err = analyse("")
 		}
 		if err != nil {
 			return nil, err
+		}
+		if inv.JavaArchives > 0 && s.opts.JavaDB != nil {
+			s.opts.JavaDB.Want()
 		}
 		inv.AnalyzedAt = started.UTC().Truncate(time.Second)
 		if err := s.store.Put(inv); err != nil {
@@ -361,7 +377,7 @@ const (
 // inventory serves meanwhile. The analysis shares Inventory's slots, time limit and crash marks.
 func (s *Scanner) Reanalyse(ref ImageRef, done func(error)) bool {
 	kept, err := s.kept(ref)
-	if err != nil || kept == nil || ref.AnalyzedAfter.IsZero() || servesRef(kept, ref) || s.marks.Crashes(kept.Digest) > 0 {
+	if err != nil || kept == nil || ref.AnalyzedAfter.IsZero() || s.serves(kept, ref) || s.marks.Crashes(kept.Digest) > 0 {
 		return false
 	}
 	now := s.opts.Clock.Now()
@@ -403,6 +419,23 @@ func (s *Scanner) Reanalyse(ref ImageRef, done func(error)) bool {
 // ref.AnalyzedAfter.
 func servesRef(inv *Inventory, ref ImageRef) bool {
 	return inv != nil && (ref.AnalyzedAfter.IsZero() || inv.AnalyzedAt.After(ref.AnalyzedAfter))
+}
+
+// serves is servesRef, and false for an inventory whose Java archives were not analysed when a
+// Java DB is loaded now.
+func (s *Scanner) serves(inv *Inventory, ref ImageRef) bool {
+	if !servesRef(inv, ref) {
+		return false
+	}
+	if inv.JavaArchives == 0 || s.opts.JavaDB == nil {
+		return true
+	}
+	if s.opts.JavaDB.Loaded() {
+		return false
+	}
+	// Still none: ask again (the Java DB manager paces its tries).
+	s.opts.JavaDB.Want()
+	return true
 }
 
 // Crashes returns how many analyses of digest started and never ended: the process died during

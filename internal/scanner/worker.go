@@ -54,6 +54,8 @@ type workerRequest struct {
 	AnalyzedAfter time.Time `json:"analyzedAfter,omitzero"`
 	// StartedAt is the analysis's start by the controller's clock: it stamps the entries written.
 	StartedAt time.Time `json:"startedAt,omitzero"`
+	// JavaDBDir is the folder of the Java DB the jar analyzer reads; empty: none.
+	JavaDBDir string `json:"javaDBDir,omitempty"`
 }
 
 // workerAnswer is what a worker writes: an inventory or a typed error.
@@ -105,7 +107,7 @@ func RunWorker(in io.Reader, out io.Writer) int {
 	if req.Auth != nil {
 		ref.Keychain = staticKeychain{authn.FromConfig(*req.Auth)}
 	}
-	inv, use, err := s.analyze(ctx, ref, nil)
+	inv, use, err := s.analyze(ctx, ref, nil, req.JavaDBDir)
 	answer := workerAnswer{Inventory: inv, Layers: use}
 	if err != nil {
 		answer = workerAnswer{Error: &workerError{Kind: registry.KindOf(err), Message: err.Error()}, Layers: use}
@@ -127,8 +129,8 @@ func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { r
 
 // analyzeInWorker runs ref's analysis in a worker process. The LayerUse is nil when the worker
 // gave no answer.
-func (s *Scanner) analyzeInWorker(ctx context.Context, ref ImageRef) (*Inventory, *LayerUse, error) {
-	inv, answer, err := s.runWorker(ctx, ref)
+func (s *Scanner) analyzeInWorker(ctx context.Context, ref ImageRef, javaDir string) (*Inventory, *LayerUse, error) {
+	inv, answer, err := s.runWorker(ctx, ref, javaDir)
 	var use *LayerUse
 	switch {
 	case answer != nil && answer.Layers != nil:
@@ -143,7 +145,7 @@ func (s *Scanner) analyzeInWorker(ctx context.Context, ref ImageRef) (*Inventory
 
 // runWorker runs ref's analysis in a worker process, and returns the worker's answer when it gave
 // one.
-func (s *Scanner) runWorker(ctx context.Context, ref ImageRef) (*Inventory, *workerAnswer, error) {
+func (s *Scanner) runWorker(ctx context.Context, ref ImageRef, javaDir string) (*Inventory, *workerAnswer, error) {
 	w := s.opts.Worker
 	// The worker's folder is made and removed here: a worker that is killed cleans nothing.
 	dir, err := os.MkdirTemp(s.opts.TempDir, "worker-")
@@ -155,7 +157,7 @@ func (s *Scanner) runWorker(ctx context.Context, ref ImageRef) (*Inventory, *wor
 		Repository: ref.Repository, Digest: ref.Digest, Registry: s.registry.Options(), Limits: s.opts.Limits,
 		TempDir: dir, Timeout: s.opts.Timeout, MemoryBytes: w.MemoryBytes,
 		LayerDir: s.layerDir.dir, LayerMaxEntry: s.layerDir.maxEntry, LayerWriteBudget: s.layerDir.writeBudget,
-		AnalyzedAfter: ref.AnalyzedAfter, StartedAt: s.opts.Clock.Now(),
+		AnalyzedAfter: ref.AnalyzedAfter, StartedAt: s.opts.Clock.Now(), JavaDBDir: javaDir,
 	}
 	if ref.Keychain != nil {
 		parsed, err := s.registry.ParseReference(ref.String())

@@ -86,6 +86,10 @@ func Push(t testing.TB, r *testutil.Registry, repo string, img v1.Image) (ref, i
 // DBRepository is where the suite publishes the DB, in Registry.
 const DBRepository = "aquasecurity/trivy-db"
 
+// JavaDBRepository is where the suite's Java DB manager looks for the Java DB (tag 1), in
+// Registry; the tests that need one publish it.
+const JavaDBRepository = "aquasecurity/trivy-java-db"
+
 // Options shape a suite.
 type Options struct {
 	// ControllerManager also runs kube-controller-manager.
@@ -117,8 +121,10 @@ type Suite struct {
 	Env      *testenv.Env
 	Registry *testutil.Registry
 	// Private requires the user "puller" with the password "s3cret".
-	Private  *testutil.Registry
-	DB       *vulndb.Manager
+	Private *testutil.Registry
+	DB      *vulndb.Manager
+	// JavaDB is fetched on demand from JavaDBRepository, where the suite publishes none.
+	JavaDB   *vulndb.Manager
 	Scanner  *scanner.Scanner
 	CacheDir string
 	// TB serves the fixtures that outlive a test.
@@ -204,6 +210,14 @@ func (s *Suite) startImageGuard() error {
 	if err != nil {
 		return err
 	}
+	s.JavaDB, err = vulndb.New(vulndb.Options{
+		Artifact: vulndb.JavaDB, OnDemand: true, WantRetry: time.Second,
+		Repositories: []string{s.Registry.Host() + "/" + JavaDBRepository + ":1"}, CacheDir: filepath.Join(s.CacheDir, "db"),
+		CheckInterval: time.Hour, Registry: client, Log: logr.Discard(), Clock: opts.Clock,
+	})
+	if err != nil {
+		return err
+	}
 	layerCache := opts.LayerCacheMaxBytes
 	switch {
 	case layerCache == 0:
@@ -211,7 +225,7 @@ func (s *Suite) startImageGuard() error {
 	case layerCache < 0:
 		layerCache = 0
 	}
-	s.Scanner, err = scanner.New(scanner.Options{CacheDir: s.CacheDir, Timeout: time.Minute, Clock: opts.Clock, LayerCacheMaxBytes: layerCache}, client, s.DB)
+	s.Scanner, err = scanner.New(scanner.Options{CacheDir: s.CacheDir, Timeout: time.Minute, Clock: opts.Clock, LayerCacheMaxBytes: layerCache, JavaDB: s.JavaDB}, client, s.DB)
 	if err != nil {
 		return err
 	}
@@ -240,8 +254,11 @@ func (s *Suite) startImageGuard() error {
 	if err := mgr.Add(s.DB); err != nil {
 		return err
 	}
+	if err := mgr.Add(s.JavaDB); err != nil {
+		return err
+	}
 	o := opts.Controllers
-	o.Registry, o.Scanner, o.DB, o.ScanTimeout = client, s.Scanner, s.DB, time.Minute
+	o.Registry, o.Scanner, o.DB, o.JavaDB, o.ScanTimeout = client, s.Scanner, s.DB, s.JavaDB, time.Minute
 	if opts.Clock != nil {
 		o.Clock = opts.Clock
 	}
@@ -445,4 +462,34 @@ func APIWrites(cfg *rest.Config, resource string) (total, conflicts float64, err
 		}
 	}
 	return total, conflicts, nil
+}
+
+// JavaImage builds a Debian 12 image holding Debian's log4j2 jars (log4j-core and log4j-api
+// 2.19.0, as installed by liblog4j2-java) and a file that makes its digest unique to id.
+func JavaImage(id string) (v1.Image, error) {
+	pkg, err := testutil.DebianFiles(context.Background(), "liblog4j2-java")
+	if err != nil {
+		return nil, err
+	}
+	files := map[string][]byte{"etc/test-id": []byte(id)}
+	for _, name := range []string{"usr/share/java/log4j-core.jar", "usr/share/java/log4j-api.jar"} {
+		data, ok := pkg.Files[name]
+		if !ok {
+			return nil, fmt.Errorf("liblog4j2-java %s has no %s", pkg.Version, name)
+		}
+		files[name] = data
+	}
+	base, err := testutil.DebianImage("12.11", []testutil.DebPackage{{Name: "libssl3", Version: "3.0.15-1~deb12u1", Source: "openssl"}})
+	if err != nil {
+		return nil, err
+	}
+	layers, err := base.Layers()
+	if err != nil {
+		return nil, err
+	}
+	app, err := testutil.LayerFromFiles(files)
+	if err != nil {
+		return nil, err
+	}
+	return testutil.ImageFromLayers(testutil.LinuxAMD64, append(layers, app)...)
 }
