@@ -173,6 +173,9 @@ type scanReport struct {
 	DB              scanDB            `json:"vulnerabilityDB"`
 	Summary         map[string]int    `json:"summary"`
 	Vulnerabilities []scanner.Finding `json:"vulnerabilities"`
+	// JavaArchivesNotAnalysed counts the jar, war, ear and par files whose packages are not in the
+	// findings: the command line has no Java DB.
+	JavaArchivesNotAnalysed int `json:"javaArchivesNotAnalysed,omitempty"`
 }
 
 type scanDB struct {
@@ -224,9 +227,13 @@ func scanImage(ctx context.Context, opts *scanOptions, stderr io.Writer) (*scanR
 	}
 	report := &scanReport{
 		Image: repository, Digest: digest, Platform: res.Platform, OS: res.OS, Scanner: "Trivy " + s.Version(),
-		DB:              scanDB{UpdatedAt: res.DB.UpdatedAt, Digest: res.DB.Digest},
-		Summary:         map[string]int{},
-		Vulnerabilities: res.Findings,
+		DB:                      scanDB{UpdatedAt: res.DB.UpdatedAt, Digest: res.DB.Digest},
+		Summary:                 map[string]int{},
+		Vulnerabilities:         res.Findings,
+		JavaArchivesNotAnalysed: res.JavaArchives,
+	}
+	if res.JavaArchives > 0 {
+		fmt.Fprintf(stderr, "imageguard scan: warning: %d Java archives (jar, war, ear, par) were not analysed: the command line has no Java DB; their packages are not in the findings (imageguard controller analyses them, --java-db-repository)\n", res.JavaArchives)
 	}
 	if report.Vulnerabilities == nil {
 		report.Vulnerabilities = []scanner.Finding{}

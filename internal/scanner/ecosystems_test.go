@@ -17,7 +17,15 @@ import (
 // their packages (a name spelled in another case too) and a range that spares the installed version.
 const ecosystemAdvisories = `
 updatedAt: 2026-11-01T00:00:00Z
+dataSources:
+  rocky 9: {id: rocky, name: Rocky Linux updateinfo, url: "https://download.rockylinux.org/pub/rocky/"}
 advisories:
+- {id: CVE-2024-5535, ecosystem: rocky 9, package: openssl-libs, fixedVersion: "1:3.2.2-6.el9_5", arches: [x86_64, aarch64], severity: MEDIUM}
+- {id: CVE-2024-5535, ecosystem: rocky 9, package: openssl, fixedVersion: "1:3.2.2-6.el9_5", arches: [x86_64, aarch64], severity: MEDIUM}
+- {id: CVE-2025-0725, ecosystem: rocky 9, package: libcurl, fixedVersion: "7.76.1-31.el9", arches: [aarch64], severity: LOW}
+- {id: CVE-2024-2398, ecosystem: rocky 9, package: libcurl, fixedVersion: "7.76.1-29.el9_4.1", arches: [x86_64, aarch64], severity: MEDIUM}
+- {id: CVE-2024-7347, ecosystem: rocky 9, package: nginx, fixedVersion: "1:1.20.1-20.el9_5", arches: [x86_64, aarch64], severity: MEDIUM}
+- {id: CVE-2023-38545, ecosystem: rocky 9, package: curl, fixedVersion: "7.76.1-26.el9_3.2", arches: [x86_64, aarch64], severity: HIGH}
 - {id: CVE-2026-2001, ecosystem: debian 12, package: openssl, fixedVersion: 3.0.17-1~deb12u1, severity: HIGH}
 - {id: CVE-2023-32681, ecosystem: "pip::GitHub Security Advisory pip", package: requests, vulnerableVersions: [">=2.3.0, <2.31.0"], patchedVersions: ["2.31.0"], severity: MEDIUM}
 - {id: CVE-2023-43804, ecosystem: "pip::GitHub Security Advisory pip", package: urllib3, vulnerableVersions: ["<1.26.17"], patchedVersions: ["1.26.17"], severity: HIGH}
@@ -67,8 +75,9 @@ func debianFiles(t testing.TB, packages []string, parts ...string) map[string][]
 	return files
 }
 
-// ecosystemImages are the fixture images of each language ecosystem, built from real artifacts:
-// Debian's Python and Ruby packages as installed, a Composer vendor folder and a .NET deps file.
+// ecosystemImages are the fixture images of each language ecosystem and of an RPM-based
+// distribution, built from real artifacts: Debian's Python and Ruby packages as installed, a
+// Composer vendor folder, a .NET deps file, and an RPM database made by rpm itself.
 func ecosystemImages() map[string]func(testing.TB) v1.Image {
 	return map[string]func(testing.TB) v1.Image{
 		// egg-info (requests, urllib3, idna, certifi, Jinja2) and dist-info (PyYAML).
@@ -83,6 +92,19 @@ func ecosystemImages() map[string]func(testing.TB) v1.Image {
 		},
 		"php": func(t testing.TB) v1.Image {
 			return onDebian(t, map[string][]byte{"var/www/app/vendor/composer/installed.json": []byte(composerInstalled)})
+		},
+		// An RPM database made by Debian's rpm from spec files written here; openssl-libs is a
+		// subpackage of openssl.
+		"rocky": func(t testing.TB) v1.Image {
+			return must(testutil.RockyImage("9.3", []testutil.RPMPackage{
+				{Name: "openssl-libs", Source: "openssl", Epoch: 1, Version: "3.0.7", Release: "27.el9"},
+				{Name: "openssl", Epoch: 1, Version: "3.0.7", Release: "27.el9"},
+				{Name: "libcurl", Source: "curl", Version: "7.76.1", Release: "29.el9_4"},
+				{Name: "curl", Version: "7.76.1", Release: "29.el9_4"},
+				{Name: "bash", Version: "5.1.8", Release: "9.el9", License: "GPLv3+"},
+				// A third party's package: Trivy matches no distribution advisory against it.
+				{Name: "nginx", Version: "1.20.1", Release: "1.el9.ngx", Vendor: "NGINX Inc."},
+			}))
 		},
 		"dotnet": func(t testing.TB) v1.Image {
 			return onDebian(t, map[string][]byte{"app/Shop.deps.json": []byte(dotnetDeps)})
@@ -134,6 +156,7 @@ var ecosystemWants = map[string][]string{
 	},
 	"ruby":   {"CVE-2026-2001 libssl3", "CVE-2026-5101 rack"},
 	"php":    {"CVE-2026-2001 libssl3", "CVE-2023-29197 guzzlehttp/psr7"},
+	"rocky":  {"CVE-2024-5535 openssl-libs", "CVE-2024-5535 openssl", "CVE-2024-2398 libcurl"},
 	"dotnet": {"CVE-2026-2001 libssl3", "CVE-2021-26701 System.Text.Encodings.Web", "GHSA-5crp-9r3c-p9vr Newtonsoft.Json"},
 }
 

@@ -46,6 +46,9 @@ const (
 type DebianPackage struct {
 	Name, Version, Architecture string
 	Files                       map[string][]byte
+	// Modes are the files' permission bits; Links the symbolic links, path to target.
+	Modes map[string]int64
+	Links map[string]string
 }
 
 // DebianFiles downloads Debian's package name (DebianSuite, amd64 or all) and returns its files.
@@ -79,11 +82,11 @@ func DebianFiles(ctx context.Context, name string) (*DebianPackage, error) {
 			return nil, err
 		}
 	}
-	files, err := debDataFiles(deb)
-	if err != nil {
+	pkg := &DebianPackage{Name: name, Version: version, Architecture: arch}
+	if err := debData(deb, pkg); err != nil {
 		return nil, fmt.Errorf("debian package %s: %w", name, err)
 	}
-	return &DebianPackage{Name: name, Version: version, Architecture: arch, Files: files}, nil
+	return pkg, nil
 }
 
 // keptDeb returns the package the cache holds for name, when its hash is what was recorded.
@@ -237,12 +240,12 @@ func writeAtomic(dst string, data []byte) error {
 	return os.Rename(tmp.Name(), dst)
 }
 
-// debDataFiles returns the regular files of a .deb's data archive (an ar archive holding
-// data.tar.xz, .gz or plain).
-func debDataFiles(deb []byte) (map[string][]byte, error) {
+// debData reads the regular files and links of a .deb's data archive (an ar archive holding
+// data.tar.xz, .gz or plain) into pkg.
+func debData(deb []byte, pkg *DebianPackage) error {
 	const magic = "!<arch>\n"
 	if !bytes.HasPrefix(deb, []byte(magic)) {
-		return nil, errors.New("not an ar archive")
+		return errors.New("not an ar archive")
 	}
 	rest := deb[len(magic):]
 	for len(rest) >= 60 {
@@ -250,7 +253,7 @@ func debDataFiles(deb []byte) (map[string][]byte, error) {
 		member := strings.TrimRight(strings.TrimSpace(string(hdr[:16])), "/")
 		size, err := strconv.ParseInt(strings.TrimSpace(string(hdr[48:58])), 10, 64)
 		if err != nil || size < 0 || size > int64(len(rest)-60) {
-			return nil, fmt.Errorf("ar member %q: bad size", member)
+			return fmt.Errorf("ar member %q: bad size", member)
 		}
 		body := rest[60 : 60+size]
 		rest = rest[60+size:]
@@ -264,41 +267,47 @@ func debDataFiles(deb []byte) (map[string][]byte, error) {
 		switch path.Ext(member) {
 		case ".xz":
 			if r, err = xz.NewReader(r); err != nil {
-				return nil, err
+				return err
 			}
 		case ".gz":
 			if r, err = gzip.NewReader(r); err != nil {
-				return nil, err
+				return err
 			}
 		case ".tar":
 		default:
-			return nil, fmt.Errorf("data archive %s: compression not supported", member)
+			return fmt.Errorf("data archive %s: compression not supported", member)
 		}
-		return tarFiles(tar.NewReader(r))
+		return tarFiles(tar.NewReader(r), pkg)
 	}
-	return nil, errors.New("no data archive")
+	return errors.New("no data archive")
 }
 
-func tarFiles(tr *tar.Reader) (map[string][]byte, error) {
-	files := map[string][]byte{}
+func tarFiles(tr *tar.Reader, pkg *DebianPackage) error {
+	pkg.Files, pkg.Modes, pkg.Links = map[string][]byte{}, map[string]int64{}, map[string]string{}
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			return files, nil
+			return nil
 		}
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if h.Typeflag != tar.TypeReg {
+		name := strings.TrimPrefix(path.Clean("/"+h.Name), "/")
+		switch h.Typeflag {
+		case tar.TypeSymlink:
+			pkg.Links[name] = h.Linkname
+			continue
+		case tar.TypeReg:
+		default:
 			continue
 		}
 		if h.Size > maxDebianFileBytes {
-			return nil, fmt.Errorf("%s: %d bytes, more than %d", h.Name, h.Size, maxDebianFileBytes)
+			return fmt.Errorf("%s: %d bytes, more than %d", h.Name, h.Size, maxDebianFileBytes)
 		}
 		data, err := io.ReadAll(tr)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		files[strings.TrimPrefix(path.Clean("/"+h.Name), "/")] = data
+		pkg.Files[name], pkg.Modes[name] = data, h.Mode&0o777
 	}
 }

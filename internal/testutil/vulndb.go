@@ -113,10 +113,13 @@ type AdvisorySpec struct {
 	Status             string   `json:"status,omitempty"`
 	VulnerableVersions []string `json:"vulnerableVersions,omitempty"`
 	PatchedVersions    []string `json:"patchedVersions,omitempty"`
-	Severity           string   `json:"severity,omitempty"`
-	Title              string   `json:"title,omitempty"`
-	Description        string   `json:"description,omitempty"`
-	References         []string `json:"references,omitempty"`
+	// Arches, for the Red Hat family's buckets (Rocky, Alma), writes the advisory as trivy-db
+	// does today: an entry per architecture set under Entries.
+	Arches      []string `json:"arches,omitempty"`
+	Severity    string   `json:"severity,omitempty"`
+	Title       string   `json:"title,omitempty"`
+	Description string   `json:"description,omitempty"`
+	References  []string `json:"references,omitempty"`
 }
 
 // ParseAdvisories reads a DBSpec from YAML (format on DBSpec), rejecting unknown fields so a
@@ -316,8 +319,13 @@ func writeDB(tx *bolt.Tx, spec *DBSpec, sources map[string]dbtypes.DataSource) e
 		if err != nil {
 			return err
 		}
-		// A pointer, so that Advisory.MarshalJSON (pointer receiver) writes Status.
-		if err := putJSON(pkgBkt, a.ID, adv); err != nil {
+		if len(a.Arches) != 0 {
+			adv.Arches = a.Arches
+			if err := putJSON(pkgBkt, a.ID, dbtypes.Advisories{Entries: []dbtypes.Advisory{*adv}}); err != nil {
+				return err
+			}
+		} else if err := putJSON(pkgBkt, a.ID, adv); err != nil {
+			// A pointer, so that Advisory.MarshalJSON (pointer receiver) writes Status.
 			return err
 		}
 
