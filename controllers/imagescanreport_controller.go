@@ -61,11 +61,11 @@ type VulnerabilityDB interface {
 	Checked() <-chan event.TypedGenericEvent[vulndb.State]
 }
 
-// JavaDB is what the report controller needs of the Java DB manager.
+// JavaDB is what the controllers need of the Java DB manager: what they need of the
+// vulnerability DB's (its swaps queue the reports that waited for it; its state is the
+// trivy-java-db VulnerabilityDatabase), and a way to ask for it.
 type JavaDB interface {
-	Info() (scanner.DBInfo, bool)
-	// Subscribe returns a channel that gets an event after each Java DB swap.
-	Subscribe() <-chan event.TypedGenericEvent[scanner.DBInfo]
+	VulnerabilityDB
 	// Want asks for the Java DB when none is loaded (the manager paces its tries).
 	Want()
 }

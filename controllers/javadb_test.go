@@ -1,12 +1,16 @@
 package controllers_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/testsuite"
@@ -20,6 +24,9 @@ func TestJavaImagesWaitForTheJavaDB(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	ref, imageID, digest := testsuite.Push(t, reg, "java/app", img)
 	g.Expect(suite.JavaDB.Loaded()).To(BeFalse(), "no image needed the Java DB before")
+	javaObject := &securityv1alpha1.VulnerabilityDatabase{}
+	javaKey := client.ObjectKey{Name: securityv1alpha1.JavaDatabaseName}
+	g.Expect(apierrors.IsNotFound(env.Client.Get(context.Background(), javaKey, javaObject))).To(BeTrue(), "no Java DB object before one is asked for")
 	namespace(g, "java")
 	before := scan.Analyses()
 	createPod(g, "java", "app", ref, imageID)
@@ -34,10 +41,19 @@ func TestJavaImagesWaitForTheJavaDB(t *testing.T) {
 	}).WithTimeout(timeout).Should(Succeed())
 	g.Expect(ids(r)).NotTo(ContainElement(HavePrefix("CVE-2026-53")))
 	g.Expect(meta.FindStatusCondition(r.Status.Conditions, securityv1alpha1.ConditionReady).Reason).To(Equal(securityv1alpha1.ReasonJavaDBUnavailable))
+	// The Java DB's object says it was asked for and is not there.
+	g.Eventually(func(g Gomega) {
+		g.Expect(env.Client.Get(context.Background(), javaKey, javaObject)).To(Succeed())
+		cond := meta.FindStatusCondition(javaObject.Status.Conditions, securityv1alpha1.ConditionReady)
+		g.Expect(cond).NotTo(BeNil())
+		g.Expect(cond.Status).To(Equal(metav1.ConditionFalse))
+		g.Expect(cond.Reason).To(Equal(securityv1alpha1.ReasonDatabaseUnavailable))
+		g.Expect(javaObject.Status.LastError).NotTo(BeEmpty())
+	}).WithTimeout(timeout).Should(Succeed())
 
 	// The Java DB is published: the manager's next try (asked again by the waiting report at
 	// its next visit, or by the next jar) loads it, and the report gets its Java findings.
-	reg.PublishJavaDB(t, testsuite.JavaDBRepository, "1", time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), nil)
+	javaDigest := reg.PublishJavaDB(t, testsuite.JavaDBRepository, "1", time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), nil)
 	g.Eventually(func() bool { suite.JavaDB.Want(); return suite.JavaDB.Loaded() }).WithTimeout(timeout).WithPolling(500 * time.Millisecond).Should(BeTrue())
 	g.Eventually(func(g Gomega) {
 		r = readyReport(g, "java", "java/app", digest)
@@ -52,4 +68,15 @@ func TestJavaImagesWaitForTheJavaDB(t *testing.T) {
 		g.Expect(java).To(ConsistOf("CVE-2026-5301 org.apache.logging.log4j:log4j-core 2.19.0"))
 	}).WithTimeout(timeout).Should(Succeed())
 	g.Expect(scan.Analyses()-before).To(BeEquivalentTo(2), "once without the Java DB, once with it")
+
+	// kubectl get vdb shows both DBs; the Java DB's is Ready with the artifact's digest.
+	g.Eventually(func(g Gomega) {
+		g.Expect(env.Client.Get(context.Background(), javaKey, javaObject)).To(Succeed())
+		g.Expect(javaObject.Status.Digest).To(Equal(javaDigest.String()))
+		g.Expect(meta.IsStatusConditionTrue(javaObject.Status.Conditions, securityv1alpha1.ConditionReady)).To(BeTrue())
+		g.Expect(meta.FindStatusCondition(javaObject.Status.Conditions, securityv1alpha1.ConditionStale)).To(BeNil())
+	}).WithTimeout(timeout).Should(Succeed())
+	out, err := env.RunKubectl(context.Background(), "get", "vdb")
+	g.Expect(err).NotTo(HaveOccurred(), out)
+	g.Expect(out).To(And(ContainSubstring(securityv1alpha1.VulnerabilityDatabaseName), ContainSubstring(securityv1alpha1.JavaDatabaseName)))
 }

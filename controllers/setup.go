@@ -175,6 +175,15 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if err := vdb.SetupWithManager(mgr); err != nil {
 		return err
 	}
+	if opts.JavaDB != nil {
+		javaDB := &VulnerabilityDatabaseReconciler{
+			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), DB: opts.JavaDB, Name: securityv1alpha1.JavaDatabaseName,
+			Recorder: mgr.GetEventRecorder("imageguard"), Clock: opts.Clock, RefreshInterval: opts.ReportRefreshInterval, Timeout: opts.ReconcileTimeout,
+		}
+		if err := javaDB.SetupWithManager(mgr); err != nil {
+			return err
+		}
+	}
 	if err := SetupPolicies(mgr, gatherer, opts); err != nil {
 		return err
 	}
