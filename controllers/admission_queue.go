@@ -77,7 +77,7 @@ func (a *AdmissionScans) create(ctx context.Context, q queuedScan) error {
 	if excludedNamespace(ns, a.ExcludedNamespaces) || !ns.DeletionTimestamp.IsZero() {
 		return nil
 	}
-	spec := securityv1alpha1.ImageScanReportSpec{Image: q.image.Repository, Digest: q.image.Digest}
+	spec := securityv1alpha1.ImageScanReportSpec{Image: q.image.Repository, Digest: q.image.Digest, Platform: q.image.Platform}
 	if q.image.Tag != "" {
 		spec.Tags = []string{q.image.Tag}
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"regexp"
 	"slices"
 	"sort"
 	"time"
@@ -88,14 +87,15 @@ func (r *PodReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.R
 	if err := r.Client.List(ctx, pods, client.InNamespace(req.Name)); err != nil {
 		return ctrl.Result{}, err
 	}
-	uses, gatherErr := r.imageUses(ctx, pods.Items)
+	uses, skipped, gatherErr := r.imageUses(ctx, pods.Items)
 	pending, lookupErr := r.lookUpTags(uses)
 	desired := group(uses)
 	ensureErr := r.ensureReports(ctx, req.Name, desired)
-	// Unused reports are collected even when some image failed (desired holds every digest in
-	// use), not while a tag is being looked up: its report would be marked unused meanwhile.
+	// Unused reports are collected even when some image's reference is malformed (desired holds
+	// every digest in use), not while a tag is being looked up, nor when a pod was left out for
+	// want of its owner or node (a failed read): its reports would be marked unused meanwhile.
 	var requeue time.Duration
-	if !pending {
+	if !pending && !skipped {
 		var err error
 		if requeue, err = r.collectGarbage(ctx, req.Name, desired); err != nil {
 			return ctrl.Result{}, err
@@ -154,7 +154,7 @@ type imageUse struct {
 // imageUses lists the images the pods run, with the digest the kubelet reported or the reference
 // names. Pods that cannot be attributed and malformed references are left out and reported in
 // the error, so one bad pod does not hold back the others.
-func (r *PodReconciler) imageUses(ctx context.Context, pods []corev1.Pod) ([]*imageUse, error) {
+func (r *PodReconciler) imageUses(ctx context.Context, pods []corev1.Pod) (_ []*imageUse, skipped bool, _ error) {
 	var uses []*imageUse
 	var errs []error
 	for i := range pods {
@@ -164,12 +164,12 @@ func (r *PodReconciler) imageUses(ctx context.Context, pods []corev1.Pod) ([]*im
 		}
 		top, err := workload.TopOwner(ctx, r.Client, pod)
 		if err != nil {
-			errs = append(errs, err)
+			errs, skipped = append(errs, err), true
 			continue
 		}
 		platform, err := r.podPlatform(ctx, pod)
 		if err != nil {
-			errs = append(errs, err)
+			errs, skipped = append(errs, err), true
 			continue
 		}
 		for _, c := range podContainers(pod) {
@@ -185,7 +185,7 @@ func (r *PodReconciler) imageUses(ctx context.Context, pods []corev1.Pod) ([]*im
 			uses = append(uses, &imageUse{pod: pod, owner: workloadRef{Kind: top.Kind, Name: top.Name}, name: c.Name, image: c.Image, img: img, digest: digest, platform: platform})
 		}
 	}
-	return uses, errors.Join(errs...)
+	return uses, skipped, errors.Join(errs...)
 }
 
 // podPlatform returns the platform whose image pod runs of an index digest: its node's
@@ -207,22 +207,8 @@ func (r *PodReconciler) podPlatform(ctx context.Context, pod *corev1.Pod) (strin
 	return nodePlatform(osName, arch), nil
 }
 
-var platformPart = regexp.MustCompile(`^[a-z0-9][a-z0-9_]{0,30}$`)
-
-// nodePlatform returns the report platform of a node's OS and architecture: "" for
-// DefaultPlatform, and for an architecture that is missing or malformed.
-func nodePlatform(osName, arch string) string {
-	if osName == "" {
-		osName = "linux"
-	}
-	if !platformPart.MatchString(osName) || !platformPart.MatchString(arch) {
-		return ""
-	}
-	if p := osName + "/" + arch; p != DefaultPlatform {
-		return p
-	}
-	return ""
-}
+// nodePlatform returns the report platform of a node's OS and architecture (workload.NodePlatform).
+func nodePlatform(osName, arch string) string { return workload.NodePlatform(osName, arch) }
 
 // lookUpTags gives the uses without a digest the digest of their tag, as tagLookups knows it:
 // no reconcile waits on a registry. It reports whether some lookup is still running; uses whose

@@ -21,6 +21,7 @@ import (
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
+	"github.com/imageguard/imageguard/internal/workload"
 )
 
 const (
@@ -34,7 +35,7 @@ var nonLabelChars = regexp.MustCompile(`[^a-z0-9-]+`)
 
 // DefaultPlatform is the platform of a report whose spec.platform is empty: the image an index
 // digest names for it is scanned.
-const DefaultPlatform = "linux/amd64"
+const DefaultPlatform = workload.DefaultPlatform
 
 // ReportName returns the name of the report of digest on the default platform: the repository's
 // last path element, a dash and the digest's first 12 hex characters, cut to fit a DNS label. When

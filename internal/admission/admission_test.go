@@ -88,14 +88,42 @@ func TestDecide(t *testing.T) {
 	noCritical := securityv1alpha1.PolicyRules{Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)}}
 	critical := &policy.Report{ScannedAt: now, Summary: securityv1alpha1.VulnerabilitySummary{Critical: 1, Total: 1}}
 	clean := &policy.Report{ScannedAt: now}
+	// Scanned but for its Java archives (no Java DB yet): it can fail a rule, never pass one.
+	partial := &policy.Report{ScannedAt: now, Partial: "its Java archives were not analysed yet"}
+	partialCritical := &policy.Report{ScannedAt: now, Summary: securityv1alpha1.VulnerabilitySummary{Critical: 1, Total: 1}, Partial: "its Java archives were not analysed yet"}
+	// An index digest scanned on amd64 only; and on amd64 and arm64.
+	amd64Only := &policy.Report{ScannedAt: now}
+	both := &policy.Report{ScannedAt: now, Others: []*policy.Report{{ScannedAt: now, Platform: "linux/arm64"}}}
+	arm64 := &corev1.PodSpec{NodeSelector: map[string]string{corev1.LabelArchStable: "arm64"}}
 	tests := map[string]struct {
 		policies    []*workload.Policy
 		images      []string
+		spec        *corev1.PodSpec
 		wantAllowed bool
 		wantMessage string
 		wantWarning string
 		unscanned   int
 	}{
+		"a partial report is unscanned: denied": {
+			policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, noCritical)},
+			images:   []string{"registry.example.com/partial:1"}, wantMessage: "not scanned yet", unscanned: 1,
+		},
+		"a partial report is unscanned: allowed": {
+			policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, noCritical)},
+			images:   []string{"registry.example.com/partial:1"}, wantAllowed: true, unscanned: 1,
+		},
+		"a partial report's known findings refuse": {
+			policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, noCritical)},
+			images:   []string{"registry.example.com/partial-critical:1"}, wantMessage: "1 critical (max 0)", unscanned: 1,
+		},
+		"a pod asking for arm64, scanned on amd64 only, is unscanned": {
+			policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, noCritical)},
+			images:   []string{"registry.example.com/amd64-only:1"}, spec: arm64, wantMessage: "not scanned yet", unscanned: 1,
+		},
+		"a pod asking for arm64, scanned on arm64, is judged": {
+			policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, noCritical)},
+			images:   []string{"registry.example.com/both:1"}, spec: arm64, wantAllowed: true,
+		},
 		"enforce denies an untrusted registry": {
 			policies: []*workload.Policy{compiled(t, "ClusterImagePolicy/trusted", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, trusted)},
 			// Refused on the reference alone: nothing is looked up, nothing is to be scanned.
@@ -130,14 +158,19 @@ func TestDecide(t *testing.T) {
 			g := NewWithT(t)
 			s := state{policies: tt.policies, reports: map[string]*policy.Report{
 				"registry.example.com/critical": critical, "registry.example.com/clean": clean,
+				"registry.example.com/partial": partial, "registry.example.com/partial-critical": partialCritical,
+				"registry.example.com/amd64-only": amd64Only, "registry.example.com/both": both,
 			}}
 			var containers []workload.Container
 			for _, img := range tt.images {
 				containers = append(containers, workload.Container{Name: "app", Image: img, Type: workload.RegularContainer})
 			}
-			d, err := Decide(context.Background(), s, Request{Namespace: "shop", Containers: containers}, now)
+			d, err := Decide(context.Background(), s, Request{Namespace: "shop", Containers: containers, PodSpec: tt.spec}, now)
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(d.Allowed).To(Equal(tt.wantAllowed), d.Message)
+			if tt.spec != nil && tt.unscanned > 0 {
+				g.Expect(d.Unscanned[0].Platform).To(Equal("linux/arm64"), "the queued scan makes the arm64 report")
+			}
 			g.Expect(d.Message).To(ContainSubstring(tt.wantMessage))
 			if tt.wantWarning != "" {
 				g.Expect(d.Warnings).To(ContainElement(ContainSubstring(tt.wantWarning)))

@@ -99,10 +99,26 @@ func Decide(ctx context.Context, state State, req Request, now time.Time) (Decis
 	lookups, cancel := lookupContext(ctx)
 	defer cancel()
 	digests, reports, lastKnown := state.Reports(lookups, req.Namespace, req.PodSpec, images, resolve)
+	platform, selected := workload.RequestedPlatform(req.PodSpec)
 	var unscanned []policy.Image
 	for i := range images {
 		images[i].Report = reports[i]
+		if selected {
+			images[i].Platform = platform
+		}
+		if reports[i] != nil && reports[i].Pending() == "" && (!selected || reports[i].Covers(platform)) {
+			continue
+		}
 		if reports[i] != nil {
+			// Scanned in part (Java archives not analysed yet), or not on the platform the pod
+			// asks for: judged on what is known, which can refuse it; passing, it is unscanned
+			// and onUnscanned decides.
+			u := images[i]
+			if u.Digest == "" {
+				u.Digest = digests[i]
+			}
+			unscanned = append(unscanned, u)
+			unknown[i] = true
 			continue
 		}
 		u := images[i]

@@ -198,6 +198,10 @@ func checkVulnerabilities(rule *securityv1alpha1.VulnerabilityRule, exceptions [
 		if len(over) > 0 {
 			return fail(ReasonTooManyVulnerabilities, strings.Join(over, ", ")+suffix), next
 		}
+		if img.Report.Partial != "" {
+			// Within the limits on what was analysed; what was not may not be.
+			return fail(ReasonNotScanned, "the image is not fully scanned: "+img.Report.Partial), next
+		}
 		return pass(fmt.Sprintf("%sfindings within limits%s", scope, suffix)), next
 	}}
 }

@@ -28,6 +28,9 @@ type Image struct {
 	// Signatures are the verdicts on the image's signatures, by authority set
 	// (SignatureAuthorities.ID); an absent one is not verified yet.
 	Signatures map[string]SignatureVerdict
+	// Platform is the platform a pod being admitted asks for (its nodeSelector; "" for the
+	// default), whose report a queued scan makes.
+	Platform string
 }
 
 // Reference returns the image as a pod names it.
@@ -66,6 +69,42 @@ type Report struct {
 	// Others are the scanned reports of the same index digest on the other platforms the pods
 	// run on: a rule passes only when it passes on every one of them.
 	Others []*Report
+	// Partial says why the findings lack some of the image's packages (its Java archives were
+	// not analysed yet: the report's reason JavaDBUnavailable); empty when they are complete. A
+	// partial report can fail a rule, never pass one: the image counts as not scanned yet.
+	Partial string
+}
+
+// Pending returns why the report, on one of its platforms, is partial; empty when none is.
+func (r *Report) Pending() string {
+	if r == nil {
+		return ""
+	}
+	if r.Partial != "" {
+		return r.Partial
+	}
+	for _, o := range r.Others {
+		if p := o.Pending(); p != "" {
+			return p
+		}
+	}
+	return ""
+}
+
+// Covers reports whether the report holds findings for platform ("" for the default one).
+func (r *Report) Covers(platform string) bool {
+	if r == nil {
+		return false
+	}
+	if r.Platform == platform {
+		return true
+	}
+	for _, o := range r.Others {
+		if o.Covers(platform) {
+			return true
+		}
+	}
+	return false
 }
 
 // ReportOf returns what a policy reads of an ImageScanReport: nil until the report holds a scan.
@@ -88,6 +127,8 @@ func ReportOf(rep *securityv1alpha1.ImageScanReport) *Report {
 	}
 	if c := apimeta.FindStatusCondition(rep.Status.Conditions, securityv1alpha1.ConditionScanned); c != nil && c.Status == metav1.ConditionFalse {
 		out.MatchFailed = c.Message
+	} else if c != nil && c.Reason == securityv1alpha1.ReasonJavaDBUnavailable {
+		out.Partial = "its Java archives were not analysed yet (no Java DB is loaded)"
 	}
 	return out
 }

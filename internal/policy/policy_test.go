@@ -261,6 +261,37 @@ func TestEveryPlatformIsJudged(t *testing.T) {
 	g.Expect(evaluate(t, rule, img, now).Compliant()).To(BeTrue())
 }
 
+// A report whose Java archives were not analysed yet can fail the vulnerability rule on what is
+// known, never pass it: within the limits it is NotScanned; a partial report on another
+// platform too. ReportOf reads the reason off the report.
+func TestAPartialReportNeverPasses(t *testing.T) {
+	g := NewWithT(t)
+	rule := securityv1alpha1.PolicyRules{Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)}}
+	img := scanned("r/a")
+	img.Report.Partial = "its Java archives were not analysed yet"
+	v := evaluate(t, rule, img, now)
+	g.Expect(v.Compliant()).To(BeFalse())
+	g.Expect(v.Results[0].Reason).To(Equal(ReasonNotScanned))
+	g.Expect(v.Results[0].Message).To(ContainSubstring("not fully scanned"))
+
+	over := scanned("r/a", vuln("CVE-1", securityv1alpha1.SeverityCritical, "1.1"))
+	over.Report.Partial = img.Report.Partial
+	g.Expect(evaluate(t, rule, over, now).Results[0].Reason).To(Equal(ReasonTooManyVulnerabilities))
+
+	other := scanned("r/a")
+	other.Report.Others = []*Report{{ScannedAt: now.Add(-time.Hour), Platform: "linux/arm64", Partial: img.Report.Partial}}
+	g.Expect(other.Report.Pending()).NotTo(BeEmpty())
+	g.Expect(evaluate(t, rule, other, now).Compliant()).To(BeFalse())
+
+	rep := &securityv1alpha1.ImageScanReport{Status: securityv1alpha1.ImageScanReportStatus{
+		Summary:    &securityv1alpha1.VulnerabilitySummary{},
+		Conditions: []metav1.Condition{{Type: securityv1alpha1.ConditionScanned, Status: metav1.ConditionTrue, Reason: securityv1alpha1.ReasonJavaDBUnavailable}},
+	}}
+	g.Expect(ReportOf(rep).Partial).NotTo(BeEmpty())
+	rep.Status.Conditions[0].Reason = securityv1alpha1.ReasonScanSucceeded
+	g.Expect(ReportOf(rep).Partial).To(BeEmpty())
+}
+
 func TestExceptions(t *testing.T) {
 	expires := now.Add(time.Hour)
 	rules := securityv1alpha1.PolicyRules{

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -140,6 +141,10 @@ func (s *Scanner) analyze(ctx context.Context, ref ImageRef, img v1.Image, javaD
 	}
 	inv := newInventory(ref, s.trivyVersion, detail)
 	inv.Platform = platformOfConfig(fetched)
+	if p := inv.Platform; p != "unknown" && !strings.HasPrefix(p, "linux/") {
+		// Trivy finds nothing in a Windows image: a clean report would be a lie.
+		return nil, use, registry.Errorf(registry.KindUnsupported, "the image is for %s: only Linux images are analysed", p)
+	}
 	inv.JavaArchives = javaArchives(detail)
 	if limit := s.opts.Limits.MaxPackages; limit > 0 && inv.PackageCount() > limit {
 		return nil, use, registry.Errorf(registry.KindUnsupported, "the image has %d packages, more than the limit of %d (--max-packages)", inv.PackageCount(), limit)

@@ -203,6 +203,17 @@ func TestMultiArchIndexPicksThePlatform(t *testing.T) {
 	g.Expect(registry.KindOf(err)).To(Equal(registry.KindUnsupported), "got %v", err)
 }
 
+// Trivy finds nothing in a Windows image: it is UnsupportedImage, not a clean report.
+func TestAWindowsImageIsUnsupported(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t)
+	layer := must(testutil.LayerFromFiles(map[string][]byte{"Files/app.exe": []byte("MZ")}))
+	win := must(testutil.ImageFromLayers(v1.Platform{OS: "windows", Architecture: "amd64"}, layer))
+	_, _, err := f.scanner.Scan(testContext(t), f.push(t, "windows/app", win))
+	g.Expect(registry.KindOf(err)).To(Equal(registry.KindUnsupported), "got %v", err)
+	g.Expect(err.Error()).To(ContainSubstring("only Linux images are analysed"))
+}
+
 func TestPrivateRegistryNeedsThePullSecret(t *testing.T) {
 	g := NewWithT(t)
 	f := newFixture(t, testutil.WithBasicAuth("puller", "s3cret"))

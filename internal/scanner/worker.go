@@ -96,6 +96,13 @@ func RunWorker(in io.Reader, out io.Writer) int {
 		}
 		debug.SetMemoryLimit(req.MemoryBytes * 8 / 10)
 	}
+	if a, b := req.Limits.MaxCompressedBytes, req.Limits.MaxUncompressedBytes; a > 0 && b > 0 {
+		n := max(a, b)
+		if err := limitFileSize(n); err != nil {
+			fmt.Fprintf(os.Stderr, "analyze-worker: limiting file sizes: %v\n", err)
+			return 2
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), req.Timeout)
 	defer cancel()
 	s := &Scanner{

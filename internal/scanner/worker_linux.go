@@ -16,3 +16,10 @@ func dieWithParent(cmd *exec.Cmd) {
 func limitMemory(bytes int64) error {
 	return syscall.Setrlimit(syscall.RLIMIT_DATA, &syscall.Rlimit{Cur: uint64(bytes), Max: uint64(bytes)})
 }
+
+// limitFileSize caps each file the worker writes (RLIMIT_FSIZE): what Trivy unpacks of an archive
+// (a nested jar, say) can then be no larger than a layer may expand to, whatever its headers
+// declare; a write past it fails (Go ignores SIGXFSZ) and Trivy skips that file.
+func limitFileSize(bytes int64) error {
+	return syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: uint64(bytes), Max: uint64(bytes)})
+}

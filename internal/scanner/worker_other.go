@@ -9,3 +9,6 @@ func dieWithParent(*exec.Cmd) {}
 
 // limitMemory does nothing here: the parent's watch of the worker's memory is the bound.
 func limitMemory(int64) error { return nil }
+
+// limitFileSize does nothing here.
+func limitFileSize(int64) error { return nil }

@@ -52,8 +52,8 @@ type Options struct {
 	// earlier run: a cluster that never needs the DB never downloads it. Once loaded, the DB is
 	// checked every CheckInterval as any other.
 	OnDemand bool
-	// WantRetry is how soon after a failed check a Want asks again while no DB is loaded; 0
-	// means a minute.
+	// WantRetry is how soon after a failed check a Want asks again while no DB is loaded,
+	// doubling with each failure up to CheckInterval; 0 means a minute.
 	WantRetry time.Duration
 	// Repositories of the DB artifact, tried in order.
 	Repositories []string
@@ -103,10 +103,16 @@ type Manager struct {
 	// wanted is signalled by Want.
 	wanted chan struct{}
 
-	mu      sync.RWMutex
-	info    *scanner.DBInfo
-	lastErr error
-	// Of the DB in use and of the last check (State).
+	// mu is held for reading while the DB is read (View, ViewDir: a Java DB during a whole
+	// analysis) and for writing while it is swapped; nothing else waits on it.
+	mu   sync.RWMutex
+	info *scanner.DBInfo
+	// cur is info, readable while a swap waits for the readers (Info, Loaded, State).
+	cur atomic.Pointer[scanner.DBInfo]
+
+	// stMu guards what State says of the DB in use and of the last check.
+	stMu         sync.Mutex
+	lastErr      error
 	source       string
 	nextUpdate   time.Time
 	downloadedAt time.Time
@@ -207,33 +213,36 @@ func (m *Manager) View(fn func(scanner.DBInfo) error) error {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	if m.info == nil {
-		if m.lastErr != nil {
-			return fmt.Errorf("%w: %v", ErrNoDB, m.lastErr)
+		if err := m.LastError(); err != nil {
+			return fmt.Errorf("%w: %v", ErrNoDB, err)
 		}
 		return ErrNoDB
 	}
 	return fn(*m.info)
 }
 
-// Info returns the current DB's identity, or false before any DB was loaded.
+// Info returns the current DB's identity, or false before any DB was loaded. It never waits for
+// a swap.
 func (m *Manager) Info() (scanner.DBInfo, bool) {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	if m.info == nil {
-		return scanner.DBInfo{}, false
+	if info := m.cur.Load(); info != nil {
+		return *info, true
 	}
-	return *m.info, true
+	return scanner.DBInfo{}, false
 }
 
-// State returns what the Manager knows of its DB and of its last check.
+// setInfo sets the DB in use; the caller holds mu for writing.
+func (m *Manager) setInfo(info *scanner.DBInfo) {
+	m.info = info
+	m.cur.Store(info)
+}
+
+// State returns what the Manager knows of its DB and of its last check. It never waits for a
+// swap.
 func (m *Manager) State() State {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	st := State{Source: m.source, NextUpdate: m.nextUpdate, DownloadedAt: m.downloadedAt, LastCheck: m.lastCheck, LastErr: m.lastErr}
-	if m.info != nil {
-		st.Info, st.Loaded = *m.info, true
-	}
-	return st
+	info, loaded := m.Info()
+	m.stMu.Lock()
+	defer m.stMu.Unlock()
+	return State{Info: info, Loaded: loaded, Source: m.source, NextUpdate: m.nextUpdate, DownloadedAt: m.downloadedAt, LastCheck: m.lastCheck, LastErr: m.lastErr}
 }
 
 // Checked returns a channel that receives the State after each check or load, whatever its
@@ -249,9 +258,9 @@ func (m *Manager) Checked() <-chan event.TypedGenericEvent[State] {
 
 // checkEnded stamps the end of a check or load and tells the Checked channels.
 func (m *Manager) checkEnded() {
-	m.mu.Lock()
+	m.stMu.Lock()
 	m.lastCheck = m.opts.Clock.Now()
-	m.mu.Unlock()
+	m.stMu.Unlock()
 	st := m.State()
 	m.subMu.Lock()
 	defer m.subMu.Unlock()
@@ -266,8 +275,8 @@ func (m *Manager) checkEnded() {
 
 // LastError returns the error of the last failed check or load, nil after a success.
 func (m *Manager) LastError() error {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
+	m.stMu.Lock()
+	defer m.stMu.Unlock()
 	return m.lastErr
 }
 
@@ -317,13 +326,21 @@ func (m *Manager) Start(ctx context.Context) error {
 		case <-m.wanted:
 		}
 	}
+	failures := 0
 	for {
 		cctx, cancel := context.WithTimeout(ctx, m.opts.CheckTimeout)
 		if _, err := m.Check(cctx); err != nil && ctx.Err() == nil {
 			log.Error(err, "Checking for a new "+m.art.Name+" failed; the current one keeps serving", "artifact", m.art.Name)
+			failures++
+		} else {
+			failures = 0
 		}
 		cancel()
 		checked := time.Now()
+		// A wanted DB that cannot be had is asked for again after WantRetry, doubling with each
+		// failure up to CheckInterval: a mirror that fails after the transfer is not downloaded
+		// from every minute.
+		retry := min(m.opts.WantRetry<<min(max(failures-1, 0), 16), m.opts.CheckInterval)
 		// Jitter spreads the checks of many clusters behind one mirror.
 		wait := m.opts.CheckInterval + time.Duration(rand.Int64N(int64(m.opts.CheckInterval/10)+1))
 	waiting:
@@ -339,7 +356,7 @@ func (m *Manager) Start(ctx context.Context) error {
 			case <-time.After(wait):
 				break waiting
 			case <-wanted:
-				if early := m.opts.WantRetry - time.Since(checked); early > 0 {
+				if early := retry - time.Since(checked); early > 0 {
 					wait = min(wait, early)
 					continue
 				}
@@ -382,7 +399,7 @@ func (m *Manager) Open(ctx context.Context) error {
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.info = nil
+	m.setInfo(nil)
 	if m.art.close == nil {
 		return nil
 	}
@@ -390,9 +407,9 @@ func (m *Manager) Close() error {
 }
 
 func (m *Manager) setErr(err error) error {
-	m.mu.Lock()
+	m.stMu.Lock()
 	m.lastErr = err
-	m.mu.Unlock()
+	m.stMu.Unlock()
 	return err
 }
 
@@ -609,9 +626,11 @@ func (m *Manager) swap(src, dst string, info scanner.DBInfo, o origin) error {
 	if old != "" {
 		_ = os.RemoveAll(old)
 	}
-	m.info = &info
+	m.setInfo(&info)
+	m.stMu.Lock()
 	m.lastErr = nil
 	m.source, m.nextUpdate, m.downloadedAt = o.source, o.nextUpdate, o.downloadedAt
+	m.stMu.Unlock()
 	m.notify(info)
 	return nil
 }
@@ -624,12 +643,12 @@ func (m *Manager) restoreLocked(old, dst string) {
 
 // reopenLocked reopens the DB that was serving before a failed swap and returns cause.
 func (m *Manager) reopenLocked(cause error) error {
-	m.lastErr = cause
+	_ = m.setErr(cause)
 	if m.info == nil {
 		return cause
 	}
 	if err := m.openLocked(m.dirLocked()); err != nil {
-		m.info = nil
+		m.setInfo(nil)
 		return errors.Join(cause, fmt.Errorf("reopening the previous %s: %w", m.art.Name, err))
 	}
 	return cause

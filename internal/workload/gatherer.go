@@ -533,7 +533,15 @@ func (g *Gatherer) Report(ctx context.Context, namespace string, img policy.Imag
 	if img.Tag == "" {
 		return nil
 	}
-	return g.reportOf(g.find(ctx, IndexReportTag, img.Repository+":"+img.Tag, namespace, newestCreated))
+	// The tag's newest report names its digest; that digest is judged on every platform.
+	rep := g.find(ctx, IndexReportTag, img.Repository+":"+img.Tag, namespace, newestCreated)
+	if rep == nil {
+		return nil
+	}
+	if all := g.platformReports(ctx, rep.Spec.Digest, namespace); all != nil {
+		return all
+	}
+	return g.reportOf(rep)
 }
 
 // platformReports returns the scanned report of digest in namespace (all when empty) with the
@@ -593,10 +601,20 @@ func (g *Gatherer) LastKnown(ctx context.Context, namespace string, img policy.I
 		return nil
 	}
 	key := img.Repository + ":" + img.Tag
-	if rep := g.reportOf(g.find(ctx, IndexReportTag, key, namespace, newestCreated)); rep != nil {
-		return rep
+	for _, ns := range []string{namespace, ""} {
+		rep := g.find(ctx, IndexReportTag, key, ns, newestCreated)
+		if rep == nil {
+			continue
+		}
+		// That digest, on every platform.
+		if all := g.platformReports(ctx, rep.Spec.Digest, ns); all != nil {
+			return all
+		}
+		if out := g.reportOf(rep); out != nil {
+			return out
+		}
 	}
-	return g.reportOf(g.find(ctx, IndexReportTag, key, "", newestCreated))
+	return nil
 }
 
 // newestScan prefers a's scan to b's when it is newer; an unscanned report is never preferred.
