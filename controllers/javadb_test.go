@@ -38,6 +38,7 @@ func TestJavaImagesWaitForTheJavaDB(t *testing.T) {
 		cond := meta.FindStatusCondition(r.Status.Conditions, securityv1alpha1.ConditionScanned)
 		g.Expect(cond.Reason).To(Equal(securityv1alpha1.ReasonJavaDBUnavailable))
 		g.Expect(cond.Message).To(ContainSubstring("2 Java archives"))
+		g.Expect(r.Status.JavaArchivesNotAnalysed).To(BeEquivalentTo(2))
 	}).WithTimeout(timeout).Should(Succeed())
 	g.Expect(ids(r)).NotTo(ContainElement(HavePrefix("CVE-2026-53")))
 	g.Expect(meta.FindStatusCondition(r.Status.Conditions, securityv1alpha1.ConditionReady).Reason).To(Equal(securityv1alpha1.ReasonJavaDBUnavailable))
@@ -66,6 +67,7 @@ func TestJavaImagesWaitForTheJavaDB(t *testing.T) {
 			}
 		}
 		g.Expect(java).To(ConsistOf("CVE-2026-5301 org.apache.logging.log4j:log4j-core 2.19.0"))
+		g.Expect(r.Status.JavaArchivesNotAnalysed).To(BeZero())
 	}).WithTimeout(timeout).Should(Succeed())
 	g.Expect(scan.Analyses()-before).To(BeEquivalentTo(2), "once without the Java DB, once with it")
 

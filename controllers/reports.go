@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"regexp"
 	"strings"
 
@@ -157,6 +158,7 @@ func applyScan(report *securityv1alpha1.ImageScanReport, s ScanStatus) {
 	st := &report.Status
 	res := s.Result
 	st.Platform = res.Platform
+	st.JavaArchivesNotAnalysed = int32(min(res.JavaArchives, math.MaxInt32))
 	st.OS = &securityv1alpha1.OperatingSystem{Family: res.OS.Family, Name: res.OS.Name, EOSL: res.OS.EOSL}
 	st.Scanner = &securityv1alpha1.Scanner{Name: "Trivy", Version: s.ScannerVersion}
 	updated := metav1.NewTime(res.DB.UpdatedAt)

@@ -335,6 +335,13 @@ type ImageScanReportStatus struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=128
 	Platform string `json:"platform,omitempty"`
+	// JavaArchivesNotAnalysed counts the image's jar, war, ear and par files that the scan whose
+	// findings are in force did not analyse, for want of a Java DB (reason JavaDBUnavailable):
+	// their packages are missing from the findings, so policies take the image for not fully
+	// scanned. Cleared by a scan that analysed them; kept through a failed one.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	JavaArchivesNotAnalysed int32 `json:"javaArchivesNotAnalysed,omitempty"`
 
 	// OS detected in the image.
 	// +optional

@@ -99,14 +99,18 @@ func Decide(ctx context.Context, state State, req Request, now time.Time) (Decis
 	lookups, cancel := lookupContext(ctx)
 	defer cancel()
 	digests, reports, lastKnown := state.Reports(lookups, req.Namespace, req.PodSpec, images, resolve)
-	platform, selected := workload.RequestedPlatform(req.PodSpec)
+	platforms := workload.RequestedPlatforms(req.PodSpec)
 	var unscanned []policy.Image
 	for i := range images {
 		images[i].Report = reports[i]
-		if selected {
-			images[i].Platform = platform
+		covered := true
+		for _, p := range platforms {
+			if !reports[i].Covers(p) {
+				covered, images[i].Platform = false, p
+				break
+			}
 		}
-		if reports[i] != nil && reports[i].Pending() == "" && (!selected || reports[i].Covers(platform)) {
+		if reports[i] != nil && reports[i].Pending() == "" && covered {
 			continue
 		}
 		if reports[i] != nil {

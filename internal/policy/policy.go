@@ -127,8 +127,10 @@ func ReportOf(rep *securityv1alpha1.ImageScanReport) *Report {
 	}
 	if c := apimeta.FindStatusCondition(rep.Status.Conditions, securityv1alpha1.ConditionScanned); c != nil && c.Status == metav1.ConditionFalse {
 		out.MatchFailed = c.Message
-	} else if c != nil && c.Reason == securityv1alpha1.ReasonJavaDBUnavailable {
-		out.Partial = "its Java archives were not analysed yet (no Java DB is loaded)"
+	}
+	// Kept through a failed re-scan: the findings in force are those of the partial scan.
+	if n := rep.Status.JavaArchivesNotAnalysed; n > 0 {
+		out.Partial = fmt.Sprintf("%d of its Java archives were not analysed yet (no Java DB was loaded)", n)
 	}
 	return out
 }
@@ -296,8 +298,9 @@ func (p *Policy) Rules() []string {
 }
 
 // judgeEveryPlatform judges img, and when its report has reports of other platforms (an index
-// digest run on nodes of several), each of them too: the first failure, said with its platform,
-// else the pass of img's own report; the earliest change of any.
+// digest run on nodes of several), each of them too: the first failure, said with its platform
+// (one that is not NotScanned before one that is: a verdict on findings is final, an unscanned
+// one is onUnscanned's), else the pass of img's own report; the earliest change of any.
 func (c check) judgeEveryPlatform(img Image, now time.Time) (Result, time.Time) {
 	r, next := c.judge(img, now)
 	if !c.needsReport || img.Report == nil || len(img.Report.Others) == 0 {
@@ -313,7 +316,9 @@ func (c check) judgeEveryPlatform(img Image, now time.Time) (Result, time.Time) 
 		if !onext.IsZero() && (next.IsZero() || onext.Before(next)) {
 			next = onext
 		}
-		if !r.Failed && !r.NotEvaluable && (or.Failed || or.NotEvaluable) {
+		worse := (!r.Failed && !r.NotEvaluable && (or.Failed || or.NotEvaluable)) ||
+			(r.Reason == ReasonNotScanned && (or.Failed || or.NotEvaluable) && or.Reason != ReasonNotScanned)
+		if worse {
 			or.Message = "on " + platformName(other.Platform) + ": " + or.Message
 			r = or
 		}

@@ -283,12 +283,24 @@ func TestAPartialReportNeverPasses(t *testing.T) {
 	g.Expect(other.Report.Pending()).NotTo(BeEmpty())
 	g.Expect(evaluate(t, rule, other, now).Compliant()).To(BeFalse())
 
+	// A partial report on one platform does not hide a failure on findings on another.
+	masked := scanned("r/a")
+	masked.Report.Partial = img.Report.Partial
+	arm := scanned("r/a", vuln("CVE-1", securityv1alpha1.SeverityCritical, "1.1")).Report
+	arm.Platform = "linux/arm64"
+	masked.Report.Others = []*Report{arm}
+	r := evaluate(t, rule, masked, now).Results[0]
+	g.Expect(r.Reason).To(Equal(ReasonTooManyVulnerabilities))
+	g.Expect(r.Message).To(Equal("on linux/arm64: 1 critical (max 0)"))
+
+	// ReportOf reads it off the status, where a failed re-scan leaves it.
 	rep := &securityv1alpha1.ImageScanReport{Status: securityv1alpha1.ImageScanReportStatus{
-		Summary:    &securityv1alpha1.VulnerabilitySummary{},
-		Conditions: []metav1.Condition{{Type: securityv1alpha1.ConditionScanned, Status: metav1.ConditionTrue, Reason: securityv1alpha1.ReasonJavaDBUnavailable}},
+		Summary:                 &securityv1alpha1.VulnerabilitySummary{},
+		JavaArchivesNotAnalysed: 2,
+		Conditions:              []metav1.Condition{{Type: securityv1alpha1.ConditionScanned, Status: metav1.ConditionFalse, Reason: "Timeout"}},
 	}}
-	g.Expect(ReportOf(rep).Partial).NotTo(BeEmpty())
-	rep.Status.Conditions[0].Reason = securityv1alpha1.ReasonScanSucceeded
+	g.Expect(ReportOf(rep).Partial).To(ContainSubstring("2 of its Java archives"))
+	rep.Status.JavaArchivesNotAnalysed = 0
 	g.Expect(ReportOf(rep).Partial).To(BeEmpty())
 }
 
