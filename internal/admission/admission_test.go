@@ -106,7 +106,7 @@ func TestDecide(t *testing.T) {
 	}{
 		"a partial report is unscanned: denied": {
 			policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, noCritical)},
-			images:   []string{"registry.example.com/partial:1"}, wantMessage: "not scanned yet", unscanned: 1,
+			images:   []string{"registry.example.com/partial:1"}, wantMessage: "not scanned yet in full: its Java archives were not analysed yet", unscanned: 1,
 		},
 		"a partial report is unscanned: allowed": {
 			policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, noCritical)},
@@ -118,7 +118,7 @@ func TestDecide(t *testing.T) {
 		},
 		"a pod asking for arm64, scanned on amd64 only, is unscanned": {
 			policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, noCritical)},
-			images:   []string{"registry.example.com/amd64-only:1"}, spec: arm64, wantMessage: "not scanned yet", unscanned: 1,
+			images:   []string{"registry.example.com/amd64-only:1"}, spec: arm64, wantMessage: "not scanned yet for linux/arm64", unscanned: 1,
 		},
 		"a pod asking for arm64, scanned on arm64, is judged": {
 			policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, noCritical)},

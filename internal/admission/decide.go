@@ -219,6 +219,19 @@ func lookupContext(ctx context.Context) (context.Context, context.CancelFunc) {
 // findings of its tag's last digest, which only refuse). Signatures not verified in time fail,
 // once final (before the lookups, they are not verified yet: no refusal), whatever onUnscanned
 // says.
+// unscannedWhy says why an image counts as unscanned: not scanned at all, scanned in part, or not
+// on the platform the pod asks for.
+func unscannedWhy(img policy.Image) string {
+	switch {
+	case img.Report.Pending() != "":
+		return "not scanned yet in full: " + img.Report.Pending()
+	case img.Platform != "":
+		return "not scanned yet for " + img.Platform
+	default:
+		return "not scanned yet"
+	}
+}
+
 func judge(policies []*workload.Policy, images []policy.Image, unscanned []bool, final bool, now time.Time) Decision {
 	d := Decision{Allowed: true, Audit: map[string]string{}}
 	var denials []string
@@ -232,7 +245,7 @@ func judge(policies []*workload.Policy, images []policy.Image, unscanned []bool,
 		unscannedOnly := true
 		for i, img := range images {
 			if unscanned[i] && p.OnUnscanned == securityv1alpha1.UnscannedDeny && len(p.MatchImages(images[i:i+1])) > 0 {
-				failures = append(failures, fmt.Sprintf("%s: not scanned yet (onUnscanned: Deny)", img.Reference()))
+				failures = append(failures, fmt.Sprintf("%s: %s (onUnscanned: Deny)", img.Reference(), unscannedWhy(img)))
 			}
 		}
 		for _, r := range p.Rules.Evaluate(matched, now).Results {
