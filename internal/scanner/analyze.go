@@ -141,7 +141,7 @@ func (s *Scanner) analyze(ctx context.Context, ref ImageRef, img v1.Image, javaD
 	}
 	inv := newInventory(ref, s.trivyVersion, detail)
 	inv.Platform = platformOfConfig(fetched)
-	if p := inv.Platform; p != "unknown" && !strings.HasPrefix(p, "linux/") {
+	if p := inv.Platform; !linuxOrUnknown(p) {
 		// Trivy finds nothing in a Windows image: a clean report would be a lie.
 		return nil, use, registry.Errorf(registry.KindUnsupported, "the image is for %s: only Linux images are analysed", p)
 	}
@@ -151,6 +151,11 @@ func (s *Scanner) analyze(ctx context.Context, ref ImageRef, img v1.Image, javaD
 	}
 	inv.AnalyzedAt = started.UTC().Truncate(time.Second)
 	return inv, use, nil
+}
+
+// linuxOrUnknown reports whether an inventory's platform is Linux, or not named: what Trivy analyses.
+func linuxOrUnknown(platform string) bool {
+	return platform == "" || platform == "unknown" || strings.HasPrefix(platform, "linux/")
 }
 
 // platformOfConfig returns the platform img's config names (os/architecture[/variant]), or

@@ -427,6 +427,9 @@ func (s *Scanner) serves(inv *Inventory, ref ImageRef) bool {
 	if !servesRef(inv, ref) {
 		return false
 	}
+	if !linuxOrUnknown(inv.Platform) {
+		return false // kept before such images were refused: analysed again, and refused
+	}
 	if inv.JavaArchives == 0 || s.opts.JavaDB == nil {
 		return true
 	}

@@ -239,9 +239,9 @@ func (m *Manager) setInfo(info *scanner.DBInfo) {
 // State returns what the Manager knows of its DB and of its last check. It never waits for a
 // swap.
 func (m *Manager) State() State {
-	info, loaded := m.Info()
 	m.stMu.Lock()
 	defer m.stMu.Unlock()
+	info, loaded := m.Info()
 	return State{Info: info, Loaded: loaded, Source: m.source, NextUpdate: m.nextUpdate, DownloadedAt: m.downloadedAt, LastCheck: m.lastCheck, LastErr: m.lastErr}
 }
 
@@ -626,8 +626,9 @@ func (m *Manager) swap(src, dst string, info scanner.DBInfo, o origin) error {
 	if old != "" {
 		_ = os.RemoveAll(old)
 	}
-	m.setInfo(&info)
+	// The DB and what State says of it change together.
 	m.stMu.Lock()
+	m.setInfo(&info)
 	m.lastErr = nil
 	m.source, m.nextUpdate, m.downloadedAt = o.source, o.nextUpdate, o.downloadedAt
 	m.stMu.Unlock()
