@@ -318,7 +318,7 @@ func (r *ImageScanReportReconciler) current(report *securityv1alpha1.ImageScanRe
 		!meta.IsStatusConditionTrue(report.Status.Conditions, securityv1alpha1.ConditionScanned) {
 		return false
 	}
-	if r.JavaDB != nil && meta.FindStatusCondition(report.Status.Conditions, securityv1alpha1.ConditionScanned).Reason == securityv1alpha1.ReasonJavaDBUnavailable {
+	if r.JavaDB != nil && report.Status.JavaArchivesNotAnalysed > 0 {
 		if _, loaded := r.JavaDB.Info(); loaded {
 			return false // its jars are analysed now
 		}
@@ -629,8 +629,8 @@ func (r *ImageScanReportReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(r)
 }
 
-// waitingForJavaDB returns a request for each report whose image's Java archives were not analysed
-// for want of the Java DB.
+// waitingForJavaDB returns a request for each report whose findings lack its image's Java
+// archives (status.javaArchivesNotAnalysed, which a failed re-scan leaves in place).
 func waitingForJavaDB(ctx context.Context, c client.Reader) []reconcile.Request {
 	reports := &securityv1alpha1.ImageScanReportList{}
 	if err := c.List(ctx, reports); err != nil {
@@ -638,7 +638,7 @@ func waitingForJavaDB(ctx context.Context, c client.Reader) []reconcile.Request 
 	}
 	var reqs []reconcile.Request
 	for _, rep := range reports.Items {
-		if cond := meta.FindStatusCondition(rep.Status.Conditions, securityv1alpha1.ConditionScanned); cond != nil && cond.Reason == securityv1alpha1.ReasonJavaDBUnavailable {
+		if rep.Status.JavaArchivesNotAnalysed > 0 {
 			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: rep.Namespace, Name: rep.Name}})
 		}
 	}

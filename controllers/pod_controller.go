@@ -119,7 +119,7 @@ func excludedNamespace(ns *corev1.Namespace, excluded []string) bool {
 }
 
 // reportKey is what tells reports of a namespace apart: the digest, and the platform of the nodes
-// that run it ("" for DefaultPlatform), whose image of an index digest is scanned.
+// that run it ("" for policy.DefaultPlatform), whose image of an index digest is scanned.
 type reportKey struct {
 	digest, platform string
 }
@@ -147,7 +147,7 @@ type imageUse struct {
 	image  string
 	img    policy.Image
 	digest string
-	// platform is that of the pod's node ("" for DefaultPlatform).
+	// platform is that of the pod's node ("" for policy.DefaultPlatform).
 	platform string
 }
 
@@ -190,7 +190,7 @@ func (r *PodReconciler) imageUses(ctx context.Context, pods []corev1.Pod) (_ []*
 
 // podPlatform returns the platform whose image pod runs of an index digest: its node's
 // (status.nodeInfo), else, while it is not scheduled (or its node is not known yet), the one its
-// nodeSelector asks for, else DefaultPlatform; "" stands for DefaultPlatform.
+// nodeSelector asks for, else policy.DefaultPlatform, which "" stands for.
 func (r *PodReconciler) podPlatform(ctx context.Context, pod *corev1.Pod) (string, error) {
 	var osName, arch string
 	if pod.Spec.NodeName != "" {
@@ -204,11 +204,8 @@ func (r *PodReconciler) podPlatform(ctx context.Context, pod *corev1.Pod) (strin
 	if arch == "" {
 		osName, arch = pod.Spec.NodeSelector[corev1.LabelOSStable], pod.Spec.NodeSelector[corev1.LabelArchStable]
 	}
-	return nodePlatform(osName, arch), nil
+	return workload.NodePlatform(osName, arch), nil
 }
-
-// nodePlatform returns the report platform of a node's OS and architecture (workload.NodePlatform).
-func nodePlatform(osName, arch string) string { return workload.NodePlatform(osName, arch) }
 
 // lookUpTags gives the uses without a digest the digest of their tag, as tagLookups knows it:
 // no reconcile waits on a registry. It reports whether some lookup is still running; uses whose

@@ -20,9 +20,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/policy"
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
-	"github.com/imageguard/imageguard/internal/workload"
 )
 
 const (
@@ -33,10 +33,6 @@ const (
 )
 
 var nonLabelChars = regexp.MustCompile(`[^a-z0-9-]+`)
-
-// DefaultPlatform is the platform of a report whose spec.platform is empty: the image an index
-// digest names for it is scanned.
-const DefaultPlatform = workload.DefaultPlatform
 
 // ReportName returns the name of the report of digest on the default platform: the repository's
 // last path element, a dash and the digest's first 12 hex characters, cut to fit a DNS label. When
@@ -75,7 +71,7 @@ func reportName(repository, digest, platform string, hexLen int) string {
 // variant (arm64, armv7), after its OS when that is not linux (windows-amd64); at most 20
 // characters.
 func platformSuffix(platform string) string {
-	if platform == "" || platform == DefaultPlatform {
+	if platform == "" || platform == policy.DefaultPlatform {
 		return ""
 	}
 	parts := strings.SplitN(platform, "/", 3)
@@ -88,14 +84,6 @@ func platformSuffix(platform string) string {
 		suffix = strings.TrimRight(suffix[:20], "-")
 	}
 	return suffix
-}
-
-// platformOrDefault returns platform, or DefaultPlatform when it is empty.
-func platformOrDefault(platform string) string {
-	if platform == "" {
-		return DefaultPlatform
-	}
-	return platform
 }
 
 // DigestLabelValue returns the value of DigestLabel for digest.
@@ -140,7 +128,7 @@ func reportFor(ctx context.Context, c client.Client, live client.Reader, namespa
 			return report, false, nil
 		}
 	}
-	return nil, false, fmt.Errorf("every name of the report of %s@%s (%s) in %s is held by another digest's or platform's report", spec.Image, spec.Digest, platformOrDefault(spec.Platform), namespace)
+	return nil, false, fmt.Errorf("every name of the report of %s@%s (%s) in %s is held by another digest's or platform's report", spec.Image, spec.Digest, policy.PlatformName(spec.Platform), namespace)
 }
 
 // ScanStatus is what the report controller writes for a successful scan.

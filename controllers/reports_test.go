@@ -74,24 +74,6 @@ func TestPlatformReportNames(t *testing.T) {
 	NewWithT(t).Expect(ReportNames("r/app", digest, "linux/arm64")).NotTo(ContainElement(ReportName("r/app", digest)))
 }
 
-func TestNodePlatform(t *testing.T) {
-	tests := map[string]struct{ os, arch, want string }{
-		"amd64 is the default":     {"linux", "amd64", ""},
-		"arm64":                    {"linux", "arm64", "linux/arm64"},
-		"no OS reported":           {"", "arm64", "linux/arm64"},
-		"nothing reported":         {"", "", ""},
-		"windows":                  {"windows", "amd64", "windows/amd64"},
-		"a malformed arch":         {"linux", "arm64/../x", ""},
-		"an upper-case spelling":   {"Linux", "ARM64", ""},
-		"an architecture too long": {"linux", strings.Repeat("a", 40), ""},
-	}
-	for name, tt := range tests {
-		t.Run(name, func(t *testing.T) {
-			NewWithT(t).Expect(nodePlatform(tt.os, tt.arch)).To(Equal(tt.want))
-		})
-	}
-}
-
 func TestDigestOf(t *testing.T) {
 	tests := map[string]struct{ imageID, want string }{
 		"docker-pullable":   {"docker-pullable://registry.example.com/app@" + digest, digest},

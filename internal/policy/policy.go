@@ -307,7 +307,7 @@ func (c check) judgeEveryPlatform(img Image, now time.Time) (Result, time.Time) 
 		return r, next
 	}
 	if r.Failed || r.NotEvaluable {
-		r.Message = "on " + platformName(img.Report.Platform) + ": " + r.Message
+		r.Message = "on " + PlatformName(img.Report.Platform) + ": " + r.Message
 	}
 	for _, other := range img.Report.Others {
 		one := img
@@ -319,17 +319,21 @@ func (c check) judgeEveryPlatform(img Image, now time.Time) (Result, time.Time) 
 		worse := (!r.Failed && !r.NotEvaluable && (or.Failed || or.NotEvaluable)) ||
 			(r.Reason == ReasonNotScanned && (or.Failed || or.NotEvaluable) && or.Reason != ReasonNotScanned)
 		if worse {
-			or.Message = "on " + platformName(other.Platform) + ": " + or.Message
+			or.Message = "on " + PlatformName(other.Platform) + ": " + or.Message
 			r = or
 		}
 	}
 	return r, next
 }
 
-// platformName names a report's platform ("" is the default).
-func platformName(p string) string {
+// DefaultPlatform is the platform of a report whose spec.platform is empty: the image an index
+// digest names for it is scanned.
+const DefaultPlatform = "linux/amd64"
+
+// PlatformName names a report's platform: DefaultPlatform for "".
+func PlatformName(p string) string {
 	if p == "" {
-		return "linux/amd64"
+		return DefaultPlatform
 	}
 	return p
 }

@@ -196,16 +196,6 @@ func (s *Store) PutAlias(index string, platform v1.Platform, image string) error
 	})
 }
 
-// Has reports whether an inventory of digest is kept (it may still turn out corrupt).
-func (s *Store) Has(digest string) bool {
-	p, err := s.path(digest)
-	if err != nil {
-		return false
-	}
-	_, err = os.Stat(p)
-	return err == nil
-}
-
 // Put writes inv durably (internal/durable), so a crash or a power cut never leaves a
 // half-written inventory.
 func (s *Store) Put(inv *Inventory) error {

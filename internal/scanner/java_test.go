@@ -73,12 +73,7 @@ func TestJavaArchivesNeedTheJavaDB(t *testing.T) {
 
 	// Trivy's own image scan, its jar analyzer reading the same Java DB (Trivy's process-global
 	// Java DB, which the scanner pointed at it).
-	var short []scanner.Finding
-	for _, finding := range res.Findings {
-		short = append(short, scanner.Finding{ID: finding.ID, Package: finding.Package, InstalledVersion: finding.InstalledVersion,
-			FixedVersion: finding.FixedVersion, Severity: finding.Severity})
-	}
-	g.Expect(short).To(ConsistOf(trivyImageScan(testContext(t), t, f, tagged)))
+	g.Expect(cliFields(res.Findings)).To(ConsistOf(trivyImageScan(testContext(t), t, f, tagged)))
 }
 
 // An on-demand Java DB is downloaded when the first image with jars is analysed, never for one

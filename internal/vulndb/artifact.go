@@ -63,7 +63,7 @@ type Artifact struct {
 	// verify checks that the DB file opens and holds what Trivy reads.
 	verify func(path string) error
 	// open makes the DB in dir the one Trivy reads; close closes it (both nil: the DB is read
-	// from its folder by whoever holds it, see Manager.Dir).
+	// from its folder by whoever holds it, see Manager.ViewDir).
 	open  func(dir string) error
 	close func() error
 }
@@ -76,7 +76,7 @@ var VulnerabilityDB = &Artifact{
 }
 
 // JavaDB is Trivy's Java DB (Maven artifacts by SHA-1, for jar files without their Maven
-// properties). Analyses read it from its folder (Manager.Dir) through Trivy's javadb package.
+// properties). Analyses read it from its folder (Manager.ViewDir) through Trivy's javadb package.
 var JavaDB = &Artifact{
 	Name: "Java DB", Folder: "java-db", LayerMediaType: JavaLayerMediaType, File: "trivy-java.db", SchemaVersion: JavaSchemaVersion,
 	DefaultRepositories: []string{"mirror.gcr.io/aquasec/trivy-java-db:1", "ghcr.io/aquasecurity/trivy-java-db:1"},

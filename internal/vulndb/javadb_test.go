@@ -42,12 +42,11 @@ func TestTheJavaDBIsManagedLikeTheVulnerabilityDB(t *testing.T) {
 	// Nothing is asked of the registry until an image needs the DB.
 	reg.ResetCounts()
 	g.Consistently(func() int { return reg.Counts().Requests }).WithTimeout(300 * time.Millisecond).Should(BeZero())
-	_, ok := m.Dir()
-	g.Expect(ok).To(BeFalse())
+	g.Expect(dirOf(m)).To(BeEmpty())
 
 	m.Want()
 	var dir string
-	g.Eventually(func() bool { dir, ok = m.Dir(); return ok }).Should(BeTrue())
+	g.Eventually(func() string { dir = dirOf(m); return dir }).ShouldNot(BeEmpty())
 	g.Expect(filepath.Join(dir, "trivy-java.db")).To(BeARegularFile())
 	info, _ := m.Info()
 	g.Expect(info.Digest).To(Equal(v1.String()))
@@ -86,15 +85,20 @@ func TestTheJavaDBIsManagedLikeTheVulnerabilityDB(t *testing.T) {
 	g.Expect(err).To(MatchError(ContainSubstring("not a Trivy Java DB")))
 }
 
+// dirOf returns the folder of m's DB in use, as an analysis sees it (ViewDir); "" when none.
+func dirOf(m *vulndb.Manager) string {
+	var out string
+	_ = m.ViewDir(func(dir string) error { out = dir; return nil })
+	return out
+}
+
 func TestALocalJavaDBNeverDownloads(t *testing.T) {
 	g := NewWithT(t)
 	dir := t.TempDir()
 	g.Expect(testutil.BuildJavaDB(dir, time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), []testutil.JavaArtifact{log4jCore})).To(Succeed())
 	m := must(vulndb.New(vulndb.Options{Artifact: vulndb.JavaDB, LocalPath: dir, CacheDir: t.TempDir(), Log: logr.Discard()}))
 	g.Expect(m.LoadLocal()).To(Succeed())
-	got, ok := m.Dir()
-	g.Expect(ok).To(BeTrue())
-	g.Expect(got).To(Equal(dir))
+	g.Expect(dirOf(m)).To(Equal(dir))
 	g.Expect(m.State().Info.UpdatedAt).To(Equal(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)))
 
 	// A folder that holds a vulnerability DB instead is refused, with the reason.

@@ -170,17 +170,6 @@ func (m *Manager) Want() {
 	}
 }
 
-// Dir returns the folder of the DB in use, which does not change while a View runs; false before
-// any DB was loaded.
-func (m *Manager) Dir() (string, bool) {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	if m.info == nil {
-		return "", false
-	}
-	return m.dirLocked(), true
-}
-
 func (m *Manager) dirLocked() string {
 	if m.opts.LocalPath != "" {
 		return m.opts.LocalPath

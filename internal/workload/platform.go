@@ -4,17 +4,15 @@ import (
 	"regexp"
 
 	corev1 "k8s.io/api/core/v1"
-)
 
-// DefaultPlatform is the platform of a report whose spec.platform is empty: the image an index
-// digest names for it is scanned.
-const DefaultPlatform = "linux/amd64"
+	"github.com/imageguard/imageguard/internal/policy"
+)
 
 var platformPart = regexp.MustCompile(`^[a-z0-9][a-z0-9_]{0,30}$`)
 
 // NodePlatform returns the report platform of an OS and architecture, as a node reports them or
-// a nodeSelector asks for them: "" for DefaultPlatform, and for an architecture that is missing or
-// malformed.
+// a nodeSelector asks for them: "" for policy.DefaultPlatform, and for an architecture that is
+// missing or malformed.
 func NodePlatform(osName, arch string) string {
 	if osName == "" {
 		osName = "linux"
@@ -22,7 +20,7 @@ func NodePlatform(osName, arch string) string {
 	if !platformPart.MatchString(osName) || !platformPart.MatchString(arch) {
 		return ""
 	}
-	if p := osName + "/" + arch; p != DefaultPlatform {
+	if p := osName + "/" + arch; p != policy.DefaultPlatform {
 		return p
 	}
 	return ""

@@ -1,11 +1,30 @@
 package workload
 
 import (
+	"strings"
 	"testing"
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 )
+
+func TestNodePlatform(t *testing.T) {
+	tests := map[string]struct{ os, arch, want string }{
+		"amd64 is the default":     {"linux", "amd64", ""},
+		"arm64":                    {"linux", "arm64", "linux/arm64"},
+		"no OS reported":           {"", "arm64", "linux/arm64"},
+		"nothing reported":         {"", "", ""},
+		"windows":                  {"windows", "amd64", "windows/amd64"},
+		"a malformed arch":         {"linux", "arm64/../x", ""},
+		"an upper-case spelling":   {"Linux", "ARM64", ""},
+		"an architecture too long": {"linux", strings.Repeat("a", 40), ""},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			NewWithT(t).Expect(NodePlatform(tt.os, tt.arch)).To(Equal(tt.want))
+		})
+	}
+}
 
 func TestRequestedPlatforms(t *testing.T) {
 	g := NewWithT(t)
