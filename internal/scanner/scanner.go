@@ -68,6 +68,8 @@ type Scanner struct {
 	matcher      *matcher
 	trivyVersion string
 	flights      singleflight.Group
+	// imageFlights share the analysis of one image manifest between flights (above).
+	imageFlights singleflight.Group
 	marks        *crashMarks
 	analyses     atomic.Int64
 	// layers bounds the layer cache; layerDir is where analyses find it (both unset without one).
@@ -247,70 +249,22 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 			return inv, err
 		}
 		started := s.opts.Clock.Now()
-		// The analysis is shared: one caller giving up must not cancel it for the others. Its
-		// wait for a slot is bounded on its own, and its time limit starts once it has one.
+		// The flight is shared: one caller giving up must not cancel it for the others. The
+		// image the digest names for the platform is a registry request, within the time limit
+		// (which also bounds img's own requests in an in-process analysis).
 		wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
 		defer wcancel()
-		// The image the digest names for the platform: a registry request, within the time limit.
 		img, imageRef, err := s.resolve(wctx, ref, platform)
 		if err != nil {
 			return nil, err
 		}
-		if imageRef.Digest != ref.Digest {
-			// An index: its image for this platform may be kept already (another index, another
-			// platform's node with the same image, a pod naming the image's own digest).
-			if inv, err := s.store.Get(imageRef.Digest); err != nil || (s.serves(inv, imageRef) && inv.Platform != "") {
-				return inv, err
-			}
-		}
-		// Marked in the cache first, so that if it takes the process down the next start knows.
-		end, err := s.marks.begin(wctx, imageRef.Digest)
-		if err != nil {
-			return nil, err
-		}
-		defer end()
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
-		defer cancel()
-		// A panic in our part of the analysis ends it, not the process (singleflight would
-		// re-raise it where nothing recovers); one in Trivy's own goroutines is what the marks
-		// are for.
-		defer func() {
-			if p := recover(); p != nil {
-				err = registry.Errorf(registry.KindUnsupported, "the analysis of %s failed: %v", ref, p)
-			}
-		}()
-		s.analyses.Add(1)
-		var inv *Inventory
-		var use *LayerUse
-		if s.layers != nil {
-			// nil (a worker that ended without an answer, a panic): the folder is read again.
-			defer func() { s.layers.Record(use) }()
-		}
-		analyse := func(javaDir string) error {
-			if s.opts.Worker != nil {
-				inv, use, err = s.analyzeInWorker(actx, imageRef, javaDir)
-			} else {
-				inv, use, err = s.analyze(actx, imageRef, img, javaDir)
-			}
-			return err
-		}
-		if s.opts.JavaDB != nil {
-			// The Java DB is not swapped while the jar analyzer reads it.
-			err = s.opts.JavaDB.ViewDir(analyse)
-		} else {
-			err = analyse("")
-		}
-		if err != nil {
-			return nil, err
-		}
-		if inv.JavaArchives > 0 && s.opts.JavaDB != nil {
-			s.opts.JavaDB.Want()
-		}
-		inv.AnalyzedAt = started.UTC().Truncate(time.Second)
-		if err := s.store.Put(inv); err != nil {
-			return nil, fmt.Errorf("keeping the inventory of %s: %w", imageRef.Digest, err)
-		}
-		return inv, nil
+		// One image may be asked for under several flights at once (its own digest and an
+		// index's, or a single-platform image for nodes of two platforms): they share its
+		// analysis, which is bounded on its own (its wait for a slot, then its time limit).
+		inv, err, _ := s.imageFlights.Do(imageRef.Digest, func() (any, error) {
+			return s.analyseImage(ctx, ref, imageRef, img, started)
+		})
+		return inv, err
 	})
 	select {
 	case <-ctx.Done():
@@ -321,6 +275,68 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 		}
 		return res.Val.(*Inventory), !res.Shared, nil
 	}
+}
+
+// analyseImage analyses imageRef, the image ref names for its platform (img), and keeps its
+// inventory; ref is what was asked for, for errors. It runs once per image at a time (the
+// imageFlights), so it first serves what is kept: an index's image may be kept already (another
+// index, another platform's node with the same image, a pod naming the image's own digest), or
+// an analysis that just ended kept it.
+func (s *Scanner) analyseImage(ctx context.Context, ref, imageRef ImageRef, img v1.Image, started time.Time) (_ any, err error) {
+	if inv, err := s.store.Get(imageRef.Digest); err != nil || (s.serves(inv, imageRef) && inv.Platform != "") {
+		return inv, err
+	}
+	// Its wait for a slot is bounded on its own, and its time limit starts once it has one.
+	wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
+	defer wcancel()
+	// Marked in the cache first, so that if it takes the process down the next start knows.
+	end, err := s.marks.begin(wctx, imageRef.Digest)
+	if err != nil {
+		return nil, err
+	}
+	defer end()
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.Timeout)
+	defer cancel()
+	// A panic in our part of the analysis ends it, not the process (singleflight would
+	// re-raise it where nothing recovers); one in Trivy's own goroutines is what the marks
+	// are for.
+	defer func() {
+		if p := recover(); p != nil {
+			err = registry.Errorf(registry.KindUnsupported, "the analysis of %s failed: %v", ref, p)
+		}
+	}()
+	s.analyses.Add(1)
+	var inv *Inventory
+	var use *LayerUse
+	if s.layers != nil {
+		// nil (a worker that ended without an answer, a panic): the folder is read again.
+		defer func() { s.layers.Record(use) }()
+	}
+	analyse := func(javaDir string) error {
+		if s.opts.Worker != nil {
+			inv, use, err = s.analyzeInWorker(actx, imageRef, javaDir)
+		} else {
+			inv, use, err = s.analyze(actx, imageRef, img, javaDir)
+		}
+		return err
+	}
+	if s.opts.JavaDB != nil {
+		// The Java DB is not swapped while the jar analyzer reads it.
+		err = s.opts.JavaDB.ViewDir(analyse)
+	} else {
+		err = analyse("")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if inv.JavaArchives > 0 && s.opts.JavaDB != nil {
+		s.opts.JavaDB.Want()
+	}
+	inv.AnalyzedAt = started.UTC().Truncate(time.Second)
+	if err := s.store.Put(inv); err != nil {
+		return nil, fmt.Errorf("keeping the inventory of %s: %w", imageRef.Digest, err)
+	}
+	return inv, nil
 }
 
 // resolve returns the image ref's digest names for platform (the index's child, as

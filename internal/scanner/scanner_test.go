@@ -2,6 +2,8 @@ package scanner_test
 
 import (
 	"context"
+	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -144,6 +146,51 @@ func TestConcurrentRequestsShareOneAnalysis(t *testing.T) {
 	g.Expect(f.scanner.Analyses()).To(BeEquivalentTo(1))
 	// One image config and one layer, each read once.
 	g.Expect(f.reg.Counts().BlobGETs).To(Equal(2))
+}
+
+// One image asked for under two flights at once (its own digest and an index's, or for nodes of
+// two platforms) is analysed once: the layer GETs are held until every request has resolved its
+// manifest, so the analyses certainly overlap.
+func TestOneImageUnderTwoNamesIsAnalysedOnce(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t)
+	amd := debianImage(t)
+	arm := must(testutil.ImageFromLayers(v1.Platform{OS: "linux", Architecture: "arm64"},
+		must(testutil.LayerFromFiles(map[string][]byte{"etc/debian_version": []byte("12.11\n")}))))
+	_, index := f.reg.PushIndex(t, "overlap/app", "1.0", must(testutil.IndexFromImages(amd, arm)))
+	image := f.push(t, "overlap/app", amd)
+	refs := []scanner.ImageRef{
+		{Repository: image.Repository, Digest: index.String()},                        // the index, for amd64
+		{Repository: image.Repository, Digest: image.Digest, Platform: "linux/amd64"}, // the image itself
+		{Repository: image.Repository, Digest: image.Digest, Platform: "linux/arm64"}, // the same, on an arm64 node
+	}
+	release := make(chan struct{})
+	f.reg.SetFault(func(_ http.ResponseWriter, r *http.Request) bool {
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			<-release
+		}
+		return false
+	})
+	f.reg.ResetCounts()
+
+	var wg sync.WaitGroup
+	invs := make([]*scanner.Inventory, len(refs))
+	errs := make([]error, len(refs))
+	for i, ref := range refs {
+		wg.Go(func() { invs[i], _, errs[i] = f.scanner.Inventory(testContext(t), ref) })
+	}
+	// Each flight resolves its manifest (the index's, then its child's; the image's twice), then
+	// would GET blobs; it is given time to reach them before they are let through.
+	g.Eventually(func() int { return f.reg.Counts().ManifestGETs }, time.Minute, 10*time.Millisecond).Should(BeNumerically(">=", 4))
+	time.Sleep(300 * time.Millisecond)
+	close(release)
+	wg.Wait()
+	for i := range refs {
+		g.Expect(errs[i]).NotTo(HaveOccurred())
+		g.Expect(invs[i].Digest).To(Equal(image.Digest))
+	}
+	g.Expect(f.scanner.Analyses()).To(BeEquivalentTo(1))
+	g.Expect(f.reg.Counts().BlobGETs).To(Equal(2), "one config and one layer")
 }
 
 func TestMultiArchIndexPicksThePlatform(t *testing.T) {
