@@ -47,6 +47,9 @@ type ImageScanner interface {
 	Reanalyse(ref scanner.ImageRef, done func(error)) bool
 	Inventory(ctx context.Context, ref scanner.ImageRef) (*scanner.Inventory, bool, error)
 	Match(ctx context.Context, inv *scanner.Inventory) (*scanner.Result, error)
+	// IndexPlatforms returns the platforms an index digest has images for (nil for an image
+	// manifest); kept, or read from the registry for an index seen before they were kept.
+	IndexPlatforms(ctx context.Context, ref scanner.ImageRef) ([]string, error)
 	Version() string
 }
 
@@ -464,7 +467,8 @@ func (r *ImageScanReportReconciler) scan(ctx context.Context, report *securityv1
 	metrics.ScansInFlight.Inc()
 	defer metrics.ScansInFlight.Dec()
 	start := time.Now()
-	inv, analysed, err := r.Scanner.Inventory(ctx, scanner.ImageRef{Repository: report.Spec.Image, Digest: report.Spec.Digest, Platform: report.Spec.Platform, Keychain: keychain})
+	ref := scanner.ImageRef{Repository: report.Spec.Image, Digest: report.Spec.Digest, Platform: report.Spec.Platform, Keychain: keychain}
+	inv, analysed, err := r.Scanner.Inventory(ctx, ref)
 	if analysed || err != nil {
 		metrics.Observe(metrics.KindAnalysis, resultLabel(err), start)
 	}
@@ -476,6 +480,14 @@ func (r *ImageScanReportReconciler) scan(ctx context.Context, report *securityv1
 	metrics.Observe(metrics.KindMatch, resultLabel(err), start)
 	if err != nil {
 		return nil, metav1.Time{}, err
+	}
+	if inv.Digest != report.Spec.Digest {
+		// An index: admission asks for a report on each of its platforms the nodes have. Not
+		// known (a registry that fails now), none are written: every node's platform counts.
+		if res.IndexPlatforms, err = r.Scanner.IndexPlatforms(ctx, ref); err != nil {
+			ctrl.LoggerFrom(ctx).V(1).Info("Cannot tell the platforms of the image index", "digest", report.Spec.Digest, "error", err.Error())
+			res.IndexPlatforms = nil
+		}
 	}
 	return res, metav1.NewTime(inv.AnalyzedAt), nil
 }

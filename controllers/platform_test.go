@@ -2,6 +2,7 @@ package controllers_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -11,6 +12,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
@@ -98,4 +100,83 @@ func TestIndexDigestOnTwoArchitecturesGivesTwoReports(t *testing.T) {
 		g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "arm64 report still there: %v", err)
 	}).WithTimeout(timeout).Should(Succeed())
 	g.Expect(ready(g, "").Status.Workloads).To(HaveLen(1))
+}
+
+// A pod that may run on any node is judged, at admission, on a scanned report of its index
+// digest for every platform the cluster's nodes have and the index has an image for: scanned on
+// amd64 only, it is not scanned yet for arm64, and the refused request makes that report.
+func TestAdmissionAsksForEveryNodePlatformOfAnIndex(t *testing.T) {
+	g := NewWithT(t)
+	amd := testsuite.Image(t.Name())
+	arm := must(testutil.ImageFromLayers(v1.Platform{OS: "linux", Architecture: "arm64"},
+		must(testutil.LayerFromFiles(map[string][]byte{"etc/test-id": []byte(t.Name() + "-arm64")}))))
+	_, indexDigest := reg.PushIndex(t, "gap/app", "1.0", must(testutil.IndexFromImages(amd, arm)))
+	digest := indexDigest.String()
+	ref := reg.Host() + "/gap/app@" + digest
+	node(t, g, "gap-amd64", "linux", "amd64")
+	node(t, g, "gap-arm64", "linux", "arm64")
+	node(t, g, "gap-windows", "windows", "amd64") // the index has no image for it: no report asked
+	ns := "adm-platforms"
+	admissionNamespace(g, ns)
+	imagePolicy(g, ns, "scanned-only", securityv1alpha1.EnforcementEnforce, securityv1alpha1.PolicyRules{
+		Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](5)},
+		OnUnscanned:     securityv1alpha1.UnscannedDeny,
+	})
+	deployment := func(name, nodeSelector string) string {
+		return fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata: {name: %[2]s, namespace: %[1]s}
+spec:
+  selector: {matchLabels: {app: %[2]s}}
+  template:
+    metadata: {labels: {app: %[2]s}}
+    spec:
+      nodeSelector: {%[4]s}
+      containers: [{name: app, image: "%[3]s"}]
+`, ns, name, ref, nodeSelector)
+	}
+
+	// On amd64 nodes only: refused until the amd64 report is scanned, then admitted.
+	_, stderr, err := kubectlApply(deployment("on-amd64", `kubernetes.io/arch: amd64`))
+	g.Expect(err).To(HaveOccurred())
+	g.Expect(stderr).To(ContainSubstring("not scanned yet (onUnscanned: Deny)"))
+	g.Eventually(func() error {
+		_, _, err := kubectlApply(deployment("on-amd64", `kubernetes.io/arch: amd64`))
+		return err
+	}).WithTimeout(timeout).Should(Succeed())
+	repo := reg.Host() + "/gap/app"
+	amdReport := &securityv1alpha1.ImageScanReport{}
+	g.Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: controllers.ReportNames(repo, digest, "")[0]}, amdReport)).To(Succeed())
+	g.Expect(amdReport.Status.ImageDigest).To(Equal(must(amd.Digest()).String()))
+	g.Expect(amdReport.Status.IndexPlatforms).To(Equal([]string{"linux/amd64", "linux/arm64"}))
+	armKey := client.ObjectKey{Namespace: ns, Name: controllers.ReportNames(repo, digest, "linux/arm64")[0]}
+	g.Expect(env.Client.Get(context.Background(), armKey, &securityv1alpha1.ImageScanReport{})).NotTo(Succeed(), "no arm64 report yet")
+
+	// Anywhere: the arm64 nodes would run the arm64 image, not scanned yet.
+	_, stderr, err = kubectlApply(deployment("anywhere", ""))
+	g.Expect(err).To(HaveOccurred())
+	g.Expect(stderr).To(ContainSubstring("not scanned yet for linux/arm64 (onUnscanned: Deny)"))
+	g.Expect(stderr).NotTo(ContainSubstring("windows"))
+	// The refusal queued the arm64 report; once scanned, the same Deployment is admitted.
+	g.Eventually(func() error {
+		_, _, err := kubectlApply(deployment("anywhere", ""))
+		return err
+	}).WithTimeout(timeout).Should(Succeed())
+	armReport := &securityv1alpha1.ImageScanReport{}
+	g.Expect(env.Client.Get(context.Background(), armKey, armReport)).To(Succeed())
+	g.Expect(armReport.Spec.Platform).To(Equal("linux/arm64"))
+	g.Expect(armReport.Status.ImageDigest).To(Equal(must(arm.Digest()).String()))
+	g.Expect(meta.IsStatusConditionTrue(armReport.Status.Conditions, securityv1alpha1.ConditionReady)).To(BeTrue())
+
+	// An image manifest is the same image on every node: one report judges it anywhere.
+	single, _, singleDigest := testsuite.Push(t, reg, "gap/single", testsuite.Image(t.Name()+"-single"))
+	_, _, err = kubectlApply(deploymentYAML(ns, "single", single))
+	g.Expect(err).To(HaveOccurred(), "not scanned at all yet")
+	singleReport := readyReport(g, ns, "gap/single", singleDigest)
+	g.Expect(singleReport.Status.ImageDigest).To(Equal(singleDigest))
+	g.Expect(singleReport.Status.IndexPlatforms).To(BeEmpty())
+	g.Eventually(func() error {
+		_, _, err := kubectlApply(deploymentYAML(ns, "single", single))
+		return err
+	}).WithTimeout(timeout).Should(Succeed())
 }

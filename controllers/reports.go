@@ -146,6 +146,7 @@ func applyScan(report *securityv1alpha1.ImageScanReport, s ScanStatus) {
 	st := &report.Status
 	res := s.Result
 	st.Platform = res.Platform
+	st.ImageDigest, st.IndexPlatforms = res.ImageDigest, res.IndexPlatforms
 	st.JavaArchivesNotAnalysed = int32(min(res.JavaArchives, math.MaxInt32))
 	st.OS = &securityv1alpha1.OperatingSystem{Family: res.OS.Family, Name: res.OS.Name, EOSL: res.OS.EOSL}
 	st.Scanner = &securityv1alpha1.Scanner{Name: "Trivy", Version: s.ScannerVersion}

@@ -335,6 +335,22 @@ type ImageScanReportStatus struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=128
 	Platform string `json:"platform,omitempty"`
+
+	// ImageDigest is the digest of the image manifest scanned: spec.digest itself, or, when
+	// spec.digest names an image index, the index's image for spec.platform.
+	// +optional
+	// +kubebuilder:validation:Pattern=`^sha256:[a-f0-9]{64}$`
+	ImageDigest string `json:"imageDigest,omitempty"`
+
+	// IndexPlatforms are the platforms (os/architecture[/variant]) the image index spec.digest
+	// has images for; empty when spec.digest is an image manifest (or the index names none).
+	// Admission judges a pod that may run on any node on a report for every platform of these
+	// that the cluster's nodes have.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=128
+	IndexPlatforms []string `json:"indexPlatforms,omitempty"`
 	// JavaArchivesNotAnalysed counts the image's jar, war, ear and par files that the scan whose
 	// findings are in force did not analyse, for want of a Java DB (reason JavaDBUnavailable):
 	// their packages are missing from the findings, so policies take the image for not fully

@@ -396,6 +396,11 @@ func (in *ImageScanReportStatus) DeepCopyInto(out *ImageScanReportStatus) {
 			(*in)[i].DeepCopyInto(&(*out)[i])
 		}
 	}
+	if in.IndexPlatforms != nil {
+		in, out := &in.IndexPlatforms, &out.IndexPlatforms
+		*out = make([]string, len(*in))
+		copy(*out, *in)
+	}
 	if in.OS != nil {
 		in, out := &in.OS, &out.OS
 		*out = new(OperatingSystem)

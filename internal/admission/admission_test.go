@@ -39,7 +39,12 @@ type state struct {
 	signatures map[string]map[string]policy.SignatureVerdict
 	// verifications counts the calls of Signatures, when set.
 	verifications *atomic.Int32
+	// nodes are the platforms of the cluster's nodes; nodesErr fails reading them.
+	nodes    []string
+	nodesErr error
 }
+
+func (s state) NodePlatforms(context.Context) ([]string, error) { return s.nodes, s.nodesErr }
 
 func (s state) Signatures(_ context.Context, _ string, _ *corev1.PodSpec, img policy.Image, _ []*policy.SignatureAuthorities) map[string]policy.SignatureVerdict {
 	if s.verifications != nil {
@@ -66,12 +71,13 @@ func (s state) Reports(_ context.Context, _ string, _ *corev1.PodSpec, images []
 
 func (s state) OptedOut(_ context.Context, namespace string) bool { return namespace == "opted-out" }
 
-// queue records the images given to QueueScans.
-type queue struct{ images []string }
+// queue records the images given to QueueScans, and their platforms.
+type queue struct{ images, platforms []string }
 
 func (q *queue) QueueScans(_ string, images []policy.Image) {
 	for _, img := range images {
 		q.images = append(q.images, img.Reference())
+		q.platforms = append(q.platforms, img.Platform)
 	}
 }
 
@@ -91,19 +97,59 @@ func TestDecide(t *testing.T) {
 	// Scanned but for its Java archives (no Java DB yet): it can fail a rule, never pass one.
 	partial := &policy.Report{ScannedAt: now, Partial: "its Java archives were not analysed yet"}
 	partialCritical := &policy.Report{ScannedAt: now, Summary: securityv1alpha1.VulnerabilitySummary{Critical: 1, Total: 1}, Partial: "its Java archives were not analysed yet"}
-	// An index digest scanned on amd64 only; and on amd64 and arm64.
-	amd64Only := &policy.Report{ScannedAt: now}
-	both := &policy.Report{ScannedAt: now, Others: []*policy.Report{{ScannedAt: now, Platform: "linux/arm64"}}}
+	// An index digest scanned on amd64 only; and on amd64 and arm64; on arm64 only; an index
+	// with no arm64 image; an image manifest (one image on every platform).
+	amd64Only := &policy.Report{ScannedAt: now, Index: true}
+	both := &policy.Report{ScannedAt: now, Index: true, Others: []*policy.Report{{ScannedAt: now, Platform: "linux/arm64", Index: true}}}
+	arm64Only := &policy.Report{ScannedAt: now, Platform: "linux/arm64", Index: true}
+	noArm64 := &policy.Report{ScannedAt: now, Index: true, IndexPlatforms: []string{"linux/amd64", "linux/arm/v7"}}
+	manifest := &policy.Report{ScannedAt: now}
 	arm64 := &corev1.PodSpec{NodeSelector: map[string]string{corev1.LabelArchStable: "arm64"}}
+	mixed := []string{"", "linux/arm64", "windows/amd64"}
+	noCriticalDeny := []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, noCritical)}
 	tests := map[string]struct {
 		policies    []*workload.Policy
 		images      []string
 		spec        *corev1.PodSpec
+		nodes       []string
 		wantAllowed bool
 		wantMessage string
 		wantWarning string
 		unscanned   int
+		// queued are the platforms of the unscanned images, when set.
+		queued []string
 	}{
+		"a pod that may run anywhere, an index scanned on amd64 only, arm64 nodes: unscanned for arm64": {
+			policies: noCriticalDeny, images: []string{"registry.example.com/amd64-only:1"}, nodes: mixed,
+			wantMessage: "not scanned yet for linux/arm64, windows/amd64", unscanned: 2, queued: []string{"linux/arm64", "windows/amd64"},
+		},
+		"a pod that may run anywhere, an index scanned on both, arm64 nodes: judged": {
+			policies: noCriticalDeny, images: []string{"registry.example.com/both:1"}, nodes: []string{"", "linux/arm64"}, wantAllowed: true,
+		},
+		"a pod that may run anywhere, an index scanned on arm64 only: unscanned for the default platform": {
+			policies: noCriticalDeny, images: []string{"registry.example.com/arm64-only:1"}, nodes: mixed,
+			wantMessage: "not scanned yet for linux/amd64, windows/amd64", unscanned: 2, queued: []string{"", "windows/amd64"},
+		},
+		"an index with no image for a node's platform is not asked for one": {
+			policies: noCriticalDeny, images: []string{"registry.example.com/no-arm64:1"}, nodes: mixed, wantAllowed: true,
+		},
+		"an index with no image for the platform a pod asks for: it cannot run there": {
+			policies: noCriticalDeny, images: []string{"registry.example.com/no-arm64:1"}, spec: arm64, wantAllowed: true,
+		},
+		"an index with an image for the arm nodes (a variant) is asked for its report": {
+			policies: noCriticalDeny, images: []string{"registry.example.com/no-arm64:1"}, nodes: []string{"", "linux/arm"},
+			wantMessage: "not scanned yet for linux/arm", unscanned: 1, queued: []string{"linux/arm"},
+		},
+		"an image manifest is one image on every node": {
+			policies: noCriticalDeny, images: []string{"registry.example.com/manifest:1"}, nodes: mixed, wantAllowed: true,
+		},
+		"an image manifest is one image on the platform a pod asks for": {
+			policies: noCriticalDeny, images: []string{"registry.example.com/manifest:1"}, spec: arm64, wantAllowed: true,
+		},
+		"a gap on another platform does not hide known findings": {
+			policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedAllow, noCritical)},
+			images:   []string{"registry.example.com/critical-index:1"}, nodes: mixed, wantMessage: "1 critical (max 0)", unscanned: 2,
+		},
 		"a partial report is unscanned: denied": {
 			policies: []*workload.Policy{compiled(t, "ImagePolicy/shop/no-critical", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, noCritical)},
 			images:   []string{"registry.example.com/partial:1"}, wantMessage: "not scanned yet in full: its Java archives were not analysed yet", unscanned: 1,
@@ -160,7 +206,10 @@ func TestDecide(t *testing.T) {
 				"registry.example.com/critical": critical, "registry.example.com/clean": clean,
 				"registry.example.com/partial": partial, "registry.example.com/partial-critical": partialCritical,
 				"registry.example.com/amd64-only": amd64Only, "registry.example.com/both": both,
-			}}
+				"registry.example.com/arm64-only": arm64Only, "registry.example.com/no-arm64": noArm64,
+				"registry.example.com/manifest":       manifest,
+				"registry.example.com/critical-index": {ScannedAt: now, Index: true, Summary: securityv1alpha1.VulnerabilitySummary{Critical: 1, Total: 1}},
+			}, nodes: tt.nodes}
 			var containers []workload.Container
 			for _, img := range tt.images {
 				containers = append(containers, workload.Container{Name: "app", Image: img, Type: workload.RegularContainer})
@@ -170,6 +219,14 @@ func TestDecide(t *testing.T) {
 			g.Expect(d.Allowed).To(Equal(tt.wantAllowed), d.Message)
 			if tt.spec != nil && tt.unscanned > 0 {
 				g.Expect(d.Unscanned[0].Platform).To(Equal("linux/arm64"), "the queued scan makes the arm64 report")
+			}
+			if tt.queued != nil {
+				var platforms []string
+				for _, u := range d.Unscanned {
+					platforms = append(platforms, u.Platform)
+				}
+				g.Expect(platforms).To(Equal(tt.queued))
+				g.Expect(d.PlatformGaps).To(HaveLen(len(tt.queued)))
 			}
 			g.Expect(d.Message).To(ContainSubstring(tt.wantMessage))
 			if tt.wantWarning != "" {
@@ -233,6 +290,39 @@ func TestImageReviewHandler(t *testing.T) {
 	// An ImageReview says neither whether it is a dry run nor whether the pod will be made at all:
 	// none queues a scan (the validating webhook and the pod controller do).
 	g.Expect(queued.images).To(BeEmpty())
+}
+
+// An ImageReview queues the report of a scanned index digest's other platform, which nothing else
+// would make (no pod runs it until admitted), and nothing else: not an image never scanned.
+func TestImageReviewQueuesOnlyPlatformGaps(t *testing.T) {
+	g := NewWithT(t)
+	queued := &queue{}
+	noCritical := securityv1alpha1.PolicyRules{Vulnerabilities: &securityv1alpha1.VulnerabilityRule{MaxCritical: ptr.To[int32](0)}}
+	h := &ImageReviewHandler{Reviewer: &Reviewer{
+		State: state{
+			policies: []*workload.Policy{compiled(t, "ClusterImagePolicy/scanned", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, noCritical)},
+			reports:  map[string]*policy.Report{"registry.example.com/index": {ScannedAt: now, Index: true}},
+			nodes:    []string{"", "linux/arm64"},
+		},
+		Clock: clocktesting.NewFakePassiveClock(now), Queue: queued,
+	}}
+	index := "registry.example.com/index@sha256:" + strings.Repeat("a", 64)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/imagepolicy", strings.NewReader(imageReview("shop", index, "registry.example.com/new@sha256:"+strings.Repeat("b", 64)))))
+	out := imagepolicyv1alpha1.ImageReview{}
+	g.Expect(json.Unmarshal(rec.Body.Bytes(), &out)).To(Succeed())
+	g.Expect(out.Status.Allowed).To(BeFalse())
+	g.Expect(out.Status.Reason).To(And(ContainSubstring(index+": not scanned yet for linux/arm64"), ContainSubstring("new@sha256:"+strings.Repeat("b", 64)+": not scanned yet (")))
+	g.Expect(queued.images).To(Equal([]string{index}))
+	g.Expect(queued.platforms).To(Equal([]string{"linux/arm64"}))
+
+	// The nodes cannot be read: the decision fails, as the failure policy says (Fail here).
+	h.Reviewer.State = state{policies: h.Reviewer.State.(state).policies, reports: h.Reviewer.State.(state).reports, nodesErr: errors.New("cache not synced")}
+	d, err := h.Reviewer.Review(context.Background(), Request{Endpoint: EndpointValidate, Namespace: "shop",
+		Containers: []workload.Container{{Name: "app", Image: index, Type: workload.RegularContainer}}})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(d.Allowed).To(BeFalse())
+	g.Expect(d.Message).To(ContainSubstring("cache not synced"))
 }
 
 func imageReview(namespace string, images ...string) string {

@@ -34,6 +34,9 @@ type State interface {
 	// their reference names, if any. For an image whose digest stays unknown, lastKnown is the
 	// report of the digest its tag last named in the namespace, if any.
 	Reports(ctx context.Context, namespace string, spec *corev1.PodSpec, images []policy.Image, resolve []bool) (digests []string, reports, lastKnown []*policy.Report)
+	// NodePlatforms returns the platforms of the cluster's nodes, as workload.NodePlatform gives
+	// them: where a pod that names none may run.
+	NodePlatforms(ctx context.Context) ([]string, error)
 	// OptedOut reports whether a namespace turned the validating webhook off (OptOutLabel).
 	OptedOut(ctx context.Context, namespace string) bool
 	// Signatures returns the verdicts on the signatures of img (its digest known) under each of
@@ -53,6 +56,9 @@ type Decision struct {
 	Warnings []string
 	// Unscanned are images never scanned, with their digest when known; their scan may be queued.
 	Unscanned []policy.Image
+	// PlatformGaps are those of Unscanned whose digest is scanned, but not on a platform the pod
+	// may run on (Platform); one per platform.
+	PlatformGaps []policy.Image
 	// OnlyUnscanned is true for a refusal whose every failure is an image not scanned yet
 	// (onUnscanned: Deny) that passes every other rule: its scan is what the caller waits for.
 	OnlyUnscanned bool
@@ -81,7 +87,8 @@ func Decide(ctx context.Context, state State, req Request, now time.Time) (Decis
 		img.Container = c.Name
 		images = append(images, img)
 	}
-	unknown := make([]bool, len(images))
+	// unknown says why each image counts as unscanned; "" when it does not.
+	unknown := make([]string, len(images))
 	if d := judge(policies, images, unknown, false, now); !d.Allowed {
 		return d, nil // refused on what the references say: no lookup can change that
 	}
@@ -99,46 +106,92 @@ func Decide(ctx context.Context, state State, req Request, now time.Time) (Decis
 	lookups, cancel := lookupContext(ctx)
 	defer cancel()
 	digests, reports, lastKnown := state.Reports(lookups, req.Namespace, req.PodSpec, images, resolve)
-	platforms := workload.RequestedPlatforms(req.PodSpec)
-	var unscanned []policy.Image
+	requested := workload.RequestedPlatforms(req.PodSpec)
+	var nodes []string
+	nodesRead := false
+	var unscanned, gaps []policy.Image
 	for i := range images {
 		images[i].Report = reports[i]
-		covered := true
-		for _, p := range platforms {
-			if !reports[i].Covers(p) {
-				covered, images[i].Platform = false, p
-				break
-			}
+		withDigest := images[i]
+		if withDigest.Digest == "" {
+			withDigest.Digest = digests[i]
 		}
-		if reports[i] != nil && reports[i].Pending() == "" && covered {
+		if reports[i] == nil {
+			unscanned = append(unscanned, withDigest)
+			unknown[i] = "not scanned yet"
+			// A tag whose digest cannot be told now is judged by the findings of the digest it
+			// named last, so that they can refuse it; passing them, it is still unscanned.
+			images[i].Report = lastKnown[i]
 			continue
 		}
-		if reports[i] != nil {
-			// Scanned in part (Java archives not analysed yet), or not on the platform the pod
-			// asks for: judged on what is known, which can refuse it; passing, it is unscanned
-			// and onUnscanned decides.
-			u := images[i]
-			if u.Digest == "" {
-				u.Digest = digests[i]
+		// Scanned, but perhaps not on every platform the pod may run on (an index's image
+		// differs from one to the next), or in part (Java archives not analysed yet): judged on
+		// what is known, which can refuse it; passing, it is unscanned and onUnscanned decides.
+		var missing []string
+		if reports[i].MayDiffer() {
+			if requested == nil && !nodesRead {
+				if nodes, err = state.NodePlatforms(ctx); err != nil {
+					return Decision{}, err
+				}
+				nodesRead = true
 			}
-			unscanned = append(unscanned, u)
-			unknown[i] = true
-			continue
+			missing = uncovered(reports[i], requested, nodes)
 		}
-		u := images[i]
-		if u.Digest == "" {
-			u.Digest = digests[i]
+		for _, p := range missing {
+			g := withDigest
+			g.Platform = p
+			gaps = append(gaps, g)
 		}
-		unscanned = append(unscanned, u)
-		unknown[i] = true
-		// A tag whose digest cannot be told now is judged by the findings of the digest it
-		// named last, so that they can refuse it; passing them, it is still unscanned.
-		images[i].Report = lastKnown[i]
+		switch {
+		case reports[i].Pending() != "":
+			unknown[i] = "not scanned yet in full: " + reports[i].Pending()
+			if len(missing) == 0 {
+				unscanned = append(unscanned, withDigest)
+			}
+		case len(missing) > 0:
+			names := make([]string, len(missing))
+			for j, p := range missing {
+				names[j] = policy.PlatformName(p)
+			}
+			unknown[i] = "not scanned yet for " + strings.Join(names, ", ")
+		}
 	}
 	verifySignatures(lookups, state, req, policies, images, digests)
 	d := judge(policies, images, unknown, true, now)
-	d.Unscanned = unscanned
+	d.Unscanned = append(unscanned, gaps...)
+	d.PlatformGaps = gaps
 	return d, nil
+}
+
+// uncovered returns the platforms the image of r's digest may run on without a scanned report:
+// those the pod asks for (requested), else those of the cluster's nodes; of an index whose
+// platforms are known, only those it has an image for (on another, the pod cannot run).
+func uncovered(r *policy.Report, requested, nodes []string) []string {
+	want := requested
+	if want == nil {
+		want = nodes
+	}
+	has, known := r.Platforms()
+	var out []string
+	for _, p := range want {
+		if known && !slices.ContainsFunc(has, func(h string) bool { return indexPlatform(h) == p }) {
+			continue
+		}
+		if !r.Covers(p) && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// indexPlatform is an index's platform (os/architecture[/variant]) as workload.NodePlatform
+// gives a node's: a node of that OS and architecture runs it, whatever the variant.
+func indexPlatform(p string) string {
+	parts := strings.SplitN(p, "/", 3)
+	if len(parts) < 2 {
+		return p
+	}
+	return workload.NodePlatform(parts[0], parts[1])
 }
 
 // verifySignatures gives each image whose digest is known (digests, as looked up) the verdicts on its signatures of the
@@ -218,21 +271,8 @@ func lookupContext(ctx context.Context) (context.Context, context.CancelFunc) {
 // rules that need one only as onUnscanned says, and so does an unscanned one (judged by the
 // findings of its tag's last digest, which only refuse). Signatures not verified in time fail,
 // once final (before the lookups, they are not verified yet: no refusal), whatever onUnscanned
-// says.
-// unscannedWhy says why an image counts as unscanned: not scanned at all, scanned in part, or not
-// on the platform the pod asks for.
-func unscannedWhy(img policy.Image) string {
-	switch {
-	case img.Report.Pending() != "":
-		return "not scanned yet in full: " + img.Report.Pending()
-	case img.Platform != "":
-		return "not scanned yet for " + img.Platform
-	default:
-		return "not scanned yet"
-	}
-}
-
-func judge(policies []*workload.Policy, images []policy.Image, unscanned []bool, final bool, now time.Time) Decision {
+// says. unscanned says why each image counts as unscanned ("" when it does not).
+func judge(policies []*workload.Policy, images []policy.Image, unscanned []string, final bool, now time.Time) Decision {
 	d := Decision{Allowed: true, Audit: map[string]string{}}
 	var denials []string
 	onlyUnscanned := true
@@ -244,8 +284,8 @@ func judge(policies []*workload.Policy, images []policy.Image, unscanned []bool,
 		var failures []string
 		unscannedOnly := true
 		for i, img := range images {
-			if unscanned[i] && p.OnUnscanned == securityv1alpha1.UnscannedDeny && len(p.MatchImages(images[i:i+1])) > 0 {
-				failures = append(failures, fmt.Sprintf("%s: %s (onUnscanned: Deny)", img.Reference(), unscannedWhy(img)))
+			if unscanned[i] != "" && p.OnUnscanned == securityv1alpha1.UnscannedDeny && len(p.MatchImages(images[i:i+1])) > 0 {
+				failures = append(failures, fmt.Sprintf("%s: %s (onUnscanned: Deny)", img.Reference(), unscanned[i]))
 			}
 		}
 		for _, r := range p.Rules.Evaluate(matched, now).Results {

@@ -64,7 +64,8 @@ func (h *ImageReviewHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The ImageReview carries no labels, no user and no owner: label selectors of policies see an
 	// unlabelled workload, and a pod made by a controller is judged like any other.
 	// Nor does it say whether the request is a dry run, or whether the pod will be created at all:
-	// nothing is queued from here (the validating webhook and the pod controller start scans).
+	// only the reports of a scanned digest's other platforms are queued from here (the validating
+	// webhook and the pod controller start the other scans).
 	decision, err := h.Reviewer.Review(r.Context(), Request{
 		Endpoint: EndpointImagePolicy, Namespace: review.Spec.Namespace, Labels: map[string]string{}, Containers: containers, DryRun: true,
 	})

@@ -157,8 +157,16 @@ func (r *Reviewer) review(ctx context.Context, req Request) (Decision, error) {
 	}
 	// Only an admitted request starts scans, or one refused for nothing but waiting for them: a
 	// refused request must not make ImageGuard pull from whatever host it names.
-	if len(d.Unscanned) > 0 && r.Queue != nil && !req.DryRun && (d.Allowed || d.OnlyUnscanned) {
-		r.Queue.QueueScans(req.Namespace, d.Unscanned)
+	if r.Queue != nil && (d.Allowed || d.OnlyUnscanned) {
+		switch {
+		case !req.DryRun:
+			r.Queue.QueueScans(req.Namespace, d.Unscanned)
+		case req.Endpoint == EndpointImagePolicy:
+			// An ImageReview queues only what a scan of the same digest already made safe to
+			// pull: its image for another platform. Nothing else would ever make that report
+			// (no pod runs it until admitted), and the pod would be refused for ever.
+			r.Queue.QueueScans(req.Namespace, d.PlatformGaps)
+		}
 	}
 	return d, nil
 }

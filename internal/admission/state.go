@@ -3,6 +3,7 @@ package admission
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -77,6 +78,22 @@ func (s *CacheState) Policies(ctx context.Context, namespace string, labelSets .
 	out := all[:0]
 	for _, p := range all {
 		if p.SelectsLabels(labelSets...) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// NodePlatforms returns the platforms of the cluster's nodes, from the cache (see State).
+func (s *CacheState) NodePlatforms(ctx context.Context) ([]string, error) {
+	nodes := &corev1.NodeList{}
+	if err := s.Reader.List(ctx, nodes, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, fmt.Errorf("listing the cluster's nodes: %w", err)
+	}
+	var out []string
+	for i := range nodes.Items {
+		info := nodes.Items[i].Status.NodeInfo
+		if p := workload.NodePlatform(info.OperatingSystem, info.Architecture); !slices.Contains(out, p) {
 			out = append(out, p)
 		}
 	}

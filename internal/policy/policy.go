@@ -5,6 +5,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
@@ -28,8 +29,8 @@ type Image struct {
 	// Signatures are the verdicts on the image's signatures, by authority set
 	// (SignatureAuthorities.ID); an absent one is not verified yet.
 	Signatures map[string]SignatureVerdict
-	// Platform is the platform a pod being admitted asks for (its nodeSelector; "" for the
-	// default), whose report a queued scan makes.
+	// Platform is, of an image admission found unscanned, the platform ("" for the default)
+	// whose report a queued scan makes: one the pod may run on.
 	Platform string
 }
 
@@ -73,6 +74,39 @@ type Report struct {
 	// not analysed yet: the report's reason JavaDBUnavailable); empty when they are complete. A
 	// partial report can fail a rule, never pass one: the image counts as not scanned yet.
 	Partial string
+	// Index says the digest may name an image index, whose image differs from one platform to
+	// the next: it does (status.imageDigest differs from spec.digest), or the report was
+	// scanned before that was recorded.
+	Index bool
+	// IndexPlatforms are the platforms the index has images for (status.indexPlatforms);
+	// empty when not known.
+	IndexPlatforms []string
+}
+
+// MayDiffer reports whether the digest's image may differ from one platform to the next: one of
+// its platforms' reports says it may be an index.
+func (r *Report) MayDiffer() bool {
+	if r == nil {
+		return false
+	}
+	return r.Index || slices.ContainsFunc(r.Others, (*Report).MayDiffer)
+}
+
+// Platforms returns the platforms an index digest has images for, as one of its reports knows
+// them; ok is false when none does.
+func (r *Report) Platforms() (platforms []string, ok bool) {
+	if r == nil {
+		return nil, false
+	}
+	if len(r.IndexPlatforms) > 0 {
+		return r.IndexPlatforms, true
+	}
+	for _, o := range r.Others {
+		if p, ok := o.Platforms(); ok {
+			return p, true
+		}
+	}
+	return nil, false
 }
 
 // Pending returns why the report, on one of its platforms, is partial; empty when none is.
@@ -115,7 +149,8 @@ func ReportOf(rep *securityv1alpha1.ImageScanReport) *Report {
 	if rep == nil || rep.Status.Summary == nil {
 		return nil
 	}
-	out := &Report{Summary: *rep.Status.Summary, Vulnerabilities: rep.Status.Vulnerabilities, Omitted: rep.Status.VulnerabilitiesOmitted, Platform: rep.Spec.Platform}
+	out := &Report{Summary: *rep.Status.Summary, Vulnerabilities: rep.Status.Vulnerabilities, Omitted: rep.Status.VulnerabilitiesOmitted, Platform: rep.Spec.Platform,
+		Index: rep.Status.ImageDigest != rep.Spec.Digest, IndexPlatforms: rep.Status.IndexPlatforms}
 	if rep.Status.LastScanTime != nil {
 		out.ScannedAt = rep.Status.LastScanTime.Time
 	}

@@ -196,6 +196,50 @@ func (s *Store) PutAlias(index string, platform v1.Platform, image string) error
 	})
 }
 
+// maxIndexPlatforms bounds the platforms kept of an index; one that names more is kept as not
+// known (every platform then counts as one it may have).
+const maxIndexPlatforms = 64
+
+// IndexPlatforms returns the platforms (os/architecture[/variant]) the index has images for, as
+// PutIndexPlatforms kept them; ok is false when none are kept.
+func (s *Store) IndexPlatforms(index string) (platforms []string, ok bool, err error) {
+	name, err := DigestFileName(index)
+	if err != nil {
+		return nil, false, err
+	}
+	raw, err := os.ReadFile(filepath.Join(s.dir, "index", name, "platforms.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if json.Unmarshal(raw, &platforms) != nil || len(platforms) == 0 || len(platforms) > maxIndexPlatforms {
+		return nil, false, nil // corrupt: read from the registry again
+	}
+	for _, p := range platforms {
+		if _, err := v1.ParsePlatform(p); err != nil || len(p) > 128 {
+			return nil, false, nil
+		}
+	}
+	return platforms, true, nil
+}
+
+// PutIndexPlatforms keeps the platforms the index has images for.
+func (s *Store) PutIndexPlatforms(index string, platforms []string) error {
+	name, err := DigestFileName(index)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(s.dir, "index", name)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	return durable.Write(filepath.Join(dir, "platforms.json"), 0o640, func(w io.Writer) error {
+		return json.NewEncoder(w).Encode(platforms)
+	})
+}
+
 // Put writes inv durably (internal/durable), so a crash or a power cut never leaves a
 // half-written inventory.
 func (s *Store) Put(inv *Inventory) error {

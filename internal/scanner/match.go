@@ -61,6 +61,11 @@ type OS struct {
 type Result struct {
 	// Platform is the image's (Inventory.Platform).
 	Platform string `json:"platform,omitempty"`
+	// ImageDigest is the image manifest's digest (Inventory.Digest).
+	ImageDigest string `json:"imageDigest,omitempty"`
+	// IndexPlatforms are the platforms of the index the image was asked for through, when it
+	// was (Scanner.IndexPlatforms); Match leaves them to the caller.
+	IndexPlatforms []string `json:"indexPlatforms,omitempty"`
 	// JavaArchives counts the Java archives not analysed for want of a Java DB
 	// (Inventory.JavaArchives): the findings lack their packages.
 	JavaArchives int       `json:"javaArchives,omitempty"`
@@ -127,7 +132,7 @@ func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo) (*Result
 	if err := result.Filter(ctx, types.Report{Results: results}, filterOptions); err != nil {
 		return nil, fmt.Errorf("filtering findings: %w", err)
 	}
-	res := &Result{Platform: inv.Platform, JavaArchives: inv.JavaArchives, OS: OS{Family: string(detectedOS.Family), Name: detectedOS.Name, EOSL: detectedOS.Eosl}}
+	res := &Result{Platform: inv.Platform, ImageDigest: inv.Digest, JavaArchives: inv.JavaArchives, OS: OS{Family: string(detectedOS.Family), Name: detectedOS.Name, EOSL: detectedOS.Eosl}}
 	for _, r := range results {
 		for _, v := range r.Vulnerabilities {
 			res.Findings = append(res.Findings, Finding{

@@ -4,6 +4,7 @@
 package scanner
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -356,6 +358,11 @@ func (s *Scanner) resolve(ctx context.Context, ref ImageRef, platform v1.Platfor
 	if err != nil {
 		return nil, ref, s.scanError(ctx, fmt.Errorf("fetching %s: %w", ref, err))
 	}
+	if desc.MediaType.IsIndex() {
+		if err := s.keepIndexPlatforms(ref.Digest, desc.Manifest); err != nil {
+			return nil, ref, fmt.Errorf("keeping the platforms of %s: %w", ref, err)
+		}
+	}
 	img, err := desc.Image()
 	if err != nil {
 		if desc.MediaType.IsIndex() {
@@ -375,6 +382,67 @@ func (s *Scanner) resolve(ctx context.Context, ref ImageRef, platform v1.Platfor
 		}
 	}
 	return img, imageRef, nil
+}
+
+// IndexPlatforms returns the platforms (os/architecture[/variant]) ref's digest has images for
+// when it names an image index, nil when it names an image manifest. They are kept with the
+// index's aliases; an index seen before they were kept is read from the registry once more.
+func (s *Scanner) IndexPlatforms(ctx context.Context, ref ImageRef) ([]string, error) {
+	if inv, err := s.store.Get(ref.Digest); err == nil && inv != nil && inv.Platform != "" {
+		return nil, nil // an image manifest's own inventory
+	}
+	if platforms, ok, err := s.store.IndexPlatforms(ref.Digest); err != nil || ok {
+		return platforms, err
+	}
+	parsed, err := s.registry.ParseReference(ref.String())
+	if err != nil {
+		return nil, err
+	}
+	digestRef, ok := parsed.(name.Digest)
+	if !ok {
+		return nil, registry.Errorf(registry.KindUnsupported, "%s is not a digest reference", ref)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	defer cancel()
+	desc, err := remote.Get(digestRef, s.registry.RemoteOptions(ctx, digestRef, ref.Keychain)...)
+	if err != nil {
+		return nil, s.scanError(ctx, fmt.Errorf("fetching %s: %w", ref, err))
+	}
+	if !desc.MediaType.IsIndex() {
+		return nil, nil
+	}
+	if err := s.keepIndexPlatforms(ref.Digest, desc.Manifest); err != nil {
+		return nil, err
+	}
+	platforms, _, err := s.store.IndexPlatforms(ref.Digest)
+	return platforms, err
+}
+
+// keepIndexPlatforms keeps the platforms of the images the index manifest raw names (attestation
+// manifests, unknown/unknown, are not images). An index that names none, or more than
+// maxIndexPlatforms, keeps none: every platform then counts as one it may have.
+func (s *Scanner) keepIndexPlatforms(index string, raw []byte) error {
+	m, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+	if err != nil {
+		return registry.Errorf(registry.KindUnsupported, "the image index %s is malformed: %v", index, err)
+	}
+	seen := map[string]bool{}
+	var platforms []string
+	for _, d := range m.Manifests {
+		if d.Platform == nil || d.Platform.OS == "" || d.Platform.OS == "unknown" || d.Platform.Architecture == "" {
+			continue
+		}
+		p := (&v1.Platform{OS: d.Platform.OS, Architecture: d.Platform.Architecture, Variant: d.Platform.Variant}).String()
+		if !seen[p] {
+			seen[p] = true
+			platforms = append(platforms, p)
+		}
+	}
+	if len(platforms) == 0 || len(platforms) > maxIndexPlatforms {
+		return nil
+	}
+	sort.Strings(platforms)
+	return s.store.PutIndexPlatforms(index, platforms)
 }
 
 // Re-analysis waits after a failure: at least ReanalysisRetry (or the registry's Retry-After);

@@ -238,6 +238,20 @@ func TestMultiArchIndexPicksThePlatform(t *testing.T) {
 	g.Expect(res.Platform).To(Equal("linux/arm64"))
 	g.Expect(f.scanner.Analyses()).To(BeEquivalentTo(2))
 
+	// The index's platforms were kept with its aliases; an image manifest has none.
+	before = f.reg.Counts().Requests
+	g.Expect(f.scanner.IndexPlatforms(testContext(t), ref)).To(Equal([]string{"linux/amd64", "linux/arm64"}))
+	g.Expect(f.scanner.IndexPlatforms(testContext(t), scanner.ImageRef{Repository: ref.Repository, Digest: armDigest.String()})).To(BeNil())
+	g.Expect(f.reg.Counts().Requests).To(Equal(before))
+	// A cache that lacks them (an index analysed before they were kept) reads them once.
+	fresh := must(scanner.New(scanner.Options{CacheDir: t.TempDir()}, f.client, f.db))
+	gets := f.reg.Counts().ManifestGETs
+	g.Expect(fresh.IndexPlatforms(testContext(t), ref)).To(Equal([]string{"linux/amd64", "linux/arm64"}))
+	g.Expect(f.reg.Counts().ManifestGETs).To(Equal(gets + 1))
+	before = f.reg.Counts().Requests
+	g.Expect(fresh.IndexPlatforms(testContext(t), ref)).To(Equal([]string{"linux/amd64", "linux/arm64"}))
+	g.Expect(f.reg.Counts().Requests).To(Equal(before))
+
 	// A platform the index lacks is a clear, terminal error; a malformed one too.
 	s390 := ref
 	s390.Platform = "linux/s390x"
