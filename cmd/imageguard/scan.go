@@ -68,6 +68,8 @@ func (o *limitOptions) bindFlags(fs *pflag.FlagSet) {
 	fs.Int64Var(&o.Image.MaxCompressedBytes, "max-image-bytes", d.MaxCompressedBytes,
 		"Largest sum of an image's compressed layer sizes, as its manifest declares them: the cache disk one analysis uses.")
 	fs.Int64Var(&o.Image.MaxUncompressedBytes, "max-layer-bytes", d.MaxUncompressedBytes, "Largest expanded size of one layer.")
+	fs.Int64Var(&o.Image.MaxTempBytes, "max-temp-bytes", d.MaxTempBytes,
+		"Largest disk of Trivy's temporary files in one analysis (the files its analyzers copy out of a layer, the archives they unpack); with --max-image-bytes, the disk one analysis worker may use.")
 	fs.IntVar(&o.Image.MaxLayers, "max-layers", d.MaxLayers, "Most layers of one image.")
 	fs.IntVar(&o.Image.MaxFiles, "max-files", d.MaxFiles, "Most files in one layer.")
 	fs.Int64Var(&o.Image.MaxConfigBytes, "max-config-bytes", d.MaxConfigBytes,

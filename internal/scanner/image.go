@@ -32,6 +32,12 @@ type Limits struct {
 	MaxCompressedBytes int64
 	// MaxUncompressedBytes bounds the expanded size of each layer (decompression bombs).
 	MaxUncompressedBytes int64
+	// MaxTempBytes bounds Trivy's temporary files in one analysis: the files its analyzers copy
+	// out of a layer (jars, say) and the archives they unpack (a jar nested in a jar, which can
+	// expand thousands of times over). Enforced on the analysis worker: each file it writes is at
+	// most max(MaxCompressedBytes, MaxTempBytes), and its folder, pulled layers included, at
+	// most MaxCompressedBytes + MaxTempBytes, watched as it grows; past it the worker is stopped.
+	MaxTempBytes int64
 	// MaxLayers bounds the number of layers.
 	MaxLayers int
 	// MaxFiles bounds the number of entries in each layer.
@@ -50,12 +56,14 @@ type Limits struct {
 	MaxInventoryBytes int64
 }
 
-// DefaultLimits suit real images: 2 GiB pulled, 8 GiB expanded per layer, 256 layers, a million
-// files per layer, an 8 MiB config, 64 MiB package databases, 50,000 packages and a 64 MiB
-// inventory. docs/operations.md gives the arithmetic that sizes them to the pod.
+// DefaultLimits suit real images: 2 GiB pulled, 8 GiB expanded per layer, 2 GiB of temporary
+// files, 256 layers, a million files per layer, an 8 MiB config, 64 MiB package databases, 50,000
+// packages and a 64 MiB inventory. docs/operations.md gives the arithmetic that sizes them to the
+// pod.
 var DefaultLimits = Limits{
 	MaxCompressedBytes:   2 << 30,
 	MaxUncompressedBytes: 8 << 30,
+	MaxTempBytes:         2 << 30,
 	MaxLayers:            256,
 	MaxFiles:             1 << 20,
 	MaxConfigBytes:       8 << 20,
@@ -81,6 +89,7 @@ func (l Limits) withDefaults() Limits {
 	return Limits{
 		MaxCompressedBytes:   pick64(l.MaxCompressedBytes, d.MaxCompressedBytes),
 		MaxUncompressedBytes: pick64(l.MaxUncompressedBytes, d.MaxUncompressedBytes),
+		MaxTempBytes:         pick64(l.MaxTempBytes, d.MaxTempBytes),
 		MaxLayers:            pick(l.MaxLayers, d.MaxLayers),
 		MaxFiles:             pick(l.MaxFiles, d.MaxFiles),
 		MaxConfigBytes:       pick64(l.MaxConfigBytes, d.MaxConfigBytes),

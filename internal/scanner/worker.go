@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -96,8 +98,7 @@ func RunWorker(in io.Reader, out io.Writer) int {
 		}
 		debug.SetMemoryLimit(req.MemoryBytes * 8 / 10)
 	}
-	if a, b := req.Limits.MaxCompressedBytes, req.Limits.MaxUncompressedBytes; a > 0 && b > 0 {
-		n := max(a, b)
+	if n := fileSizeLimit(req.Limits); n > 0 {
 		if err := limitFileSize(n); err != nil {
 			fmt.Fprintf(os.Stderr, "analyze-worker: limiting file sizes: %v\n", err)
 			return 2
@@ -208,10 +209,12 @@ func (s *Scanner) runWorker(ctx context.Context, ref ImageRef, javaDir string) (
 	if err := cmd.Start(); err != nil {
 		return nil, &workerAnswer{notStarted: true}, fmt.Errorf("starting an analysis worker: %w", err)
 	}
-	var exceeded atomic.Bool
+	var exceeded, diskExceeded atomic.Bool
 	var peak atomic.Int64
 	done := make(chan struct{})
 	go watchMemory(cmd.Process, w.MemoryBytes, &exceeded, &peak, done)
+	diskBudget := diskLimit(s.opts.Limits)
+	go watchDisk(cmd.Process, dir, diskBudget, &diskExceeded, done)
 	err = cmd.Wait()
 	close(done)
 	// At its cap the Go runtime fails in more than one way (out of memory, or a fault in the
@@ -221,6 +224,8 @@ func (s *Scanner) runWorker(ctx context.Context, ref ImageRef, javaDir string) (
 	switch {
 	case exceeded.Load(), err != nil && (oom.seen || nearCap):
 		return nil, nil, registry.Errorf(registry.KindUnsupported, "the analysis of %s took more than %d bytes of memory, and was stopped (--analysis-memory-bytes)", ref, w.MemoryBytes)
+	case diskExceeded.Load():
+		return nil, nil, registry.Errorf(registry.KindUnsupported, "the analysis of %s wrote more than %d bytes to disk (pulled layers and Trivy's temporary files: --max-image-bytes + --max-temp-bytes), and was stopped", ref, diskBudget)
 	case err != nil && wctx.Err() != nil:
 		return nil, nil, registry.Errorf(registry.KindTimeout, "the analysis of %s did not finish within its time limit", ref)
 	case err != nil && killed(err):
@@ -356,6 +361,69 @@ func watchMemory(p *os.Process, limit int64, exceeded *atomic.Bool, peak *atomic
 			return
 		}
 	}
+}
+
+// fileSizeLimit is the largest file an analysis worker writes: a pulled layer, or one of Trivy's
+// temporary files; 0 for no bound.
+func fileSizeLimit(l Limits) int64 {
+	if l.MaxCompressedBytes <= 0 || l.MaxTempBytes <= 0 {
+		return 0
+	}
+	return max(l.MaxCompressedBytes, l.MaxTempBytes)
+}
+
+// diskLimit is the disk an analysis worker's folder may take: its pulled layers and Trivy's
+// temporary files; 0 for no bound.
+func diskLimit(l Limits) int64 {
+	if l.MaxCompressedBytes <= 0 || l.MaxTempBytes <= 0 {
+		return 0
+	}
+	return l.MaxCompressedBytes + l.MaxTempBytes
+}
+
+// diskPoll is how often watchDisk measures the worker's folder.
+const diskPoll = 20 * time.Millisecond
+
+// watchDisk kills p when the files under dir take more than limit bytes of disk, measured every
+// diskPoll until done is closed: the whole of what the worker writes (each file is bounded on its
+// own by RLIMIT_FSIZE), which a chain of nested archives could otherwise multiply.
+func watchDisk(p *os.Process, dir string, limit int64, exceeded *atomic.Bool, done <-chan struct{}) {
+	if limit <= 0 {
+		return
+	}
+	tick := time.NewTicker(diskPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+		}
+		if diskUsage(dir) > limit {
+			exceeded.Store(true)
+			_ = p.Kill()
+			return
+		}
+	}
+}
+
+// diskUsage returns the bytes the files under dir take: their allocated blocks where the system
+// says (a sparse file takes what it holds), else their sizes. Files that vanish while it walks
+// are not counted.
+func diskUsage(dir string) int64 {
+	var total int64
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		total += allocatedBytes(info)
+		return nil
+	})
+	return total
 }
 
 // residentBytes reads the anonymous and shared-memory resident bytes of process pid from /proc:

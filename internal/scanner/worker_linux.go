@@ -1,6 +1,7 @@
 package scanner
 
 import (
+	"io/fs"
 	"os/exec"
 	"syscall"
 )
@@ -18,8 +19,16 @@ func limitMemory(bytes int64) error {
 }
 
 // limitFileSize caps each file the worker writes (RLIMIT_FSIZE): what Trivy unpacks of an archive
-// (a nested jar, say) can then be no larger than a layer may expand to, whatever its headers
-// declare; a write past it fails (Go ignores SIGXFSZ) and Trivy skips that file.
+// (a nested jar, say) can then be no larger than fileSizeLimit, whatever its headers declare; a
+// write past it fails (Go ignores SIGXFSZ) and Trivy skips that file.
 func limitFileSize(bytes int64) error {
 	return syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: uint64(bytes), Max: uint64(bytes)})
+}
+
+// allocatedBytes is the disk a file takes: its allocated blocks.
+func allocatedBytes(info fs.FileInfo) int64 {
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
+	}
+	return info.Size()
 }

@@ -1,17 +1,24 @@
 package scanner_test
 
 import (
+	"archive/zip"
+	"bytes"
 	"context"
+	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/go-logr/logr"
 	"github.com/google/go-containerregistry/pkg/authn"
 	. "github.com/onsi/gomega"
 
 	"github.com/imageguard/imageguard/internal/registry"
 	"github.com/imageguard/imageguard/internal/scanner"
 	"github.com/imageguard/imageguard/internal/testutil"
+	"github.com/imageguard/imageguard/internal/vulndb"
 )
 
 // TestMain makes this test binary an analysis worker when it is started as one.
@@ -78,4 +85,64 @@ func TestAWorkerPastItsMemoryIsStopped(t *testing.T) {
 	t.Logf("controller's peak heap while its worker was stopped: %.1f MiB (%.1f MiB before)", float64(peak)/(1<<20), float64(held)/(1<<20))
 	g.Expect(peak - min(held, peak)).To(BeNumerically("<", 64<<20))
 	g.Expect(s.Analysed(ref.Digest, "")).To(BeFalse())
+}
+
+// nestedJars returns a jar of 100 KB or so that unpacks, as Trivy's jar parser unpacks a jar
+// nested in a jar (each to a temporary file while its parent is open), to depth files of size
+// bytes at once: each level is a stored jar holding the next, the outermost compressed.
+func nestedJars(t testing.TB, depth, size int) []byte {
+	t.Helper()
+	write := func(method uint16, files map[string][]byte) []byte {
+		var buf bytes.Buffer
+		zw := zip.NewWriter(&buf)
+		for _, name := range slices.Sorted(maps.Keys(files)) {
+			w := must(zw.CreateHeader(&zip.FileHeader{Name: name, Method: method}))
+			must(w.Write(files[name]))
+		}
+		if err := zw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	jar := write(zip.Store, map[string][]byte{
+		"META-INF/maven/com.example/leaf/pom.properties": []byte("groupId=com.example\nartifactId=leaf\nversion=1.0.0\n"),
+		"padding.bin": make([]byte, size),
+	})
+	for i := 1; i < depth; i++ {
+		jar = write(zip.Store, map[string][]byte{fmt.Sprintf("lib/level-%d.jar", i): jar})
+	}
+	return write(zip.Deflate, map[string][]byte{"lib/nested.jar": jar})
+}
+
+// A chain of nested jars would write its depth times a layer's size from a small pull: the
+// worker's folder is bounded as a whole (each file stays under its own bound here), the worker
+// is stopped past it, and with room enough the same image is analysed.
+func TestNestedJarsAreBoundedInTotal(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixtureWithDB(t, must(testutil.ParseAdvisories([]byte(javaAdvisories))))
+	bomb := nestedJars(t, 8, 24<<20)
+	t.Logf("the jar: %d bytes, unpacking to 8 files of 24 MiB at once", len(bomb))
+	ref := f.push(t, "worker/nested-jars", must(testutil.ImageFromLayers(testutil.LinuxAMD64,
+		append(must(alpineImage(t).Layers()), must(testutil.LayerFromFiles(map[string][]byte{"app/bomb.jar": bomb})))...)))
+	jdb := must(vulndb.New(vulndb.Options{Artifact: vulndb.JavaDB, LocalPath: javaDB(t), Log: logr.Discard()}))
+	g.Expect(jdb.LoadLocal()).To(Succeed())
+
+	limits := scanner.Limits{MaxCompressedBytes: 8 << 20, MaxTempBytes: 64 << 20}
+	s := f.newScanner(t, scanner.Options{CacheDir: t.TempDir(), Limits: limits, JavaDB: jdb, Worker: workerOptions(512 << 20)})
+	_, _, err := s.Inventory(testContext(t), ref)
+	g.Expect(registry.KindOf(err)).To(Equal(registry.KindUnsupported), "%v", err)
+	g.Expect(err).To(MatchError(ContainSubstring(fmt.Sprintf("wrote more than %d bytes to disk", 72<<20))))
+	g.Expect(s.Analysed(ref.Digest, "")).To(BeFalse())
+
+	limits.MaxTempBytes = 512 << 20
+	s = f.newScanner(t, scanner.Options{CacheDir: t.TempDir(), Limits: limits, JavaDB: jdb, Worker: workerOptions(512 << 20)})
+	inv, _, err := s.Inventory(testContext(t), ref)
+	g.Expect(err).NotTo(HaveOccurred())
+	var jars []string
+	for _, app := range inv.Applications {
+		for _, p := range app.Packages {
+			jars = append(jars, p.Name+" "+p.Version)
+		}
+	}
+	g.Expect(jars).To(ContainElement("com.example:leaf 1.0.0"), "the innermost jar was reached")
 }

@@ -238,16 +238,18 @@ func TestSchemaCoversEveryValue(t *testing.T) {
 }
 
 // TestDefaultsFitTheirVolumeAndMemory checks the arithmetic docs/operations.md gives: the cache
-// holds two DBs (during a swap), one image per concurrent analysis and 2 GiB of inventories and
-// Trivy's temporary files; the analysis workers and the controller fit the memory limit.
+// holds two DBs (during a swap), the disk of each concurrent analysis (its image and Trivy's
+// temporary files), the layer cache and 1 GiB of inventories; the analysis workers and the
+// controller fit the memory limit.
 func TestDefaultsFitTheirVolumeAndMemory(t *testing.T) {
 	g := NewWithT(t)
 	var values struct {
 		Controller struct {
-			ScanConcurrency int64 `json:"scanConcurrency"`
-			Limits          struct {
-				MaxImageBytes, MaxConfigBytes, MaxPackageDBBytes, MaxPackages, DBMaxBytes, AnalysisMemoryBytes int64
-				MemoryLimitRatio                                                                               float64
+			ScanConcurrency    int64 `json:"scanConcurrency"`
+			LayerCacheMaxBytes int64 `json:"layerCacheMaxBytes"`
+			Limits             struct {
+				MaxImageBytes, MaxTempBytes, MaxConfigBytes, MaxPackageDBBytes, MaxPackages, DBMaxBytes, AnalysisMemoryBytes int64
+				MemoryLimitRatio                                                                                             float64
 			} `json:"limits"`
 		} `json:"controller"`
 		Resources struct {
@@ -262,12 +264,12 @@ func TestDefaultsFitTheirVolumeAndMemory(t *testing.T) {
 	g.Expect(yaml.Unmarshal(raw, &values)).To(Succeed())
 	c, l := values.Controller, values.Controller.Limits
 	g.Expect(c.ScanConcurrency).To(BeNumerically(">", 0))
-	for _, v := range []int64{l.MaxImageBytes, l.MaxConfigBytes, l.MaxPackageDBBytes, l.MaxPackages, l.DBMaxBytes, l.AnalysisMemoryBytes} {
+	for _, v := range []int64{l.MaxImageBytes, l.MaxTempBytes, l.MaxConfigBytes, l.MaxPackageDBBytes, l.MaxPackages, l.DBMaxBytes, l.AnalysisMemoryBytes} {
 		g.Expect(v).To(BeNumerically(">", 0))
 	}
 	g.Expect(l.MemoryLimitRatio).To(BeNumerically(">", 0))
 
-	cache := 2*l.DBMaxBytes + c.ScanConcurrency*l.MaxImageBytes + 2<<30
+	cache := 2*l.DBMaxBytes + c.ScanConcurrency*(l.MaxImageBytes+l.MaxTempBytes) + c.LayerCacheMaxBytes + 1<<30
 	g.Expect(values.Persistence.EmptyDirSizeLimit.Value()).To(BeNumerically(">=", cache), "emptyDirSizeLimit")
 	g.Expect(values.Persistence.Size.Value()).To(BeNumerically(">=", cache), "persistence.size")
 
