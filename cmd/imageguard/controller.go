@@ -129,7 +129,7 @@ type javaDBOptions struct {
 
 func (o *javaDBOptions) bindFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.Repositories, "java-db-repository", vulndb.JavaDB.DefaultRepositories,
-		"OCI repositories of Trivy's Java DB artifact (about 1 GB unpacked), tried in order (comma list); downloaded when the first image with Java archives is analysed, then checked every --db-check-interval.")
+		"OCI repositories of Trivy's Java DB artifact (about 1 GB unpacked), tried in order (comma list); downloaded when the first image with Java archives is analysed, then kept current as the vulnerability DB is.")
 	fs.StringVar(&o.Path, "java-db-path", "",
 		"Folder holding a Trivy Java DB (trivy-java.db and metadata.json) to use as it is, never downloading: for air-gapped clusters.")
 }

@@ -85,6 +85,7 @@ func (o *limitOptions) bindFlags(fs *pflag.FlagSet) {
 // scanOptions are the flags of `imageguard scan`.
 type scanOptions struct {
 	DB       dbOptions
+	JavaDB   javaDBOptions
 	Registry registryOptions
 	Limits   limitOptions
 	CacheDir string
@@ -113,6 +114,7 @@ func parseScanFlags(args []string, output io.Writer) (*scanOptions, error) {
 		fmt.Fprintf(output, "Usage: imageguard scan IMAGE [flags]\n\nScans one image with the same engine as the controller.\n\nFlags:\n%s", fs.FlagUsages())
 	}
 	opts.DB.bindFlags(fs)
+	opts.JavaDB.bindFlags(fs)
 	opts.Registry.bindFlags(fs)
 	opts.Limits.bindFlags(fs)
 	fs.StringVar(&opts.CacheDir, "cache-dir", defaultCacheDir(), "Folder for the downloaded DB and the kept image inventories.")
@@ -176,7 +178,7 @@ type scanReport struct {
 	Summary         map[string]int    `json:"summary"`
 	Vulnerabilities []scanner.Finding `json:"vulnerabilities"`
 	// JavaArchivesNotAnalysed counts the jar, war, ear and par files whose packages are not in the
-	// findings: the command line has no Java DB.
+	// findings: no Java DB could be loaded.
 	JavaArchivesNotAnalysed int `json:"javaArchivesNotAnalysed,omitempty"`
 }
 
@@ -217,15 +219,40 @@ func scanImage(ctx context.Context, opts *scanOptions, stderr io.Writer) (*scanR
 	if err := db.LastError(); err != nil {
 		fmt.Fprintf(stderr, "imageguard scan: warning: checking for a newer vulnerability DB failed; the one kept from an earlier run is used: %v\n", err)
 	}
+	// The Java DB, as the controller has it, but loaded only once an image has Java archives:
+	// the kept one when its repository still has it, else downloaded (--java-db-path: as it is).
+	javaDB, err := vulndb.New(vulndb.Options{
+		Artifact: vulndb.JavaDB, OnDemand: true,
+		Repositories: opts.JavaDB.Repositories,
+		LocalPath:    opts.JavaDB.Path,
+		CacheDir:     opts.CacheDir,
+		Registry:     client,
+		Keychain:     keychain,
+		MaxBytes:     opts.Limits.DBBytes,
+		Log:          logr.Discard(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = javaDB.Close() }()
 	s, err := scanner.New(scanner.Options{CacheDir: opts.CacheDir, Timeout: opts.Timeout, Limits: opts.Limits.Image,
-		LayerCacheMaxBytes: opts.LayerCacheMaxBytes}, client, db)
+		LayerCacheMaxBytes: opts.LayerCacheMaxBytes, JavaDB: javaDB}, client, db)
 	if err != nil {
 		return nil, err
 	}
 	repository := imageref.CanonicalRepository(ref.Context().RegistryStr(), ref.Context().RepositoryStr())
-	_, res, err := s.Scan(ctx, scanner.ImageRef{Repository: repository, Digest: digest, Platform: opts.Platform, Keychain: keychain})
+	imageRef := scanner.ImageRef{Repository: repository, Digest: digest, Platform: opts.Platform, Keychain: keychain}
+	_, res, err := s.Scan(ctx, imageRef)
 	if err != nil {
 		return nil, err
+	}
+	if res.JavaArchives > 0 {
+		if jerr := javaDB.Open(ctx); jerr != nil {
+			fmt.Fprintf(stderr, "imageguard scan: warning: the Java DB could not be loaded: %v\n", jerr)
+		} else if _, res, err = s.Scan(ctx, imageRef); err != nil {
+			// Analysed again, with its Java archives.
+			return nil, err
+		}
 	}
 	report := &scanReport{
 		Image: repository, Digest: digest, Platform: res.Platform, OS: res.OS, Scanner: "Trivy " + s.Version(),
@@ -235,7 +262,7 @@ func scanImage(ctx context.Context, opts *scanOptions, stderr io.Writer) (*scanR
 		JavaArchivesNotAnalysed: res.JavaArchives,
 	}
 	if res.JavaArchives > 0 {
-		fmt.Fprintf(stderr, "imageguard scan: warning: %d Java archives (jar, war, ear, par) were not analysed: the command line has no Java DB; their packages are not in the findings (imageguard controller analyses them, --java-db-repository)\n", res.JavaArchives)
+		fmt.Fprintf(stderr, "imageguard scan: warning: %d Java archives (jar, war, ear, par) were not analysed (no Java DB: --java-db-repository, --java-db-path); their packages are not in the findings\n", res.JavaArchives)
 	}
 	if report.Vulnerabilities == nil {
 		report.Vulnerabilities = []scanner.Finding{}

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"archive/zip"
 	"bytes"
 	"context"
 	"encoding/json"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/go-logr/logr"
 	. "github.com/onsi/gomega"
@@ -65,6 +67,76 @@ func TestScanCommandMatchesTheLibrary(t *testing.T) {
 	g.Expect(code).To(Equal(0), stderr.String())
 	g.Expect(stdout.String()).To(ContainSubstring("Total: 2 (CRITICAL: 0, HIGH: 1, MEDIUM: 0, LOW: 1, UNKNOWN: 0)"))
 	g.Expect(stdout.String()).To(MatchRegexp(`CVE-2026-2001\s+libssl3\s+3.0.15-1~deb12u1\s+3.0.17-1~deb12u1\s+HIGH`))
+}
+
+// An image with a jar: `imageguard scan` loads the Java DB only then (from a path, or downloaded
+// and kept), and finds the jar's vulnerability as the controller does.
+func TestScanCommandAnalysesJavaArchives(t *testing.T) {
+	g := NewWithT(t)
+	reg := testutil.NewRegistry(t)
+	var jar bytes.Buffer
+	zw := zip.NewWriter(&jar)
+	w, err := zw.Create("META-INF/maven/org.apache.commons/commons-text/pom.properties")
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = w.Write([]byte("groupId=org.apache.commons\nartifactId=commons-text\nversion=1.9\n"))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(zw.Close()).To(Succeed())
+	base, err := testutil.DebianImage("12.11", []testutil.DebPackage{{Name: "zlib1g", Version: "1:1.2.13.dfsg-1", Source: "zlib"}})
+	g.Expect(err).NotTo(HaveOccurred())
+	layers, err := base.Layers()
+	g.Expect(err).NotTo(HaveOccurred())
+	app, err := testutil.LayerFromFiles(map[string][]byte{"app/lib/commons-text-1.9.jar": jar.Bytes()})
+	g.Expect(err).NotTo(HaveOccurred())
+	img, err := testutil.ImageFromLayers(testutil.LinuxAMD64, append(layers, app)...)
+	g.Expect(err).NotTo(HaveOccurred())
+	ref, _ := reg.Push(t, "team/java", "1.0", img)
+	spec, err := testutil.ParseAdvisories([]byte(scanAdvisories + `- {id: CVE-2022-42889, ecosystem: "maven::GitHub Security Advisory Maven", package: "org.apache.commons:commons-text", vulnerableVersions: [">=1.5, <1.10.0"], patchedVersions: ["1.10.0"], severity: CRITICAL}
+`))
+	g.Expect(err).NotTo(HaveOccurred())
+	dbDir := t.TempDir()
+	g.Expect(testutil.BuildDB(dbDir, spec)).To(Succeed())
+	built := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	javaDir := t.TempDir()
+	g.Expect(testutil.BuildJavaDB(javaDir, built, nil)).To(Succeed())
+
+	scan := func(args ...string) (scanReport, string) {
+		var stdout, stderr bytes.Buffer
+		code := run(append([]string{"scan", ref, "--db-path", filepath.Join(dbDir, "db"), "--insecure-registries", reg.Host(), "-o", "json"}, args...), &stdout, &stderr)
+		g.Expect(code).To(Equal(0), stderr.String())
+		var printed scanReport
+		g.Expect(json.Unmarshal(stdout.Bytes(), &printed)).To(Succeed())
+		return printed, stderr.String()
+	}
+	ids := func(r scanReport) []string {
+		var out []string
+		for _, f := range r.Vulnerabilities {
+			out = append(out, f.ID+" "+f.Package)
+		}
+		return out
+	}
+	want := []string{"CVE-2022-42889 org.apache.commons:commons-text", "CVE-2026-2002 zlib1g"}
+
+	// From a path, offline.
+	printed, _ := scan("--cache-dir", t.TempDir(), "--java-db-path", javaDir)
+	g.Expect(ids(printed)).To(ConsistOf(want))
+	g.Expect(printed.JavaArchivesNotAnalysed).To(BeZero())
+
+	// From a repository: downloaded on the first jar, kept; the next run needs no Java DB at all.
+	reg.PublishJavaDB(t, "aquasecurity/trivy-java-db", "1", built, nil)
+	cache := t.TempDir()
+	repo := "--java-db-repository=" + reg.Host() + "/aquasecurity/trivy-java-db:1"
+	printed, _ = scan("--cache-dir", cache, repo)
+	g.Expect(ids(printed)).To(ConsistOf(want))
+	reg.ResetCounts()
+	printed, _ = scan("--cache-dir", cache, repo)
+	g.Expect(ids(printed)).To(ConsistOf(want))
+	g.Expect(reg.Counts().BlobGETs).To(BeZero(), "the inventory with its jars is kept")
+
+	// No Java DB to be had: the jar is counted, and the warning says so.
+	printed, stderr := scan("--cache-dir", t.TempDir(), "--java-db-repository="+reg.Host()+"/missing/java-db:1")
+	g.Expect(printed.JavaArchivesNotAnalysed).To(Equal(1))
+	g.Expect(ids(printed)).To(ConsistOf("CVE-2026-2002 zlib1g"))
+	g.Expect(stderr).To(And(ContainSubstring("the Java DB could not be loaded"), ContainSubstring("1 Java archives")))
 }
 
 func TestScanCommandErrors(t *testing.T) {
