@@ -32,6 +32,8 @@ type AdmissionOptions struct {
 	ExcludedNamespaces []string
 	// ScanQueueCapacity bounds the images waiting for their report to be created.
 	ScanQueueCapacity int
+	// NodePlatforms are those of nodes that may join (workload.NodePlatform's form).
+	NodePlatforms []string
 }
 
 // Admission reads, uncached and by name, the revision a StatefulSet pod names, when its images are
@@ -60,6 +62,7 @@ func setupAdmission(mgr ctrl.Manager, gatherer *workload.Gatherer, verifier *sig
 	}
 	state := &admission.CacheState{
 		Gatherer: gatherer, Reader: mgr.GetCache(), Secrets: mgr.GetAPIReader(), Clock: clk, Verifier: verifier,
+		ExtraNodePlatforms: opts.NodePlatforms,
 		// A registry that cannot answer in time is asked again after 30s, not on every request.
 		Digests: &registry.DigestCache{TTL: 5 * time.Minute, FailureTTL: 30 * time.Second},
 	}

@@ -483,10 +483,10 @@ func (r *ImageScanReportReconciler) scan(ctx context.Context, report *securityv1
 	}
 	if inv.Digest != report.Spec.Digest {
 		// An index: admission asks for a report on each of its platforms the nodes have. Not
-		// known (a registry that fails now), none are written: every node's platform counts.
+		// read now (a registry that fails), those written before stay until the next scan.
 		if res.IndexPlatforms, err = r.Scanner.IndexPlatforms(ctx, ref); err != nil {
 			ctrl.LoggerFrom(ctx).V(1).Info("Cannot tell the platforms of the image index", "digest", report.Spec.Digest, "error", err.Error())
-			res.IndexPlatforms = nil
+			res.IndexPlatforms = report.Status.IndexPlatforms
 		}
 	}
 	return res, metav1.NewTime(inv.AnalyzedAt), nil

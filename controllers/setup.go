@@ -291,20 +291,27 @@ func CacheOptions() cache.Options {
 	}
 }
 
-// TrimNode keeps of a node its name and the OS and architecture its kubelet reports: the platform
-// of the images its pods run.
+// TrimNode keeps of a node its name and the OS and architecture its kubelet reports (the
+// platform of the images its pods run), and what admission asks to tell which pods may land on
+// it: its labels and the taints that keep pods off (NoSchedule, NoExecute).
 func TrimNode(obj any) (any, error) {
 	node, ok := obj.(*corev1.Node)
 	if !ok {
 		return obj, nil
 	}
-	return &corev1.Node{
+	trimmed := &corev1.Node{
 		TypeMeta:   node.TypeMeta,
-		ObjectMeta: metav1.ObjectMeta{Name: node.Name, UID: node.UID, ResourceVersion: node.ResourceVersion},
+		ObjectMeta: metav1.ObjectMeta{Name: node.Name, UID: node.UID, ResourceVersion: node.ResourceVersion, Labels: node.Labels},
 		Status: corev1.NodeStatus{NodeInfo: corev1.NodeSystemInfo{
 			OperatingSystem: node.Status.NodeInfo.OperatingSystem, Architecture: node.Status.NodeInfo.Architecture,
 		}},
-	}, nil
+	}
+	for _, t := range node.Spec.Taints {
+		if t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute {
+			trimmed.Spec.Taints = append(trimmed.Spec.Taints, corev1.Taint{Key: t.Key, Value: t.Value, Effect: t.Effect})
+		}
+	}
+	return trimmed, nil
 }
 
 // TrimPod keeps of a pod its identity, owners, images (image volumes too), image IDs, pull

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
@@ -30,12 +31,14 @@ import (
 
 	"github.com/imageguard/imageguard/controllers"
 	"github.com/imageguard/imageguard/internal/admission"
+	"github.com/imageguard/imageguard/internal/platform"
 	"github.com/imageguard/imageguard/internal/scanner"
 	"github.com/imageguard/imageguard/internal/scheme"
 	"github.com/imageguard/imageguard/internal/signature"
 	"github.com/imageguard/imageguard/internal/vap"
 	"github.com/imageguard/imageguard/internal/vulndb"
 	"github.com/imageguard/imageguard/internal/webhookcert"
+	"github.com/imageguard/imageguard/internal/workload"
 )
 
 // controllerOptions are the flags of `imageguard controller`. Each flag is registered only once the
@@ -92,6 +95,8 @@ type webhookOptions struct {
 	FailurePolicy     string
 	ControllerUsers   []string
 	ScanQueueCapacity int
+	// NodePlatforms are those of nodes that may join (os/architecture).
+	NodePlatforms []string
 	// GenerateAdmissionPolicies keeps a generated ValidatingAdmissionPolicy per enforcing policy.
 	GenerateAdmissionPolicies bool
 }
@@ -116,6 +121,8 @@ func (o *webhookOptions) bindFlags(fs *pflag.FlagSet) {
 		"What an internal error answers: Ignore admits with a Warning, Fail refuses. Set it to the webhook configuration's failurePolicy.")
 	fs.StringSliceVar(&o.ControllerUsers, "admission-controller-users", admission.DefaultControllerUsers,
 		"Users (comma list) whose pods, ReplicaSets and Jobs are admitted without a new judgement when their controlling owner (ReplicaSet, StatefulSet, DaemonSet, Job; Deployment; CronJob) runs the same images: the owner was judged when it was created or changed.")
+	fs.StringSliceVar(&o.NodePlatforms, "admission-node-platforms", nil,
+		"Platforms (os/architecture, comma list) of nodes that may join the cluster, an autoscaler's say: admission asks for a scanned report of an image index on each, as on the platform of every node it sees a pod may land on.")
 	fs.BoolVar(&o.GenerateAdmissionPolicies, "generate-admission-policies", true,
 		"Keep, for each ImagePolicy and ClusterImagePolicy that enforces or warns, a generated ValidatingAdmissionPolicy and binding with its registries and tags rules, which Kubernetes evaluates itself: they hold while ImageGuard is unreachable. False removes those generated before.")
 	fs.IntVar(&o.ScanQueueCapacity, "admission-scan-queue", 1024, "Images seen unscanned at admission whose reports wait to be created; beyond it the pod controller creates them when a pod runs.")
@@ -299,10 +306,15 @@ func setUpControllers(mgr ctrl.Manager, opts *controllerOptions) error {
 	}
 	var admissionOpts *controllers.AdmissionOptions
 	if opts.Webhook.Port != 0 {
+		nodePlatforms, err := parseNodePlatforms(opts.Webhook.NodePlatforms)
+		if err != nil {
+			return err
+		}
 		admissionOpts = &controllers.AdmissionOptions{
 			Registry: reg, ExemptNamespaces: opts.Webhook.ExemptNamespaces, ExcludedNamespaces: opts.ExcludedNamespaces,
 			Budget: opts.Webhook.DecisionBudget, FailurePolicy: admission.FailurePolicy(opts.Webhook.FailurePolicy),
 			ControllerUsers: opts.Webhook.ControllerUsers, ScanQueueCapacity: opts.Webhook.ScanQueueCapacity,
+			NodePlatforms: nodePlatforms,
 		}
 	}
 	var admissionPolicies *vap.Options
@@ -529,4 +541,21 @@ func runController(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// parseNodePlatforms checks --admission-node-platforms and returns them as
+// workload.NodePlatform gives a node's.
+func parseNodePlatforms(in []string) ([]string, error) {
+	var out []string
+	for _, p := range in {
+		osName, arch, ok := strings.Cut(strings.TrimSpace(p), "/")
+		node := workload.NodePlatform(osName, arch)
+		if !ok || strings.Contains(arch, "/") || (node == "" && strings.TrimSpace(p) != platform.Default) {
+			return nil, fmt.Errorf("--admission-node-platforms: %q is not os/architecture, e.g. linux/arm64", p)
+		}
+		if !slices.Contains(out, node) {
+			out = append(out, node)
+		}
+	}
+	return out, nil
 }

@@ -73,3 +73,14 @@ func TestRunDispatch(t *testing.T) {
 		})
 	}
 }
+
+func TestNodePlatformsFlag(t *testing.T) {
+	g := NewWithT(t)
+	got, err := parseNodePlatforms([]string{"linux/arm64", "linux/amd64", " linux/arm64"})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(got).To(Equal([]string{"linux/arm64", ""}), "as a node's platform: the default is empty")
+	for _, bad := range []string{"arm64", "linux/arm/v7", "Linux/AMD64", ""} {
+		_, err = parseNodePlatforms([]string{bad})
+		g.Expect(err).To(MatchError(ContainSubstring("is not os/architecture")), bad)
+	}
+}

@@ -44,7 +44,9 @@ type state struct {
 	nodesErr error
 }
 
-func (s state) NodePlatforms(context.Context) ([]string, error) { return s.nodes, s.nodesErr }
+func (s state) NodePlatforms(context.Context, *corev1.PodSpec) ([]string, error) {
+	return s.nodes, s.nodesErr
+}
 
 func (s state) Signatures(_ context.Context, _ string, _ *corev1.PodSpec, img policy.Image, _ []*policy.SignatureAuthorities) map[string]policy.SignatureVerdict {
 	if s.verifications != nil {
@@ -102,7 +104,8 @@ func TestDecide(t *testing.T) {
 	amd64Only := &policy.Report{ScannedAt: now, Index: true}
 	both := &policy.Report{ScannedAt: now, Index: true, Others: []*policy.Report{{ScannedAt: now, Platform: "linux/arm64", Index: true}}}
 	arm64Only := &policy.Report{ScannedAt: now, Platform: "linux/arm64", Index: true}
-	noArm64 := &policy.Report{ScannedAt: now, Index: true, IndexPlatforms: []string{"linux/amd64", "linux/arm/v7"}}
+	noArm64 := &policy.Report{ScannedAt: now, Index: true, IndexPlatforms: []string{"linux/amd64", "linux/s390x"}}
+	arm32 := &policy.Report{ScannedAt: now, Index: true, IndexPlatforms: []string{"linux/amd64", "linux/arm/v7"}}
 	manifest := &policy.Report{ScannedAt: now}
 	arm64 := &corev1.PodSpec{NodeSelector: map[string]string{corev1.LabelArchStable: "arm64"}}
 	mixed := []string{"", "linux/arm64", "windows/amd64"}
@@ -137,7 +140,19 @@ func TestDecide(t *testing.T) {
 			policies: noCriticalDeny, images: []string{"registry.example.com/no-arm64:1"}, spec: arm64, wantAllowed: true,
 		},
 		"an index with an image for the arm nodes (a variant) is asked for its report": {
-			policies: noCriticalDeny, images: []string{"registry.example.com/no-arm64:1"}, nodes: []string{"", "linux/arm"},
+			policies: noCriticalDeny, images: []string{"registry.example.com/arm32:1"}, nodes: []string{"", "linux/arm"},
+			wantMessage: "not scanned yet for linux/arm", unscanned: 1, queued: []string{"linux/arm"},
+		},
+		"an arm64 node runs an index's arm/v7 image, as containerd chooses: asked for": {
+			policies: noCriticalDeny, images: []string{"registry.example.com/arm32:1"}, nodes: mixed,
+			wantMessage: "not scanned yet for linux/arm64", unscanned: 1, queued: []string{"linux/arm64"},
+		},
+		"no node yet (scaled to zero): every Linux platform of the index": {
+			policies: noCriticalDeny, images: []string{"registry.example.com/arm32:1"}, nodes: []string{},
+			wantMessage: "not scanned yet for linux/arm", unscanned: 1, queued: []string{"linux/arm"},
+		},
+		"a node whose platform is not known yet: every Linux platform of the index": {
+			policies: noCriticalDeny, images: []string{"registry.example.com/arm32:1"}, nodes: []string{"", UnknownPlatform},
 			wantMessage: "not scanned yet for linux/arm", unscanned: 1, queued: []string{"linux/arm"},
 		},
 		"an image manifest is one image on every node": {
@@ -207,7 +222,7 @@ func TestDecide(t *testing.T) {
 				"registry.example.com/partial": partial, "registry.example.com/partial-critical": partialCritical,
 				"registry.example.com/amd64-only": amd64Only, "registry.example.com/both": both,
 				"registry.example.com/arm64-only": arm64Only, "registry.example.com/no-arm64": noArm64,
-				"registry.example.com/manifest":       manifest,
+				"registry.example.com/manifest": manifest, "registry.example.com/arm32": arm32,
 				"registry.example.com/critical-index": {ScannedAt: now, Index: true, Summary: securityv1alpha1.VulnerabilitySummary{Critical: 1, Total: 1}},
 			}, nodes: tt.nodes}
 			var containers []workload.Container
@@ -301,7 +316,7 @@ func TestImageReviewQueuesOnlyPlatformGaps(t *testing.T) {
 	h := &ImageReviewHandler{Reviewer: &Reviewer{
 		State: state{
 			policies: []*workload.Policy{compiled(t, "ClusterImagePolicy/scanned", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, noCritical)},
-			reports:  map[string]*policy.Report{"registry.example.com/index": {ScannedAt: now, Index: true}},
+			reports:  map[string]*policy.Report{"registry.example.com/index": {ScannedAt: now, Index: true, Repository: "registry.example.com/index"}},
 			nodes:    []string{"", "linux/arm64"},
 		},
 		Clock: clocktesting.NewFakePassiveClock(now), Queue: queued,
@@ -316,8 +331,19 @@ func TestImageReviewQueuesOnlyPlatformGaps(t *testing.T) {
 	g.Expect(queued.images).To(Equal([]string{index}))
 	g.Expect(queued.platforms).To(Equal([]string{"linux/arm64"}))
 
+	// A review naming another host for the digest queues it from the repository it was
+	// scanned from: ImageGuard pulls from no host a review names.
+	queued.images, queued.platforms = nil, nil
+	h.Reviewer.State = state{policies: h.Reviewer.State.(state).policies, nodes: []string{"", "linux/arm64"}, reports: map[string]*policy.Report{
+		"evil.example/copy": {ScannedAt: now, Index: true, Repository: "registry.example.com/index"}}}
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/imagepolicy", strings.NewReader(imageReview("shop", "evil.example/copy:1@sha256:"+strings.Repeat("a", 64)))))
+	g.Expect(rec.Code).To(Equal(http.StatusOK))
+	g.Expect(queued.images).To(Equal([]string{index}))
+
 	// The nodes cannot be read: the decision fails, as the failure policy says (Fail here).
-	h.Reviewer.State = state{policies: h.Reviewer.State.(state).policies, reports: h.Reviewer.State.(state).reports, nodesErr: errors.New("cache not synced")}
+	h.Reviewer.State = state{policies: h.Reviewer.State.(state).policies, nodesErr: errors.New("cache not synced"), reports: map[string]*policy.Report{
+		"registry.example.com/index": {ScannedAt: now, Index: true, Repository: "registry.example.com/index"}}}
 	d, err := h.Reviewer.Review(context.Background(), Request{Endpoint: EndpointValidate, Namespace: "shop",
 		Containers: []workload.Container{{Name: "app", Image: index, Type: workload.RegularContainer}}})
 	g.Expect(err).NotTo(HaveOccurred())

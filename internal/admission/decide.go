@@ -17,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/platform"
 	"github.com/imageguard/imageguard/internal/policy"
 	"github.com/imageguard/imageguard/internal/workload"
 )
@@ -34,9 +35,11 @@ type State interface {
 	// their reference names, if any. For an image whose digest stays unknown, lastKnown is the
 	// report of the digest its tag last named in the namespace, if any.
 	Reports(ctx context.Context, namespace string, spec *corev1.PodSpec, images []policy.Image, resolve []bool) (digests []string, reports, lastKnown []*policy.Report)
-	// NodePlatforms returns the platforms of the cluster's nodes, as workload.NodePlatform gives
-	// them: where a pod that names none may run.
-	NodePlatforms(ctx context.Context) ([]string, error)
+	// NodePlatforms returns the platforms, as workload.NodePlatform gives them, of the cluster's
+	// nodes a pod of spec may land on (its node selector, required node affinity and
+	// tolerations), and of those that may join; for a nil spec (an ImageReview), of every node,
+	// but of Linux ones only.
+	NodePlatforms(ctx context.Context, spec *corev1.PodSpec) ([]string, error)
 	// OptedOut reports whether a namespace turned the validating webhook off (OptOutLabel).
 	OptedOut(ctx context.Context, namespace string) bool
 	// Signatures returns the verdicts on the signatures of img (its digest known) under each of
@@ -130,7 +133,7 @@ func Decide(ctx context.Context, state State, req Request, now time.Time) (Decis
 		var missing []string
 		if reports[i].MayDiffer() {
 			if requested == nil && !nodesRead {
-				if nodes, err = state.NodePlatforms(ctx); err != nil {
+				if nodes, err = state.NodePlatforms(ctx, req.PodSpec); err != nil {
 					return Decision{}, err
 				}
 				nodesRead = true
@@ -163,18 +166,39 @@ func Decide(ctx context.Context, state State, req Request, now time.Time) (Decis
 	return d, nil
 }
 
+// UnknownPlatform stands, among NodePlatforms, for a node whose platform is not known yet.
+const UnknownPlatform = "?"
+
 // uncovered returns the platforms the image of r's digest may run on without a scanned report:
-// those the pod asks for (requested), else those of the cluster's nodes; of an index whose
-// platforms are known, only those it has an image for (on another, the pod cannot run).
+// those the pod asks for (requested), else those of the cluster's nodes (with none, every Linux
+// platform of the index); of an index whose
+// platforms are known, only those that run one of its images as containerd chooses them (an
+// arm64 node runs an arm/v7 image, an amd64 node a 386 one; on another, the pod cannot run).
 func uncovered(r *policy.Report, requested, nodes []string) []string {
 	want := requested
 	if want == nil {
 		want = nodes
 	}
 	has, known := r.Platforms()
+	if (len(want) == 0 || slices.Contains(want, UnknownPlatform)) && known {
+		// No node it may land on yet (a cluster scaled to zero, nodes still to be provisioned),
+		// or one whose platform is not known yet: any of the index's Linux platforms may be the
+		// one it runs on.
+		want = slices.DeleteFunc(slices.Clone(want), func(p string) bool { return p == UnknownPlatform })
+		for _, h := range has {
+			if parts := strings.SplitN(h, "/", 3); len(parts) >= 2 && parts[0] == "linux" {
+				if p := workload.NodePlatform(parts[0], parts[1]); !slices.Contains(want, p) {
+					want = append(want, p)
+				}
+			}
+		}
+	}
 	var out []string
 	for _, p := range want {
-		if known && !slices.ContainsFunc(has, func(h string) bool { return indexPlatform(h) == p }) {
+		if p == UnknownPlatform {
+			continue // the index's platforms are not known either: those of the other nodes count
+		}
+		if known && !slices.ContainsFunc(has, func(h string) bool { return platform.Runs(p, h) }) {
 			continue
 		}
 		if !r.Covers(p) && !slices.Contains(out, p) {
@@ -182,16 +206,6 @@ func uncovered(r *policy.Report, requested, nodes []string) []string {
 		}
 	}
 	return out
-}
-
-// indexPlatform is an index's platform (os/architecture[/variant]) as workload.NodePlatform
-// gives a node's: a node of that OS and architecture runs it, whatever the variant.
-func indexPlatform(p string) string {
-	parts := strings.SplitN(p, "/", 3)
-	if len(parts) < 2 {
-		return p
-	}
-	return workload.NodePlatform(parts[0], parts[1])
 }
 
 // verifySignatures gives each image whose digest is known (digests, as looked up) the verdicts on its signatures of the

@@ -162,13 +162,31 @@ func (r *Reviewer) review(ctx context.Context, req Request) (Decision, error) {
 		case !req.DryRun:
 			r.Queue.QueueScans(req.Namespace, d.Unscanned)
 		case req.Endpoint == EndpointImagePolicy:
-			// An ImageReview queues only what a scan of the same digest already made safe to
-			// pull: its image for another platform. Nothing else would ever make that report
-			// (no pod runs it until admitted), and the pod would be refused for ever.
-			r.Queue.QueueScans(req.Namespace, d.PlatformGaps)
+			// An ImageReview queues only the report of a scanned digest's image for another
+			// platform, from the repository it was scanned from (whatever host the review
+			// names): nothing else would ever make that report (no pod runs it until
+			// admitted), and the pod would be refused for ever.
+			r.Queue.QueueScans(req.Namespace, knownRepositories(d.PlatformGaps))
 		}
 	}
 	return d, nil
+}
+
+// maxQueuedGaps bounds the platform reports one ImageReview queues.
+const maxQueuedGaps = 16
+
+// knownRepositories returns the gaps, at most maxQueuedGaps, each named by the repository its
+// digest was scanned from; those whose repository is not known are left out.
+func knownRepositories(gaps []policy.Image) []policy.Image {
+	var out []policy.Image
+	for _, g := range gaps {
+		if g.Report == nil || g.Report.Repository == "" || len(out) == maxQueuedGaps {
+			continue
+		}
+		g.Repository, g.Tag = g.Report.Repository, ""
+		out = append(out, g)
+	}
+	return out
 }
 
 // policiesAdded returns the Refs of the policies that apply in namespace to the label sets of

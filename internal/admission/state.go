@@ -4,11 +4,15 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
+	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -53,7 +57,10 @@ type CacheState struct {
 	MaxLookups int
 	// HungFor is how long a registry that timed out is not asked again (default 30s).
 	HungFor time.Duration
-	Clock   clock.PassiveClock
+	// ExtraNodePlatforms are the platforms of nodes that may join (an autoscaler's), as
+	// workload.NodePlatform gives them: asked for as those of the nodes in the cluster are.
+	ExtraNodePlatforms []string
+	Clock              clock.PassiveClock
 
 	once     sync.Once
 	inflight chan struct{}
@@ -84,18 +91,47 @@ func (s *CacheState) Policies(ctx context.Context, namespace string, labelSets .
 	return out, nil
 }
 
-// NodePlatforms returns the platforms of the cluster's nodes, from the cache (see State).
-func (s *CacheState) NodePlatforms(ctx context.Context) ([]string, error) {
+// NodePlatforms returns the platforms of the nodes a pod of spec may land on, from the cache, and
+// ExtraNodePlatforms (see State).
+func (s *CacheState) NodePlatforms(ctx context.Context, spec *corev1.PodSpec) ([]string, error) {
 	nodes := &corev1.NodeList{}
 	if err := s.Reader.List(ctx, nodes, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("listing the cluster's nodes: %w", err)
 	}
-	var out []string
+	var affinity nodeaffinity.RequiredNodeAffinity
+	if spec != nil {
+		affinity = nodeaffinity.GetRequiredNodeAffinity(&corev1.Pod{Spec: *spec})
+	}
+	out := slices.Clone(s.ExtraNodePlatforms)
 	for i := range nodes.Items {
-		info := nodes.Items[i].Status.NodeInfo
-		if p := workload.NodePlatform(info.OperatingSystem, info.Architecture); !slices.Contains(out, p) {
-			out = append(out, p)
+		node := &nodes.Items[i]
+		info := node.Status.NodeInfo
+		p := workload.NodePlatform(info.OperatingSystem, info.Architecture)
+		if info.Architecture == "" {
+			p = UnknownPlatform // registered, its kubelet not heard from yet: it may be any
 		}
+		if slices.Contains(out, p) {
+			continue
+		}
+		if spec == nil {
+			// No pod spec to tell where it may land: every Linux node (ImageGuard cannot scan
+			// other images; asking for them would refuse every multi-OS index).
+			if p == "" || p == UnknownPlatform || strings.HasPrefix(p, "linux/") {
+				out = append(out, p)
+			}
+			continue
+		}
+		if ok, err := affinity.Match(node); err != nil || !ok {
+			continue // the scheduler would not place it there (a malformed term places it nowhere)
+		}
+		// Comparison operators in tolerations count (only where the API server took them): a
+		// node they tolerate is one more platform, never one less.
+		if _, untolerated := corev1helpers.FindMatchingUntoleratedTaint(logr.Discard(), node.Spec.Taints, spec.Tolerations, func(t *corev1.Taint) bool {
+			return t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute
+		}, true); untolerated {
+			continue
+		}
+		out = append(out, p)
 	}
 	return out, nil
 }

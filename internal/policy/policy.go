@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	securityv1alpha1 "github.com/imageguard/imageguard/api/v1alpha1"
+	"github.com/imageguard/imageguard/internal/platform"
 )
 
 // Image is one image of a workload, as a policy sees it.
@@ -81,6 +82,8 @@ type Report struct {
 	// IndexPlatforms are the platforms the index has images for (status.indexPlatforms);
 	// empty when not known.
 	IndexPlatforms []string
+	// Repository is the repository the digest was scanned from (spec.image).
+	Repository string
 }
 
 // MayDiffer reports whether the digest's image may differ from one platform to the next: one of
@@ -150,7 +153,7 @@ func ReportOf(rep *securityv1alpha1.ImageScanReport) *Report {
 		return nil
 	}
 	out := &Report{Summary: *rep.Status.Summary, Vulnerabilities: rep.Status.Vulnerabilities, Omitted: rep.Status.VulnerabilitiesOmitted, Platform: rep.Spec.Platform,
-		Index: rep.Status.ImageDigest != rep.Spec.Digest, IndexPlatforms: rep.Status.IndexPlatforms}
+		Index: rep.Status.ImageDigest != rep.Spec.Digest, IndexPlatforms: rep.Status.IndexPlatforms, Repository: rep.Spec.Image}
 	if rep.Status.LastScanTime != nil {
 		out.ScannedAt = rep.Status.LastScanTime.Time
 	}
@@ -363,7 +366,7 @@ func (c check) judgeEveryPlatform(img Image, now time.Time) (Result, time.Time) 
 
 // DefaultPlatform is the platform of a report whose spec.platform is empty: the image an index
 // digest names for it is scanned.
-const DefaultPlatform = "linux/amd64"
+const DefaultPlatform = platform.Default
 
 // PlatformName names a report's platform: DefaultPlatform for "".
 func PlatformName(p string) string {

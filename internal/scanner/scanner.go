@@ -25,8 +25,10 @@ import (
 
 	trivylog "github.com/aquasecurity/trivy/pkg/log"
 
+	specs "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/imageguard/imageguard/internal/platform"
 	"github.com/imageguard/imageguard/internal/registry"
 )
 
@@ -245,7 +247,7 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 	if err != nil {
 		return nil, false, err
 	}
-	ch := s.flights.DoChan(ref.Digest+" "+platform.String(), func() (_ any, err error) {
+	ch := s.flights.DoChan(flightKey(ref, ref.Digest, platform.String()), func() (_ any, err error) {
 		// Another flight may have just finished and kept it.
 		if inv, err := s.kept(ref); err != nil || s.serves(inv, ref) {
 			return inv, err
@@ -263,7 +265,7 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 		// One image may be asked for under several flights at once (its own digest and an
 		// index's, or a single-platform image for nodes of two platforms): they share its
 		// analysis, which is bounded on its own (its wait for a slot, then its time limit).
-		inv, err, _ := s.imageFlights.Do(imageRef.Digest, func() (any, error) {
+		inv, err, _ := s.imageFlights.Do(flightKey(imageRef, imageRef.Digest, ""), func() (any, error) {
 			return s.analyseImage(ctx, ref, imageRef, img, started)
 		})
 		return inv, err
@@ -277,6 +279,14 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 		}
 		return res.Val.(*Inventory), !res.Shared, nil
 	}
+}
+
+// flightKey keys the analyses callers share: the same repository (another registry serving the
+// same digest may fail, or be slow, on purpose; its failure must not be another's), digest and
+// platform, and the same freshness asked for (a re-analysis must not be served the kept
+// inventory an ordinary flight returns).
+func flightKey(ref ImageRef, digest, platform string) string {
+	return fmt.Sprintf("%s@%s %s %d", ref.Repository, digest, platform, ref.AnalyzedAfter.UnixNano())
 }
 
 // analyseImage analyses imageRef, the image ref names for its platform (img), and keeps its
@@ -341,33 +351,37 @@ func (s *Scanner) analyseImage(ctx context.Context, ref, imageRef ImageRef, img 
 	return inv, nil
 }
 
-// resolve returns the image ref's digest names for platform (the index's child, as
-// go-containerregistry picks it, or the manifest itself) and a ref to that image's own digest,
-// keeping which image an index names so that matching it again needs no registry request.
+// resolve returns the image ref's digest names for platform (of an index, the image a node of
+// that platform runs, as containerd chooses it: see internal/platform) and a ref to that image's
+// own digest, keeping which image an index names, and the platforms it has images for, so that
+// matching it again needs no registry request.
 func (s *Scanner) resolve(ctx context.Context, ref ImageRef, platform v1.Platform) (v1.Image, ImageRef, error) {
-	parsed, err := s.registry.ParseReference(ref.String())
+	digestRef, opts, err := s.digestRef(ctx, ref)
 	if err != nil {
 		return nil, ref, err
 	}
-	digestRef, ok := parsed.(name.Digest)
-	if !ok {
-		return nil, ref, registry.Errorf(registry.KindUnsupported, "%s is not a digest reference", ref)
-	}
-	opts := append(s.registry.RemoteOptions(ctx, digestRef, ref.Keychain), remote.WithPlatform(platform))
 	desc, err := remote.Get(digestRef, opts...)
 	if err != nil {
 		return nil, ref, s.scanError(ctx, fmt.Errorf("fetching %s: %w", ref, err))
 	}
+	var img v1.Image
 	if desc.MediaType.IsIndex() {
-		if err := s.keepIndexPlatforms(ref.Digest, desc.Manifest); err != nil {
+		images, known, err := s.indexImages(ctx, digestRef, desc.Manifest, opts)
+		if err != nil {
+			return nil, ref, err
+		}
+		if err := s.keepIndexPlatforms(ref.Digest, images, known); err != nil {
 			return nil, ref, fmt.Errorf("keeping the platforms of %s: %w", ref, err)
 		}
-	}
-	img, err := desc.Image()
-	if err != nil {
-		if desc.MediaType.IsIndex() {
-			return nil, ref, registry.Errorf(registry.KindUnsupported, "the image index %s has no image for %s: %v", ref, platform.String(), err)
+		i := chooseImage(platform, images)
+		if i < 0 {
+			return nil, ref, registry.Errorf(registry.KindUnsupported, "the image index %s has no image for %s", ref, platform.String())
 		}
+		img, err = remote.Image(digestRef.Context().Digest(images[i].digest.String()), opts...)
+		if err != nil {
+			return nil, ref, s.scanError(ctx, fmt.Errorf("fetching the image of %s for %s: %w", ref, platform.String(), err))
+		}
+	} else if img, err = desc.Image(); err != nil {
 		return nil, ref, s.scanError(ctx, fmt.Errorf("fetching %s: %w", ref, err))
 	}
 	digest, err := img.Digest()
@@ -384,9 +398,129 @@ func (s *Scanner) resolve(ctx context.Context, ref ImageRef, platform v1.Platfor
 	return img, imageRef, nil
 }
 
-// IndexPlatforms returns the platforms (os/architecture[/variant]) ref's digest has images for
-// when it names an image index, nil when it names an image manifest. They are kept with the
-// index's aliases; an index seen before they were kept is read from the registry once more.
+// digestRef parses ref's digest reference and returns the options that reach its registry.
+func (s *Scanner) digestRef(ctx context.Context, ref ImageRef) (name.Digest, []remote.Option, error) {
+	parsed, err := s.registry.ParseReference(ref.String())
+	if err != nil {
+		return name.Digest{}, nil, err
+	}
+	digestRef, ok := parsed.(name.Digest)
+	if !ok {
+		return name.Digest{}, nil, registry.Errorf(registry.KindUnsupported, "%s is not a digest reference", ref)
+	}
+	return digestRef, s.registry.RemoteOptions(ctx, digestRef, ref.Keychain), nil
+}
+
+// Bounds of an index's images: nested indexes are followed this deep, at most this many images
+// are considered, and at most this many images that name no platform have their config read.
+const (
+	maxIndexDepth        = 2
+	maxIndexImages       = 1024
+	maxUnplatformedReads = 4
+)
+
+// indexImage is an image an index names, with its platform: the index's, or, for an image the
+// index names none for, its config's (fromConfig), as containerd reads it.
+type indexImage struct {
+	digest     v1.Hash
+	platform   v1.Platform
+	fromConfig bool
+}
+
+// indexImages returns the images the index manifest raw names, nested indexes followed; known
+// is false when some image's platform could not be told (past the bounds).
+func (s *Scanner) indexImages(ctx context.Context, index name.Digest, raw []byte, opts []remote.Option) ([]indexImage, bool, error) {
+	var out []indexImage
+	known, reads := true, 0
+	var walk func(raw []byte, depth int) error
+	walk = func(raw []byte, depth int) error {
+		m, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+		if err != nil {
+			return registry.Errorf(registry.KindUnsupported, "the image index %s is malformed: %v", index, err)
+		}
+		for _, d := range m.Manifests {
+			if len(out) == maxIndexImages {
+				return registry.Errorf(registry.KindUnsupported, "the image index %s names more than %d images", index, maxIndexImages)
+			}
+			child := index.Context().Digest(d.Digest.String())
+			switch {
+			case d.MediaType.IsIndex():
+				if depth == maxIndexDepth {
+					known = false
+					continue
+				}
+				desc, err := remote.Get(child, opts...)
+				if err != nil {
+					return s.scanError(ctx, fmt.Errorf("fetching the nested index %s of %s: %w", d.Digest, index, err))
+				}
+				if err := walk(desc.Manifest, depth+1); err != nil {
+					return err
+				}
+			case !d.MediaType.IsImage():
+				continue // not an image (an artifact)
+			case d.Platform != nil:
+				out = append(out, indexImage{digest: d.Digest, platform: *d.Platform})
+			case reads == maxUnplatformedReads:
+				known = false
+			default:
+				reads++
+				p, err := s.configPlatform(child, opts)
+				if err != nil {
+					return s.scanError(ctx, fmt.Errorf("reading the platform of %s in %s: %w", d.Digest, index, err))
+				}
+				out = append(out, indexImage{digest: d.Digest, platform: p, fromConfig: true})
+			}
+		}
+		return nil
+	}
+	return out, known, walk(raw, 0)
+}
+
+// configPlatform reads the platform of the image ref from its config, the config's size bounded
+// first.
+func (s *Scanner) configPlatform(ref name.Digest, opts []remote.Option) (v1.Platform, error) {
+	img, err := remote.Image(ref, opts...)
+	if err != nil {
+		return v1.Platform{}, err
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return v1.Platform{}, err
+	}
+	if bound := s.opts.Limits.MaxConfigBytes; bound > 0 && m.Config.Size > bound {
+		return v1.Platform{}, registry.Errorf(registry.KindUnsupported, "the config of %s is %d bytes, more than %d (--max-config-bytes)", ref, m.Config.Size, bound)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return v1.Platform{}, err
+	}
+	return v1.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant, OSVersion: cfg.OSVersion}, nil
+}
+
+// chooseImage returns which of an index's images a node of platform runs, as containerd chooses:
+// among those the index names a platform for, else among the others; -1 for none.
+func chooseImage(p v1.Platform, images []indexImage) int {
+	node := specs.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant}
+	for _, fromConfig := range []bool{false, true} {
+		var idx []int
+		var ps []specs.Platform
+		for i, img := range images {
+			if img.fromConfig == fromConfig {
+				idx = append(idx, i)
+				ps = append(ps, specs.Platform{OS: img.platform.OS, Architecture: img.platform.Architecture, Variant: img.platform.Variant, OSVersion: img.platform.OSVersion})
+			}
+		}
+		if i := platform.Choose(node, ps); i >= 0 {
+			return idx[i]
+		}
+	}
+	return -1
+}
+
+// IndexPlatforms returns the platforms (os/architecture[/variant], normalised) ref's digest has
+// images for when it names an image index, nil when it names an image manifest or they cannot
+// all be told. They are kept with the index's aliases; an index seen before they were kept is
+// read from the registry once more.
 func (s *Scanner) IndexPlatforms(ctx context.Context, ref ImageRef) ([]string, error) {
 	if inv, err := s.store.Get(ref.Digest); err == nil && inv != nil && inv.Platform != "" {
 		return nil, nil // an image manifest's own inventory
@@ -394,48 +528,49 @@ func (s *Scanner) IndexPlatforms(ctx context.Context, ref ImageRef) ([]string, e
 	if platforms, ok, err := s.store.IndexPlatforms(ref.Digest); err != nil || ok {
 		return platforms, err
 	}
-	parsed, err := s.registry.ParseReference(ref.String())
+	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	defer cancel()
+	digestRef, opts, err := s.digestRef(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
-	digestRef, ok := parsed.(name.Digest)
-	if !ok {
-		return nil, registry.Errorf(registry.KindUnsupported, "%s is not a digest reference", ref)
-	}
-	ctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
-	defer cancel()
-	desc, err := remote.Get(digestRef, s.registry.RemoteOptions(ctx, digestRef, ref.Keychain)...)
+	desc, err := remote.Get(digestRef, opts...)
 	if err != nil {
 		return nil, s.scanError(ctx, fmt.Errorf("fetching %s: %w", ref, err))
 	}
 	if !desc.MediaType.IsIndex() {
 		return nil, nil
 	}
-	if err := s.keepIndexPlatforms(ref.Digest, desc.Manifest); err != nil {
+	images, known, err := s.indexImages(ctx, digestRef, desc.Manifest, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.keepIndexPlatforms(ref.Digest, images, known); err != nil {
 		return nil, err
 	}
 	platforms, _, err := s.store.IndexPlatforms(ref.Digest)
 	return platforms, err
 }
 
-// keepIndexPlatforms keeps the platforms of the images the index manifest raw names (attestation
-// manifests, unknown/unknown, are not images). An index that names none, or more than
-// maxIndexPlatforms, keeps none: every platform then counts as one it may have.
-func (s *Scanner) keepIndexPlatforms(index string, raw []byte) error {
-	m, err := v1.ParseIndexManifest(bytes.NewReader(raw))
-	if err != nil {
-		return registry.Errorf(registry.KindUnsupported, "the image index %s is malformed: %v", index, err)
+// keepIndexPlatforms keeps the platforms of an index's images (attestation manifests,
+// unknown/unknown, are not images). An index whose images' platforms are not all known, or that
+// has none, or more than maxIndexPlatforms, keeps none: every platform then counts as one it may
+// have.
+func (s *Scanner) keepIndexPlatforms(index string, images []indexImage, known bool) error {
+	if !known {
+		return nil
 	}
 	seen := map[string]bool{}
 	var platforms []string
-	for _, d := range m.Manifests {
-		if d.Platform == nil || d.Platform.OS == "" || d.Platform.OS == "unknown" || d.Platform.Architecture == "" {
+	for _, img := range images {
+		p := img.platform
+		if p.OS == "" || p.OS == "unknown" || p.Architecture == "" || p.Architecture == "unknown" {
 			continue
 		}
-		p := (&v1.Platform{OS: d.Platform.OS, Architecture: d.Platform.Architecture, Variant: d.Platform.Variant}).String()
-		if !seen[p] {
-			seen[p] = true
-			platforms = append(platforms, p)
+		f := platform.Format(specs.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant})
+		if !seen[f] {
+			seen[f] = true
+			platforms = append(platforms, f)
 		}
 	}
 	if len(platforms) == 0 || len(platforms) > maxIndexPlatforms {

@@ -167,7 +167,10 @@ func TestOneImageUnderTwoNamesIsAnalysedOnce(t *testing.T) {
 	release := make(chan struct{})
 	f.reg.SetFault(func(_ http.ResponseWriter, r *http.Request) bool {
 		if strings.Contains(r.URL.Path, "/blobs/") {
-			<-release
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
 		}
 		return false
 	})
@@ -191,6 +194,55 @@ func TestOneImageUnderTwoNamesIsAnalysedOnce(t *testing.T) {
 	}
 	g.Expect(f.scanner.Analyses()).To(BeEquivalentTo(1))
 	g.Expect(f.reg.Counts().BlobGETs).To(Equal(2), "one config and one layer")
+}
+
+// The same digest from another registry is another analysis: a registry that fails (or stalls)
+// on purpose does not fail an analysis of the same image from another one that runs at once;
+// and a re-analysis asked for is not served a flight's kept inventory.
+func TestAnotherRegistrysFailureIsNotShared(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t)
+	hostile := testutil.NewRegistry(t)
+	img := debianImage(t)
+	victim := f.push(t, "shared/app", img)
+	_, digest := hostile.Push(t, "copy/app", "1.0", img)
+	g.Expect(digest.String()).To(Equal(victim.Digest))
+	attacker := scanner.ImageRef{Repository: hostile.Host() + "/copy/app", Digest: victim.Digest}
+	client := registry.NewClient(registry.Options{InsecureHosts: []string{f.reg.Host(), hostile.Host()}})
+	s := must(scanner.New(scanner.Options{CacheDir: t.TempDir()}, client, f.db))
+
+	release := make(chan struct{})
+	hostile.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.Contains(r.URL.Path, "/blobs/") {
+			return false
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		return testutil.StatusFault(http.StatusInternalServerError)(w, r)
+	})
+	errs := make(chan error, 1)
+	go func() { _, _, err := s.Inventory(testContext(t), attacker); errs <- err }()
+	g.Eventually(func() int { return hostile.Counts().BlobGETs }, time.Minute, 10*time.Millisecond).Should(BeNumerically(">", 0))
+	victimDone := make(chan error, 1)
+	go func() { _, _, err := s.Inventory(testContext(t), victim); victimDone <- err }()
+	g.Eventually(func() int { return f.reg.Counts().ManifestGETs }, time.Minute, 10*time.Millisecond).Should(BeNumerically(">", 0))
+	time.Sleep(300 * time.Millisecond)
+	close(release)
+	g.Expect(<-errs).To(HaveOccurred())
+	g.Expect(<-victimDone).NotTo(HaveOccurred(), "the victim's own analysis, from its own registry")
+
+	// A re-analysis (fresher than what is kept) is not a kept inventory served.
+	kept, _, err := s.Inventory(testContext(t), victim)
+	g.Expect(err).NotTo(HaveOccurred())
+	fresher := victim
+	fresher.AnalyzedAfter = kept.AnalyzedAt.Add(time.Second)
+	before := s.Analyses()
+	_, analysed, err := s.Inventory(testContext(t), fresher)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(analysed).To(BeTrue())
+	g.Expect(s.Analyses() - before).To(BeEquivalentTo(1))
 }
 
 func TestMultiArchIndexPicksThePlatform(t *testing.T) {
@@ -262,6 +314,39 @@ func TestMultiArchIndexPicksThePlatform(t *testing.T) {
 	bad.Platform = "linux"
 	_, _, err = f.scanner.Scan(testContext(t), bad)
 	g.Expect(registry.KindOf(err)).To(Equal(registry.KindUnsupported), "got %v", err)
+}
+
+// The image of an index scanned for a node's platform is the one containerd runs there: an
+// arm64 node runs an arm/v7 image when there is no arm64 one, an amd64 node a plain amd64 image
+// before an amd64/v3 one listed first, and a 386 one when there is no amd64 image.
+func TestTheImageANodeRunsIsTheOneScanned(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t)
+	image := func(arch, variant, busybox string) v1.Image {
+		layer := must(testutil.LayerFromFiles(map[string][]byte{
+			"etc/alpine-release":   []byte("3.22.1\n"),
+			"lib/apk/db/installed": []byte("P:busybox\nV:" + busybox + "\nA:x\no:busybox\n\n"),
+		}))
+		return must(testutil.ImageFromLayers(v1.Platform{OS: "linux", Architecture: arch, Variant: variant}, layer))
+	}
+	vulnerable, fixed := "1.36.0-r0", "1.37.0-r18"
+	scan := func(repo, platform string, imgs ...v1.Image) ([]scanner.Finding, []string) {
+		_, digest := f.reg.PushIndex(t, repo, "1.0", must(testutil.IndexFromImages(imgs...)))
+		ref := scanner.ImageRef{Repository: f.reg.Host() + "/" + repo, Digest: digest.String(), Platform: platform}
+		_, res, err := f.scanner.Scan(testContext(t), ref)
+		g.Expect(err).NotTo(HaveOccurred())
+		platforms, err := f.scanner.IndexPlatforms(testContext(t), ref)
+		g.Expect(err).NotTo(HaveOccurred())
+		return res.Findings, platforms
+	}
+	found, platforms := scan("choice/arm", "linux/arm64", image("amd64", "", fixed), image("arm", "v7", vulnerable))
+	g.Expect(found).To(HaveLen(1), "the arm/v7 image, which the arm64 node runs")
+	g.Expect(platforms).To(Equal([]string{"linux/amd64", "linux/arm/v7"}))
+	found, _ = scan("choice/v3", "", image("amd64", "v3", vulnerable), image("amd64", "", fixed))
+	g.Expect(found).To(BeEmpty(), "the plain amd64 image, not the amd64/v3 one listed first")
+	found, platforms = scan("choice/386", "", image("386", "", vulnerable), image("arm64", "", fixed))
+	g.Expect(found).To(HaveLen(1), "the 386 image, which an amd64 node runs")
+	g.Expect(platforms).To(Equal([]string{"linux/386", "linux/arm64"}))
 }
 
 // Trivy finds nothing in a Windows image: it is UnsupportedImage, not a clean report.

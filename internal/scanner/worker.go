@@ -224,6 +224,8 @@ func (s *Scanner) runWorker(ctx context.Context, ref ImageRef, javaDir string) (
 	switch {
 	case exceeded.Load(), err != nil && (oom.seen || nearCap):
 		return nil, nil, registry.Errorf(registry.KindUnsupported, "the analysis of %s took more than %d bytes of memory, and was stopped (--analysis-memory-bytes)", ref, w.MemoryBytes)
+	case exitCode(err) == exitFileTooLarge && strings.Contains(stderr.String(), fileTooLarge):
+		return nil, nil, registry.Errorf(registry.KindUnsupported, "the analysis of %s wrote a file of more than %d bytes (a pulled layer, or one of Trivy's temporary files: --max-image-bytes, --max-temp-bytes), and was stopped", ref, fileSizeLimit(s.opts.Limits))
 	case diskExceeded.Load():
 		return nil, nil, registry.Errorf(registry.KindUnsupported, "the analysis of %s wrote more than %d bytes to disk (pulled layers and Trivy's temporary files: --max-image-bytes + --max-temp-bytes), and was stopped", ref, diskBudget)
 	case err != nil && wctx.Err() != nil:
@@ -363,6 +365,12 @@ func watchMemory(p *os.Process, limit int64, exceeded *atomic.Bool, peak *atomic
 	}
 }
 
+// exitFileTooLarge is the exit status of a worker that wrote past fileSizeLimit (fileTooLarge).
+const (
+	exitFileTooLarge = 3
+	fileTooLarge     = "a file the analysis wrote reached its bound"
+)
+
 // fileSizeLimit is the largest file an analysis worker writes: a pulled layer, or one of Trivy's
 // temporary files; 0 for no bound.
 func fileSizeLimit(l Limits) int64 {
@@ -385,25 +393,29 @@ func diskLimit(l Limits) int64 {
 const diskPoll = 20 * time.Millisecond
 
 // watchDisk kills p when the files under dir take more than limit bytes of disk, measured every
-// diskPoll until done is closed: the whole of what the worker writes (each file is bounded on its
+// diskPoll (or four times as long as a walk of dir takes) until done is closed: the whole of what the worker writes (each file is bounded on its
 // own by RLIMIT_FSIZE), which a chain of nested archives could otherwise multiply.
 func watchDisk(p *os.Process, dir string, limit int64, exceeded *atomic.Bool, done <-chan struct{}) {
 	if limit <= 0 {
 		return
 	}
-	tick := time.NewTicker(diskPoll)
-	defer tick.Stop()
+	wait := time.NewTimer(diskPoll)
+	defer wait.Stop()
 	for {
 		select {
 		case <-done:
 			return
-		case <-tick.C:
+		case <-wait.C:
 		}
+		started := time.Now()
 		if diskUsage(dir) > limit {
 			exceeded.Store(true)
 			_ = p.Kill()
 			return
 		}
+		// A folder of many files takes long to walk: the walks then take at most a fifth of a
+		// core (each file is bounded on its own meanwhile).
+		wait.Reset(max(diskPoll, 4*time.Since(started)))
 	}
 }
 

@@ -1,8 +1,11 @@
 package scanner
 
 import (
+	"fmt"
 	"io/fs"
+	"os"
 	"os/exec"
+	"os/signal"
 	"syscall"
 )
 
@@ -22,7 +25,20 @@ func limitMemory(bytes int64) error {
 // (a nested jar, say) can then be no larger than fileSizeLimit, whatever its headers declare; a
 // write past it fails (Go ignores SIGXFSZ) and Trivy skips that file.
 func limitFileSize(bytes int64) error {
-	return syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: uint64(bytes), Max: uint64(bytes)})
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: uint64(bytes), Max: uint64(bytes)}); err != nil {
+		return err
+	}
+	// A write past the bound fails, and Trivy's analyzers skip a file whose copy failed (a
+	// nested jar's packages would vanish without a word): the kernel's SIGXFSZ, which Go
+	// otherwise ignores, ends the analysis instead.
+	xfsz := make(chan os.Signal, 1)
+	signal.Notify(xfsz, syscall.SIGXFSZ)
+	go func() {
+		<-xfsz
+		fmt.Fprintf(os.Stderr, "analyze-worker: %s\n", fileTooLarge)
+		os.Exit(exitFileTooLarge)
+	}()
+	return nil
 }
 
 // allocatedBytes is the disk a file takes: its allocated blocks.

@@ -134,6 +134,15 @@ func TestNestedJarsAreBoundedInTotal(t *testing.T) {
 	g.Expect(err).To(MatchError(ContainSubstring(fmt.Sprintf("wrote more than %d bytes to disk", 72<<20))))
 	g.Expect(s.Analysed(ref.Digest, "")).To(BeFalse())
 
+	// One nested jar larger than a file may be: stopped too, not skipped (Trivy's parser would
+	// skip a copy that failed, and its packages would vanish).
+	one := f.push(t, "worker/large-nested-jar", must(testutil.ImageFromLayers(testutil.LinuxAMD64,
+		append(must(alpineImage(t).Layers()), must(testutil.LayerFromFiles(map[string][]byte{"app/one.jar": nestedJars(t, 1, 24<<20)})))...)))
+	s = f.newScanner(t, scanner.Options{CacheDir: t.TempDir(), Limits: scanner.Limits{MaxCompressedBytes: 8 << 20, MaxTempBytes: 16 << 20}, JavaDB: jdb, Worker: workerOptions(512 << 20)})
+	_, _, err = s.Inventory(testContext(t), one)
+	g.Expect(registry.KindOf(err)).To(Equal(registry.KindUnsupported), "%v", err)
+	g.Expect(err).To(MatchError(ContainSubstring(fmt.Sprintf("wrote a file of more than %d bytes", 16<<20))))
+
 	limits.MaxTempBytes = 512 << 20
 	s = f.newScanner(t, scanner.Options{CacheDir: t.TempDir(), Limits: limits, JavaDB: jdb, Worker: workerOptions(512 << 20)})
 	inv, _, err := s.Inventory(testContext(t), ref)
