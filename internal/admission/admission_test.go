@@ -316,7 +316,7 @@ func TestImageReviewQueuesOnlyPlatformGaps(t *testing.T) {
 	h := &ImageReviewHandler{Reviewer: &Reviewer{
 		State: state{
 			policies: []*workload.Policy{compiled(t, "ClusterImagePolicy/scanned", securityv1alpha1.EnforcementEnforce, securityv1alpha1.UnscannedDeny, noCritical)},
-			reports:  map[string]*policy.Report{"registry.example.com/index": {ScannedAt: now, Index: true, Repository: "registry.example.com/index"}},
+			reports:  map[string]*policy.Report{"registry.example.com/index": {ScannedAt: now, Index: true, Repository: "registry.example.com/index", Namespace: "shop"}},
 			nodes:    []string{"", "linux/arm64"},
 		},
 		Clock: clocktesting.NewFakePassiveClock(now), Queue: queued,
@@ -335,15 +335,21 @@ func TestImageReviewQueuesOnlyPlatformGaps(t *testing.T) {
 	// scanned from: ImageGuard pulls from no host a review names.
 	queued.images, queued.platforms = nil, nil
 	h.Reviewer.State = state{policies: h.Reviewer.State.(state).policies, nodes: []string{"", "linux/arm64"}, reports: map[string]*policy.Report{
-		"evil.example/copy": {ScannedAt: now, Index: true, Repository: "registry.example.com/index"}}}
+		"evil.example/copy": {ScannedAt: now, Index: true, Repository: "registry.example.com/index", Namespace: "shop"}}}
 	rec = httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/imagepolicy", strings.NewReader(imageReview("shop", "evil.example/copy:1@sha256:"+strings.Repeat("a", 64)))))
 	g.Expect(rec.Code).To(Equal(http.StatusOK))
 	g.Expect(queued.images).To(Equal([]string{index}))
+	// Nor another namespace's image: a review in "other" queues nothing of shop's.
+	queued.images = nil
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/imagepolicy", strings.NewReader(imageReview("other", "evil.example/copy:1@sha256:"+strings.Repeat("a", 64)))))
+	g.Expect(rec.Code).To(Equal(http.StatusOK))
+	g.Expect(queued.images).To(BeEmpty())
 
 	// The nodes cannot be read: the decision fails, as the failure policy says (Fail here).
 	h.Reviewer.State = state{policies: h.Reviewer.State.(state).policies, nodesErr: errors.New("cache not synced"), reports: map[string]*policy.Report{
-		"registry.example.com/index": {ScannedAt: now, Index: true, Repository: "registry.example.com/index"}}}
+		"registry.example.com/index": {ScannedAt: now, Index: true, Repository: "registry.example.com/index", Namespace: "shop"}}}
 	d, err := h.Reviewer.Review(context.Background(), Request{Endpoint: EndpointValidate, Namespace: "shop",
 		Containers: []workload.Container{{Name: "app", Image: index, Type: workload.RegularContainer}}})
 	g.Expect(err).NotTo(HaveOccurred())

@@ -36,9 +36,8 @@ type State interface {
 	// report of the digest its tag last named in the namespace, if any.
 	Reports(ctx context.Context, namespace string, spec *corev1.PodSpec, images []policy.Image, resolve []bool) (digests []string, reports, lastKnown []*policy.Report)
 	// NodePlatforms returns the platforms, as workload.NodePlatform gives them, of the cluster's
-	// nodes a pod of spec may land on (its node selector, required node affinity and
-	// tolerations), and of those that may join; for a nil spec (an ImageReview), of every node,
-	// but of Linux ones only.
+	// nodes a pod of spec may land on (its node selector and required node affinity allow them;
+	// nil, an ImageReview: every node), and of those that may join.
 	NodePlatforms(ctx context.Context, spec *corev1.PodSpec) ([]string, error)
 	// OptedOut reports whether a namespace turned the validating webhook off (OptOutLabel).
 	OptedOut(ctx context.Context, namespace string) bool

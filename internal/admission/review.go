@@ -166,7 +166,7 @@ func (r *Reviewer) review(ctx context.Context, req Request) (Decision, error) {
 			// platform, from the repository it was scanned from (whatever host the review
 			// names): nothing else would ever make that report (no pod runs it until
 			// admitted), and the pod would be refused for ever.
-			r.Queue.QueueScans(req.Namespace, knownRepositories(d.PlatformGaps))
+			r.Queue.QueueScans(req.Namespace, knownRepositories(req.Namespace, d.PlatformGaps))
 		}
 	}
 	return d, nil
@@ -176,17 +176,36 @@ func (r *Reviewer) review(ctx context.Context, req Request) (Decision, error) {
 const maxQueuedGaps = 16
 
 // knownRepositories returns the gaps, at most maxQueuedGaps, each named by the repository its
-// digest was scanned from; those whose repository is not known are left out.
-func knownRepositories(gaps []policy.Image) []policy.Image {
+// digest was scanned from in namespace (a review must not get a scan in its namespace of another
+// namespace's image); the others are left out.
+func knownRepositories(namespace string, gaps []policy.Image) []policy.Image {
 	var out []policy.Image
 	for _, g := range gaps {
-		if g.Report == nil || g.Report.Repository == "" || len(out) == maxQueuedGaps {
+		repo := repositoryIn(g.Report, namespace)
+		if repo == "" || len(out) == maxQueuedGaps {
 			continue
 		}
-		g.Repository, g.Tag = g.Report.Repository, ""
+		g.Repository, g.Tag = repo, ""
 		out = append(out, g)
 	}
 	return out
+}
+
+// repositoryIn returns the repository r's digest was scanned from in namespace, on any of its
+// platforms; "" when it was not scanned there.
+func repositoryIn(r *policy.Report, namespace string) string {
+	if r == nil {
+		return ""
+	}
+	if r.Namespace == namespace && r.Repository != "" {
+		return r.Repository
+	}
+	for _, o := range r.Others {
+		if repo := repositoryIn(o, namespace); repo != "" {
+			return repo
+		}
+	}
+	return ""
 }
 
 // policiesAdded returns the Refs of the policies that apply in namespace to the label sets of

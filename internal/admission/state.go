@@ -4,14 +4,11 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
 	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -92,7 +89,11 @@ func (s *CacheState) Policies(ctx context.Context, namespace string, labelSets .
 }
 
 // NodePlatforms returns the platforms of the nodes a pod of spec may land on, from the cache, and
-// ExtraNodePlatforms (see State).
+// ExtraNodePlatforms (see State). A node counts unless the pod's node selector or required node
+// affinity rules it out: the kubelet refuses such a pod whatever sets its node (spec.nodeName
+// too). Taints do not rule a node out: a pod made from a template may get tolerations the
+// template has not (a DaemonSet's, a namespace's defaults, a mutating webhook's), and a node's
+// taints change (not-ready, cordoned).
 func (s *CacheState) NodePlatforms(ctx context.Context, spec *corev1.PodSpec) ([]string, error) {
 	nodes := &corev1.NodeList{}
 	if err := s.Reader.List(ctx, nodes, client.UnsafeDisableDeepCopy); err != nil {
@@ -113,23 +114,10 @@ func (s *CacheState) NodePlatforms(ctx context.Context, spec *corev1.PodSpec) ([
 		if slices.Contains(out, p) {
 			continue
 		}
-		if spec == nil {
-			// No pod spec to tell where it may land: every Linux node (ImageGuard cannot scan
-			// other images; asking for them would refuse every multi-OS index).
-			if p == "" || p == UnknownPlatform || strings.HasPrefix(p, "linux/") {
-				out = append(out, p)
+		if spec != nil {
+			if ok, err := affinity.Match(node); err != nil || !ok {
+				continue // the kubelet would not run it there (a malformed term places it nowhere)
 			}
-			continue
-		}
-		if ok, err := affinity.Match(node); err != nil || !ok {
-			continue // the scheduler would not place it there (a malformed term places it nowhere)
-		}
-		// Comparison operators in tolerations count (only where the API server took them): a
-		// node they tolerate is one more platform, never one less.
-		if _, untolerated := corev1helpers.FindMatchingUntoleratedTaint(logr.Discard(), node.Spec.Taints, spec.Tolerations, func(t *corev1.Taint) bool {
-			return t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute
-		}, true); untolerated {
-			continue
 		}
 		out = append(out, p)
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -66,7 +68,8 @@ func (v *WorkloadValidator) Handle(ctx context.Context, req admission.Request) a
 	if req.Operation == admissionv1.Update && len(req.OldObject.Raw) > 0 {
 		// Unchanged images are not judged again, but by the policies new labels bring the
 		// workload under: a policy that applied before judged (or chose not to refuse) them.
-		if _, old, err := v.decode(req.Kind, req.OldObject); err == nil && old != nil && slices.Equal(workload.Containers(kind.PodSpec(old)), containers) {
+		if _, old, err := v.decode(req.Kind, req.OldObject); err == nil && old != nil && slices.Equal(workload.Containers(kind.PodSpec(old)), containers) &&
+			samePlacement(kind.PodSpec(old), spec) {
 			added, all := v.Reviewer.policiesAdded(ctx, req.Namespace, [2][]map[string]string{{old.GetLabels(), kind.PodLabels(old)}, {obj.GetLabels(), kind.PodLabels(obj)}})
 			if !all && len(added) == 0 {
 				return admission.Allowed("images unchanged")
@@ -92,6 +95,23 @@ func (v *WorkloadValidator) Handle(ctx context.Context, req admission.Request) a
 		resp.AuditAnnotations = auditAnnotations(d.Audit)
 	}
 	return resp
+}
+
+// samePlacement reports whether two pod specs may land on the same nodes, as far as the platforms
+// their images are judged on go: node selector, required node affinity and node name. A change of
+// them changes which of an index's images run, so it is judged again.
+func samePlacement(a, b *corev1.PodSpec) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	nodeAffinity := func(s *corev1.PodSpec) *corev1.NodeAffinity {
+		if s.Affinity == nil {
+			return nil
+		}
+		return s.Affinity.NodeAffinity
+	}
+	return a.NodeName == b.NodeName && equality.Semantic.DeepEqual(a.NodeSelector, b.NodeSelector) &&
+		equality.Semantic.DeepEqual(nodeAffinity(a), nodeAffinity(b))
 }
 
 // decode decodes obj of kind and returns its kind of the table and the object; nil for a kind it

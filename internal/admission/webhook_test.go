@@ -58,21 +58,32 @@ func TestWorkloadValidator(t *testing.T) {
 	}
 	h := &webhook.Admission{Handler: NewWorkloadValidator(reviewer, scheme.New())}
 	good, evil := deploymentRaw(t, "registry.example.com/app:1"), deploymentRaw(t, "evil.io/app:1")
+	// The same images, moved to arm64 nodes: another image of an index may run there.
+	var moved appsv1.Deployment
+	if err := json.Unmarshal(evil, &moved); err != nil {
+		t.Fatal(err)
+	}
+	moved.Spec.Template.Spec.NodeSelector = map[string]string{corev1.LabelArchStable: "arm64"}
+	evilOnArm, err := json.Marshal(&moved)
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := map[string]struct {
 		body        string
 		wantCode    int32
 		wantAllowed bool
 		wantText    string
 	}{
-		"a trusted image":                     {body: admissionReview(admissionv1.Create, good, nil, false), wantCode: 200, wantAllowed: true},
-		"an untrusted image":                  {body: admissionReview(admissionv1.Create, evil, nil, false), wantCode: 403, wantText: "evil.io/app:1: registries"},
-		"an update leaving the images as are": {body: admissionReview(admissionv1.Update, evil, evil, false), wantCode: 200, wantAllowed: true, wantText: "images unchanged"},
-		"an update changing an image":         {body: admissionReview(admissionv1.Update, evil, good, false), wantCode: 403, wantText: "registries"},
-		"a dry run":                           {body: admissionReview(admissionv1.Create, good, nil, true), wantCode: 200, wantAllowed: true},
-		"an object that is not a Deployment":  {body: admissionReview(admissionv1.Create, []byte(`{"spec": 7}`), nil, false), wantCode: 400, wantText: "decoding the Deployment"},
-		"malformed JSON":                      {body: `{"request": `, wantCode: 400, wantText: "unexpected end of JSON input"},
-		"the wrong kind":                      {body: imageReview("shop", "evil.io/app:1"), wantCode: 400, wantText: "not an admission.k8s.io/v1 AdmissionReview"},
-		"an oversized body":                   {body: `{"x":"` + strings.Repeat("a", 8<<20) + `"}`, wantCode: 413, wantText: "too large"},
+		"a trusted image":                            {body: admissionReview(admissionv1.Create, good, nil, false), wantCode: 200, wantAllowed: true},
+		"an untrusted image":                         {body: admissionReview(admissionv1.Create, evil, nil, false), wantCode: 403, wantText: "evil.io/app:1: registries"},
+		"an update leaving the images as are":        {body: admissionReview(admissionv1.Update, evil, evil, false), wantCode: 200, wantAllowed: true, wantText: "images unchanged"},
+		"an update changing an image":                {body: admissionReview(admissionv1.Update, evil, good, false), wantCode: 403, wantText: "registries"},
+		"an update moving the images to other nodes": {body: admissionReview(admissionv1.Update, evilOnArm, evil, false), wantCode: 403, wantText: "registries"},
+		"a dry run":                          {body: admissionReview(admissionv1.Create, good, nil, true), wantCode: 200, wantAllowed: true},
+		"an object that is not a Deployment": {body: admissionReview(admissionv1.Create, []byte(`{"spec": 7}`), nil, false), wantCode: 400, wantText: "decoding the Deployment"},
+		"malformed JSON":                     {body: `{"request": `, wantCode: 400, wantText: "unexpected end of JSON input"},
+		"the wrong kind":                     {body: imageReview("shop", "evil.io/app:1"), wantCode: 400, wantText: "not an admission.k8s.io/v1 AdmissionReview"},
+		"an oversized body":                  {body: `{"x":"` + strings.Repeat("a", 8<<20) + `"}`, wantCode: 413, wantText: "too large"},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

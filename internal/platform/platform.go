@@ -5,8 +5,6 @@
 package platform
 
 import (
-	"sort"
-
 	"github.com/containerd/platforms"
 	specs "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -31,24 +29,9 @@ func Format(p specs.Platform) string {
 	return platforms.FormatAll(platforms.Normalize(specs.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant}))
 }
 
-// Choose returns which of images (an index's platforms, in its order) a node of platform node
-// runs: the best match by containerd's ordering, the first of equals; -1 when none matches.
-func Choose(node specs.Platform, images []specs.Platform) int {
-	m := platforms.Only(node)
-	var matched []int
-	for i, p := range images {
-		if m.Match(platforms.Normalize(p)) {
-			matched = append(matched, i)
-		}
-	}
-	if len(matched) == 0 {
-		return -1
-	}
-	sort.SliceStable(matched, func(a, b int) bool {
-		return m.Less(platforms.Normalize(images[matched[a]]), platforms.Normalize(images[matched[b]]))
-	})
-	return matched[0]
-}
+// Matcher is the order in which a node of platform node takes an index's images, as
+// containerd's CRI does (platforms.Only).
+func Matcher(node specs.Platform) platforms.MatchComparer { return platforms.Only(node) }
 
 // Runs reports whether a node of platform node ("" for Default) may run an index's image of
 // platform image; false when either is malformed.

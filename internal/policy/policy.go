@@ -82,8 +82,8 @@ type Report struct {
 	// IndexPlatforms are the platforms the index has images for (status.indexPlatforms);
 	// empty when not known.
 	IndexPlatforms []string
-	// Repository is the repository the digest was scanned from (spec.image).
-	Repository string
+	// Repository is the repository the digest was scanned from (spec.image), in Namespace.
+	Repository, Namespace string
 }
 
 // MayDiffer reports whether the digest's image may differ from one platform to the next: one of
@@ -153,7 +153,7 @@ func ReportOf(rep *securityv1alpha1.ImageScanReport) *Report {
 		return nil
 	}
 	out := &Report{Summary: *rep.Status.Summary, Vulnerabilities: rep.Status.Vulnerabilities, Omitted: rep.Status.VulnerabilitiesOmitted, Platform: rep.Spec.Platform,
-		Index: rep.Status.ImageDigest != rep.Spec.Digest, IndexPlatforms: rep.Status.IndexPlatforms, Repository: rep.Spec.Image}
+		Index: rep.Status.ImageDigest != rep.Spec.Digest, IndexPlatforms: rep.Status.IndexPlatforms, Repository: rep.Spec.Image, Namespace: rep.Namespace}
 	if rep.Status.LastScanTime != nil {
 		out.ScannedAt = rep.Status.LastScanTime.Time
 	}

@@ -103,8 +103,11 @@ func NewStore(cacheDir, trivyVersion string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("creating the inventory cache: %w", err)
 	}
-	// What a crash left of an inventory being written.
+	// What a crash left of an inventory being written, and the index choices of an earlier layout.
 	if _, err := durable.RemoveTemporary(dir); err != nil {
+		return nil, fmt.Errorf("cleaning the inventory cache: %w", err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "index")); err != nil {
 		return nil, fmt.Errorf("cleaning the inventory cache: %w", err)
 	}
 	return &Store{dir: dir}, nil
@@ -150,12 +153,17 @@ func (s *Store) Get(digest string) (*Inventory, error) {
 }
 
 // aliasPath is where the digest of the image the index names for platform is kept.
+// indexDir holds what is kept of indexes: which image each names for a platform, and the
+// platforms it has images for. Its name changes with how they are chosen: those kept by an
+// earlier choice (go-containerregistry's, before containerd's) are not served.
+const indexDir = "index.v2"
+
 func (s *Store) aliasPath(index string, platform v1.Platform) (string, error) {
 	name, err := DigestFileName(index)
 	if err != nil {
 		return "", err
 	}
-	return filepath.Join(s.dir, "index", name, sanitize(platform.String())), nil
+	return filepath.Join(s.dir, indexDir, name, sanitize(platform.String())), nil
 }
 
 // Alias returns the digest of the image the index names for platform, as PutAlias kept it; ""
@@ -207,7 +215,7 @@ func (s *Store) IndexPlatforms(index string) (platforms []string, ok bool, err e
 	if err != nil {
 		return nil, false, err
 	}
-	raw, err := os.ReadFile(filepath.Join(s.dir, "index", name, "platforms.json"))
+	raw, err := os.ReadFile(filepath.Join(s.dir, indexDir, name, "platforms.json"))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, false, nil
 	}
@@ -231,7 +239,7 @@ func (s *Store) PutIndexPlatforms(index string, platforms []string) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Join(s.dir, "index", name)
+	dir := filepath.Join(s.dir, indexDir, name)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return err
 	}

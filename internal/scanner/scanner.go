@@ -247,10 +247,25 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 	if err != nil {
 		return nil, false, err
 	}
+	for tries := 0; ; tries++ {
+		inv, shared, err := s.flight(ctx, ref, platform)
+		// A flight joined under an older freshness than ref asks for returns what is kept: one
+		// more, then fresh enough.
+		if err != nil || !shared || servesRef(inv, ref) || tries == 1 {
+			return inv, !shared && err == nil, err
+		}
+	}
+}
+
+// flight runs, or joins, the analysis of ref for platform.
+func (s *Scanner) flight(ctx context.Context, ref ImageRef, platform v1.Platform) (*Inventory, bool, error) {
 	ch := s.flights.DoChan(flightKey(ref, ref.Digest, platform.String()), func() (_ any, err error) {
-		// Another flight may have just finished and kept it.
+		// Another flight may have just finished and kept it: no analysis for this one.
 		if inv, err := s.kept(ref); err != nil || s.serves(inv, ref) {
-			return inv, err
+			if err != nil {
+				return nil, err
+			}
+			return flightResult{inv, true}, nil
 		}
 		started := s.opts.Clock.Now()
 		// The flight is shared: one caller giving up must not cancel it for the others. The
@@ -265,28 +280,38 @@ func (s *Scanner) Inventory(ctx context.Context, ref ImageRef) (*Inventory, bool
 		// One image may be asked for under several flights at once (its own digest and an
 		// index's, or a single-platform image for nodes of two platforms): they share its
 		// analysis, which is bounded on its own (its wait for a slot, then its time limit).
-		inv, err, _ := s.imageFlights.Do(flightKey(imageRef, imageRef.Digest, ""), func() (any, error) {
+		inv, err, shared := s.imageFlights.Do(flightKey(imageRef, imageRef.Digest, ""), func() (any, error) {
 			return s.analyseImage(ctx, ref, imageRef, img, started)
 		})
-		return inv, err
+		if err != nil {
+			return nil, err
+		}
+		return flightResult{inv.(*Inventory), shared}, nil
 	})
 	select {
 	case <-ctx.Done():
 		return nil, false, registry.Errorf(registry.KindTimeout, "waiting for the analysis of %s: %v", ref, ctx.Err())
 	case res := <-ch:
 		if res.Err != nil {
-			return nil, false, res.Err
+			return nil, res.Shared, res.Err
 		}
-		return res.Val.(*Inventory), !res.Shared, nil
+		r := res.Val.(flightResult)
+		return r.inv, res.Shared || r.shared, nil
 	}
+}
+
+// flightResult is what a flight returns: the inventory, and whether it came from another
+// flight's analysis (or was kept already) rather than this one's.
+type flightResult struct {
+	inv    *Inventory
+	shared bool
 }
 
 // flightKey keys the analyses callers share: the same repository (another registry serving the
 // same digest may fail, or be slow, on purpose; its failure must not be another's), digest and
-// platform, and the same freshness asked for (a re-analysis must not be served the kept
-// inventory an ordinary flight returns).
+// platform.
 func flightKey(ref ImageRef, digest, platform string) string {
-	return fmt.Sprintf("%s@%s %s %d", ref.Repository, digest, platform, ref.AnalyzedAfter.UnixNano())
+	return ref.Repository + "@" + digest + " " + platform
 }
 
 // analyseImage analyses imageRef, the image ref names for its platform (img), and keeps its
@@ -373,11 +398,11 @@ func (s *Scanner) resolve(ctx context.Context, ref ImageRef, platform v1.Platfor
 		if err := s.keepIndexPlatforms(ref.Digest, images, known); err != nil {
 			return nil, ref, fmt.Errorf("keeping the platforms of %s: %w", ref, err)
 		}
-		i := chooseImage(platform, images)
-		if i < 0 {
-			return nil, ref, registry.Errorf(registry.KindUnsupported, "the image index %s has no image for %s", ref, platform.String())
+		child, err := s.runtimeChoice(ctx, digestRef, desc.Manifest, platform, opts)
+		if err != nil {
+			return nil, ref, err
 		}
-		img, err = remote.Image(digestRef.Context().Digest(images[i].digest.String()), opts...)
+		img, err = remote.Image(digestRef.Context().Digest(child.String()), opts...)
 		if err != nil {
 			return nil, ref, s.scanError(ctx, fmt.Errorf("fetching the image of %s for %s: %w", ref, platform.String(), err))
 		}
@@ -411,27 +436,30 @@ func (s *Scanner) digestRef(ctx context.Context, ref ImageRef) (name.Digest, []r
 	return digestRef, s.registry.RemoteOptions(ctx, digestRef, ref.Keychain), nil
 }
 
-// Bounds of an index's images: nested indexes are followed this deep, at most this many images
-// are considered, and at most this many images that name no platform have their config read.
+// Bounds of an index's images: nested indexes are followed this deep and at most this many of
+// them, at most this many images are considered, and at most this many images that name no
+// platform have their config read.
 const (
 	maxIndexDepth        = 2
+	maxNestedIndexes     = 8
 	maxIndexImages       = 1024
 	maxUnplatformedReads = 4
 )
 
 // indexImage is an image an index names, with its platform: the index's, or, for an image the
-// index names none for, its config's (fromConfig), as containerd reads it.
+// index names none for, its config's, as containerd reads it.
 type indexImage struct {
-	digest     v1.Hash
-	platform   v1.Platform
-	fromConfig bool
+	digest   v1.Hash
+	platform v1.Platform
 }
 
-// indexImages returns the images the index manifest raw names, nested indexes followed; known
-// is false when some image's platform could not be told (past the bounds).
+// indexImages returns the images the index manifest raw names, nested indexes followed, for the
+// platforms it has images for (which image a node runs is runtimeChoice's); known is false when
+// some image's platform could not be told (past the bounds).
 func (s *Scanner) indexImages(ctx context.Context, index name.Digest, raw []byte, opts []remote.Option) ([]indexImage, bool, error) {
 	var out []indexImage
-	known, reads := true, 0
+	known, reads, fetches := true, 0, 0
+	seen := map[v1.Hash]bool{}
 	var walk func(raw []byte, depth int) error
 	walk = func(raw []byte, depth int) error {
 		m, err := v1.ParseIndexManifest(bytes.NewReader(raw))
@@ -445,10 +473,12 @@ func (s *Scanner) indexImages(ctx context.Context, index name.Digest, raw []byte
 			child := index.Context().Digest(d.Digest.String())
 			switch {
 			case d.MediaType.IsIndex():
-				if depth == maxIndexDepth {
-					known = false
+				if depth == maxIndexDepth || fetches == maxNestedIndexes || seen[d.Digest] {
+					known = known && seen[d.Digest]
 					continue
 				}
+				seen[d.Digest] = true
+				fetches++
 				desc, err := remote.Get(child, opts...)
 				if err != nil {
 					return s.scanError(ctx, fmt.Errorf("fetching the nested index %s of %s: %w", d.Digest, index, err))
@@ -468,7 +498,7 @@ func (s *Scanner) indexImages(ctx context.Context, index name.Digest, raw []byte
 				if err != nil {
 					return s.scanError(ctx, fmt.Errorf("reading the platform of %s in %s: %w", d.Digest, index, err))
 				}
-				out = append(out, indexImage{digest: d.Digest, platform: p, fromConfig: true})
+				out = append(out, indexImage{digest: d.Digest, platform: p})
 			}
 		}
 		return nil
@@ -497,24 +527,68 @@ func (s *Scanner) configPlatform(ref name.Digest, opts []remote.Option) (v1.Plat
 	return v1.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant, OSVersion: cfg.OSVersion}, nil
 }
 
-// chooseImage returns which of an index's images a node of platform runs, as containerd chooses:
-// among those the index names a platform for, else among the others; -1 for none.
-func chooseImage(p v1.Platform, images []indexImage) int {
-	node := specs.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant}
-	for _, fromConfig := range []bool{false, true} {
-		var idx []int
-		var ps []specs.Platform
-		for i, img := range images {
-			if img.fromConfig == fromConfig {
-				idx = append(idx, i)
-				ps = append(ps, specs.Platform{OS: img.platform.OS, Architecture: img.platform.Architecture, Variant: img.platform.Variant, OSVersion: img.platform.OSVersion})
+// runtimeChoice returns the digest of the image a node of platform p runs from the index raw, as
+// containerd's images.Manifest chooses it (core/images/image.go, which the CRI pulls with
+// platforms.Only): at each level, of the descriptors whose platform matches or that name none,
+// those naming one first in Only's order, then the others in the index's order, only the first
+// is followed; an image that names no platform must match by its config.
+func (s *Scanner) runtimeChoice(ctx context.Context, index name.Digest, raw []byte, p v1.Platform, opts []remote.Option) (v1.Hash, error) {
+	m := platform.Matcher(specOf(p))
+	for depth := 0; ; depth++ {
+		idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+		if err != nil {
+			return v1.Hash{}, registry.Errorf(registry.KindUnsupported, "the image index %s is malformed: %v", index, err)
+		}
+		var descs []v1.Descriptor
+		for _, d := range idx.Manifests {
+			if d.Platform == nil || m.Match(specOf(*d.Platform)) {
+				descs = append(descs, d)
 			}
 		}
-		if i := platform.Choose(node, ps); i >= 0 {
-			return idx[i]
+		sort.SliceStable(descs, func(i, j int) bool {
+			if descs[i].Platform == nil {
+				return false
+			}
+			if descs[j].Platform == nil {
+				return true
+			}
+			return m.Less(specOf(*descs[i].Platform), specOf(*descs[j].Platform))
+		})
+		if len(descs) == 0 {
+			return v1.Hash{}, registry.Errorf(registry.KindUnsupported, "the image index %s has no image for %s", index, p.String())
+		}
+		d := descs[0]
+		child := index.Context().Digest(d.Digest.String())
+		switch {
+		case d.MediaType.IsIndex():
+			if depth == maxIndexDepth {
+				return v1.Hash{}, registry.Errorf(registry.KindUnsupported, "the image index %s nests indexes more than %d deep", index, maxIndexDepth)
+			}
+			desc, err := remote.Get(child, opts...)
+			if err != nil {
+				return v1.Hash{}, s.scanError(ctx, fmt.Errorf("fetching the nested index %s of %s: %w", d.Digest, index, err))
+			}
+			raw = desc.Manifest
+		case d.MediaType.IsImage():
+			if d.Platform == nil {
+				cp, err := s.configPlatform(child, opts)
+				if err != nil {
+					return v1.Hash{}, s.scanError(ctx, fmt.Errorf("reading the platform of %s in %s: %w", d.Digest, index, err))
+				}
+				if !m.Match(specOf(cp)) {
+					return v1.Hash{}, registry.Errorf(registry.KindUnsupported, "the image index %s has no image for %s", index, p.String())
+				}
+			}
+			return d.Digest, nil
+		default:
+			return v1.Hash{}, registry.Errorf(registry.KindUnsupported, "the image index %s names a %s for %s, not an image", index, d.MediaType, p.String())
 		}
 	}
-	return -1
+}
+
+// specOf is p as containerd's platforms package takes it.
+func specOf(p v1.Platform) specs.Platform {
+	return specs.Platform{OS: p.OS, Architecture: p.Architecture, Variant: p.Variant, OSVersion: p.OSVersion, OSFeatures: p.OSFeatures}
 }
 
 // IndexPlatforms returns the platforms (os/architecture[/variant], normalised) ref's digest has
@@ -604,16 +678,18 @@ func (s *Scanner) Reanalyse(ref ImageRef, done func(error)) bool {
 	if s.reRunning == nil {
 		s.reRunning, s.reFailedAt = map[string]bool{}, map[string]time.Time{}
 	}
-	if s.reRunning[kept.Digest] || now.Before(s.reFailedAt[kept.Digest]) {
+	// By repository too: another registry's failure to serve the same digest is not this one's.
+	key := ref.Repository + "@" + kept.Digest
+	if s.reRunning[key] || now.Before(s.reFailedAt[key]) {
 		s.reMu.Unlock()
 		return false
 	}
-	s.reRunning[kept.Digest] = true
+	s.reRunning[key] = true
 	s.reMu.Unlock()
 	go func() {
 		_, _, err := s.Inventory(context.Background(), ref)
 		s.reMu.Lock()
-		delete(s.reRunning, kept.Digest)
+		delete(s.reRunning, key)
 		if err != nil {
 			wait := ReanalysisRetry
 			if after, ok := registry.RetryAfter(err); ok && after > wait {
@@ -622,9 +698,9 @@ func (s *Scanner) Reanalyse(ref ImageRef, done func(error)) bool {
 			if kind := registry.KindOf(err); kind == registry.KindUnsupported || kind == registry.KindAnalysisCrashed {
 				wait = ReanalysisRetryTerminal
 			}
-			s.reFailedAt[kept.Digest] = s.opts.Clock.Now().Add(wait)
+			s.reFailedAt[key] = s.opts.Clock.Now().Add(wait)
 		} else {
-			delete(s.reFailedAt, kept.Digest)
+			delete(s.reFailedAt, key)
 		}
 		s.reMu.Unlock()
 		if done != nil {

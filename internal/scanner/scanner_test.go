@@ -10,6 +10,9 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	. "github.com/onsi/gomega"
 	. "github.com/onsi/gomega/gstruct"
 	corev1 "k8s.io/api/core/v1"
@@ -347,6 +350,34 @@ func TestTheImageANodeRunsIsTheOneScanned(t *testing.T) {
 	found, platforms = scan("choice/386", "", image("386", "", vulnerable), image("arm64", "", fixed))
 	g.Expect(found).To(HaveLen(1), "the 386 image, which an amd64 node runs")
 	g.Expect(platforms).To(Equal([]string{"linux/386", "linux/arm64"}))
+
+	// containerd follows one descriptor per level: images that name no platform after those that
+	// do, in the index's order (the first, if its config matches); a nested index by its own
+	// descriptor's platform; a child with os.features not on a node that has none.
+	index := func(adds ...mutate.IndexAddendum) v1.ImageIndex {
+		return mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex), adds...)
+	}
+	bare := func(img v1.Image) mutate.IndexAddendum { return mutate.IndexAddendum{Add: img} }
+	on := func(add v1.ImageIndex, p v1.Platform) mutate.IndexAddendum {
+		return mutate.IndexAddendum{Add: add, Descriptor: v1.Descriptor{Platform: &p}}
+	}
+	scanIndex := func(repo string, idx v1.ImageIndex) []scanner.Finding {
+		_, digest := f.reg.PushIndex(t, repo, "1.0", idx)
+		_, res, err := f.scanner.Scan(testContext(t), scanner.ImageRef{Repository: f.reg.Host() + "/" + repo, Digest: digest.String()})
+		g.Expect(err).NotTo(HaveOccurred())
+		return res.Findings
+	}
+	g.Expect(scanIndex("choice/unplatformed", index(bare(image("386", "", vulnerable)), bare(image("amd64", "", fixed))))).
+		To(HaveLen(1), "the first image naming no platform whose config matches: the 386 one")
+	nestedArm := must(testutil.IndexFromImages(image("amd64", "", vulnerable)))
+	g.Expect(scanIndex("choice/nested", index(on(nestedArm, v1.Platform{OS: "linux", Architecture: "arm64"}),
+		mutate.IndexAddendum{Add: image("amd64", "", fixed), Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}}))).
+		To(BeEmpty(), "a nested index labelled arm64 is not followed on amd64")
+	featured := v1.Platform{OS: "linux", Architecture: "amd64", OSFeatures: []string{"x"}}
+	g.Expect(scanIndex("choice/features", index(
+		mutate.IndexAddendum{Add: image("amd64", "", vulnerable), Descriptor: v1.Descriptor{Platform: &featured}},
+		mutate.IndexAddendum{Add: image("amd64", "", fixed), Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}}))).
+		To(BeEmpty(), "a child with os.features is not a featureless node's")
 }
 
 // Trivy finds nothing in a Windows image: it is UnsupportedImage, not a clean report.

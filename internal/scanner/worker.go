@@ -116,6 +116,7 @@ func RunWorker(in io.Reader, out io.Writer) int {
 		ref.Keychain = staticKeychain{authn.FromConfig(*req.Auth)}
 	}
 	inv, use, err := s.analyze(ctx, ref, nil, req.JavaDBDir)
+	waitFileLimit()
 	answer := workerAnswer{Inventory: inv, Layers: use}
 	if err != nil {
 		answer = workerAnswer{Error: &workerError{Kind: registry.KindOf(err), Message: err.Error()}, Layers: use}
@@ -414,8 +415,8 @@ func watchDisk(p *os.Process, dir string, limit int64, exceeded *atomic.Bool, do
 			return
 		}
 		// A folder of many files takes long to walk: the walks then take at most a fifth of a
-		// core (each file is bounded on its own meanwhile).
-		wait.Reset(max(diskPoll, 4*time.Since(started)))
+		// core, up to a walk a second (each file is bounded on its own meanwhile).
+		wait.Reset(min(max(diskPoll, 4*time.Since(started)), time.Second))
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"syscall"
+	"time"
 )
 
 // dieWithParent makes the kernel kill the worker when the controller dies.
@@ -35,10 +36,25 @@ func limitFileSize(bytes int64) error {
 	signal.Notify(xfsz, syscall.SIGXFSZ)
 	go func() {
 		<-xfsz
+		close(fileLimitHit)
 		fmt.Fprintf(os.Stderr, "analyze-worker: %s\n", fileTooLarge)
 		os.Exit(exitFileTooLarge)
 	}()
 	return nil
+}
+
+// fileLimitHit is closed when a write passed RLIMIT_FSIZE.
+var fileLimitHit = make(chan struct{})
+
+// waitFileLimit gives a SIGXFSZ raised by the analysis's last writes the time to be delivered
+// before the worker answers (the write failed at once, the signal comes through the runtime): if
+// one came, the worker is exiting and never answers.
+func waitFileLimit() {
+	select {
+	case <-fileLimitHit:
+		select {} // the handler exits the process
+	case <-time.After(20 * time.Millisecond):
+	}
 }
 
 // allocatedBytes is the disk a file takes: its allocated blocks.
