@@ -10,9 +10,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
-// The platforms admission asks an index to be scanned on are those of the nodes the pod may land
-// on, as the scheduler places it, and of the nodes that may join.
-func TestNodePlatformsFollowScheduling(t *testing.T) {
+// The platforms admission asks an index to be scanned on are those of the nodes the pod's node
+// selector and affinity let it on (not its tolerations), and of the nodes that may join.
+func TestNodePlatformsFollowPlacement(t *testing.T) {
 	g := NewWithT(t)
 	node := func(name, osName, arch string, labels map[string]string, taints ...corev1.Taint) client.Object {
 		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}, Spec: corev1.NodeSpec{Taints: taints},
