@@ -11,8 +11,6 @@ import (
 	dbTypes "github.com/aquasecurity/trivy-db/pkg/types"
 	ospkgDetector "github.com/aquasecurity/trivy/pkg/detector/ospkg"
 	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
-	"github.com/aquasecurity/trivy/pkg/result"
-	"github.com/aquasecurity/trivy/pkg/scan/langpkg"
 	"github.com/aquasecurity/trivy/pkg/scan/local"
 	"github.com/aquasecurity/trivy/pkg/scan/ospkg"
 	"github.com/aquasecurity/trivy/pkg/types"
@@ -84,13 +82,14 @@ type matcher struct {
 func newMatcher() *matcher {
 	// The applier is not used: ScanTarget detects from an inventory we hand it. Alpine's detector
 	// is replaced by a batched copy of it and Debian's by one that reads the memo; every other
-	// family keeps Trivy's. Trivy's vulnerability client reads its records through the memo.
+	// family keeps Trivy's. Language packages' detections are kept in the memo (langScanner).
+	// Trivy's vulnerability client reads its records through the memo.
 	memo := newDBMemo()
 	osScanner := ospkg.NewScanner(
 		ospkgDetector.WithDriver(ftypes.Alpine, newAlpineDriver()),
 		ospkgDetector.WithDriver(ftypes.Debian, newDebianDriver(memo)),
 	)
-	return &matcher{memo: memo, service: local.NewService(nil, osScanner, langpkg.NewScanner(),
+	return &matcher{memo: memo, service: local.NewService(nil, osScanner, langScanner{memo: memo},
 		vulnerability.NewClient(memoOperation{memo: memo}))}
 }
 
@@ -103,12 +102,8 @@ var scanOptions = types.ScanOptions{
 	VulnSeveritySources: []dbTypes.SourceID{"auto"},
 }
 
-var filterOptions = result.FilterOptions{
-	Severities: []dbTypes.Severity{
-		dbTypes.SeverityCritical, dbTypes.SeverityHigh, dbTypes.SeverityMedium,
-		dbTypes.SeverityLow, dbTypes.SeverityUnknown,
-	},
-}
+// filterSeverities are the severities `trivy image` keeps by default: all of them.
+var filterSeverities = Severities
 
 // match detects the vulnerabilities of inv with the DB as it is; the caller holds the DB still.
 func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo) (*Result, error) {
@@ -129,12 +124,17 @@ func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo) (*Result
 	if err != nil {
 		return nil, fmt.Errorf("matching against the vulnerability DB: %w", err)
 	}
-	if err := result.Filter(ctx, types.Report{Results: results}, filterOptions); err != nil {
-		return nil, fmt.Errorf("filtering findings: %w", err)
-	}
 	res := &Result{Platform: inv.Platform, ImageDigest: inv.Digest, JavaArchives: inv.JavaArchives, OS: OS{Family: string(detectedOS.Family), Name: detectedOS.Name, EOSL: detectedOS.Eosl}}
-	for _, r := range results {
-		for _, v := range r.Vulnerabilities {
+	kept := make([][]int, len(results))
+	n := 0
+	for i := range results {
+		kept[i] = filterVulnerabilities(results[i].Vulnerabilities)
+		n += len(kept[i])
+	}
+	res.Findings = make([]Finding, 0, n)
+	for i, r := range results {
+		for _, j := range kept[i] {
+			v := &r.Vulnerabilities[j]
 			res.Findings = append(res.Findings, Finding{
 				ID:               v.VulnerabilityID,
 				Package:          v.PkgName,
@@ -155,6 +155,41 @@ func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo) (*Result
 	return res, nil
 }
 
+// filterVulnerabilities is what Trivy's result.Filter (Trivy v0.74) does to one result's
+// vulnerabilities under `trivy image`'s defaults (every severity, no ignored statuses, no ignore
+// file, no VEX source): an empty severity is UNKNOWN, other severities are dropped, and of the
+// findings with the same vulnerability, package ID, name, installed version and path the one with
+// the greatest fixed version is kept (the first of equals). It returns the indexes of those kept,
+// in no particular order, and sets the empty severities. Trivy's copies every finding into a map by
+// a formatted key and sorts them by severity, an order SortFindings replaces: it was two fifths of
+// a Debian image's re-match. The parity tests compare the two.
+func filterVulnerabilities(vulns []types.DetectedVulnerability) []int {
+	kept := make([]int, 0, len(vulns))
+	byKey := make(map[string]int, len(vulns)) // key: index in kept
+	for i := range vulns {
+		vuln := &vulns[i]
+		// The severity Trivy's result.Filter reads and sets (the deprecated field, which its
+		// reports print).
+		if vuln.Severity == "" { //nolint:staticcheck // SA1019: see above
+			vuln.Severity = dbTypes.SeverityUnknown.String() //nolint:staticcheck // SA1019: see above
+		}
+		if !slices.Contains(filterSeverities, vuln.Severity) { //nolint:staticcheck // SA1019: see above
+			continue
+		}
+		// result.Filter's key, fmt.Sprintf("%s/%s/%s/%s/%s", ...), built without fmt.
+		key := vuln.VulnerabilityID + "/" + vuln.PkgID + "/" + vuln.PkgName + "/" + vuln.InstalledVersion + "/" + vuln.PkgPath
+		if k, ok := byKey[key]; ok {
+			if vulns[kept[k]].FixedVersion < vuln.FixedVersion {
+				kept[k] = i
+			}
+			continue
+		}
+		byKey[key] = len(kept)
+		kept = append(kept, i)
+	}
+	return kept
+}
+
 // severityRank orders severities, most severe first; unknown strings last.
 func severityRank(s string) int {
 	if i := slices.Index(Severities, s); i >= 0 {
@@ -163,17 +198,23 @@ func severityRank(s string) int {
 	return len(Severities)
 }
 
-// SortFindings orders findings by severity, then id, package, installed version and target, so
-// that equal inputs always give equal lists.
+// SortFindings orders findings by severity, then id, package, installed version and target (and,
+// on a tie, the other fields), so that equal inputs always give equal lists.
 func SortFindings(findings []Finding) {
-	// The keys are compared one after the other, the next only on a tie (cmp.Or would compute all
-	// of them first: a visible part of a re-match).
-	slices.SortFunc(findings, func(a, b Finding) int {
-		if a.Severity != b.Severity {
-			if c := cmp.Compare(severityRank(a.Severity), severityRank(b.Severity)); c != 0 {
-				return c
-			}
+	// A permutation is sorted and the findings moved once: swapping the findings themselves (ten
+	// strings each) was a visible part of a re-match. The keys are compared one after the other,
+	// the next only on a tie.
+	order := make([]int32, len(findings))
+	ranks := make([]int8, len(findings))
+	for i := range findings {
+		order[i] = int32(i)
+		ranks[i] = int8(severityRank(findings[i].Severity))
+	}
+	slices.SortFunc(order, func(i, j int32) int {
+		if c := cmp.Compare(ranks[i], ranks[j]); c != 0 {
+			return c
 		}
+		a, b := &findings[i], &findings[j]
 		if c := strings.Compare(a.ID, b.ID); c != 0 {
 			return c
 		}
@@ -183,6 +224,32 @@ func SortFindings(findings []Finding) {
 		if c := strings.Compare(a.InstalledVersion, b.InstalledVersion); c != 0 {
 			return c
 		}
-		return strings.Compare(a.Target, b.Target)
+		if c := strings.Compare(a.Target, b.Target); c != 0 {
+			return c
+		}
+		// Ties on what is listed are broken by the rest, so that the order depends on the
+		// findings only, not on the order they came in.
+		return cmp.Or(strings.Compare(a.FixedVersion, b.FixedVersion), strings.Compare(a.Status, b.Status),
+			strings.Compare(a.Title, b.Title), strings.Compare(a.PrimaryURL, b.PrimaryURL),
+			strings.Compare(a.PackageType, b.PackageType))
 	})
+	// The permutation is applied in place, one cycle at a time: order[k] is the finding that
+	// belongs at k.
+	for start := range findings {
+		if order[start] < 0 {
+			continue
+		}
+		held := findings[start]
+		k := start
+		for {
+			next := int(order[k])
+			order[k] = -1
+			if next == start {
+				findings[k] = held
+				break
+			}
+			findings[k] = findings[next]
+			k = next
+		}
+	}
 }

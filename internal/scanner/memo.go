@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"maps"
+	"strconv"
 	"sync"
 
 	version "github.com/knqyf263/go-deb-version"
@@ -18,42 +19,83 @@ import (
 	osver "github.com/aquasecurity/trivy/pkg/detector/ospkg/version"
 	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
 	"github.com/aquasecurity/trivy/pkg/log"
-	"github.com/aquasecurity/trivy/pkg/scan/utils"
 	"github.com/aquasecurity/trivy/pkg/types"
 )
 
 // Bounds of the memo: the advisories it keeps decoded (about 300 bytes each with their parsed
-// version; a package with none counts as one) and the vulnerability records, by their estimated
-// size (vulnerabilitySize): some 70 MiB at most.
+// version; a package with none counts as one), the vulnerability records, by their estimated
+// size (vulnerabilitySize), the language packages' detections (about 200 bytes a finding; a
+// package with none counts as one) and the Debian advisories that apply to each source version
+// (8 bytes each): some 100 MiB at most.
 const (
 	memoMaxAdvisories        = 150_000
 	memoMaxVulnerabilitySize = 24 << 20
+	memoMaxLibraryFindings   = 100_000
+	memoMaxDebianMatches     = 100_000
 )
 
 // dbMemo keeps, for the DB in use (by digest), what re-matches read again and again: each package's
-// advisories as trivy-db decodes them (with their fixed versions parsed once), and the
-// vulnerability records Trivy's FillInfo reads for every finding. Trivy decodes both from JSON on
-// every read; over a cluster's re-match after a DB swap the same few thousand packages and
-// vulnerabilities are read for every image. It is emptied when the DB changes, and bounded
-// (least recently used first out).
+// advisories as trivy-db decodes them (with their fixed versions parsed once), the
+// vulnerability records Trivy's FillInfo reads for every finding, what Trivy's library detector
+// finds for each language package, and which advisories apply to each Debian source version. Trivy decodes advisories and records from JSON on
+// every read, and parses every version range again; over a cluster's re-match after a DB swap the
+// same few thousand packages and vulnerabilities are read for every image. It is emptied when the
+// DB changes, and bounded (least recently used first out).
 type dbMemo struct {
 	mu     sync.Mutex
 	digest string
 
-	advLRU   *list.List // of *memoAdvisories
-	advByKey map[string]*list.Element
-	advCount int
+	advs       *lru[[]memoAdvisory]
+	vulns      *lru[*memoVulnerability]
+	libraries  *lru[[]libraryFinding]
+	debMatches *lru[[]*memoAdvisory]
 
-	vulnLRU   *list.List // of *memoVulnerability
-	vulnByID  map[string]*list.Element
-	vulnSize  int
-	maxAdv    int
-	maxVulnSz int
+	maxAdv, maxVulnSz, maxLib, maxDeb int
 }
 
-type memoAdvisories struct {
-	key   string
-	items []memoAdvisory
+// lru is a map bounded by the total weight of its values, the least recently used out first;
+// its owner locks it.
+type lru[V any] struct {
+	order  *list.List // of *memoEntry[V], most recent first
+	byKey  map[string]*list.Element
+	weight int
+	max    int
+}
+
+type memoEntry[V any] struct {
+	key    string
+	val    V
+	weight int
+}
+
+func newLRU[V any](maxWeight int) *lru[V] {
+	return &lru[V]{order: list.New(), byKey: map[string]*list.Element{}, max: maxWeight}
+}
+
+func (c *lru[V]) get(key string) (V, bool) {
+	el, ok := c.byKey[key]
+	if !ok {
+		var zero V
+		return zero, false
+	}
+	c.order.MoveToFront(el)
+	return el.Value.(*memoEntry[V]).val, true
+}
+
+// add keeps val unless key is kept already or val alone is heavier than the bound.
+func (c *lru[V]) add(key string, val V, weight int) {
+	if _, ok := c.byKey[key]; ok || weight > c.max {
+		return
+	}
+	c.byKey[key] = c.order.PushFront(&memoEntry[V]{key: key, val: val, weight: weight})
+	c.weight += weight
+	for c.weight > c.max {
+		last := c.order.Back()
+		e := last.Value.(*memoEntry[V])
+		c.order.Remove(last)
+		delete(c.byKey, e.key)
+		c.weight -= e.weight
+	}
 }
 
 // memoAdvisory is a decoded advisory and, for Debian, its fixed version parsed.
@@ -64,10 +106,8 @@ type memoAdvisory struct {
 }
 
 type memoVulnerability struct {
-	id   string
 	vuln dbTypes.Vulnerability
 	err  error
-	size int
 }
 
 // vulnerabilitySize estimates the memory a decoded record takes.
@@ -83,19 +123,21 @@ func vulnerabilitySize(id string, v dbTypes.Vulnerability) int {
 }
 
 func newDBMemo() *dbMemo {
-	return &dbMemo{maxAdv: memoMaxAdvisories, maxVulnSz: memoMaxVulnerabilitySize}
+	return &dbMemo{maxAdv: memoMaxAdvisories, maxVulnSz: memoMaxVulnerabilitySize, maxLib: memoMaxLibraryFindings, maxDeb: memoMaxDebianMatches}
 }
 
 // use empties the memo when digest is not the DB it holds; the caller holds the DB still.
 func (m *dbMemo) use(digest string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.digest == digest && m.advByKey != nil {
+	if m.digest == digest && m.advs != nil {
 		return
 	}
 	m.digest = digest
-	m.advLRU, m.advByKey, m.advCount = list.New(), map[string]*list.Element{}, 0
-	m.vulnLRU, m.vulnByID, m.vulnSize = list.New(), map[string]*list.Element{}, 0
+	m.advs = newLRU[[]memoAdvisory](m.maxAdv)
+	m.vulns = newLRU[*memoVulnerability](m.maxVulnSz)
+	m.libraries = newLRU[[]libraryFinding](m.maxLib)
+	m.debMatches = newLRU[[]*memoAdvisory](m.maxDeb)
 }
 
 // advisories returns the advisories of pkgName in bucketName, as trivy-db's GetAdvisories returns
@@ -104,10 +146,11 @@ func (m *dbMemo) use(digest string) {
 func (m *dbMemo) advisories(bucketName, pkgName string) ([]memoAdvisory, error) {
 	key := bucketName + "\x00" + pkgName
 	m.mu.Lock()
-	if el, ok := m.advByKey[key]; ok {
-		m.advLRU.MoveToFront(el)
-		m.mu.Unlock()
-		return el.Value.(*memoAdvisories).items, nil
+	if m.advs != nil {
+		if items, ok := m.advs.get(key); ok {
+			m.mu.Unlock()
+			return items, nil
+		}
 	}
 	m.mu.Unlock()
 	advs, err := trivydb.Config{}.GetAdvisories(bucketName, pkgName)
@@ -125,19 +168,8 @@ func (m *dbMemo) advisories(bucketName, pkgName string) ([]memoAdvisory, error) 
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.advByKey == nil {
-		return items, nil
-	}
-	if _, ok := m.advByKey[key]; !ok && len(items) <= m.maxAdv {
-		m.advByKey[key] = m.advLRU.PushFront(&memoAdvisories{key: key, items: items})
-		m.advCount += max(len(items), 1)
-		for m.advCount > m.maxAdv {
-			last := m.advLRU.Back()
-			e := last.Value.(*memoAdvisories)
-			m.advLRU.Remove(last)
-			delete(m.advByKey, e.key)
-			m.advCount -= max(len(e.items), 1)
-		}
+	if m.advs != nil {
+		m.advs.add(key, items, max(len(items), 1))
 	}
 	return items, nil
 }
@@ -149,30 +181,18 @@ func (m *dbMemo) advisories(bucketName, pkgName string) ([]memoAdvisory, error) 
 func (m *dbMemo) vulnerability(id string) (dbTypes.Vulnerability, error) {
 	var e *memoVulnerability
 	m.mu.Lock()
-	if el, ok := m.vulnByID[id]; ok {
-		m.vulnLRU.MoveToFront(el)
-		e = el.Value.(*memoVulnerability)
+	if m.vulns != nil {
+		e, _ = m.vulns.get(id)
 	}
 	m.mu.Unlock()
 	if e == nil {
 		vuln, err := trivydb.Config{}.GetVulnerability(id)
-		entry := &memoVulnerability{id: id, vuln: vuln, err: err, size: vulnerabilitySize(id, vuln)}
+		e = &memoVulnerability{vuln: vuln, err: err}
 		m.mu.Lock()
-		if m.vulnByID != nil && entry.size <= m.maxVulnSz {
-			if _, dup := m.vulnByID[id]; !dup {
-				m.vulnByID[id] = m.vulnLRU.PushFront(entry)
-				m.vulnSize += entry.size
-				for m.vulnSize > m.maxVulnSz {
-					last := m.vulnLRU.Back()
-					e := last.Value.(*memoVulnerability)
-					m.vulnLRU.Remove(last)
-					delete(m.vulnByID, e.id)
-					m.vulnSize -= e.size
-				}
-			}
+		if m.vulns != nil {
+			m.vulns.add(id, e, vulnerabilitySize(id, vuln))
 		}
 		m.mu.Unlock()
-		e = entry
 	}
 	if e.err != nil {
 		return dbTypes.Vulnerability{}, e.err
@@ -219,19 +239,82 @@ func (d debianDriver) IsSupportedVersion(ctx context.Context, family ftypes.OSTy
 func (d debianDriver) Detect(ctx context.Context, osVer string, _ *ftypes.Repository, pkgs []ftypes.Package) ([]types.DetectedVulnerability, error) {
 	osVer = osver.Major(osVer)
 	bucketName := bucket.NewDebian(osVer).Name()
-	var vulns []types.DetectedVulnerability
-	for _, pkg := range pkgs {
-		parsed, err := version.NewVersion(utils.FormatSrcVersion(pkg))
+	// The advisories that apply are found first and the findings, large structs, made at once.
+	type match struct {
+		pkg int
+		adv *memoAdvisory
+	}
+	var matches []match
+	for p := range pkgs {
+		pkg := &pkgs[p]
+		applying, err := d.memo.debianAdvisories(ctx, bucketName, pkg.SrcName, debFormatVersion(pkg.SrcEpoch, pkg.SrcVersion, pkg.SrcRelease))
 		if err != nil {
-			log.DebugContext(ctx, "Installed package version error", log.Err(err))
-			continue
+			return nil, err
 		}
-		sourceVersion := newDebVersion(parsed)
-		advisories, err := d.memo.advisories(bucketName, pkg.SrcName)
+		for _, adv := range applying {
+			matches = append(matches, match{pkg: p, adv: adv})
+		}
+	}
+	if len(matches) == 0 {
+		return nil, nil
+	}
+	vulns := make([]types.DetectedVulnerability, len(matches))
+	installed, last := "", -1
+	for i, m := range matches {
+		pkg, adv := &pkgs[m.pkg], m.adv
+		if m.pkg != last {
+			installed, last = debFormatVersion(pkg.Epoch, pkg.Version, pkg.Release), m.pkg
+		}
+		vuln := &vulns[i]
+		*vuln = types.DetectedVulnerability{
+			VulnerabilityID:  adv.VulnerabilityID,
+			VendorIDs:        adv.VendorIDs,
+			PkgID:            pkg.ID,
+			PkgName:          pkg.Name,
+			InstalledVersion: installed,
+			FixedVersion:     adv.FixedVersion,
+			PkgIdentifier:    pkg.Identifier,
+			Status:           adv.Status,
+			Layer:            pkg.Layer,
+			Custom:           adv.Custom,
+		}
+		if adv.DataSource != nil {
+			// trivy-db gives every advisory its own copy; the memo's is shared.
+			ds := *adv.DataSource
+			vuln.DataSource = &ds
+		}
+		if adv.Severity != dbTypes.SeverityUnknown {
+			// Package-specific severity
+			vuln.SeveritySource = trivyvuln.Debian
+			vuln.Vulnerability = dbTypes.Vulnerability{Severity: adv.Severity.String()} //nolint:staticcheck // SA1019: as Trivy's debian.Scanner sets it
+		}
+	}
+	return vulns, nil
+}
+
+// debianAdvisories returns the advisories of srcName in bucketName that apply to srcVersion, as
+// Trivy's Debian detector decides it, from the memo when it was asked before under the DB in
+// use. A version that does not parse has none (Trivy skips the package).
+func (m *dbMemo) debianAdvisories(ctx context.Context, bucketName, srcName, srcVersion string) ([]*memoAdvisory, error) {
+	key := bucketName + "\x00" + srcName + "\x00" + srcVersion
+	m.mu.Lock()
+	if m.debMatches != nil {
+		if applying, ok := m.debMatches.get(key); ok {
+			m.mu.Unlock()
+			return applying, nil
+		}
+	}
+	m.mu.Unlock()
+	var applying []*memoAdvisory
+	parsed, err := version.NewVersion(srcVersion)
+	if err != nil {
+		log.DebugContext(ctx, "Installed package version error", log.Err(err))
+	} else {
+		installed := newDebVersion(parsed)
+		advisories, err := m.advisories(bucketName, srcName)
 		if err != nil {
 			return nil, xerrors.Errorf("failed to get debian advisories: %w", err)
 		}
-		installed := utils.FormatVersion(pkg)
 		for i := range advisories {
 			adv := &advisories[i]
 			// Unfixed: no version to compare. As Trivy, a fixed version that does not parse
@@ -242,34 +325,30 @@ func (d debianDriver) Detect(ctx context.Context, osVer string, _ *ftypes.Reposi
 						log.String("version", adv.FixedVersion), log.Err(adv.fixedErr))
 					continue
 				}
-				if debCompare(sourceVersion, adv.fixed) >= 0 {
+				if debCompare(installed, adv.fixed) >= 0 {
 					continue
 				}
 			}
-			vuln := types.DetectedVulnerability{
-				VulnerabilityID:  adv.VulnerabilityID,
-				VendorIDs:        adv.VendorIDs,
-				PkgID:            pkg.ID,
-				PkgName:          pkg.Name,
-				InstalledVersion: installed,
-				FixedVersion:     adv.FixedVersion,
-				PkgIdentifier:    pkg.Identifier,
-				Status:           adv.Status,
-				Layer:            pkg.Layer,
-				Custom:           adv.Custom,
-			}
-			if adv.DataSource != nil {
-				// trivy-db gives every advisory its own copy; the memo's is shared.
-				ds := *adv.DataSource
-				vuln.DataSource = &ds
-			}
-			if adv.Severity != dbTypes.SeverityUnknown {
-				// Package-specific severity
-				vuln.SeveritySource = trivyvuln.Debian
-				vuln.Vulnerability = dbTypes.Vulnerability{Severity: adv.Severity.String()} //nolint:staticcheck // SA1019: as Trivy's debian.Scanner sets it
-			}
-			vulns = append(vulns, vuln)
+			applying = append(applying, adv)
 		}
 	}
-	return vulns, nil
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.debMatches != nil {
+		m.debMatches.add(key, applying, max(len(applying), 1))
+	}
+	return applying, nil
+}
+
+// debFormatVersion is Trivy's utils.FormatVersion and FormatSrcVersion ("epoch:version-release",
+// without the parts that are not there), without fmt: it was a visible part of a re-match.
+func debFormatVersion(epoch int, version, release string) string {
+	v := version
+	if release != "" {
+		v = v + "-" + release
+	}
+	if epoch != 0 {
+		v = strconv.Itoa(epoch) + ":" + v
+	}
+	return v
 }
