@@ -89,7 +89,7 @@ func main() {
 	flag.StringVar(&replicas, "replicas", "1,3,10", "replica counts to predict for (comma list)")
 	flag.Float64Var(&c.analysisPerImage, "analysis-per-image", 0.0061, "CPU seconds of an analysis whose base layers are cached")
 	flag.Float64Var(&c.analysisPerLayer, "analysis-per-layer", 0.0106, "CPU seconds of analysing one distinct layer")
-	flag.Float64Var(&c.rematchPerImage, "rematch-per-image", 0.0008, "CPU seconds of one re-match on the real-scale DB")
+	flag.Float64Var(&c.rematchPerImage, "rematch-per-image", 0.0006, "CPU seconds of one re-match on the real-scale DB")
 	flag.Float64Var(&c.writesPerReport, "writes-per-report", 3.07, "API writes until a new report is Ready")
 	flag.Float64Var(&c.writesPerChange, "writes-per-change", 1.0, "API writes of a report a DB update changed")
 	flag.Float64Var(&c.qps, "qps", 50, "API writes per second of one replica (--kube-api-qps)")

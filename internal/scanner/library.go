@@ -28,13 +28,14 @@ type langScanner struct {
 
 var _ langpkg.Scanner = langScanner{}
 
-// libraryFinding is what Driver.DetectVulnerabilities sets on a finding; the rest is the
-// package's, set on each match.
+// libraryFinding is what Driver.DetectVulnerabilities sets on a finding from the DB; the rest is
+// the package's (its ID, name and version, which the driver copies from its arguments, and what
+// library.Detect adds), set on each match.
 type libraryFinding struct {
-	id, pkgID, pkgName, installed, fixed string
-	vendorIDs                            []string
-	dataSource                           *dbTypes.DataSource
-	custom                               any
+	id, fixed  string
+	vendorIDs  []string
+	dataSource *dbTypes.DataSource
+	custom     any
 }
 
 // Scan is langpkg's scanner.Scan.
@@ -107,11 +108,13 @@ func (s langScanner) detect(ctx context.Context, libType ftypes.LangType, pkgs [
 		pkg := &pkgs[i]
 		for _, f := range found[i] {
 			vuln := types.DetectedVulnerability{
-				VulnerabilityID:  f.id,
+				VulnerabilityID: f.id,
+				// Shared between matches, as the memo's advisories are: nothing after detection
+				// writes to them (FillInfo, the filter and the finding conversion read them).
 				VendorIDs:        f.vendorIDs,
-				PkgID:            f.pkgID,
-				PkgName:          f.pkgName,
-				InstalledVersion: f.installed,
+				PkgID:            pkg.ID,
+				PkgName:          pkg.Name,
+				InstalledVersion: pkg.Version,
 				FixedVersion:     f.fixed,
 				Custom:           f.custom,
 				Layer:            pkg.Layer,
@@ -132,7 +135,7 @@ func (s langScanner) detect(ctx context.Context, libType ftypes.LangType, pkgs [
 // library returns what driver finds for pkg, from the memo when it was asked before under the
 // DB in use; the caller holds the DB still.
 func (m *dbMemo) library(driver *library.Driver, libType ftypes.LangType, pkg ftypes.Package) ([]libraryFinding, error) {
-	key := string(libType) + "\x00" + pkg.ID + "\x00" + pkg.Name + "\x00" + pkg.Version
+	key := libraryKey{string(libType), pkg.ID, pkg.Name, pkg.Version}
 	m.mu.Lock()
 	if m.libraries != nil {
 		if found, ok := m.libraries.get(key); ok {
@@ -147,15 +150,12 @@ func (m *dbMemo) library(driver *library.Driver, libType ftypes.LangType, pkg ft
 	}
 	found := make([]libraryFinding, len(vulns))
 	for i, v := range vulns {
-		found[i] = libraryFinding{
-			id: v.VulnerabilityID, pkgID: v.PkgID, pkgName: v.PkgName, installed: v.InstalledVersion,
-			fixed: v.FixedVersion, vendorIDs: v.VendorIDs, dataSource: v.DataSource, custom: v.Custom,
-		}
+		found[i] = libraryFinding{id: v.VulnerabilityID, fixed: v.FixedVersion, vendorIDs: v.VendorIDs, dataSource: v.DataSource, custom: v.Custom}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.libraries != nil {
-		m.libraries.add(key, found, max(len(found), 1))
+		m.libraries.add(key, found, max(len(found), 1)+keyWeight(key.typ, key.id, key.name, key.version))
 	}
 	return found, nil
 }

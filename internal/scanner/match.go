@@ -229,7 +229,7 @@ func SortFindings(findings []Finding) {
 		}
 		// Ties on what is listed are broken by the rest, so that the order depends on the
 		// findings only, not on the order they came in.
-		return cmp.Or(strings.Compare(a.FixedVersion, b.FixedVersion), strings.Compare(a.Status, b.Status),
+		return cmp.Or(strings.Compare(a.Severity, b.Severity), strings.Compare(a.FixedVersion, b.FixedVersion), strings.Compare(a.Status, b.Status),
 			strings.Compare(a.Title, b.Title), strings.Compare(a.PrimaryURL, b.PrimaryURL),
 			strings.Compare(a.PackageType, b.PackageType))
 	})

@@ -45,53 +45,70 @@ type dbMemo struct {
 	mu     sync.Mutex
 	digest string
 
-	advs       *lru[[]memoAdvisory]
-	vulns      *lru[*memoVulnerability]
-	libraries  *lru[[]libraryFinding]
-	debMatches *lru[[]*memoAdvisory]
+	advs       *lru[advisoriesKey, []memoAdvisory]
+	vulns      *lru[string, *memoVulnerability]
+	libraries  *lru[libraryKey, []libraryFinding]
+	debMatches *lru[debianKey, []int32]
 
 	maxAdv, maxVulnSz, maxLib, maxDeb int
 }
 
+// The memo's keys: structs, so that no field's content can make two keys equal.
+type (
+	advisoriesKey struct{ bucket, pkg string }
+	libraryKey    struct{ typ, id, name, version string }
+	debianKey     struct{ bucket, src, version string }
+)
+
+// keyWeight is what a key's bytes add to an entry's weight, in the memo's units (an advisory,
+// some 300 bytes): an image's names and versions are its own, of any length.
+func keyWeight(fields ...string) int {
+	n := 0
+	for _, f := range fields {
+		n += len(f)
+	}
+	return n / 256
+}
+
 // lru is a map bounded by the total weight of its values, the least recently used out first;
 // its owner locks it.
-type lru[V any] struct {
-	order  *list.List // of *memoEntry[V], most recent first
-	byKey  map[string]*list.Element
+type lru[K comparable, V any] struct {
+	order  *list.List // of *memoEntry[K, V], most recent first
+	byKey  map[K]*list.Element
 	weight int
 	max    int
 }
 
-type memoEntry[V any] struct {
-	key    string
+type memoEntry[K comparable, V any] struct {
+	key    K
 	val    V
 	weight int
 }
 
-func newLRU[V any](maxWeight int) *lru[V] {
-	return &lru[V]{order: list.New(), byKey: map[string]*list.Element{}, max: maxWeight}
+func newLRU[K comparable, V any](maxWeight int) *lru[K, V] {
+	return &lru[K, V]{order: list.New(), byKey: map[K]*list.Element{}, max: maxWeight}
 }
 
-func (c *lru[V]) get(key string) (V, bool) {
+func (c *lru[K, V]) get(key K) (V, bool) {
 	el, ok := c.byKey[key]
 	if !ok {
 		var zero V
 		return zero, false
 	}
 	c.order.MoveToFront(el)
-	return el.Value.(*memoEntry[V]).val, true
+	return el.Value.(*memoEntry[K, V]).val, true
 }
 
 // add keeps val unless key is kept already or val alone is heavier than the bound.
-func (c *lru[V]) add(key string, val V, weight int) {
+func (c *lru[K, V]) add(key K, val V, weight int) {
 	if _, ok := c.byKey[key]; ok || weight > c.max {
 		return
 	}
-	c.byKey[key] = c.order.PushFront(&memoEntry[V]{key: key, val: val, weight: weight})
+	c.byKey[key] = c.order.PushFront(&memoEntry[K, V]{key: key, val: val, weight: weight})
 	c.weight += weight
 	for c.weight > c.max {
 		last := c.order.Back()
-		e := last.Value.(*memoEntry[V])
+		e := last.Value.(*memoEntry[K, V])
 		c.order.Remove(last)
 		delete(c.byKey, e.key)
 		c.weight -= e.weight
@@ -134,17 +151,17 @@ func (m *dbMemo) use(digest string) {
 		return
 	}
 	m.digest = digest
-	m.advs = newLRU[[]memoAdvisory](m.maxAdv)
-	m.vulns = newLRU[*memoVulnerability](m.maxVulnSz)
-	m.libraries = newLRU[[]libraryFinding](m.maxLib)
-	m.debMatches = newLRU[[]*memoAdvisory](m.maxDeb)
+	m.advs = newLRU[advisoriesKey, []memoAdvisory](m.maxAdv)
+	m.vulns = newLRU[string, *memoVulnerability](m.maxVulnSz)
+	m.libraries = newLRU[libraryKey, []libraryFinding](m.maxLib)
+	m.debMatches = newLRU[debianKey, []int32](m.maxDeb)
 }
 
 // advisories returns the advisories of pkgName in bucketName, as trivy-db's GetAdvisories returns
 // them. The slice, and what its advisories point to (VendorIDs, Custom, DataSource), are shared
 // between matches: callers read them only (debianDriver copies the DataSource it hands on).
 func (m *dbMemo) advisories(bucketName, pkgName string) ([]memoAdvisory, error) {
-	key := bucketName + "\x00" + pkgName
+	key := advisoriesKey{bucketName, pkgName}
 	m.mu.Lock()
 	if m.advs != nil {
 		if items, ok := m.advs.get(key); ok {
@@ -169,7 +186,7 @@ func (m *dbMemo) advisories(bucketName, pkgName string) ([]memoAdvisory, error) 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.advs != nil {
-		m.advs.add(key, items, max(len(items), 1))
+		m.advs.add(key, items, max(len(items), 1)+keyWeight(bucketName, pkgName))
 	}
 	return items, nil
 }
@@ -247,12 +264,12 @@ func (d debianDriver) Detect(ctx context.Context, osVer string, _ *ftypes.Reposi
 	var matches []match
 	for p := range pkgs {
 		pkg := &pkgs[p]
-		applying, err := d.memo.debianAdvisories(ctx, bucketName, pkg.SrcName, debFormatVersion(pkg.SrcEpoch, pkg.SrcVersion, pkg.SrcRelease))
+		advisories, applying, err := d.memo.debianAdvisories(ctx, bucketName, pkg.SrcName, debFormatVersion(pkg.SrcEpoch, pkg.SrcVersion, pkg.SrcRelease))
 		if err != nil {
 			return nil, err
 		}
-		for _, adv := range applying {
-			matches = append(matches, match{pkg: p, adv: adv})
+		for _, i := range applying {
+			matches = append(matches, match{pkg: p, adv: &advisories[i]})
 		}
 	}
 	if len(matches) == 0 {
@@ -292,28 +309,44 @@ func (d debianDriver) Detect(ctx context.Context, osVer string, _ *ftypes.Reposi
 	return vulns, nil
 }
 
-// debianAdvisories returns the advisories of srcName in bucketName that apply to srcVersion, as
-// Trivy's Debian detector decides it, from the memo when it was asked before under the DB in
-// use. A version that does not parse has none (Trivy skips the package).
-func (m *dbMemo) debianAdvisories(ctx context.Context, bucketName, srcName, srcVersion string) ([]*memoAdvisory, error) {
-	key := bucketName + "\x00" + srcName + "\x00" + srcVersion
+// debianAdvisories returns the advisories of srcName in bucketName and the indexes of those that
+// apply to srcVersion, as Trivy's Debian detector decides it, from the memo when it was asked
+// before under the DB in use. A version that does not parse has none (Trivy skips the package).
+// The memo keeps indexes, not the advisories: an answer never holds on to a list the memo of
+// advisories let go, and the list is read again (the same, under one DB) when it did.
+func (m *dbMemo) debianAdvisories(ctx context.Context, bucketName, srcName, srcVersion string) ([]memoAdvisory, []int32, error) {
+	key := debianKey{bucketName, srcName, srcVersion}
+	var applying []int32
+	var known bool
 	m.mu.Lock()
 	if m.debMatches != nil {
-		if applying, ok := m.debMatches.get(key); ok {
-			m.mu.Unlock()
-			return applying, nil
-		}
+		applying, known = m.debMatches.get(key)
 	}
 	m.mu.Unlock()
-	var applying []*memoAdvisory
+	if known && len(applying) == 0 {
+		return nil, nil, nil
+	}
+	var advisories []memoAdvisory
+	if known {
+		var err error
+		if advisories, err = m.advisories(bucketName, srcName); err != nil {
+			return nil, nil, xerrors.Errorf("failed to get debian advisories: %w", err)
+		}
+		if int(applying[len(applying)-1]) < len(advisories) {
+			return advisories, applying, nil
+		}
+		// Not the list the indexes were taken from: decided again.
+	}
+	applying = nil
 	parsed, err := version.NewVersion(srcVersion)
 	if err != nil {
 		log.DebugContext(ctx, "Installed package version error", log.Err(err))
 	} else {
 		installed := newDebVersion(parsed)
-		advisories, err := m.advisories(bucketName, srcName)
-		if err != nil {
-			return nil, xerrors.Errorf("failed to get debian advisories: %w", err)
+		if advisories == nil {
+			if advisories, err = m.advisories(bucketName, srcName); err != nil {
+				return nil, nil, xerrors.Errorf("failed to get debian advisories: %w", err)
+			}
 		}
 		for i := range advisories {
 			adv := &advisories[i]
@@ -329,15 +362,15 @@ func (m *dbMemo) debianAdvisories(ctx context.Context, bucketName, srcName, srcV
 					continue
 				}
 			}
-			applying = append(applying, adv)
+			applying = append(applying, int32(i))
 		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.debMatches != nil {
-		m.debMatches.add(key, applying, max(len(applying), 1))
+		m.debMatches.add(key, applying, max(len(applying), 1)+keyWeight(bucketName, srcName, srcVersion))
 	}
-	return applying, nil
+	return advisories, applying, nil
 }
 
 // debFormatVersion is Trivy's utils.FormatVersion and FormatSrcVersion ("epoch:version-release",

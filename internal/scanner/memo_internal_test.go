@@ -11,7 +11,7 @@ import (
 // The memo's maps stay under their bound, least recently used out first, and a value heavier than
 // the bound is not kept.
 func TestMemoLRUStaysUnderItsBound(t *testing.T) {
-	c := newLRU[int](10)
+	c := newLRU[string, int](10)
 	for i := range 5 {
 		c.add(fmt.Sprint(i), i, 3)
 	}

@@ -45,6 +45,14 @@ var (
 	}}
 )
 
+// trivyCLIDisabledAnalyzers are the analyzers `trivy image --scanners vuln` leaves off for images.
+func trivyCLIDisabledAnalyzers() []analyzer.Type {
+	disabled := append([]analyzer.Type{}, analyzer.TypeLockfiles...)
+	disabled = append(disabled, analyzer.TypeConfigFiles...)
+	return append(disabled, analyzer.TypeApkCommand, analyzer.TypeSecret, analyzer.TypeLicenseFile,
+		analyzer.TypeHistoryDockerfile, analyzer.TypeExecutable, analyzer.TypeRpmArchive)
+}
+
 func trivyImageScan(ctx context.Context, t *testing.T, f *fixture, ref string) []scanner.Finding {
 	t.Helper()
 	img, cleanup, err := image.NewContainerImage(ctx, ref, ftypes.ImageOptions{
@@ -55,12 +63,8 @@ func trivyImageScan(ctx context.Context, t *testing.T, f *fixture, ref string) [
 		t.Fatal(err)
 	}
 	defer cleanup()
-	disabled := append([]analyzer.Type{}, analyzer.TypeLockfiles...)
-	disabled = append(disabled, analyzer.TypeConfigFiles...)
-	disabled = append(disabled, analyzer.TypeApkCommand, analyzer.TypeSecret, analyzer.TypeLicenseFile,
-		analyzer.TypeHistoryDockerfile, analyzer.TypeExecutable, analyzer.TypeRpmArchive)
 	blobs := cache.NewMemoryCache()
-	art, err := imageartifact.NewArtifact(img, blobs, artifact.Option{DisabledAnalyzers: disabled, NoProgress: true})
+	art, err := imageartifact.NewArtifact(img, blobs, artifact.Option{DisabledAnalyzers: trivyCLIDisabledAnalyzers(), NoProgress: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,4 +360,31 @@ func TestMatchEqualsTrivyScanTarget(t *testing.T) {
 			})
 		}
 	})
+}
+
+// The memo of language packages' detections is keyed by every field as it is: packages whose
+// fields join to the same string (an image's IDs and versions are its own, NULs included) are
+// different questions, and the second is answered as Trivy answers it, not from the first.
+func TestMatchMemoKeysDoNotCollide(t *testing.T) {
+	f := newFixture(t)
+	ctx := testContext(t)
+	inventory := func(pkg ftypes.Package) *scanner.Inventory {
+		return &scanner.Inventory{Repository: "example.com/collide", Digest: "sha256:" + strings.Repeat("0", 64),
+			Applications: []ftypes.Application{{Type: ftypes.NodePkg, Packages: ftypes.Packages{pkg}}}}
+	}
+	first := inventory(ftypes.Package{ID: "X", Name: "minimist", Version: "lodash\x004.17.20"})
+	second := inventory(ftypes.Package{ID: "X\x00minimist", Name: "lodash", Version: "4.17.20"})
+	for _, inv := range []*scanner.Inventory{first, second, first} {
+		res, err := f.scanner.Match(ctx, inv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := trivyScanTarget(ctx, t, f, inv); !slices.Equal(res.Findings, want) {
+			t.Fatalf("%q: findings %v, Trivy's %v", inv.Applications[0].Packages[0].Name, res.Findings, want)
+		}
+	}
+	res, _ := f.scanner.Match(ctx, second)
+	if len(res.Findings) == 0 {
+		t.Fatal("lodash 4.17.20 has a finding in the fixture DB: the comparison means nothing without it")
+	}
 }
