@@ -16,6 +16,7 @@ const usage = `imageguard keeps every image running in a cluster scanned for vul
 Usage:
   imageguard [controller] [flags]   run the controller manager (the default command)
   imageguard scan IMAGE [flags]     scan one image with the same engine and print its findings
+  imageguard sbom IMAGE [flags]     write one image's SBOM (CycloneDX or SPDX) from its package inventory
   imageguard verify IMAGE [flags]   verify the image's signatures as a policy's signature rule does
   imageguard help                   show this help
 
@@ -37,6 +38,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runController(args, stderr)
 	case "scan":
 		return runScan(args, stdout, stderr)
+	case "sbom":
+		return runSBOM(args, stdout, stderr)
 	case "verify":
 		return runVerify(args, stdout, stderr)
 	case "analyze-worker":

@@ -82,20 +82,53 @@ func (o *limitOptions) bindFlags(fs *pflag.FlagSet) {
 		"Largest vulnerability DB artifact, compressed and expanded; the cache holds two during a swap.")
 }
 
-// scanOptions are the flags of `imageguard scan`.
-type scanOptions struct {
-	DB       dbOptions
+// imageOptions are the flags of the commands that analyse one image (scan, sbom).
+type imageOptions struct {
 	JavaDB   javaDBOptions
 	Registry registryOptions
 	Limits   limitOptions
 	CacheDir string
-	Output   string
 	Timeout  time.Duration
 	Image    string
 	// Platform picks the image of an index (os/architecture[/variant]); empty: linux/amd64.
 	Platform string
 	// LayerCacheMaxBytes bounds the layer cache; 0: none.
 	LayerCacheMaxBytes int64
+}
+
+func (o *imageOptions) bindFlags(fs *pflag.FlagSet) {
+	o.JavaDB.bindFlags(fs)
+	o.Registry.bindFlags(fs)
+	o.Limits.bindFlags(fs)
+	fs.StringVar(&o.CacheDir, "cache-dir", defaultCacheDir(), "Folder for the downloaded DBs and the kept image inventories.")
+	fs.DurationVar(&o.Timeout, "scan-timeout", 10*time.Minute, "Time limit of the image analysis.")
+	fs.StringVar(&o.Platform, "platform", "linux/amd64",
+		"Platform whose image of a multi-platform index is analysed: os/architecture[/variant], as a node's status.nodeInfo gives it.")
+	fs.Int64Var(&o.LayerCacheMaxBytes, "layer-cache-max-bytes", 1<<30,
+		"Bytes of the layer cache under --cache-dir, so that an image whose layers an earlier run analysed pulls only its new layers; 0 keeps none.")
+}
+
+// parse checks the flags and takes the image from the arguments.
+func (o *imageOptions) parse(fs *pflag.FlagSet) error {
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return fmt.Errorf("%s takes exactly one image reference", strings.TrimPrefix(fs.Name(), "imageguard "))
+	}
+	if o.LayerCacheMaxBytes < 0 {
+		return errors.New("--layer-cache-max-bytes must not be negative (0 keeps no layer cache)")
+	}
+	if _, err := scanner.ParsePlatform(o.Platform); err != nil {
+		return fmt.Errorf("--platform: %w", err)
+	}
+	o.Image = fs.Arg(0)
+	return nil
+}
+
+// scanOptions are the flags of `imageguard scan`.
+type scanOptions struct {
+	imageOptions
+	DB     dbOptions
+	Output string
 }
 
 func defaultCacheDir() string {
@@ -114,33 +147,17 @@ func parseScanFlags(args []string, output io.Writer) (*scanOptions, error) {
 		fmt.Fprintf(output, "Usage: imageguard scan IMAGE [flags]\n\nScans one image with the same engine as the controller.\n\nFlags:\n%s", fs.FlagUsages())
 	}
 	opts.DB.bindFlags(fs)
-	opts.JavaDB.bindFlags(fs)
-	opts.Registry.bindFlags(fs)
-	opts.Limits.bindFlags(fs)
-	fs.StringVar(&opts.CacheDir, "cache-dir", defaultCacheDir(), "Folder for the downloaded DB and the kept image inventories.")
 	fs.StringVarP(&opts.Output, "output", "o", "table", "Output format: table or json.")
-	fs.DurationVar(&opts.Timeout, "scan-timeout", 10*time.Minute, "Time limit of the image analysis.")
-	fs.StringVar(&opts.Platform, "platform", "linux/amd64",
-		"Platform whose image of a multi-platform index is scanned: os/architecture[/variant], as a node's status.nodeInfo gives it.")
-	fs.Int64Var(&opts.LayerCacheMaxBytes, "layer-cache-max-bytes", 1<<30,
-		"Bytes of the layer cache under --cache-dir, so that an image whose layers an earlier run analysed pulls only its new layers; 0 keeps none.")
+	opts.bindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return nil, errors.New("scan takes exactly one image reference")
+	if err := opts.parse(fs); err != nil {
+		return nil, err
 	}
 	if opts.Output != "table" && opts.Output != "json" {
 		return nil, fmt.Errorf("unknown output format %q: use table or json", opts.Output)
 	}
-	if opts.LayerCacheMaxBytes < 0 {
-		return nil, errors.New("--layer-cache-max-bytes must not be negative (0 keeps no layer cache)")
-	}
-	if _, err := scanner.ParsePlatform(opts.Platform); err != nil {
-		return nil, fmt.Errorf("--platform: %w", err)
-	}
-	opts.Image = fs.Arg(0)
 	return opts, nil
 }
 
@@ -187,7 +204,18 @@ type scanDB struct {
 	Digest    string    `json:"digest"`
 }
 
-func scanImage(ctx context.Context, opts *scanOptions, stderr io.Writer) (*scanReport, error) {
+// imageSession is one image of a command, resolved to its digest, and the scanner that analyses
+// it, with the Java DB loaded on demand.
+type imageSession struct {
+	scanner    *scanner.Scanner
+	ref        scanner.ImageRef
+	repository string
+	javaDB     *vulndb.Manager
+	stderr     io.Writer
+}
+
+// openImage resolves opts.Image to its digest and opens a scanner over db.
+func openImage(ctx context.Context, opts *imageOptions, db func(*registry.Client, authn.Keychain) (scanner.DB, error), stderr io.Writer) (*imageSession, error) {
 	client := opts.Registry.client()
 	ref, err := client.ParseReference(opts.Image)
 	if err != nil {
@@ -199,25 +227,9 @@ func scanImage(ctx context.Context, opts *scanOptions, stderr io.Writer) (*scanR
 	if err != nil {
 		return nil, err
 	}
-	db, err := vulndb.New(vulndb.Options{
-		Repositories: opts.DB.Repositories,
-		LocalPath:    opts.DB.Path,
-		CacheDir:     opts.CacheDir,
-		Registry:     client,
-		Keychain:     keychain,
-		MaxBytes:     opts.Limits.DBBytes,
-		Log:          logr.Discard(),
-	})
+	vulnDB, err := db(client, keychain)
 	if err != nil {
 		return nil, err
-	}
-	// The DB a previous run kept is reused when the repository still has it (one manifest
-	// request); a local DB's identity is kept beside it, so it is not hashed at every run.
-	if err := db.Open(ctx); err != nil {
-		return nil, fmt.Errorf("loading the vulnerability DB: %w", err)
-	}
-	if err := db.LastError(); err != nil {
-		fmt.Fprintf(stderr, "imageguard scan: warning: checking for a newer vulnerability DB failed; the one kept from an earlier run is used: %v\n", err)
 	}
 	// The Java DB, as the controller has it, but loaded only once an image has Java archives:
 	// the kept one when its repository still has it, else downloaded (--java-db-path: as it is).
@@ -234,26 +246,74 @@ func scanImage(ctx context.Context, opts *scanOptions, stderr io.Writer) (*scanR
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = javaDB.Close() }()
 	s, err := scanner.New(scanner.Options{CacheDir: opts.CacheDir, Timeout: opts.Timeout, Limits: opts.Limits.Image,
-		LayerCacheMaxBytes: opts.LayerCacheMaxBytes, JavaDB: javaDB}, client, db)
+		LayerCacheMaxBytes: opts.LayerCacheMaxBytes, JavaDB: javaDB}, client, vulnDB)
 	if err != nil {
+		_ = javaDB.Close()
 		return nil, err
 	}
 	repository := imageref.CanonicalRepository(ref.Context().RegistryStr(), ref.Context().RepositoryStr())
-	imageRef := scanner.ImageRef{Repository: repository, Digest: digest, Platform: opts.Platform, Keychain: keychain}
-	_, res, err := s.Scan(ctx, imageRef)
+	return &imageSession{scanner: s, repository: repository, javaDB: javaDB, stderr: stderr,
+		ref: scanner.ImageRef{Repository: repository, Digest: digest, Platform: opts.Platform, Keychain: keychain}}, nil
+}
+
+func (s *imageSession) close() { _ = s.javaDB.Close() }
+
+// withJavaDB runs analyse, and again with the Java DB loaded when the image has Java archives
+// (analysed again then, with them); it warns when no Java DB can be had.
+func (s *imageSession) withJavaDB(ctx context.Context, analyse func() (javaArchives int, err error)) error {
+	jars, err := analyse()
+	if err != nil || jars == 0 {
+		return err
+	}
+	if jerr := s.javaDB.Open(ctx); jerr != nil {
+		fmt.Fprintf(s.stderr, "imageguard: warning: the Java DB could not be loaded: %v\n", jerr)
+		return nil
+	}
+	_, err = analyse()
+	return err
+}
+
+func scanImage(ctx context.Context, opts *scanOptions, stderr io.Writer) (*scanReport, error) {
+	session, err := openImage(ctx, &opts.imageOptions, func(client *registry.Client, keychain authn.Keychain) (scanner.DB, error) {
+		db, err := vulndb.New(vulndb.Options{
+			Repositories: opts.DB.Repositories,
+			LocalPath:    opts.DB.Path,
+			CacheDir:     opts.CacheDir,
+			Registry:     client,
+			Keychain:     keychain,
+			MaxBytes:     opts.Limits.DBBytes,
+			Log:          logr.Discard(),
+		})
+		if err != nil {
+			return nil, err
+		}
+		// The DB a previous run kept is reused when the repository still has it (one manifest
+		// request); a local DB's identity is kept beside it, so it is not hashed at every run.
+		if err := db.Open(ctx); err != nil {
+			return nil, fmt.Errorf("loading the vulnerability DB: %w", err)
+		}
+		if err := db.LastError(); err != nil {
+			fmt.Fprintf(stderr, "imageguard scan: warning: checking for a newer vulnerability DB failed; the one kept from an earlier run is used: %v\n", err)
+		}
+		return db, nil
+	}, stderr)
 	if err != nil {
 		return nil, err
 	}
-	if res.JavaArchives > 0 {
-		if jerr := javaDB.Open(ctx); jerr != nil {
-			fmt.Fprintf(stderr, "imageguard scan: warning: the Java DB could not be loaded: %v\n", jerr)
-		} else if _, res, err = s.Scan(ctx, imageRef); err != nil {
-			// Analysed again, with its Java archives.
-			return nil, err
+	defer session.close()
+	var res *scanner.Result
+	err = session.withJavaDB(ctx, func() (int, error) {
+		var err error
+		if _, res, err = session.scanner.Scan(ctx, session.ref); err != nil {
+			return 0, err
 		}
+		return res.JavaArchives, nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	s, digest, repository := session.scanner, session.ref.Digest, session.repository
 	report := &scanReport{
 		Image: repository, Digest: digest, Platform: res.Platform, OS: res.OS, Scanner: "Trivy " + s.Version(),
 		DB:                      scanDB{UpdatedAt: res.DB.UpdatedAt, Digest: res.DB.Digest},

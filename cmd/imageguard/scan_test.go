@@ -139,6 +139,61 @@ func TestScanCommandAnalysesJavaArchives(t *testing.T) {
 	g.Expect(stderr).To(And(ContainSubstring("the Java DB could not be loaded"), ContainSubstring("1 Java archives")))
 }
 
+// `imageguard sbom` after `imageguard scan` of the same image writes its SBOM from the inventory
+// the scan kept: no blob is read again, and the SBOM lists the image's OS and npm packages.
+func TestSBOMCommandReadsTheKeptInventory(t *testing.T) {
+	g := NewWithT(t)
+	reg := testutil.NewRegistry(t)
+	base, err := testutil.DebianImage("12.11", []testutil.DebPackage{
+		{Name: "libssl3", Version: "3.0.15-1~deb12u1", Source: "openssl"},
+		{Name: "zlib1g", Version: "1:1.2.13.dfsg-1", Source: "zlib"},
+	})
+	g.Expect(err).NotTo(HaveOccurred())
+	layers, err := base.Layers()
+	g.Expect(err).NotTo(HaveOccurred())
+	img, err := testutil.NPMImage(layers, []testutil.NPMPackage{{Name: "lodash", Version: "4.17.20"}})
+	g.Expect(err).NotTo(HaveOccurred())
+	ref, digest := reg.Push(t, "team/web", "1.0", img)
+	spec, err := testutil.ParseAdvisories([]byte(scanAdvisories))
+	g.Expect(err).NotTo(HaveOccurred())
+	dbDir := t.TempDir()
+	g.Expect(testutil.BuildDB(dbDir, spec)).To(Succeed())
+	cache := t.TempDir()
+
+	var stdout, stderr bytes.Buffer
+	g.Expect(run([]string{"scan", ref, "--db-path", filepath.Join(dbDir, "db"), "--insecure-registries", reg.Host(),
+		"--cache-dir", cache, "-o", "json"}, &stdout, &stderr)).To(Equal(0), stderr.String())
+	reg.ResetCounts()
+	stdout.Reset()
+	g.Expect(run([]string{"sbom", ref, "-o", "cyclonedx", "--insecure-registries", reg.Host(), "--cache-dir", cache},
+		&stdout, &stderr)).To(Equal(0), stderr.String())
+	g.Expect(reg.Counts().BlobGETs).To(BeZero(), "the kept inventory is used: no second analysis")
+	var bom struct {
+		BOMFormat string `json:"bomFormat"`
+		Metadata  struct {
+			Component struct {
+				PURL string `json:"purl"`
+			} `json:"component"`
+		} `json:"metadata"`
+		Components []struct {
+			PURL string `json:"purl"`
+		} `json:"components"`
+	}
+	g.Expect(json.Unmarshal(stdout.Bytes(), &bom)).To(Succeed(), stdout.String())
+	g.Expect(bom.BOMFormat).To(Equal("CycloneDX"))
+	g.Expect(bom.Metadata.Component.PURL).To(ContainSubstring("@" + digest.String()))
+	g.Expect(bom.Components).To(ContainElements(
+		HaveField("PURL", "pkg:deb/debian/libssl3@3.0.15-1~deb12u1?arch=amd64&distro=debian-12.11"),
+		HaveField("PURL", "pkg:npm/lodash@4.17.20")))
+
+	// Without a kept inventory it analyses the image itself; SPDX, tag-value.
+	stdout.Reset()
+	g.Expect(run([]string{"sbom", ref, "-o", "spdx", "--insecure-registries", reg.Host(), "--cache-dir", t.TempDir()},
+		&stdout, &stderr)).To(Equal(0), stderr.String())
+	g.Expect(stdout.String()).To(HavePrefix("SPDXVersion: SPDX-2."))
+	g.Expect(stdout.String()).To(ContainSubstring("PackageName: lodash"))
+}
+
 func TestScanCommandErrors(t *testing.T) {
 	tests := map[string]struct {
 		args     []string
@@ -148,6 +203,10 @@ func TestScanCommandErrors(t *testing.T) {
 		"no image":          {args: []string{"scan"}, wantCode: 2, wantErr: "exactly one image"},
 		"a bad format":      {args: []string{"scan", "x", "-o", "xml"}, wantCode: 2, wantErr: `unknown output format "xml"`},
 		"a malformed image": {args: []string{"scan", "UPPER/Case::", "--db-path", "/nonexistent"}, wantCode: 1, wantErr: "malformed image reference"},
+		"sbom, no image":    {args: []string{"sbom"}, wantCode: 2, wantErr: "sbom takes exactly one image"},
+		"sbom, a bad format": {args: []string{"sbom", "x", "-o", "json"}, wantCode: 2,
+			wantErr: `unknown SBOM format "json": use cyclonedx, spdx-json, spdx`},
+		"sbom, a malformed image": {args: []string{"sbom", "UPPER/Case::"}, wantCode: 1, wantErr: "malformed image reference"},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

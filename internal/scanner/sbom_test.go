@@ -1,0 +1,169 @@
+package scanner_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	cdx "github.com/CycloneDX/cyclonedx-go"
+	trivydb "github.com/aquasecurity/trivy-db/pkg/db"
+	"github.com/aquasecurity/trivy/pkg/cache"
+	"github.com/aquasecurity/trivy/pkg/fanal/applier"
+	"github.com/aquasecurity/trivy/pkg/fanal/artifact"
+	imageartifact "github.com/aquasecurity/trivy/pkg/fanal/artifact/image"
+	"github.com/aquasecurity/trivy/pkg/fanal/image"
+	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
+	"github.com/aquasecurity/trivy/pkg/sbom/cyclonedx"
+	"github.com/aquasecurity/trivy/pkg/scan/langpkg"
+	"github.com/aquasecurity/trivy/pkg/scan/local"
+	"github.com/aquasecurity/trivy/pkg/scan/ospkg"
+	"github.com/aquasecurity/trivy/pkg/types"
+	"github.com/aquasecurity/trivy/pkg/vulnerability"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	. "github.com/onsi/gomega"
+
+	"github.com/imageguard/imageguard/internal/scanner"
+	"github.com/imageguard/imageguard/internal/testutil"
+)
+
+// trivyImageSBOM is Trivy's own CycloneDX SBOM of ref, as `trivy image --format cyclonedx` makes
+// it: Trivy's remote image and analyzers, Service.Scan with the SBOM scanner, its marshaler.
+func trivyImageSBOM(ctx context.Context, t *testing.T, ref string) *cdx.BOM {
+	t.Helper()
+	img, cleanup, err := image.NewContainerImage(ctx, ref, ftypes.ImageOptions{
+		RegistryOptions: ftypes.RegistryOptions{Insecure: true},
+		ImageSources:    ftypes.ImageSources{ftypes.RemoteImageSource},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cleanup()
+	blobs := cache.NewMemoryCache()
+	art, err := imageartifact.NewArtifact(img, blobs, artifact.Option{DisabledAnalyzers: trivyCLIDisabledAnalyzers(), NoProgress: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	artRef, err := art.Inspect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := local.NewService(applier.NewApplier(blobs), ospkg.NewScanner(), langpkg.NewScanner(), vulnerability.NewClient(trivydb.Config{}))
+	resp, err := svc.Scan(ctx, artRef.Name, artRef.ID, artRef.BlobIDs, types.ScanOptions{
+		PkgTypes: []string{types.PkgTypeOS, types.PkgTypeLibrary}, PkgRelationships: ftypes.Relationships,
+		Scanners: types.Scanners{types.SBOMScanner},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	report := types.Report{
+		SchemaVersion: 2, ArtifactName: artRef.Name, ArtifactType: artRef.Type, Results: resp.Results,
+		Metadata: types.Metadata{OS: &resp.OS, ImageID: artRef.ImageMetadata.ID, DiffIDs: artRef.ImageMetadata.DiffIDs,
+			RepoTags: artRef.ImageMetadata.RepoTags, RepoDigests: artRef.ImageMetadata.RepoDigests},
+	}
+	marshaler := cyclonedx.NewMarshaler(scanner.TrivyVersion())
+	bom, err := marshaler.MarshalReport(ctx, report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bom
+}
+
+// sbomPackages is what an SBOM says of the image's packages: each component but the image's own,
+// named by its PURL (or type, name and version), with its properties; and which component
+// depends on which, by the same names ("image" for the image's own).
+func sbomPackages(bom *cdx.BOM) (components []string, dependencies []string) {
+	names := map[string]string{bom.Metadata.Component.BOMRef: "image"}
+	for _, c := range *bom.Components {
+		id := c.PackageURL
+		if id == "" {
+			id = fmt.Sprintf("%s %s %s", c.Type, c.Name, c.Version)
+		}
+		names[c.BOMRef] = id
+		var props []string
+		if c.Properties != nil {
+			for _, p := range *c.Properties {
+				props = append(props, p.Name+"="+p.Value)
+			}
+		}
+		slices.Sort(props)
+		components = append(components, fmt.Sprintf("%s [%s %s %s %s] %s", id, c.Type, c.Group, c.Name, c.Version, strings.Join(props, ",")))
+	}
+	if bom.Dependencies != nil {
+		for _, d := range *bom.Dependencies {
+			var on []string
+			if d.Dependencies != nil {
+				for _, ref := range *d.Dependencies {
+					on = append(on, names[ref])
+				}
+			}
+			slices.Sort(on)
+			dependencies = append(dependencies, names[d.Ref]+" -> "+strings.Join(on, " "))
+		}
+	}
+	slices.Sort(components)
+	slices.Sort(dependencies)
+	return components, dependencies
+}
+
+// The SBOM written from a kept inventory lists the packages Trivy's own `trivy image --format
+// cyclonedx` lists for the same image, with the same PURLs, properties and relationships; the
+// SPDX forms are written by Trivy's SPDX writer. Nothing is pulled for it.
+func TestSBOMEqualsTrivyImage(t *testing.T) {
+	f := newFixture(t)
+	images := map[string]func(testing.TB) v1.Image{
+		"alpine": alpineImage, "debian": debianImage, "npm": npmImage,
+		"go": func(t testing.TB) v1.Image { return testutil.GoBinaryImage(t, testutil.DefaultGoModules) },
+	}
+	for name, build := range images {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			ctx := testContext(t)
+			tagged, digest := f.reg.Push(t, "sbom/"+name, "1.0", build(t))
+			want := trivyImageSBOM(ctx, t, tagged)
+			wantComponents, wantDeps := sbomPackages(want)
+			g.Expect(len(wantComponents)).To(BeNumerically(">=", 2), "the fixture must list packages for the comparison to mean anything")
+
+			inv, _, err := f.scanner.Inventory(ctx, scanner.ImageRef{Repository: f.reg.Host() + "/sbom/" + name, Digest: digest.String()})
+			g.Expect(err).NotTo(HaveOccurred())
+			f.reg.ResetCounts()
+			var out bytes.Buffer
+			g.Expect(scanner.WriteSBOM(ctx, &out, inv, "cyclonedx")).To(Succeed())
+			var got cdx.BOM
+			g.Expect(cdx.NewBOMDecoder(bytes.NewReader(out.Bytes()), cdx.BOMFileFormatJSON).Decode(&got)).To(Succeed())
+			gotComponents, gotDeps := sbomPackages(&got)
+			g.Expect(gotComponents).To(Equal(wantComponents))
+			g.Expect(gotDeps).To(Equal(wantDeps))
+			g.Expect(got.Metadata.Component.Type).To(Equal(cdx.ComponentTypeContainer))
+			g.Expect(got.Metadata.Component.PackageURL).To(HavePrefix("pkg:oci/"), "the image is named by its digest, as VEX documents refer to it")
+			g.Expect(got.Metadata.Component.PackageURL).To(ContainSubstring("@" + digest.String()))
+
+			out.Reset()
+			g.Expect(scanner.WriteSBOM(ctx, &out, inv, "spdx-json")).To(Succeed())
+			var spdx struct {
+				SPDXVersion string `json:"spdxVersion"`
+				Packages    []struct {
+					Name        string `json:"name"`
+					VersionInfo string `json:"versionInfo"`
+				} `json:"packages"`
+			}
+			g.Expect(json.Unmarshal(out.Bytes(), &spdx)).To(Succeed())
+			g.Expect(spdx.SPDXVersion).To(HavePrefix("SPDX-2."))
+			for _, c := range *got.Components {
+				if c.Type == cdx.ComponentTypeLibrary {
+					g.Expect(spdx.Packages).To(ContainElement(And(
+						HaveField("Name", c.Name), HaveField("VersionInfo", c.Version))), c.Name)
+				}
+			}
+			out.Reset()
+			g.Expect(scanner.WriteSBOM(ctx, &out, inv, "spdx")).To(Succeed())
+			g.Expect(out.String()).To(HavePrefix("SPDXVersion: SPDX-2."))
+			g.Expect(f.reg.Counts().Requests).To(BeZero(), "an SBOM from a kept inventory reads no registry")
+
+			g.Expect(scanner.WriteSBOM(ctx, &out, inv, "xml")).To(MatchError(ContainSubstring(`unknown SBOM format "xml"`)))
+		})
+	}
+}
