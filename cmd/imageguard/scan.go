@@ -129,6 +129,8 @@ type scanOptions struct {
 	imageOptions
 	DB     dbOptions
 	Output string
+	// VEX are VEX documents (OpenVEX, CSAF) applied to the findings.
+	VEX []string
 }
 
 func defaultCacheDir() string {
@@ -148,6 +150,8 @@ func parseScanFlags(args []string, output io.Writer) (*scanOptions, error) {
 	}
 	opts.DB.bindFlags(fs)
 	fs.StringVarP(&opts.Output, "output", "o", "table", "Output format: table or json.")
+	fs.StringSliceVar(&opts.VEX, "vex", nil,
+		"VEX documents (OpenVEX or CSAF JSON files, comma list or repeated) whose not_affected and fixed statements remove findings, as trivy image --vex does; what they remove is listed as suppressed.")
 	opts.bindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -194,6 +198,9 @@ type scanReport struct {
 	DB              scanDB            `json:"vulnerabilityDB"`
 	Summary         map[string]int    `json:"summary"`
 	Vulnerabilities []scanner.Finding `json:"vulnerabilities"`
+	// Suppressed are the findings --vex documents removed; Summary and Vulnerabilities count
+	// only what still applies.
+	Suppressed []scanner.Suppressed `json:"suppressed,omitempty"`
 	// JavaArchivesNotAnalysed counts the jar, war, ear and par files whose packages are not in the
 	// findings: no Java DB could be loaded.
 	JavaArchivesNotAnalysed int `json:"javaArchivesNotAnalysed,omitempty"`
@@ -305,7 +312,11 @@ func scanImage(ctx context.Context, opts *scanOptions, stderr io.Writer) (*scanR
 	var res *scanner.Result
 	err = session.withJavaDB(ctx, func() (int, error) {
 		var err error
-		if _, res, err = session.scanner.Scan(ctx, session.ref); err != nil {
+		inv, _, err := session.scanner.Inventory(ctx, session.ref)
+		if err != nil {
+			return 0, err
+		}
+		if res, err = session.scanner.MatchVEX(ctx, inv, opts.VEX); err != nil {
 			return 0, err
 		}
 		return res.JavaArchives, nil
@@ -319,6 +330,7 @@ func scanImage(ctx context.Context, opts *scanOptions, stderr io.Writer) (*scanR
 		DB:                      scanDB{UpdatedAt: res.DB.UpdatedAt, Digest: res.DB.Digest},
 		Summary:                 map[string]int{},
 		Vulnerabilities:         res.Findings,
+		Suppressed:              res.Suppressed,
 		JavaArchivesNotAnalysed: res.JavaArchives,
 	}
 	if res.JavaArchives > 0 {
@@ -349,6 +361,18 @@ func printReport(w io.Writer, format string, r *scanReport) error {
 	fmt.Fprintln(tw, "ID\tPACKAGE\tINSTALLED\tFIXED\tSEVERITY\tTARGET")
 	for _, f := range r.Vulnerabilities {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.ID, f.Package, f.InstalledVersion, f.FixedVersion, f.Severity, f.Target)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(r.Suppressed) == 0 {
+		return nil
+	}
+	fmt.Fprintf(w, "\nSuppressed by VEX: %d\n\n", len(r.Suppressed))
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tPACKAGE\tINSTALLED\tSTATUS\tJUSTIFICATION\tSOURCE")
+	for _, s := range r.Suppressed {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Package, s.InstalledVersion, s.Status, s.Justification, s.Source)
 	}
 	return tw.Flush()
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -192,6 +193,49 @@ func TestSBOMCommandReadsTheKeptInventory(t *testing.T) {
 		&stdout, &stderr)).To(Equal(0), stderr.String())
 	g.Expect(stdout.String()).To(HavePrefix("SPDXVersion: SPDX-2."))
 	g.Expect(stdout.String()).To(ContainSubstring("PackageName: lodash"))
+}
+
+// `imageguard scan --vex` removes the findings an OpenVEX statement says do not affect the image,
+// lists them as suppressed, and counts only what still applies; a document that is no VEX fails.
+func TestScanCommandAppliesVEX(t *testing.T) {
+	g := NewWithT(t)
+	reg := testutil.NewRegistry(t)
+	img, err := testutil.DebianImage("12.11", []testutil.DebPackage{
+		{Name: "libssl3", Version: "3.0.15-1~deb12u1", Source: "openssl"},
+		{Name: "zlib1g", Version: "1:1.2.13.dfsg-1", Source: "zlib"},
+	})
+	g.Expect(err).NotTo(HaveOccurred())
+	ref, digest := reg.Push(t, "team/app", "1.0", img)
+	spec, err := testutil.ParseAdvisories([]byte(scanAdvisories))
+	g.Expect(err).NotTo(HaveOccurred())
+	dbDir := t.TempDir()
+	g.Expect(testutil.BuildDB(dbDir, spec)).To(Succeed())
+	doc := filepath.Join(t.TempDir(), "app.openvex.json")
+	g.Expect(os.WriteFile(doc, []byte(`{"@context": "https://openvex.dev/ns/v0.2.0", "@id": "https://example.com/vex/1",
+  "author": "team", "timestamp": "2026-11-01T00:00:00Z", "version": 1,
+  "statements": [{"vulnerability": {"name": "CVE-2026-2001"}, "products": [{"@id": "pkg:oci/app@`+digest.String()+`"}],
+    "status": "not_affected", "justification": "vulnerable_code_not_in_execute_path"}]}`), 0o600)).To(Succeed())
+	args := []string{"scan", ref, "--db-path", filepath.Join(dbDir, "db"), "--insecure-registries", reg.Host(), "--cache-dir", t.TempDir(), "--vex", doc}
+
+	var stdout, stderr bytes.Buffer
+	g.Expect(run(append(args, "-o", "json"), &stdout, &stderr)).To(Equal(0), stderr.String())
+	var printed scanReport
+	g.Expect(json.Unmarshal(stdout.Bytes(), &printed)).To(Succeed())
+	g.Expect(printed.Summary).To(Equal(map[string]int{"low": 1}))
+	g.Expect(printed.Vulnerabilities).To(ConsistOf(HaveField("ID", "CVE-2026-2002")))
+	g.Expect(printed.Suppressed).To(ConsistOf(scanner.Suppressed{ID: "CVE-2026-2001", Package: "libssl3",
+		InstalledVersion: "3.0.15-1~deb12u1", Severity: "HIGH", Target: printed.Vulnerabilities[0].Target,
+		Status: "not_affected", Justification: "vulnerable_code_not_in_execute_path", Source: doc}))
+
+	stdout.Reset()
+	g.Expect(run(args, &stdout, &stderr)).To(Equal(0), stderr.String())
+	g.Expect(stdout.String()).To(ContainSubstring("Total: 1 (CRITICAL: 0, HIGH: 0, MEDIUM: 0, LOW: 1, UNKNOWN: 0)"))
+	g.Expect(stdout.String()).To(MatchRegexp(`Suppressed by VEX: 1\n\nID\s+PACKAGE.*\nCVE-2026-2001\s+libssl3\s+3.0.15-1~deb12u1\s+not_affected\s+vulnerable_code_not_in_execute_path`))
+
+	g.Expect(os.WriteFile(doc, []byte(`{"not": "vex"}`), 0o600)).To(Succeed())
+	stderr.Reset()
+	g.Expect(run(args, &stdout, &stderr)).To(Equal(1))
+	g.Expect(stderr.String()).To(ContainSubstring("applying VEX"))
 }
 
 func TestScanCommandErrors(t *testing.T) {

@@ -69,7 +69,9 @@ type Result struct {
 	JavaArchives int       `json:"javaArchives,omitempty"`
 	OS           OS        `json:"os"`
 	Findings     []Finding `json:"findings"`
-	DB           DBInfo    `json:"-"`
+	// Suppressed are the findings VEX statements removed from Findings (MatchVEX).
+	Suppressed []Suppressed `json:"suppressed,omitempty"`
+	DB         DBInfo       `json:"-"`
 }
 
 // matcher runs Trivy's own detection over kept inventories.
@@ -106,12 +108,20 @@ var scanOptions = types.ScanOptions{
 var filterSeverities = Severities
 
 // match detects the vulnerabilities of inv with the DB as it is; the caller holds the DB still.
-func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo) (*Result, error) {
+func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo, vexFiles []string) (*Result, error) {
 	m.memo.use(db.Digest)
-	// The candidates are copies: ScanTarget filters the slices it is given in place.
-	pkgs, apps, err := m.index.candidates(db.Digest, inv)
-	if err != nil {
-		return nil, fmt.Errorf("reading the vulnerability DB: %w", err)
+	// The candidates are copies: ScanTarget filters the slices it is given in place. VEX is
+	// applied on the SBOM of every package, as Trivy's is (a statement may name a package
+	// without advisories as the product), so then every package is a candidate.
+	var pkgs ftypes.Packages
+	var apps []ftypes.Application
+	if len(vexFiles) == 0 {
+		var err error
+		if pkgs, apps, err = m.index.candidates(db.Digest, inv); err != nil {
+			return nil, fmt.Errorf("reading the vulnerability DB: %w", err)
+		}
+	} else {
+		pkgs, apps = inventoryCopies(inv)
 	}
 	target := types.ScanTarget{
 		Name:         inv.Repository + "@" + inv.Digest,
@@ -130,6 +140,21 @@ func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo) (*Result
 	for i := range results {
 		kept[i] = filterVulnerabilities(results[i].Vulnerabilities)
 		n += len(kept[i])
+	}
+	if len(vexFiles) > 0 {
+		suppressed, err := applyVEX(ctx, inv, detectedOS, results, kept, vexFiles)
+		if err != nil {
+			return nil, err
+		}
+		res.Suppressed = suppressed
+		n = 0
+		for i := range results {
+			kept[i] = make([]int, len(results[i].Vulnerabilities))
+			for j := range kept[i] {
+				kept[i][j] = j
+			}
+			n += len(kept[i])
+		}
 	}
 	res.Findings = make([]Finding, 0, n)
 	for i, r := range results {

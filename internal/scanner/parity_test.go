@@ -20,6 +20,7 @@ import (
 	"github.com/aquasecurity/trivy/pkg/scan/local"
 	"github.com/aquasecurity/trivy/pkg/scan/ospkg"
 	"github.com/aquasecurity/trivy/pkg/types"
+	"github.com/aquasecurity/trivy/pkg/vex"
 	"github.com/aquasecurity/trivy/pkg/vulnerability"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	. "github.com/onsi/gomega"
@@ -138,6 +139,13 @@ func TestFindingsEqualTrivyImage(t *testing.T) {
 // result filter, on copies of the inventory. Every field of a finding is kept.
 func trivyScanTarget(ctx context.Context, t *testing.T, f *fixture, inv *scanner.Inventory) []scanner.Finding {
 	t.Helper()
+	return trivyScanTargetVEX(ctx, t, f, inv, nil)
+}
+
+// trivyScanTargetVEX is trivyScanTarget with Trivy's VEX filter over vexFiles, as `trivy image
+// --vex` runs it (result.Filter's VEX sources, on the report of the image).
+func trivyScanTargetVEX(ctx context.Context, t *testing.T, f *fixture, inv *scanner.Inventory, vexFiles []string) []scanner.Finding {
+	t.Helper()
 	svc := local.NewService(nil, ospkg.NewScanner(), langpkg.NewScanner(), vulnerability.NewClient(trivydb.Config{}))
 	apps := make([]ftypes.Application, len(inv.Applications))
 	for i, app := range inv.Applications {
@@ -153,11 +161,20 @@ func trivyScanTarget(ctx context.Context, t *testing.T, f *fixture, inv *scanner
 	}
 	var findings []scanner.Finding
 	err := f.db.View(func(scanner.DBInfo) error {
-		results, _, err := svc.ScanTarget(ctx, target, cliScanOptions)
+		results, detectedOS, err := svc.ScanTarget(ctx, target, cliScanOptions)
 		if err != nil {
 			return err
 		}
-		if err := result.Filter(ctx, types.Report{Results: results}, cliFilterOptions); err != nil {
+		report := types.Report{Results: results, ArtifactName: target.Name, ArtifactType: ftypes.TypeContainerImage,
+			Metadata: types.Metadata{RepoDigests: []string{target.Name}}}
+		if detectedOS.Detected() {
+			report.Metadata.OS = &detectedOS
+		}
+		opts := cliFilterOptions
+		for _, file := range vexFiles {
+			opts.VEXSources = append(opts.VEXSources, vex.Source{Type: vex.TypeFile, FilePath: file})
+		}
+		if err := result.Filter(ctx, report, opts); err != nil {
 			return err
 		}
 		for _, r := range results {

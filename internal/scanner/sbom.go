@@ -35,17 +35,13 @@ func WriteSBOM(ctx context.Context, w io.Writer, inv *Inventory, format string) 
 	if !slices.Contains(SBOMFormats, format) {
 		return fmt.Errorf("unknown SBOM format %q: use one of %v", format, SBOMFormats)
 	}
-	apps := make([]ftypes.Application, len(inv.Applications))
-	for i, app := range inv.Applications {
-		app.Packages = slices.Clone(app.Packages)
-		apps[i] = app
-	}
+	pkgs, apps := inventoryCopies(inv)
 	name := inv.Repository + "@" + inv.Digest
 	target := types.ScanTarget{
 		Name:         name,
 		OS:           inv.OS,
 		Repository:   inv.PkgRepository,
-		Packages:     slices.Clone(inv.Packages),
+		Packages:     pkgs,
 		Applications: apps,
 	}
 	// The SBOM scanner alone: packages, no detection, so the DB handle is never read.

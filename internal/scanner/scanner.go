@@ -745,16 +745,7 @@ func (s *Scanner) Stop() { s.marks.forgetInFlight() }
 
 // Match matches inv against the current DB; it makes no registry request.
 func (s *Scanner) Match(ctx context.Context, inv *Inventory) (*Result, error) {
-	var res *Result
-	err := s.db.View(func(info DBInfo) error {
-		var err error
-		res, err = s.matcher.match(ctx, inv, info)
-		if res != nil {
-			res.DB = info
-		}
-		return err
-	})
-	return res, err
+	return s.MatchVEX(ctx, inv, nil)
 }
 
 // Scan returns ref's findings against the current DB, analysing the image only if no inventory
