@@ -93,7 +93,9 @@ func writeSBOM(ctx context.Context, opts *sbomOptions, stdout, stderr io.Writer)
 		return err
 	}
 	if inv.JavaArchives > 0 {
-		fmt.Fprintf(stderr, "imageguard sbom: warning: %d Java archives (jar, war, ear, par) were not analysed (no Java DB: --java-db-repository, --java-db-path); their packages are not in the SBOM\n", inv.JavaArchives)
+		// An SBOM has no field to say it lacks packages: none is written rather than one that
+		// silently does.
+		return fmt.Errorf("%d Java archives (jar, war, ear, par) could not be analysed without a Java DB (--java-db-repository, --java-db-path); no SBOM is written without their packages", inv.JavaArchives)
 	}
-	return scanner.WriteSBOM(ctx, stdout, inv, opts.Output)
+	return scanner.WriteSBOM(ctx, stdout, inv, session.name, opts.Output)
 }

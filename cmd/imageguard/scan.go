@@ -12,6 +12,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/go-logr/logr"
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -162,6 +163,10 @@ func parseScanFlags(args []string, output io.Writer) (*scanOptions, error) {
 	if opts.Output != "table" && opts.Output != "json" {
 		return nil, fmt.Errorf("unknown output format %q: use table or json", opts.Output)
 	}
+	// Checked before the DB is loaded and the image analysed.
+	if err := scanner.CheckVEXFiles(opts.VEX); err != nil {
+		return nil, fmt.Errorf("--vex: %w", err)
+	}
 	return opts, nil
 }
 
@@ -217,8 +222,12 @@ type imageSession struct {
 	scanner    *scanner.Scanner
 	ref        scanner.ImageRef
 	repository string
-	javaDB     *vulndb.Manager
-	stderr     io.Writer
+	// name is the image as Trivy names it in reports (and so in PURLs, which VEX documents
+	// match): the repository as the user spelled it, normalised as go-containerregistry does,
+	// and the digest the user's reference resolved to (an index's, when it names an index).
+	name   scanner.ImageName
+	javaDB *vulndb.Manager
+	stderr io.Writer
 }
 
 // openImage resolves opts.Image to its digest and opens a scanner over db.
@@ -261,7 +270,8 @@ func openImage(ctx context.Context, opts *imageOptions, db func(*registry.Client
 	}
 	repository := imageref.CanonicalRepository(ref.Context().RegistryStr(), ref.Context().RepositoryStr())
 	return &imageSession{scanner: s, repository: repository, javaDB: javaDB, stderr: stderr,
-		ref: scanner.ImageRef{Repository: repository, Digest: digest, Platform: opts.Platform, Keychain: keychain}}, nil
+		name: scanner.ImageName{Repository: ref.Context().Name(), Digest: digest},
+		ref:  scanner.ImageRef{Repository: repository, Digest: digest, Platform: opts.Platform, Keychain: keychain}}, nil
 }
 
 func (s *imageSession) close() { _ = s.javaDB.Close() }
@@ -316,7 +326,7 @@ func scanImage(ctx context.Context, opts *scanOptions, stderr io.Writer) (*scanR
 		if err != nil {
 			return 0, err
 		}
-		if res, err = session.scanner.MatchVEX(ctx, inv, opts.VEX); err != nil {
+		if res, err = session.scanner.MatchVEX(ctx, inv, scanner.VEXOptions{Files: opts.VEX, Image: session.name}); err != nil {
 			return 0, err
 		}
 		return res.JavaArchives, nil
@@ -343,6 +353,16 @@ func scanImage(ctx context.Context, opts *scanOptions, stderr io.Writer) (*scanR
 		report.Summary[strings.ToLower(f.Severity)]++
 	}
 	return report, nil
+}
+
+// printable replaces the control characters of s (tabs, new lines, escapes) with spaces.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
 }
 
 func printReport(w io.Writer, format string, r *scanReport) error {
@@ -372,7 +392,9 @@ func printReport(w io.Writer, format string, r *scanReport) error {
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tPACKAGE\tINSTALLED\tSTATUS\tJUSTIFICATION\tSOURCE")
 	for _, s := range r.Suppressed {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Package, s.InstalledVersion, s.Status, s.Justification, s.Source)
+		// A VEX document's words are its author's: no control character reaches the terminal.
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", printable(s.ID), printable(s.Package), printable(s.InstalledVersion),
+			printable(s.Status), printable(s.Justification), printable(s.Source))
 	}
 	return tw.Flush()
 }

@@ -108,14 +108,14 @@ var scanOptions = types.ScanOptions{
 var filterSeverities = Severities
 
 // match detects the vulnerabilities of inv with the DB as it is; the caller holds the DB still.
-func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo, vexFiles []string) (*Result, error) {
+func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo, vexOpts VEXOptions) (*Result, error) {
 	m.memo.use(db.Digest)
 	// The candidates are copies: ScanTarget filters the slices it is given in place. VEX is
 	// applied on the SBOM of every package, as Trivy's is (a statement may name a package
 	// without advisories as the product), so then every package is a candidate.
 	var pkgs ftypes.Packages
 	var apps []ftypes.Application
-	if len(vexFiles) == 0 {
+	if len(vexOpts.Files) == 0 {
 		var err error
 		if pkgs, apps, err = m.index.candidates(db.Digest, inv); err != nil {
 			return nil, fmt.Errorf("reading the vulnerability DB: %w", err)
@@ -141,8 +141,8 @@ func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo, vexFiles
 		kept[i] = filterVulnerabilities(results[i].Vulnerabilities)
 		n += len(kept[i])
 	}
-	if len(vexFiles) > 0 {
-		suppressed, err := applyVEX(ctx, inv, detectedOS, results, kept, vexFiles)
+	if len(vexOpts.Files) > 0 {
+		suppressed, err := applyVEX(ctx, inv, detectedOS, results, kept, vexOpts)
 		if err != nil {
 			return nil, err
 		}

@@ -29,9 +29,10 @@ var SBOMFormats = []string{"cyclonedx", "spdx-json", "spdx"}
 // SBOM writers: the report they are given is the one Trivy's scan builds for `trivy image
 // --format <format>` (its results made by Trivy's ScanTarget from the same packages, every
 // package listed, no vulnerabilities), so the components, their PURLs and their relationships are
-// Trivy's. No registry and no vulnerability DB is read. The image's config digest and layers are
-// not kept in an inventory, so the SBOM's image component is named by repository and digest only.
-func WriteSBOM(ctx context.Context, w io.Writer, inv *Inventory, format string) error {
+// Trivy's. No registry and no vulnerability DB is read. The image component is named as Trivy
+// names it (image: the repository and digest asked for; the architecture); its config digest and
+// layers are not kept in an inventory, so they are not in the SBOM.
+func WriteSBOM(ctx context.Context, w io.Writer, inv *Inventory, image ImageName, format string) error {
 	if !slices.Contains(SBOMFormats, format) {
 		return fmt.Errorf("unknown SBOM format %q: use one of %v", format, SBOMFormats)
 	}
@@ -54,17 +55,7 @@ func WriteSBOM(ctx context.Context, w io.Writer, inv *Inventory, format string) 
 	if err != nil {
 		return fmt.Errorf("listing the packages of %s: %w", name, err)
 	}
-	r := types.Report{
-		SchemaVersion: reportSchemaVersion,
-		Trivy:         types.TrivyInfo{Version: TrivyVersion()},
-		ArtifactName:  name,
-		ArtifactType:  ftypes.TypeContainerImage,
-		Metadata:      types.Metadata{RepoDigests: []string{name}},
-		Results:       results,
-	}
-	if detectedOS.Detected() {
-		r.Metadata.OS = &detectedOS
-	}
+	r := imageReport(inv, image, detectedOS, results)
 	var writer interface {
 		Write(context.Context, types.Report) error
 	}

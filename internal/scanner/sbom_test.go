@@ -23,6 +23,7 @@ import (
 	"github.com/aquasecurity/trivy/pkg/scan/ospkg"
 	"github.com/aquasecurity/trivy/pkg/types"
 	"github.com/aquasecurity/trivy/pkg/vulnerability"
+	gcrname "github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	. "github.com/onsi/gomega"
 
@@ -62,7 +63,7 @@ func trivyImageSBOM(ctx context.Context, t *testing.T, ref string) *cdx.BOM {
 	report := types.Report{
 		SchemaVersion: 2, ArtifactName: artRef.Name, ArtifactType: artRef.Type, Results: resp.Results,
 		Metadata: types.Metadata{OS: &resp.OS, ImageID: artRef.ImageMetadata.ID, DiffIDs: artRef.ImageMetadata.DiffIDs,
-			RepoTags: artRef.ImageMetadata.RepoTags, RepoDigests: artRef.ImageMetadata.RepoDigests},
+			RepoTags: artRef.ImageMetadata.RepoTags, RepoDigests: artRef.ImageMetadata.RepoDigests, ImageConfig: artRef.ImageMetadata.ConfigFile},
 	}
 	marshaler := cyclonedx.NewMarshaler(scanner.TrivyVersion())
 	bom, err := marshaler.MarshalReport(ctx, report)
@@ -129,20 +130,25 @@ func TestSBOMEqualsTrivyImage(t *testing.T) {
 
 			inv, _, err := f.scanner.Inventory(ctx, scanner.ImageRef{Repository: f.reg.Host() + "/sbom/" + name, Digest: digest.String()})
 			g.Expect(err).NotTo(HaveOccurred())
+			parsed, err := gcrname.ParseReference(tagged, gcrname.Insecure)
+			g.Expect(err).NotTo(HaveOccurred())
+			asked := scanner.ImageName{Repository: parsed.Context().Name(), Digest: digest.String()}
 			f.reg.ResetCounts()
 			var out bytes.Buffer
-			g.Expect(scanner.WriteSBOM(ctx, &out, inv, "cyclonedx")).To(Succeed())
+			g.Expect(scanner.WriteSBOM(ctx, &out, inv, asked, "cyclonedx")).To(Succeed())
 			var got cdx.BOM
 			g.Expect(cdx.NewBOMDecoder(bytes.NewReader(out.Bytes()), cdx.BOMFileFormatJSON).Decode(&got)).To(Succeed())
 			gotComponents, gotDeps := sbomPackages(&got)
 			g.Expect(gotComponents).To(Equal(wantComponents))
 			g.Expect(gotDeps).To(Equal(wantDeps))
 			g.Expect(got.Metadata.Component.Type).To(Equal(cdx.ComponentTypeContainer))
-			g.Expect(got.Metadata.Component.PackageURL).To(HavePrefix("pkg:oci/"), "the image is named by its digest, as VEX documents refer to it")
+			// The image is named as Trivy names it (digest, architecture, repository), as VEX
+			// documents refer to it.
+			g.Expect(got.Metadata.Component.PackageURL).To(Equal(want.Metadata.Component.PackageURL))
 			g.Expect(got.Metadata.Component.PackageURL).To(ContainSubstring("@" + digest.String()))
 
 			out.Reset()
-			g.Expect(scanner.WriteSBOM(ctx, &out, inv, "spdx-json")).To(Succeed())
+			g.Expect(scanner.WriteSBOM(ctx, &out, inv, asked, "spdx-json")).To(Succeed())
 			var spdx struct {
 				SPDXVersion string `json:"spdxVersion"`
 				Packages    []struct {
@@ -159,11 +165,11 @@ func TestSBOMEqualsTrivyImage(t *testing.T) {
 				}
 			}
 			out.Reset()
-			g.Expect(scanner.WriteSBOM(ctx, &out, inv, "spdx")).To(Succeed())
+			g.Expect(scanner.WriteSBOM(ctx, &out, inv, asked, "spdx")).To(Succeed())
 			g.Expect(out.String()).To(HavePrefix("SPDXVersion: SPDX-2."))
 			g.Expect(f.reg.Counts().Requests).To(BeZero(), "an SBOM from a kept inventory reads no registry")
 
-			g.Expect(scanner.WriteSBOM(ctx, &out, inv, "xml")).To(MatchError(ContainSubstring(`unknown SBOM format "xml"`)))
+			g.Expect(scanner.WriteSBOM(ctx, &out, inv, asked, "xml")).To(MatchError(ContainSubstring(`unknown SBOM format "xml"`)))
 		})
 	}
 }

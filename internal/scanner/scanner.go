@@ -745,7 +745,7 @@ func (s *Scanner) Stop() { s.marks.forgetInFlight() }
 
 // Match matches inv against the current DB; it makes no registry request.
 func (s *Scanner) Match(ctx context.Context, inv *Inventory) (*Result, error) {
-	return s.MatchVEX(ctx, inv, nil)
+	return s.MatchVEX(ctx, inv, VEXOptions{})
 }
 
 // Scan returns ref's findings against the current DB, analysing the image only if no inventory

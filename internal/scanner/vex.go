@@ -3,7 +3,11 @@ package scanner
 import (
 	"cmp"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"os"
 	"slices"
 	"strings"
 
@@ -28,18 +32,69 @@ type Suppressed struct {
 	Source string `json:"source"`
 }
 
+// ImageName names an image as Trivy's reports name it, which makes its pkg:oci PURL (the
+// product VEX statements name): the repository as it was asked for, and the digest asked for (an
+// index's digest when an index was asked for); the architecture comes from the inventory.
+type ImageName struct {
+	Repository string
+	Digest     string
+}
+
+// imageReport is the report Trivy's scan of the image named makes of results: its name, type and
+// metadata as `trivy image` sets them (the repository digest and the config's architecture, from
+// which the image's PURL is made).
+func imageReport(inv *Inventory, name ImageName, detectedOS ftypes.OS, results types.Results) types.Report {
+	if name.Repository == "" {
+		name.Repository = inv.Repository
+	}
+	if name.Digest == "" {
+		name.Digest = inv.Digest
+	}
+	ref := name.Repository + "@" + name.Digest
+	report := types.Report{
+		SchemaVersion: reportSchemaVersion,
+		Trivy:         types.TrivyInfo{Version: TrivyVersion()},
+		ArtifactName:  ref,
+		ArtifactType:  ftypes.TypeContainerImage,
+		Metadata:      types.Metadata{RepoDigests: []string{ref}},
+		Results:       results,
+	}
+	if p, err := ParsePlatform(inv.Platform); err == nil {
+		report.Metadata.ImageConfig.Architecture = p.Architecture
+		report.Metadata.ImageConfig.OS = p.OS
+	}
+	if detectedOS.Detected() {
+		report.Metadata.OS = &detectedOS
+	}
+	return report
+}
+
+// VEXOptions are the VEX documents a match applies, and how the image is named in them.
+type VEXOptions struct {
+	// Files are OpenVEX or CSAF JSON documents, each a regular file of at most MaxVEXBytes.
+	Files []string
+	// Image is the image's name; empty: the inventory's repository and digest.
+	Image ImageName
+}
+
+// MaxVEXBytes bounds one VEX document: Trivy decodes it whole, up to three times.
+const MaxVEXBytes = 16 << 20
+
 // MatchVEX matches inv against the current DB as Match does, then removes the findings the VEX
-// documents in vexFiles (OpenVEX or CSAF, JSON) state not to affect the image: Trivy's own VEX
-// filter (pkg/vex, what `trivy image --vex FILE` runs), on the SBOM of every package of the image,
-// so that a statement applies exactly when it applies in Trivy: its vulnerability, and its product
-// (the image, pkg:oci/NAME@DIGEST, or a package) and subcomponents (PURLs). The removed findings
-// are in Result.Suppressed, with the statement's status, justification and source. It makes no
-// registry request.
-func (s *Scanner) MatchVEX(ctx context.Context, inv *Inventory, vexFiles []string) (*Result, error) {
+// documents state not to affect the image: Trivy's own VEX filter (pkg/vex, what `trivy image
+// --vex FILE` runs), on the SBOM of every package of the image, so that a statement applies
+// exactly when it applies in Trivy: its vulnerability, and its product (the image,
+// pkg:oci/NAME@DIGEST?arch=…&repository_url=…, or a package) and subcomponents (PURLs). The removed
+// findings are in Result.Suppressed, with the statement's status, justification and source. The
+// documents are checked (CheckVEXFiles) before the DB is held. It makes no registry request.
+func (s *Scanner) MatchVEX(ctx context.Context, inv *Inventory, opts VEXOptions) (*Result, error) {
+	if err := CheckVEXFiles(opts.Files); err != nil {
+		return nil, err
+	}
 	var res *Result
 	err := s.db.View(func(info DBInfo) error {
 		var err error
-		res, err = s.matcher.match(ctx, inv, info, vexFiles)
+		res, err = s.matcher.match(ctx, inv, info, opts)
 		if res != nil {
 			res.DB = info
 		}
@@ -61,7 +116,7 @@ func inventoryCopies(inv *Inventory) (ftypes.Packages, []ftypes.Application) {
 
 // applyVEX keeps, of each result's vulnerabilities, those kept by the filter (kept), then runs
 // Trivy's VEX filter over the report Trivy would have made of them, and returns what it removed.
-func applyVEX(ctx context.Context, inv *Inventory, detectedOS ftypes.OS, results types.Results, kept [][]int, vexFiles []string) ([]Suppressed, error) {
+func applyVEX(ctx context.Context, inv *Inventory, detectedOS ftypes.OS, results types.Results, kept [][]int, opts VEXOptions) (_ []Suppressed, err error) {
 	for i := range results {
 		vulns := make([]types.DetectedVulnerability, len(kept[i]))
 		for j, k := range kept[i] {
@@ -69,21 +124,21 @@ func applyVEX(ctx context.Context, inv *Inventory, detectedOS ftypes.OS, results
 		}
 		results[i].Vulnerabilities = vulns
 	}
-	name := inv.Repository + "@" + inv.Digest
-	report := types.Report{
-		SchemaVersion: reportSchemaVersion,
-		ArtifactName:  name,
-		ArtifactType:  ftypes.TypeContainerImage,
-		Metadata:      types.Metadata{RepoDigests: []string{name}},
-		Results:       results,
+	report := imageReport(inv, opts.Image, detectedOS, results)
+	if err := checkVEXPaths(report); err != nil {
+		return nil, err
 	}
-	if detectedOS.Detected() {
-		report.Metadata.OS = &detectedOS
-	}
-	sources := make([]vex.Source, len(vexFiles))
-	for i, f := range vexFiles {
+	sources := make([]vex.Source, len(opts.Files))
+	for i, f := range opts.Files {
 		sources[i] = vex.Source{Type: vex.TypeFile, FilePath: f}
 	}
+	// Trivy's VEX code dereferences what a document may leave out (CheckVEXFiles rejects the
+	// cases known); a panic in it is this document's error, not the process's end.
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("applying VEX %v: the document could not be applied (%v)", opts.Files, r)
+		}
+	}()
 	if err := vex.Filter(ctx, &report, vex.Options{Sources: sources}); err != nil {
 		return nil, fmt.Errorf("applying VEX: %w", err)
 	}
@@ -107,4 +162,134 @@ func applyVEX(ctx context.Context, inv *Inventory, detectedOS ftypes.OS, results
 			strings.Compare(a.Source, b.Source), strings.Compare(a.Status, b.Status))
 	})
 	return suppressed, nil
+}
+
+// CheckVEXFiles checks that each VEX document can be handed to Trivy, which opens and decodes it
+// with no bound: a regular file (not a FIFO, a device or a folder, which would block or fail
+// late) of at most MaxVEXBytes; not a name Trivy's --vex takes for another source (repo, oci,
+// sbom-ref: they would reach the network); and, for a CSAF document, without the holes Trivy's
+// CSAF code dereferences (a null vulnerability, one without a CVE, no product tree, a
+// relationship without both products).
+func CheckVEXFiles(files []string) error {
+	for _, f := range files {
+		switch f {
+		case "repo", "repository", "oci", "sbom-ref":
+			return fmt.Errorf("VEX document %q: a VEX file path is expected (VEX repositories, OCI attestations and SBOM references are not read from here)", f)
+		}
+		fi, err := os.Stat(f)
+		if err != nil {
+			return fmt.Errorf("VEX document: %w", err)
+		}
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("VEX document %s: not a regular file", f)
+		}
+		if fi.Size() > MaxVEXBytes {
+			return fmt.Errorf("VEX document %s: %d bytes, more than the %d a document may have", f, fi.Size(), MaxVEXBytes)
+		}
+		file, err := os.Open(f)
+		if err != nil {
+			return fmt.Errorf("VEX document: %w", err)
+		}
+		raw, err := io.ReadAll(io.LimitReader(file, MaxVEXBytes+1))
+		_ = file.Close()
+		if err != nil {
+			return fmt.Errorf("VEX document %s: %w", f, err)
+		}
+		if len(raw) > MaxVEXBytes {
+			return fmt.Errorf("VEX document %s: more than the %d bytes a document may have", f, MaxVEXBytes)
+		}
+		if err := checkCSAF(raw); err != nil {
+			return fmt.Errorf("VEX document %s: %w", f, err)
+		}
+	}
+	return nil
+}
+
+// checkCSAF rejects a CSAF document (one with vulnerabilities, and neither CycloneDX's bomFormat
+// nor OpenVEX's @context, as Trivy tells them apart) whose holes Trivy's CSAF code would dereference.
+func checkCSAF(raw []byte) error {
+	var doc struct {
+		BOMFormat   string `json:"bomFormat"`
+		Context     string `json:"@context"`
+		ProductTree *struct {
+			Relationships []*struct {
+				ProductReference *string `json:"product_reference"`
+				RelatesTo        *string `json:"relates_to_product_reference"`
+				FullProductName  *struct {
+					ProductID *string `json:"product_id"`
+				} `json:"full_product_name"`
+			} `json:"relationships"`
+		} `json:"product_tree"`
+		Vulnerabilities []*struct {
+			CVE *string `json:"cve"`
+		} `json:"vulnerabilities"`
+	}
+	if json.Unmarshal(raw, &doc) != nil || doc.BOMFormat != "" || doc.Context != "" || doc.Vulnerabilities == nil {
+		return nil // not CSAF: Trivy's own decoding says what it is
+	}
+	for i, v := range doc.Vulnerabilities {
+		if v == nil || v.CVE == nil || *v.CVE == "" {
+			return fmt.Errorf("CSAF vulnerabilities[%d] has no cve", i)
+		}
+	}
+	if doc.ProductTree == nil {
+		return errors.New("CSAF document has no product_tree")
+	}
+	for i, r := range doc.ProductTree.Relationships {
+		if r == nil || r.ProductReference == nil || r.RelatesTo == nil || r.FullProductName == nil || r.FullProductName.ProductID == nil {
+			return fmt.Errorf("CSAF product_tree.relationships[%d] lacks a product, the product it relates to, or its full product name", i)
+		}
+		if *r.ProductReference == *r.RelatesTo {
+			return fmt.Errorf("CSAF product_tree.relationships[%d] relates %q to itself", i, *r.ProductReference)
+		}
+	}
+	return nil
+}
+
+// maxVEXPaths bounds the paths from a vulnerable package up to the image: Trivy's VEX filter
+// follows each one (a search that is exponential in a lattice of dependencies), so a graph with
+// more is refused rather than searched for minutes.
+const maxVEXPaths = 100_000
+
+// checkVEXPaths counts, for each package of report's results, the paths from it up through the
+// packages that depend on it to its result (and so to the image), and fails when one has more
+// than maxVEXPaths. It counts every package as reaching its result directly too, an over-count
+// that keeps the bound safe.
+func checkVEXPaths(report types.Report) error {
+	for _, r := range report.Results {
+		parents := map[string][]string{}
+		for _, p := range r.Packages {
+			for _, child := range p.DependsOn {
+				parents[child] = append(parents[child], p.ID)
+			}
+		}
+		paths := map[string]int{}
+		onPath := map[string]bool{}
+		var count func(id string) int
+		count = func(id string) int {
+			if n, ok := paths[id]; ok {
+				return n
+			}
+			if onPath[id] {
+				return 0 // a cycle: Trivy's search does not go round it either
+			}
+			onPath[id] = true
+			n := 1
+			for _, parent := range parents[id] {
+				if n += count(parent); n > maxVEXPaths {
+					n = maxVEXPaths + 1
+					break
+				}
+			}
+			onPath[id] = false
+			paths[id] = n
+			return n
+		}
+		for _, p := range r.Packages {
+			if n := count(p.ID); n > maxVEXPaths {
+				return fmt.Errorf("VEX is not applied: package %s reaches the image by more than %d paths through the packages that depend on it", p.Name, maxVEXPaths)
+			}
+		}
+	}
+	return nil
 }
