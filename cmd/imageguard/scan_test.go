@@ -138,6 +138,18 @@ func TestScanCommandAnalysesJavaArchives(t *testing.T) {
 	g.Expect(printed.JavaArchivesNotAnalysed).To(Equal(1))
 	g.Expect(ids(printed)).To(ConsistOf("CVE-2026-2002 zlib1g"))
 	g.Expect(stderr).To(And(ContainSubstring("the Java DB could not be loaded"), ContainSubstring("1 Java archives")))
+
+	// The SBOM: with the Java DB its jar is a component; without one none is written, as an SBOM
+	// cannot say that it lacks packages.
+	var out, errOut bytes.Buffer
+	g.Expect(run([]string{"sbom", ref, "--insecure-registries", reg.Host(), "--cache-dir", cache, repo}, &out, &errOut)).To(Equal(0), errOut.String())
+	g.Expect(out.String()).To(ContainSubstring(`"purl": "pkg:maven/org.apache.commons/commons-text@1.9"`))
+	out.Reset()
+	errOut.Reset()
+	g.Expect(run([]string{"sbom", ref, "--insecure-registries", reg.Host(), "--cache-dir", t.TempDir(),
+		"--java-db-repository=" + reg.Host() + "/missing/java-db:1"}, &out, &errOut)).To(Equal(1))
+	g.Expect(out.String()).To(BeEmpty())
+	g.Expect(errOut.String()).To(ContainSubstring("no SBOM is written without their packages"))
 }
 
 // `imageguard sbom` after `imageguard scan` of the same image writes its SBOM from the inventory
@@ -251,6 +263,10 @@ func TestScanCommandErrors(t *testing.T) {
 		"sbom, a bad format": {args: []string{"sbom", "x", "-o", "json"}, wantCode: 2,
 			wantErr: `unknown SBOM format "json": use cyclonedx, spdx-json, spdx`},
 		"sbom, a malformed image": {args: []string{"sbom", "UPPER/Case::"}, wantCode: 1, wantErr: "malformed image reference"},
+		"scan, an absent VEX document": {args: []string{"scan", "x", "--vex", "/nonexistent/vex.json"}, wantCode: 2,
+			wantErr: "--vex: VEX document: stat /nonexistent/vex.json: no such file or directory"},
+		"scan, a VEX folder": {args: []string{"scan", "x", "--vex", "/"}, wantCode: 2, wantErr: "--vex: VEX document /: not a regular file"},
+		"scan, VEX from OCI": {args: []string{"scan", "x", "--vex", "oci"}, wantCode: 2, wantErr: "a VEX file path is expected"},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
