@@ -137,25 +137,21 @@ func (s langScanner) detect(ctx context.Context, libType ftypes.LangType, pkgs [
 func (m *dbMemo) library(driver *library.Driver, libType ftypes.LangType, pkg ftypes.Package) ([]libraryFinding, error) {
 	key := libraryKey{string(libType), pkg.ID, pkg.Name, pkg.Version}
 	m.mu.Lock()
-	if m.libraries != nil {
-		if found, ok := m.libraries.get(key); ok {
-			m.mu.Unlock()
-			return found, nil
-		}
-	}
+	found, ok := m.libraries.get(key)
 	m.mu.Unlock()
+	if ok {
+		return found, nil
+	}
 	vulns, err := driver.DetectVulnerabilities(pkg.ID, pkg.Name, pkg.Version)
 	if err != nil {
 		return nil, err
 	}
-	found := make([]libraryFinding, len(vulns))
+	found = make([]libraryFinding, len(vulns))
 	for i, v := range vulns {
 		found[i] = libraryFinding{id: v.VulnerabilityID, fixed: v.FixedVersion, vendorIDs: v.VendorIDs, dataSource: v.DataSource, custom: v.Custom}
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.libraries != nil {
-		m.libraries.add(key, found, max(len(found), 1)+keyWeight(key.typ, key.id, key.name, key.version))
-	}
+	m.libraries.add(key, found, max(len(found), 1)+keyWeight(key.typ, key.id, key.name, key.version))
+	m.mu.Unlock()
 	return found, nil
 }

@@ -142,42 +142,62 @@ func (m *matcher) match(ctx context.Context, inv *Inventory, db DBInfo, vexOpts 
 		n += len(kept[i])
 	}
 	if len(vexOpts.Files) > 0 {
-		suppressed, err := applyVEX(ctx, inv, detectedOS, results, kept, vexOpts)
+		// VEX filters the kept vulnerabilities themselves: every one it leaves is a finding.
+		keepOnly(results, kept)
+		suppressed, err := applyVEX(ctx, inv, detectedOS, results, vexOpts)
 		if err != nil {
 			return nil, err
 		}
 		res.Suppressed = suppressed
-		n = 0
-		for i := range results {
-			kept[i] = make([]int, len(results[i].Vulnerabilities))
-			for j := range kept[i] {
-				kept[i][j] = j
-			}
-			n += len(kept[i])
+		kept, n = nil, 0
+		for _, r := range results {
+			n += len(r.Vulnerabilities)
 		}
 	}
 	res.Findings = make([]Finding, 0, n)
-	for i, r := range results {
+	for i := range results {
+		r := &results[i]
+		if kept == nil {
+			for j := range r.Vulnerabilities {
+				res.Findings = append(res.Findings, findingOf(r, &r.Vulnerabilities[j]))
+			}
+			continue
+		}
 		for _, j := range kept[i] {
-			v := &r.Vulnerabilities[j]
-			res.Findings = append(res.Findings, Finding{
-				ID:               v.VulnerabilityID,
-				Package:          v.PkgName,
-				InstalledVersion: v.InstalledVersion,
-				FixedVersion:     v.FixedVersion,
-				// The severity Trivy's own reports print, chosen by VulnSeveritySources; parity with them
-				// depends on it.
-				Severity:    v.Severity, //nolint:staticcheck // SA1019: see above
-				Status:      v.Status.String(),
-				Title:       v.Title,
-				PrimaryURL:  v.PrimaryURL,
-				Target:      r.Target,
-				PackageType: string(r.Type),
-			})
+			res.Findings = append(res.Findings, findingOf(r, &r.Vulnerabilities[j]))
 		}
 	}
 	SortFindings(res.Findings)
 	return res, nil
+}
+
+// findingOf is the finding of v, a vulnerability of r.
+func findingOf(r *types.Result, v *types.DetectedVulnerability) Finding {
+	return Finding{
+		ID:               v.VulnerabilityID,
+		Package:          v.PkgName,
+		InstalledVersion: v.InstalledVersion,
+		FixedVersion:     v.FixedVersion,
+		// The severity Trivy's own reports print, chosen by VulnSeveritySources; parity with them
+		// depends on it.
+		Severity:    v.Severity, //nolint:staticcheck // SA1019: see above
+		Status:      v.Status.String(),
+		Title:       v.Title,
+		PrimaryURL:  v.PrimaryURL,
+		Target:      r.Target,
+		PackageType: string(r.Type),
+	}
+}
+
+// keepOnly leaves of each result's vulnerabilities those at the indexes kept gives.
+func keepOnly(results types.Results, kept [][]int) {
+	for i := range results {
+		vulns := make([]types.DetectedVulnerability, len(kept[i]))
+		for j, k := range kept[i] {
+			vulns[j] = results[i].Vulnerabilities[k]
+		}
+		results[i].Vulnerabilities = vulns
+	}
 }
 
 // filterVulnerabilities is what Trivy's result.Filter (Trivy v0.74) does to one result's

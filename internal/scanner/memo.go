@@ -71,7 +71,7 @@ func keyWeight(fields ...string) int {
 }
 
 // lru is a map bounded by the total weight of its values, the least recently used out first;
-// its owner locks it.
+// its owner locks it. A nil lru (a memo before its first use) keeps nothing.
 type lru[K comparable, V any] struct {
 	order  *list.List // of *memoEntry[K, V], most recent first
 	byKey  map[K]*list.Element
@@ -90,6 +90,10 @@ func newLRU[K comparable, V any](maxWeight int) *lru[K, V] {
 }
 
 func (c *lru[K, V]) get(key K) (V, bool) {
+	if c == nil {
+		var zero V
+		return zero, false
+	}
 	el, ok := c.byKey[key]
 	if !ok {
 		var zero V
@@ -101,6 +105,9 @@ func (c *lru[K, V]) get(key K) (V, bool) {
 
 // add keeps val unless key is kept already or val alone is heavier than the bound.
 func (c *lru[K, V]) add(key K, val V, weight int) {
+	if c == nil {
+		return
+	}
 	if _, ok := c.byKey[key]; ok || weight > c.max {
 		return
 	}
@@ -163,18 +170,16 @@ func (m *dbMemo) use(digest string) {
 func (m *dbMemo) advisories(bucketName, pkgName string) ([]memoAdvisory, error) {
 	key := advisoriesKey{bucketName, pkgName}
 	m.mu.Lock()
-	if m.advs != nil {
-		if items, ok := m.advs.get(key); ok {
-			m.mu.Unlock()
-			return items, nil
-		}
-	}
+	items, ok := m.advs.get(key)
 	m.mu.Unlock()
+	if ok {
+		return items, nil
+	}
 	advs, err := trivydb.Config{}.GetAdvisories(bucketName, pkgName)
 	if err != nil {
 		return nil, err
 	}
-	items := make([]memoAdvisory, len(advs))
+	items = make([]memoAdvisory, len(advs))
 	for i, adv := range advs {
 		items[i].Advisory = adv
 		if adv.FixedVersion != "" {
@@ -184,10 +189,8 @@ func (m *dbMemo) advisories(bucketName, pkgName string) ([]memoAdvisory, error) 
 		}
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.advs != nil {
-		m.advs.add(key, items, max(len(items), 1)+keyWeight(bucketName, pkgName))
-	}
+	m.advs.add(key, items, max(len(items), 1)+keyWeight(bucketName, pkgName))
+	m.mu.Unlock()
 	return items, nil
 }
 
@@ -198,17 +201,13 @@ func (m *dbMemo) advisories(bucketName, pkgName string) ([]memoAdvisory, error) 
 func (m *dbMemo) vulnerability(id string) (dbTypes.Vulnerability, error) {
 	var e *memoVulnerability
 	m.mu.Lock()
-	if m.vulns != nil {
-		e, _ = m.vulns.get(id)
-	}
+	e, _ = m.vulns.get(id)
 	m.mu.Unlock()
 	if e == nil {
 		vuln, err := trivydb.Config{}.GetVulnerability(id)
 		e = &memoVulnerability{vuln: vuln, err: err}
 		m.mu.Lock()
-		if m.vulns != nil {
-			m.vulns.add(id, e, vulnerabilitySize(id, vuln))
-		}
+		m.vulns.add(id, e, vulnerabilitySize(id, vuln))
 		m.mu.Unlock()
 	}
 	if e.err != nil {
@@ -316,12 +315,8 @@ func (d debianDriver) Detect(ctx context.Context, osVer string, _ *ftypes.Reposi
 // advisories let go, and the list is read again (the same, under one DB) when it did.
 func (m *dbMemo) debianAdvisories(ctx context.Context, bucketName, srcName, srcVersion string) ([]memoAdvisory, []int32, error) {
 	key := debianKey{bucketName, srcName, srcVersion}
-	var applying []int32
-	var known bool
 	m.mu.Lock()
-	if m.debMatches != nil {
-		applying, known = m.debMatches.get(key)
-	}
+	applying, known := m.debMatches.get(key)
 	m.mu.Unlock()
 	if known && len(applying) == 0 {
 		return nil, nil, nil
@@ -366,10 +361,8 @@ func (m *dbMemo) debianAdvisories(ctx context.Context, bucketName, srcName, srcV
 		}
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.debMatches != nil {
-		m.debMatches.add(key, applying, max(len(applying), 1)+keyWeight(bucketName, srcName, srcVersion))
-	}
+	m.debMatches.add(key, applying, max(len(applying), 1)+keyWeight(bucketName, srcName, srcVersion))
+	m.mu.Unlock()
 	return advisories, applying, nil
 }
 

@@ -33,6 +33,11 @@ func TestMemoLRUStaysUnderItsBound(t *testing.T) {
 	if _, ok := c.get("big"); ok || c.weight > 10 {
 		t.Fatalf("a value over the bound was kept (weight %d)", c.weight)
 	}
+	var unused *lru[string, int] // a memo before its first use
+	unused.add("x", 1, 1)
+	if _, ok := unused.get("x"); ok {
+		t.Fatal("a nil lru kept a value")
+	}
 	c.add("4", 40, 1) // kept already: unchanged
 	if v, _ := c.get("4"); v != 4 {
 		t.Fatalf("a second add replaced the kept value: %d", v)

@@ -37,7 +37,7 @@ func WriteSBOM(ctx context.Context, w io.Writer, inv *Inventory, image ImageName
 		return fmt.Errorf("unknown SBOM format %q: use one of %v", format, SBOMFormats)
 	}
 	pkgs, apps := inventoryCopies(inv)
-	name := inv.Repository + "@" + inv.Digest
+	name := image.reference(inv)
 	target := types.ScanTarget{
 		Name:         name,
 		OS:           inv.OS,

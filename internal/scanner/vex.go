@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/gocsaf/csaf/v3/csaf"
+
 	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
 	"github.com/aquasecurity/trivy/pkg/types"
 	"github.com/aquasecurity/trivy/pkg/vex"
@@ -40,17 +42,17 @@ type ImageName struct {
 	Digest     string
 }
 
+// reference is repository@digest of the image named, the inventory's where the name leaves
+// them out.
+func (n ImageName) reference(inv *Inventory) string {
+	return cmp.Or(n.Repository, inv.Repository) + "@" + cmp.Or(n.Digest, inv.Digest)
+}
+
 // imageReport is the report Trivy's scan of the image named makes of results: its name, type and
 // metadata as `trivy image` sets them (the repository digest and the config's architecture, from
 // which the image's PURL is made).
 func imageReport(inv *Inventory, name ImageName, detectedOS ftypes.OS, results types.Results) types.Report {
-	if name.Repository == "" {
-		name.Repository = inv.Repository
-	}
-	if name.Digest == "" {
-		name.Digest = inv.Digest
-	}
-	ref := name.Repository + "@" + name.Digest
+	ref := name.reference(inv)
 	report := types.Report{
 		SchemaVersion: reportSchemaVersion,
 		Trivy:         types.TrivyInfo{Version: TrivyVersion()},
@@ -114,16 +116,9 @@ func inventoryCopies(inv *Inventory) (ftypes.Packages, []ftypes.Application) {
 	return slices.Clone(inv.Packages), apps
 }
 
-// applyVEX keeps, of each result's vulnerabilities, those kept by the filter (kept), then runs
-// Trivy's VEX filter over the report Trivy would have made of them, and returns what it removed.
-func applyVEX(ctx context.Context, inv *Inventory, detectedOS ftypes.OS, results types.Results, kept [][]int, opts VEXOptions) (_ []Suppressed, err error) {
-	for i := range results {
-		vulns := make([]types.DetectedVulnerability, len(kept[i]))
-		for j, k := range kept[i] {
-			vulns[j] = results[i].Vulnerabilities[k]
-		}
-		results[i].Vulnerabilities = vulns
-	}
+// applyVEX runs Trivy's VEX filter over the report Trivy would have made of results (their
+// vulnerabilities filtered already, as result.Filter does before it) and returns what it removed.
+func applyVEX(ctx context.Context, inv *Inventory, detectedOS ftypes.OS, results types.Results, opts VEXOptions) (_ []Suppressed, err error) {
 	report := imageReport(inv, opts.Image, detectedOS, results)
 	if err := checkVEXPaths(report); err != nil {
 		return nil, err
@@ -205,42 +200,37 @@ func CheckVEXFiles(files []string) error {
 	return nil
 }
 
-// checkCSAF rejects a CSAF document (one with vulnerabilities, and neither CycloneDX's bomFormat
-// nor OpenVEX's @context, as Trivy tells them apart) whose holes Trivy's CSAF code would dereference.
+// checkCSAF rejects a CSAF document (what Trivy decodes as one: neither CycloneDX's bomFormat nor
+// OpenVEX's @context, and gocsaf's Advisory with vulnerabilities) whose holes Trivy's CSAF code
+// would dereference.
 func checkCSAF(raw []byte) error {
-	var doc struct {
-		BOMFormat   string `json:"bomFormat"`
-		Context     string `json:"@context"`
-		ProductTree *struct {
-			Relationships []*struct {
-				ProductReference *string `json:"product_reference"`
-				RelatesTo        *string `json:"relates_to_product_reference"`
-				FullProductName  *struct {
-					ProductID *string `json:"product_id"`
-				} `json:"full_product_name"`
-			} `json:"relationships"`
-		} `json:"product_tree"`
-		Vulnerabilities []*struct {
-			CVE *string `json:"cve"`
-		} `json:"vulnerabilities"`
+	var kind struct {
+		BOMFormat string `json:"bomFormat"`
+		Context   string `json:"@context"`
 	}
-	if json.Unmarshal(raw, &doc) != nil || doc.BOMFormat != "" || doc.Context != "" || doc.Vulnerabilities == nil {
+	if json.Unmarshal(raw, &kind) != nil || kind.BOMFormat != "" || kind.Context != "" {
 		return nil // not CSAF: Trivy's own decoding says what it is
 	}
-	for i, v := range doc.Vulnerabilities {
+	var adv csaf.Advisory
+	if json.Unmarshal(raw, &adv) != nil || adv.Vulnerabilities == nil {
+		return nil
+	}
+	for i, v := range adv.Vulnerabilities {
 		if v == nil || v.CVE == nil || *v.CVE == "" {
 			return fmt.Errorf("CSAF vulnerabilities[%d] has no cve", i)
 		}
 	}
-	if doc.ProductTree == nil {
+	if adv.ProductTree == nil {
 		return errors.New("CSAF document has no product_tree")
 	}
-	for i, r := range doc.ProductTree.Relationships {
-		if r == nil || r.ProductReference == nil || r.RelatesTo == nil || r.FullProductName == nil || r.FullProductName.ProductID == nil {
-			return fmt.Errorf("CSAF product_tree.relationships[%d] lacks a product, the product it relates to, or its full product name", i)
-		}
-		if *r.ProductReference == *r.RelatesTo {
-			return fmt.Errorf("CSAF product_tree.relationships[%d] relates %q to itself", i, *r.ProductReference)
+	if adv.ProductTree.RelationShips != nil {
+		for i, r := range *adv.ProductTree.RelationShips {
+			if r == nil || r.ProductReference == nil || r.RelatesToProductReference == nil || r.FullProductName == nil || r.FullProductName.ProductID == nil {
+				return fmt.Errorf("CSAF product_tree.relationships[%d] lacks a product, the product it relates to, or its full product name", i)
+			}
+			if *r.ProductReference == *r.RelatesToProductReference {
+				return fmt.Errorf("CSAF product_tree.relationships[%d] relates %q to itself", i, *r.ProductReference)
+			}
 		}
 	}
 	return nil
