@@ -25,22 +25,36 @@ advisories:
 - {id: CVE-2026-2002, ecosystem: debian 12, package: zlib, severity: LOW}
 `
 
+// appPackages are the Debian packages of the commands' test image: one with a fixed finding in
+// scanAdvisories, one with an unfixed one.
+var appPackages = []testutil.DebPackage{
+	{Name: "libssl3", Version: "3.0.15-1~deb12u1", Source: "openssl"},
+	{Name: "zlib1g", Version: "1:1.2.13.dfsg-1", Source: "zlib"},
+}
+
+// buildTestDB builds a Trivy DB of advisories (YAML) and returns the folder --db-path takes.
+func buildTestDB(t *testing.T, advisories string) string {
+	t.Helper()
+	spec, err := testutil.ParseAdvisories([]byte(advisories))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := testutil.BuildDB(dir, spec); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(dir, "db")
+}
+
 // TestScanCommandMatchesTheLibrary scans a fixture image with `imageguard scan` and with the
 // scanner package directly: the findings must be the same.
 func TestScanCommandMatchesTheLibrary(t *testing.T) {
 	g := NewWithT(t)
 	reg := testutil.NewRegistry(t)
-	img, err := testutil.DebianImage("12.11", []testutil.DebPackage{
-		{Name: "libssl3", Version: "3.0.15-1~deb12u1", Source: "openssl"},
-		{Name: "zlib1g", Version: "1:1.2.13.dfsg-1", Source: "zlib"},
-	})
+	img, err := testutil.DebianImage("12.11", appPackages)
 	g.Expect(err).NotTo(HaveOccurred())
 	ref, digest := reg.Push(t, "team/app", "1.0", img)
-	spec, err := testutil.ParseAdvisories([]byte(scanAdvisories))
-	g.Expect(err).NotTo(HaveOccurred())
-	dbDir := t.TempDir()
-	g.Expect(testutil.BuildDB(dbDir, spec)).To(Succeed())
-	dbPath := filepath.Join(dbDir, "db")
+	dbPath := buildTestDB(t, scanAdvisories)
 
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"scan", ref, "--db-path", dbPath, "--insecure-registries", reg.Host(),
@@ -91,18 +105,15 @@ func TestScanCommandAnalysesJavaArchives(t *testing.T) {
 	img, err := testutil.ImageFromLayers(testutil.LinuxAMD64, append(layers, app)...)
 	g.Expect(err).NotTo(HaveOccurred())
 	ref, _ := reg.Push(t, "team/java", "1.0", img)
-	spec, err := testutil.ParseAdvisories([]byte(scanAdvisories + `- {id: CVE-2022-42889, ecosystem: "maven::GitHub Security Advisory Maven", package: "org.apache.commons:commons-text", vulnerableVersions: [">=1.5, <1.10.0"], patchedVersions: ["1.10.0"], severity: CRITICAL}
-`))
-	g.Expect(err).NotTo(HaveOccurred())
-	dbDir := t.TempDir()
-	g.Expect(testutil.BuildDB(dbDir, spec)).To(Succeed())
+	dbPath := buildTestDB(t, scanAdvisories+`- {id: CVE-2022-42889, ecosystem: "maven::GitHub Security Advisory Maven", package: "org.apache.commons:commons-text", vulnerableVersions: [">=1.5, <1.10.0"], patchedVersions: ["1.10.0"], severity: CRITICAL}
+`)
 	built := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	javaDir := t.TempDir()
 	g.Expect(testutil.BuildJavaDB(javaDir, built, nil)).To(Succeed())
 
 	scan := func(args ...string) (scanReport, string) {
 		var stdout, stderr bytes.Buffer
-		code := run(append([]string{"scan", ref, "--db-path", filepath.Join(dbDir, "db"), "--insecure-registries", reg.Host(), "-o", "json"}, args...), &stdout, &stderr)
+		code := run(append([]string{"scan", ref, "--db-path", dbPath, "--insecure-registries", reg.Host(), "-o", "json"}, args...), &stdout, &stderr)
 		g.Expect(code).To(Equal(0), stderr.String())
 		var printed scanReport
 		g.Expect(json.Unmarshal(stdout.Bytes(), &printed)).To(Succeed())
@@ -157,24 +168,18 @@ func TestScanCommandAnalysesJavaArchives(t *testing.T) {
 func TestSBOMCommandReadsTheKeptInventory(t *testing.T) {
 	g := NewWithT(t)
 	reg := testutil.NewRegistry(t)
-	base, err := testutil.DebianImage("12.11", []testutil.DebPackage{
-		{Name: "libssl3", Version: "3.0.15-1~deb12u1", Source: "openssl"},
-		{Name: "zlib1g", Version: "1:1.2.13.dfsg-1", Source: "zlib"},
-	})
+	base, err := testutil.DebianImage("12.11", appPackages)
 	g.Expect(err).NotTo(HaveOccurred())
 	layers, err := base.Layers()
 	g.Expect(err).NotTo(HaveOccurred())
 	img, err := testutil.NPMImage(layers, []testutil.NPMPackage{{Name: "lodash", Version: "4.17.20"}})
 	g.Expect(err).NotTo(HaveOccurred())
 	ref, digest := reg.Push(t, "team/web", "1.0", img)
-	spec, err := testutil.ParseAdvisories([]byte(scanAdvisories))
-	g.Expect(err).NotTo(HaveOccurred())
-	dbDir := t.TempDir()
-	g.Expect(testutil.BuildDB(dbDir, spec)).To(Succeed())
+	dbPath := buildTestDB(t, scanAdvisories)
 	cache := t.TempDir()
 
 	var stdout, stderr bytes.Buffer
-	g.Expect(run([]string{"scan", ref, "--db-path", filepath.Join(dbDir, "db"), "--insecure-registries", reg.Host(),
+	g.Expect(run([]string{"scan", ref, "--db-path", dbPath, "--insecure-registries", reg.Host(),
 		"--cache-dir", cache, "-o", "json"}, &stdout, &stderr)).To(Equal(0), stderr.String())
 	reg.ResetCounts()
 	stdout.Reset()
@@ -212,22 +217,16 @@ func TestSBOMCommandReadsTheKeptInventory(t *testing.T) {
 func TestScanCommandAppliesVEX(t *testing.T) {
 	g := NewWithT(t)
 	reg := testutil.NewRegistry(t)
-	img, err := testutil.DebianImage("12.11", []testutil.DebPackage{
-		{Name: "libssl3", Version: "3.0.15-1~deb12u1", Source: "openssl"},
-		{Name: "zlib1g", Version: "1:1.2.13.dfsg-1", Source: "zlib"},
-	})
+	img, err := testutil.DebianImage("12.11", appPackages)
 	g.Expect(err).NotTo(HaveOccurred())
 	ref, digest := reg.Push(t, "team/app", "1.0", img)
-	spec, err := testutil.ParseAdvisories([]byte(scanAdvisories))
-	g.Expect(err).NotTo(HaveOccurred())
-	dbDir := t.TempDir()
-	g.Expect(testutil.BuildDB(dbDir, spec)).To(Succeed())
+	dbPath := buildTestDB(t, scanAdvisories)
 	doc := filepath.Join(t.TempDir(), "app.openvex.json")
 	g.Expect(os.WriteFile(doc, []byte(`{"@context": "https://openvex.dev/ns/v0.2.0", "@id": "https://example.com/vex/1",
   "author": "team", "timestamp": "2026-11-01T00:00:00Z", "version": 1,
   "statements": [{"vulnerability": {"name": "CVE-2026-2001"}, "products": [{"@id": "pkg:oci/app@`+digest.String()+`"}],
     "status": "not_affected", "justification": "vulnerable_code_not_in_execute_path"}]}`), 0o600)).To(Succeed())
-	args := []string{"scan", ref, "--db-path", filepath.Join(dbDir, "db"), "--insecure-registries", reg.Host(), "--cache-dir", t.TempDir(), "--vex", doc}
+	args := []string{"scan", ref, "--db-path", dbPath, "--insecure-registries", reg.Host(), "--cache-dir", t.TempDir(), "--vex", doc}
 
 	var stdout, stderr bytes.Buffer
 	g.Expect(run(append(args, "-o", "json"), &stdout, &stderr)).To(Equal(0), stderr.String())

@@ -29,9 +29,6 @@ import (
 	"github.com/imageguard/imageguard/internal/testutil"
 )
 
-// trivyImageScan scans ref the way `trivy image --scanners vuln` does: Trivy's own remote image,
-// its CLI's analyzer choice for images, Service.Scan and the result filter.
-
 // cliScanOptions and cliFilterOptions are what `trivy image --scanners vuln` uses, spelled out here
 // apart from the scanner's own so that a drift in either shows.
 var (
@@ -54,7 +51,10 @@ func trivyCLIDisabledAnalyzers() []analyzer.Type {
 		analyzer.TypeHistoryDockerfile, analyzer.TypeExecutable, analyzer.TypeRpmArchive)
 }
 
-func trivyImageScan(ctx context.Context, t *testing.T, f *fixture, ref string) []scanner.Finding {
+// trivyImage runs what `trivy image` runs on ref before it formats a report: Trivy's own remote
+// image, its CLI's analyzer choice for images and Service.Scan with opts; the report carries the
+// name and metadata Trivy gives the image (from which its PURL is made).
+func trivyImage(ctx context.Context, t *testing.T, ref string, opts types.ScanOptions) types.Report {
 	t.Helper()
 	img, cleanup, err := image.NewContainerImage(ctx, ref, ftypes.ImageOptions{
 		RegistryOptions: ftypes.RegistryOptions{Insecure: true},
@@ -74,14 +74,35 @@ func trivyImageScan(ctx context.Context, t *testing.T, f *fixture, ref string) [
 		t.Fatal(err)
 	}
 	svc := local.NewService(applier.NewApplier(blobs), ospkg.NewScanner(), langpkg.NewScanner(), vulnerability.NewClient(trivydb.Config{}))
+	resp, err := svc.Scan(ctx, artRef.Name, artRef.ID, artRef.BlobIDs, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return types.Report{SchemaVersion: 2, ArtifactName: artRef.Name, ArtifactType: artRef.Type, Results: resp.Results,
+		Metadata: types.Metadata{OS: &resp.OS, ImageID: artRef.ImageMetadata.ID, DiffIDs: artRef.ImageMetadata.DiffIDs,
+			RepoTags: artRef.ImageMetadata.RepoTags, RepoDigests: artRef.ImageMetadata.RepoDigests,
+			ImageConfig: artRef.ImageMetadata.ConfigFile}}
+}
+
+// trivyImageScan scans ref the way `trivy image --scanners vuln` does: trivyImage, then the result
+// filter; it keeps the fields users compare (cliFields).
+func trivyImageScan(ctx context.Context, t *testing.T, f *fixture, ref string) []scanner.Finding {
+	t.Helper()
+	return trivyImageVEX(ctx, t, f, ref, nil)
+}
+
+// trivyImageVEX is `trivy image --scanners vuln --vex FILE... REF`: trivyImageScan with the
+// documents as the result filter's VEX sources.
+func trivyImageVEX(ctx context.Context, t *testing.T, f *fixture, ref string, files []string) []scanner.Finding {
+	t.Helper()
 	var findings []scanner.Finding
-	err = f.db.View(func(scanner.DBInfo) error {
-		resp, err := svc.Scan(ctx, artRef.Name, artRef.ID, artRef.BlobIDs, cliScanOptions)
-		if err != nil {
-			return err
+	err := f.db.View(func(scanner.DBInfo) error {
+		report := trivyImage(ctx, t, ref, cliScanOptions)
+		opts := cliFilterOptions
+		for _, file := range files {
+			opts.VEXSources = append(opts.VEXSources, vex.Source{Type: vex.TypeFile, FilePath: file})
 		}
-		report := types.Report{Results: resp.Results}
-		if err := result.Filter(ctx, report, cliFilterOptions); err != nil {
+		if err := result.Filter(ctx, report, opts); err != nil {
 			return err
 		}
 		for _, r := range report.Results {
@@ -139,13 +160,6 @@ func TestFindingsEqualTrivyImage(t *testing.T) {
 // result filter, on copies of the inventory. Every field of a finding is kept.
 func trivyScanTarget(ctx context.Context, t *testing.T, f *fixture, inv *scanner.Inventory) []scanner.Finding {
 	t.Helper()
-	return trivyScanTargetVEX(ctx, t, f, inv, nil)
-}
-
-// trivyScanTargetVEX is trivyScanTarget with Trivy's VEX filter over vexFiles, as `trivy image
-// --vex` runs it (result.Filter's VEX sources, on the report of the image).
-func trivyScanTargetVEX(ctx context.Context, t *testing.T, f *fixture, inv *scanner.Inventory, vexFiles []string) []scanner.Finding {
-	t.Helper()
 	svc := local.NewService(nil, ospkg.NewScanner(), langpkg.NewScanner(), vulnerability.NewClient(trivydb.Config{}))
 	apps := make([]ftypes.Application, len(inv.Applications))
 	for i, app := range inv.Applications {
@@ -161,20 +175,11 @@ func trivyScanTargetVEX(ctx context.Context, t *testing.T, f *fixture, inv *scan
 	}
 	var findings []scanner.Finding
 	err := f.db.View(func(scanner.DBInfo) error {
-		results, detectedOS, err := svc.ScanTarget(ctx, target, cliScanOptions)
+		results, _, err := svc.ScanTarget(ctx, target, cliScanOptions)
 		if err != nil {
 			return err
 		}
-		report := types.Report{Results: results, ArtifactName: target.Name, ArtifactType: ftypes.TypeContainerImage,
-			Metadata: types.Metadata{RepoDigests: []string{target.Name}}}
-		if detectedOS.Detected() {
-			report.Metadata.OS = &detectedOS
-		}
-		opts := cliFilterOptions
-		for _, file := range vexFiles {
-			opts.VEXSources = append(opts.VEXSources, vex.Source{Type: vex.TypeFile, FilePath: file})
-		}
-		if err := result.Filter(ctx, report, opts); err != nil {
+		if err := result.Filter(ctx, types.Report{Results: results}, cliFilterOptions); err != nil {
 			return err
 		}
 		for _, r := range results {

@@ -10,19 +10,9 @@ import (
 	"testing"
 
 	cdx "github.com/CycloneDX/cyclonedx-go"
-	trivydb "github.com/aquasecurity/trivy-db/pkg/db"
-	"github.com/aquasecurity/trivy/pkg/cache"
-	"github.com/aquasecurity/trivy/pkg/fanal/applier"
-	"github.com/aquasecurity/trivy/pkg/fanal/artifact"
-	imageartifact "github.com/aquasecurity/trivy/pkg/fanal/artifact/image"
-	"github.com/aquasecurity/trivy/pkg/fanal/image"
 	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
 	"github.com/aquasecurity/trivy/pkg/sbom/cyclonedx"
-	"github.com/aquasecurity/trivy/pkg/scan/langpkg"
-	"github.com/aquasecurity/trivy/pkg/scan/local"
-	"github.com/aquasecurity/trivy/pkg/scan/ospkg"
 	"github.com/aquasecurity/trivy/pkg/types"
-	"github.com/aquasecurity/trivy/pkg/vulnerability"
 	gcrname "github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	. "github.com/onsi/gomega"
@@ -35,36 +25,10 @@ import (
 // it: Trivy's remote image and analyzers, Service.Scan with the SBOM scanner, its marshaler.
 func trivyImageSBOM(ctx context.Context, t *testing.T, ref string) *cdx.BOM {
 	t.Helper()
-	img, cleanup, err := image.NewContainerImage(ctx, ref, ftypes.ImageOptions{
-		RegistryOptions: ftypes.RegistryOptions{Insecure: true},
-		ImageSources:    ftypes.ImageSources{ftypes.RemoteImageSource},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cleanup()
-	blobs := cache.NewMemoryCache()
-	art, err := imageartifact.NewArtifact(img, blobs, artifact.Option{DisabledAnalyzers: trivyCLIDisabledAnalyzers(), NoProgress: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	artRef, err := art.Inspect(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc := local.NewService(applier.NewApplier(blobs), ospkg.NewScanner(), langpkg.NewScanner(), vulnerability.NewClient(trivydb.Config{}))
-	resp, err := svc.Scan(ctx, artRef.Name, artRef.ID, artRef.BlobIDs, types.ScanOptions{
+	report := trivyImage(ctx, t, ref, types.ScanOptions{
 		PkgTypes: []string{types.PkgTypeOS, types.PkgTypeLibrary}, PkgRelationships: ftypes.Relationships,
 		Scanners: types.Scanners{types.SBOMScanner},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	report := types.Report{
-		SchemaVersion: 2, ArtifactName: artRef.Name, ArtifactType: artRef.Type, Results: resp.Results,
-		Metadata: types.Metadata{OS: &resp.OS, ImageID: artRef.ImageMetadata.ID, DiffIDs: artRef.ImageMetadata.DiffIDs,
-			RepoTags: artRef.ImageMetadata.RepoTags, RepoDigests: artRef.ImageMetadata.RepoDigests, ImageConfig: artRef.ImageMetadata.ConfigFile},
-	}
 	marshaler := cyclonedx.NewMarshaler(scanner.TrivyVersion())
 	bom, err := marshaler.MarshalReport(ctx, report)
 	if err != nil {

@@ -2,7 +2,6 @@ package scanner_test
 
 import (
 	"cmp"
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,20 +10,7 @@ import (
 	"syscall"
 	"testing"
 
-	trivydb "github.com/aquasecurity/trivy-db/pkg/db"
-	"github.com/aquasecurity/trivy/pkg/cache"
-	"github.com/aquasecurity/trivy/pkg/fanal/applier"
-	"github.com/aquasecurity/trivy/pkg/fanal/artifact"
-	imageartifact "github.com/aquasecurity/trivy/pkg/fanal/artifact/image"
-	"github.com/aquasecurity/trivy/pkg/fanal/image"
 	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
-	"github.com/aquasecurity/trivy/pkg/result"
-	"github.com/aquasecurity/trivy/pkg/scan/langpkg"
-	"github.com/aquasecurity/trivy/pkg/scan/local"
-	"github.com/aquasecurity/trivy/pkg/scan/ospkg"
-	"github.com/aquasecurity/trivy/pkg/types"
-	"github.com/aquasecurity/trivy/pkg/vex"
-	"github.com/aquasecurity/trivy/pkg/vulnerability"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	. "github.com/onsi/gomega"
@@ -72,59 +58,6 @@ func csafVEX(vuln, purl string) string {
   "vulnerabilities": [{"cve": %q, "product_status": {"known_not_affected": ["PKG-1"]},
     "flags": [{"label": "vulnerable_code_not_in_execute_path", "product_ids": ["PKG-1"]}]}]
 }`, purl, vuln)
-}
-
-// trivyImageVEX is `trivy image --vex FILE... REF`: Trivy's own remote image (its name and
-// metadata, from which the image's PURL is made), analyzers, Service.Scan and result.Filter with
-// the documents as VEX sources; the fields trivyImageScan compares.
-func trivyImageVEX(ctx context.Context, t *testing.T, f *fixture, ref string, files []string) []scanner.Finding {
-	t.Helper()
-	img, cleanup, err := image.NewContainerImage(ctx, ref, ftypes.ImageOptions{
-		RegistryOptions: ftypes.RegistryOptions{Insecure: true},
-		ImageSources:    ftypes.ImageSources{ftypes.RemoteImageSource},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cleanup()
-	blobs := cache.NewMemoryCache()
-	art, err := imageartifact.NewArtifact(img, blobs, artifact.Option{DisabledAnalyzers: trivyCLIDisabledAnalyzers(), NoProgress: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	artRef, err := art.Inspect(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc := local.NewService(applier.NewApplier(blobs), ospkg.NewScanner(), langpkg.NewScanner(), vulnerability.NewClient(trivydb.Config{}))
-	var findings []scanner.Finding
-	err = f.db.View(func(scanner.DBInfo) error {
-		resp, err := svc.Scan(ctx, artRef.Name, artRef.ID, artRef.BlobIDs, cliScanOptions)
-		if err != nil {
-			return err
-		}
-		report := types.Report{ArtifactName: artRef.Name, ArtifactType: artRef.Type, Results: resp.Results,
-			Metadata: types.Metadata{OS: &resp.OS, ImageID: artRef.ImageMetadata.ID, RepoTags: artRef.ImageMetadata.RepoTags,
-				RepoDigests: artRef.ImageMetadata.RepoDigests, ImageConfig: artRef.ImageMetadata.ConfigFile}}
-		opts := cliFilterOptions
-		for _, file := range files {
-			opts.VEXSources = append(opts.VEXSources, vex.Source{Type: vex.TypeFile, FilePath: file})
-		}
-		if err := result.Filter(ctx, report, opts); err != nil {
-			return err
-		}
-		for _, r := range report.Results {
-			for _, v := range r.Vulnerabilities {
-				findings = append(findings, scanner.Finding{ID: v.VulnerabilityID, Package: v.PkgName, InstalledVersion: v.InstalledVersion,
-					FixedVersion: v.FixedVersion, Severity: v.Severity}) //nolint:staticcheck // SA1019: what Trivy's reports print
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return findings
 }
 
 // VEX statements remove the findings they state do not affect the image, exactly as `trivy image
