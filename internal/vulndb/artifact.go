@@ -210,6 +210,11 @@ func verifyDir(art *Artifact, dir string) (_ *Metadata, err error) {
 			err = fmt.Errorf("%s is corrupt: %v", art.File, p)
 		}
 	}()
+	// A local DB (--db-path) is the operator's folder: a FIFO or a device in it would block the
+	// reads below, and the start with them, rather than fail.
+	if err := regularFile(dir, metadataFile); err != nil {
+		return nil, err
+	}
 	raw, err := os.ReadFile(filepath.Join(dir, metadataFile))
 	if err != nil {
 		return nil, err
@@ -221,10 +226,25 @@ func verifyDir(art *Artifact, dir string) (_ *Metadata, err error) {
 	if meta.Version != art.SchemaVersion {
 		return nil, fmt.Errorf("%s schema version %d, this ImageGuard reads version %d", art.Name, meta.Version, art.SchemaVersion)
 	}
+	if err := regularFile(dir, art.File); err != nil {
+		return nil, err
+	}
 	if err := art.verify(filepath.Join(dir, art.File)); err != nil {
 		return nil, fmt.Errorf("%s: %w", art.File, err)
 	}
 	return meta, nil
+}
+
+// regularFile fails unless dir/name is a regular file (or a link to one).
+func regularFile(dir, name string) error {
+	fi, err := os.Stat(filepath.Join(dir, name))
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", name)
+	}
+	return nil
 }
 
 // verifyBolt checks that path is a BoltDB with the bucket Trivy's detection reads.

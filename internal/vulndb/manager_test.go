@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -401,6 +402,19 @@ func TestOpenReusesTheKeptDB(t *testing.T) {
 	empty := opts
 	empty.CacheDir = t.TempDir()
 	g.Expect(must(vulndb.New(empty)).Open(ctx)).To(HaveOccurred())
+}
+
+// A local DB whose file is not a regular one (a FIFO, which would block its read) is an error at
+// once, not a start that hangs.
+func TestALocalDBMustBeARegularFile(t *testing.T) {
+	g := NewWithT(t)
+	dir := t.TempDir()
+	g.Expect(testutil.BuildDB(dir, spec(t, dbV1))).To(Succeed())
+	local := filepath.Join(dir, "db")
+	g.Expect(os.Remove(filepath.Join(local, "metadata.json"))).To(Succeed())
+	g.Expect(syscall.Mkfifo(filepath.Join(local, "metadata.json"), 0o600)).To(Succeed())
+	m := must(vulndb.New(vulndb.Options{LocalPath: local, CacheDir: t.TempDir(), Log: logr.Discard()}))
+	g.Expect(m.Open(context.Background())).To(MatchError(ContainSubstring("metadata.json is not a regular file")))
 }
 
 // TestALocalDBIsHashedOnce loads a local DB (--db-path) three times on one cache: its digest is
